@@ -1,0 +1,22 @@
+"""Names shared by every part of bridge_xr (attribute keys, coordinate-system names, versions)."""
+
+from __future__ import annotations
+
+#: OME-Zarr version written by bridge_xr (exactly this string).
+OME_VERSION = "0.6"
+#: Versions bridge_xr reads; dev tags and pre-releases are normalised to their release.
+READABLE_VERSIONS = ("0.4", "0.5", "0.6")
+#: Key of bridge_xr's own metadata, beside (never inside) ``ome``.
+ATTRS_KEY = "bridge_xr"
+#: Schema tag of the ``bridge_xr`` attribute block.
+SCHEMA_TAG = "bridge_xr/1"
+#: Name of an image's own physical coordinate system (voxel size only).
+INTRINSIC = "intrinsic"
+#: Name of the MRI scanner system (RAS+, axes ordered z=S, y=A, x=R).
+SCANNER_RAS = "scanner_ras"
+#: Name of the subject's reference system at scene level (micrometres).
+REFERENCE = "reference"
+#: Spatial axis names, in array order, in every coordinate system.
+SPATIAL_AXES = ("z", "y", "x")
+#: Pyramid level path prefix (``s0``, ``s1`` ...).
+LEVEL_PREFIX = "s"

@@ -1,0 +1,111 @@
+"""Physical units: parse anything pint understands, write UDUNITS-2 long names.
+
+Examples
+--------
+>>> canonical_unit("µm")
+'micrometer'
+>>> canonical_unit("micron")
+'micrometer'
+>>> parse_length("1.1838um")
+(1.1838, 'micrometer')
+>>> conversion_factor("micrometer", "millimeter")
+0.001
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+import pint
+
+from bridge_xr.errors import UnitError
+
+#: UDUNITS-2 long names bridge_xr writes, by dimensionality.
+LENGTH_UNITS = (
+    "angstrom",
+    "nanometer",
+    "micrometer",
+    "millimeter",
+    "centimeter",
+    "decimeter",
+    "meter",
+    "kilometer",
+)
+TIME_UNITS = ("nanosecond", "microsecond", "millisecond", "second", "minute", "hour", "day")
+
+
+@functools.lru_cache(maxsize=1)
+def ureg() -> pint.UnitRegistry:
+    """Return the package-wide pint registry (µ and 'micron' spellings accepted)."""
+    reg = pint.UnitRegistry()
+    return reg
+
+
+def _to_unit(text: str) -> pint.Unit:
+    cleaned = text.strip().replace("µ", "u").replace("μ", "u")
+    if not cleaned:
+        raise UnitError("empty unit; give a length such as 'um', 'µm', 'micron' or 'mm'")
+    try:
+        return ureg().Unit(cleaned)
+    except (pint.errors.UndefinedUnitError, AttributeError, ValueError, TypeError) as exc:
+        msg = f"unknown unit {text!r}; use a unit such as 'um', 'µm', 'micron', 'mm'"
+        raise UnitError(msg) from exc
+
+
+def canonical_unit(text: str) -> str:
+    """Return the UDUNITS-2 long name for a length or time unit given in any pint spelling."""
+    unit = _to_unit(text)
+    for candidates, dim in ((LENGTH_UNITS, "[length]"), (TIME_UNITS, "[time]")):
+        if unit.dimensionality == ureg().get_dimensionality(dim):
+            for name in candidates:
+                factor = (1 * unit).to(name).magnitude
+                if abs(factor - 1.0) < 1e-12:
+                    return name
+            msg = f"unit {text!r} has no UDUNITS long name in {candidates}"
+            raise UnitError(msg)
+    msg = f"unit {text!r} is neither a length nor a time"
+    raise UnitError(msg)
+
+
+def is_length(unit: str) -> bool:
+    """Whether ``unit`` is a length."""
+    return _to_unit(unit).dimensionality == ureg().get_dimensionality("[length]")
+
+
+def conversion_factor(src: str, dst: str) -> float:
+    """Factor ``f`` with ``value_in_dst = f * value_in_src``; refuses different dimensionalities."""
+    a, b = _to_unit(src), _to_unit(dst)
+    if a.dimensionality != b.dimensionality:
+        msg = f"units {src!r} and {dst!r} measure different things and cannot be converted"
+        raise UnitError(msg)
+    return float((1 * a).to(b).magnitude)
+
+
+_QUANTITY = re.compile(r"^\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*(.*)$")
+
+
+def parse_length(text: str, *, default_unit: str | None = None) -> tuple[float, str]:
+    """Parse ``'1.1838um'`` into ``(1.1838, 'micrometer')``.
+
+    A bare number takes ``default_unit``; without one it is refused.
+    """
+    match = _QUANTITY.match(text)
+    if match is None:
+        msg = f"cannot read a length from {text!r}; write it like '1.1838um' or '0.1 mm'"
+        raise UnitError(msg)
+    value = float(match.group(1))
+    unit_text = match.group(2).strip()
+    if not unit_text:
+        if default_unit is None:
+            msg = f"length {text!r} has no unit; write it like '{text}um'"
+            raise UnitError(msg)
+        unit_text = default_unit
+    unit = canonical_unit(unit_text)
+    if not is_length(unit):
+        msg = f"{text!r} is not a length"
+        raise UnitError(msg)
+    if value <= 0:
+        msg = f"length {text!r} must be positive"
+        raise UnitError(msg)
+    return value, unit
