@@ -139,7 +139,7 @@ def plan_storage(
     org = {d: float((origin or {}).get(d, 0.0)) for d in sdims}
     sshape = {d: int(shape[dims_t.index(d)]) for d in sdims}
     factors = _level_factors(
-        sshape, dict(spacing), min_size=min_size, max_levels=levels or 10
+        sshape, dict(spacing), min_size=1 if levels else min_size, max_levels=levels or 10
     )
     if levels is not None:
         factors = factors[:levels]
@@ -176,8 +176,13 @@ def _compressors(name: str, dtype: np.dtype[Any]) -> Any:
     raise InvalidInputError(f"unknown compressor {name!r}; use zstd, blosc-zstd, blosc-lz4, none")
 
 
-def _reduce_mode(block: np.ndarray[Any, Any], axis: tuple[int, ...]) -> np.ndarray[Any, Any]:
+def _reduce_mode(
+    block: np.ndarray[Any, Any], axis: tuple[int, ...] | None = None, **_: Any
+) -> np.ndarray[Any, Any]:
     """Most frequent value over ``axis`` (labels downsampling; ties -> smallest value)."""
+    if axis is None:
+        axis = tuple(range(block.ndim))
+    axis = tuple(axis)
     moved = np.moveaxis(block, axis, tuple(range(block.ndim - len(axis), block.ndim)))
     flat = moved.reshape(*moved.shape[: block.ndim - len(axis)], -1)
     flat = np.sort(flat, axis=-1)
@@ -195,7 +200,7 @@ def _downsample(
     if all(v == 1 for v in axes.values()):
         return arr
     if method == "mode":
-        return da.coarsen(_reduce_mode, arr, axes, trim_excess=True, dtype=arr.dtype)
+        return da.coarsen(_reduce_mode, arr, axes, trim_excess=True)
     out = da.coarsen(np.mean, arr, axes, trim_excess=True, dtype=np.float64)
     if np.issubdtype(arr.dtype, np.integer):
         info = np.iinfo(arr.dtype)
@@ -304,9 +309,10 @@ def write_multiscale(
     prefix = path.strip("/")
     previous: zarr.Array | None = None
     for k, lv in enumerate(plan.levels):
+        name = f"{prefix}/{lv.path}" if prefix else lv.path
         target = zarr.create_array(
             store,
-            name=f"{prefix}/{lv.path}" if prefix else lv.path,
+            name=name,
             shape=lv.shape,
             dtype=plan.dtype,
             chunks=lv.chunks,
@@ -314,7 +320,7 @@ def write_multiscale(
             compressors=comp,
             fill_value=0,
             dimension_names=dims_t,
-            overwrite=True,
+            overwrite=_exists(store, f"{name}/zarr.json"),
         )
         if previous is None:
             source = data
@@ -346,6 +352,12 @@ def write_multiscale(
         attrs[ATTRS_KEY] = dict(bridge_attrs)
     _publish_group_attrs(store, prefix, attrs)
     return plan
+
+
+def _exists(store: Store, key: str) -> bool:
+    from zarr.core.sync import sync
+
+    return bool(sync(store.exists(key)))
 
 
 def _publish_group_attrs(store: Store, path: str, attrs: dict[str, Any]) -> None:

@@ -1,2 +1,56 @@
+"""The ``bridge`` command: a thin shell over bridge_xr library calls."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bridge_xr import __version__
+from bridge_xr_cli import convert, demo, export, info
+from bridge_xr_cli._common import use_scheduler
+
+app = typer.Typer(
+    name="bridge",
+    help="bridge_xr: correlative MRI-microscopy imaging on calibrated OME-Zarr 0.6 stores.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bridge_xr {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="dask-distributed scheduler address (tcp://host:port); default: local"),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """Correlate MRI with two-photon, widefield and expansion microscopy, voxel by voxel."""
+    use_scheduler(scheduler)
+
+
+app.add_typer(convert.app, name="convert")
+app.add_typer(export.app, name="export")
+app.command("info")(info.main)
+app.command("validate")(info.validate)
+app.command("demo")(demo.main)
+
+
 def run() -> None:
-    pass
+    """Console-script entry point."""
+    app()
+
+
+__all__ = ["app", "json", "Path", "run"]

@@ -1,0 +1,345 @@
+"""Bring data into a subject store, describe a store, and export images back out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from bridge_xr._constants import INTRINSIC, SCANNER_RAS
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._store import StoreLike, describe_store, key_exists, resolve_store
+from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.scene import add_image, check_image_path, read_subject, scene_transforms
+from bridge_xr.model.image import physical_extent, spatial_dims
+from bridge_xr.model.metadata import Acquisition, ImageMetadata, NiftiInfo, Provenance
+from bridge_xr.model.units import parse_length
+
+_MODALITY_BY_PREFIX = {
+    "invivo_mri": "mri",
+    "exvivo_mri": "mri",
+    "mri": "mri",
+    "twophoton": "twophoton",
+    "2p": "twophoton",
+    "widefield": "widefield",
+    "exvivo": "widefield",
+    "exm": "expansion",
+    "expansion": "expansion",
+    "masks": "labels",
+    "labels": "labels",
+}
+
+
+def _session_of(path: str) -> str | None:
+    parts = path.split("/")
+    return parts[1] if len(parts) >= 3 else None
+
+
+def _guard_target(store: Any, path: str, overwrite: bool) -> None:
+    subject = read_subject(store)
+    if (path in subject.images or key_exists(store, f"{path}/zarr.json")) and not overwrite:
+        msg = (
+            f"image {path!r} already exists in {describe_store(store)}; "
+            "choose another --image or pass --overwrite"
+        )
+        raise InvalidInputError(msg)
+
+
+def _float(tags: Mapping[str, str], key: str) -> float | None:
+    try:
+        return float(tags[key].split("\\")[0])
+    except (KeyError, ValueError):
+        return None
+
+
+def convert_mri(
+    source: str | os.PathLike[str],
+    where: StoreLike,
+    image_path: str,
+    *,
+    overwrite: bool = False,
+    series: str | None = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> ImageMetadata:
+    """Convert a NIfTI file or a DICOM series folder into the subject store at ``image_path``."""
+    from bridge_xr.io.dicom import read_dicom_series
+    from bridge_xr.io.nifti import read_nifti
+
+    path = check_image_path(image_path)
+    src = Path(source)
+    if not src.exists():
+        raise InvalidInputError(f"no such file or folder: {str(src)!r}; check the path")
+    store = resolve_store(where, storage_options=storage_options)
+    _guard_target(store, path, overwrite)
+    nifti: NiftiInfo | None = None
+    dicom: dict[str, str] | None = None
+    if src.is_dir():
+        image, dicom, systems = read_dicom_series(src, series_uid=series)
+        acq = Acquisition(
+            field_strength_T=_float(dicom, "field_strength_T"),
+            echo_time_ms=_float(dicom, "echo_time_ms"),
+            repetition_time_ms=_float(dicom, "repetition_time_ms"),
+            sequence=dicom.get("sequence_name"),
+        )
+        fmt = "dicom"
+    elif src.name.endswith((".nii", ".nii.gz")):
+        image, nifti, systems = read_nifti(src)
+        acq = Acquisition()
+        fmt = "nifti"
+    else:
+        msg = f"{str(src)!r} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder"
+        raise InvalidInputError(msg)
+    meta = ImageMetadata(
+        path=path,
+        modality="mri",
+        session=_session_of(path),
+        source=str(src),
+        acquisition=acq,
+        nifti=nifti,
+        dicom=dicom,
+        provenance=Provenance.now(f"convert mri ({fmt})", inputs=(str(src),), image=path),
+    )
+    add_image(
+        store,
+        image,
+        meta,
+        extra_systems=systems,
+        overwrite=overwrite,
+        shards=False,
+        chunks={"z": 64, "y": 64, "x": 64},
+        compressor="zstd",
+        progress=progress,
+    )
+    return meta
+
+
+def convert_microscopy(
+    source: str | os.PathLike[str],
+    where: StoreLike,
+    image_path: str,
+    *,
+    pixel_size: str | None = None,
+    z_step: str | None = None,
+    channel_names: tuple[str, ...] | None = None,
+    modality: str | None = None,
+    labels: bool = False,
+    overwrite: bool = False,
+    chunks: Mapping[str, int] | None = None,
+    shards: Mapping[str, int] | None = None,
+    compressor: str = "blosc-zstd",
+    storage_options: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> ImageMetadata:
+    """Convert a TIFF/OME-TIFF stack into the subject store (lazily, shard by shard)."""
+    from bridge_xr.io.ome_zarr import plan_storage
+    from bridge_xr.io.tiff import read_tiff
+
+    path = check_image_path(image_path)
+    px = parse_length(pixel_size, default_unit="um") if pixel_size else None
+    zs = parse_length(z_step, default_unit="um") if z_step else None
+    from bridge_xr.model.units import conversion_factor
+
+    px_um = px[0] * conversion_factor(px[1], "micrometer") if px else None
+    zs_um = zs[0] * conversion_factor(zs[1], "micrometer") if zs else None
+    src = Path(source)
+    store = resolve_store(where, storage_options=storage_options)
+    _guard_target(store, path, overwrite)
+    image, cal = read_tiff(src, pixel_size_um=px_um, z_step_um=zs_um, channel_names=channel_names)
+    plan = plan_storage(
+        image.shape, image.dims, image.dtype, image.attrs["spacing"], chunks=chunks, shards=shards  # type: ignore[arg-type]
+    )
+    grid = plan.levels[0].shards or plan.levels[0].chunks
+    image, _ = read_tiff(
+        src,
+        pixel_size_um=px_um,
+        z_step_um=zs_um,
+        channel_names=channel_names,
+        chunks=dict(zip(image.dims, grid, strict=True)),  # type: ignore[arg-type]
+    )
+    mod = modality or ("labels" if labels else _MODALITY_BY_PREFIX.get(path.split("/")[0], "other"))
+    names = tuple(str(v) for v in image.c.values) if "c" in image.dims and "c" in image.coords else None
+    meta = ImageMetadata(
+        path=path,
+        modality=mod,  # type: ignore[arg-type]
+        kind="labels" if labels else "image",
+        session=_session_of(path),
+        source=str(src),
+        channel_names=names,
+        acquisition=Acquisition(
+            pixel_size_um=tuple(image.attrs["spacing"][d] for d in spatial_dims(image.dims)),  # type: ignore[arg-type]
+        ),
+        provenance=Provenance.now(
+            "convert microscopy",
+            inputs=(str(src),),
+            image=path,
+            calibration_source="options" if px else cal.source,
+        ),
+    )
+    add_image(
+        store,
+        image,
+        meta,
+        overwrite=overwrite,
+        method="mode" if labels else "mean",
+        chunks=chunks,
+        shards=shards,
+        compressor=compressor,
+        progress=progress,
+    )
+    return meta
+
+
+def describe(where: StoreLike, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``bridge info`` shows: images, shapes, extents, units, transforms, provenance."""
+    store = resolve_store(where, read_only=True, storage_options=storage_options)
+    if not key_exists(store, "zarr.json"):
+        raise InvalidInputError(f"{describe_store(store)} is not a zarr v3 store (no zarr.json)")
+    subject = read_subject(store)
+    images: dict[str, Any] = {}
+    paths = list(subject.images) or _discover(store)
+    for p in paths:
+        group = open_group(store, p)
+        info = read_multiscale_info(group)
+        img = read_image(store, p)
+        meta = subject.images.get(p)
+        images[p] = {
+            "modality": meta.modality if meta else None,
+            "kind": meta.kind if meta else "image",
+            "dims": list(img.dims),
+            "shape": list(img.shape),
+            "dtype": str(img.dtype),
+            "unit": img.attrs["unit"],
+            "spacing": img.attrs["spacing"],
+            "extent": {k: list(v) for k, v in physical_extent(img).items()},
+            "levels": len(info.level_paths),
+            "coordinate_systems": [*info.systems] or [INTRINSIC],
+            "transforms": {k: t.to_ome() for k, t in info.transforms.items()},
+            "channel_names": list(meta.channel_names) if meta and meta.channel_names else None,
+            "provenance": meta.provenance.model_dump(mode="json") if meta else None,
+            "ome_version": info.version,
+        }
+    return {
+        "store": describe_store(store),
+        "reference_image": subject.reference_image,
+        "images": images,
+        "scene_transforms": [t.to_ome() for t in scene_transforms(store)],
+    }
+
+
+def _discover(store: Any) -> list[str]:
+    """Find multiscale groups by walking the hierarchy (stores not written by bridge_xr)."""
+    found: list[str] = []
+    try:
+        root = zarr.open_group(store, mode="r")
+    except Exception:  # noqa: BLE001 - report as "nothing found"
+        return found
+    if "multiscales" in root.attrs.get("ome", root.attrs):
+        return [""]
+    for name, node in root.members(max_depth=None):
+        if isinstance(node, zarr.Group):
+            attrs = node.attrs.asdict()
+            if "multiscales" in attrs.get("ome", attrs):
+                found.append(name)
+    return found
+
+
+def export_nifti(
+    where: StoreLike,
+    image_path: str,
+    output: str | os.PathLike[str],
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> Path:
+    """Write an image (level 0) as NIfTI; MRI converted from NIfTI gets its own header back."""
+    from bridge_xr.io.nifti import write_nifti
+
+    out = Path(output)
+    if not out.name.endswith((".nii", ".nii.gz")):
+        raise InvalidInputError(f"--output {str(out)!r} must end in .nii or .nii.gz")
+    store = resolve_store(where, read_only=True, storage_options=storage_options)
+    path = check_image_path(image_path)
+    img = read_image(store, path)
+    subject = read_subject(store)
+    meta = subject.images.get(path)
+    if "c" in img.dims:
+        raise InvalidInputError(f"{path!r} has channels {list(img.c.values)}; NIfTI export takes one channel")
+    scanner = img.attrs["transforms"].get(SCANNER_RAS)
+    return write_nifti(
+        np.asarray(img.data.compute()),
+        tuple(img.dims),  # type: ignore[arg-type]
+        out,
+        spacing=img.attrs["spacing"],
+        unit=img.attrs["unit"],
+        nifti=meta.nifti if meta else None,
+        scanner_affine=None if scanner is None else scanner.to_affine(3),
+    )
+
+
+def export_ome_zarr_05(
+    where: StoreLike,
+    image_path: str,
+    output: StoreLike,
+    *,
+    storage_options: dict[str, Any] | None = None,
+) -> str:
+    """Export one image as a plain OME-Zarr 0.5 multiscale (scale + translation, no shards).
+
+    For viewers without RFC-5 support. The image is written at the root of ``output``;
+    an axis-aligned ``scanner_ras`` affine (diagonal) is baked into the scale/translation.
+    """
+    src = resolve_store(where, read_only=True, storage_options=storage_options)
+    dst = resolve_store(output, storage_options=storage_options)
+    if key_exists(dst, "zarr.json"):
+        raise InvalidInputError(f"{describe_store(dst)} already exists; choose a new --output")
+    path = check_image_path(image_path)
+    info = read_multiscale_info(open_group(src, path))
+    scanner = info.transforms.get(SCANNER_RAS)
+    mat = scanner.to_affine(3) if scanner is not None else None
+    bake = mat is not None and np.allclose(mat[:3, :3], np.diag(np.diag(mat[:3, :3]))) and np.all(np.diag(mat[:3, :3]) > 0)
+    datasets = []
+    try:
+        for k, lp in enumerate(info.level_paths):
+            img = read_image(src, path, level=k)
+            arr = img.data
+            scale = list(info.level_scale[k])
+            trans = list(info.level_translation[k])
+            if bake and mat is not None:
+                sd = [i for i, d in enumerate(info.dims) if d in ("z", "y", "x")]
+                for j, i in enumerate(sd):
+                    scale[i] *= mat[j, j]
+                    trans[i] = trans[i] * mat[j, j] + mat[j, 3]
+            target = zarr.create_array(
+                dst, name=lp, shape=arr.shape, dtype=arr.dtype,
+                chunks=tuple(min(64, n) for n in arr.shape), dimension_names=list(info.dims),
+                fill_value=0, overwrite=True,
+            )
+            da.store(arr.rechunk(target.chunks), target, lock=False)
+            datasets.append({
+                "path": lp,
+                "coordinateTransformations": [
+                    {"type": "scale", "scale": scale},
+                    {"type": "translation", "translation": trans},
+                ],
+            })
+        axes = []
+        for d in info.dims:
+            if d in ("z", "y", "x"):
+                axes.append({"name": d, "type": "space", "unit": info.unit or "micrometer"})
+            elif d == "c":
+                axes.append({"name": d, "type": "channel"})
+            else:
+                axes.append({"name": d, "type": "time"})
+        attrs = {"ome": {"version": "0.5", "multiscales": [{"name": path, "axes": axes, "datasets": datasets}]}}
+        zarr.open_group(dst, mode="a", zarr_format=3).attrs.put(attrs)
+    except BaseException:
+        from bridge_xr.io._store import delete_prefix
+
+        delete_prefix(dst, "")
+        raise
+    return describe_store(dst)

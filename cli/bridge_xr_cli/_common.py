@@ -1,0 +1,83 @@
+"""Shared CLI plumbing: one error handler, progress bars, the dask scheduler option."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bridge_xr.errors import BridgeXRError
+
+F = TypeVar("F", bound=Callable[..., Any])
+console = Console(stderr=True)
+out = Console()
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one clear line to stderr and return the exit (status 2) to raise."""
+    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code=2)
+
+
+def handle_errors(func: F) -> F:
+    """Turn user errors into one line on stderr and exit status 2 (never a traceback)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except BridgeXRError as exc:
+            raise fail(str(exc)) from None
+        except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as exc:
+            raise fail(f"{exc.strerror or exc}: {exc.filename!r}") from None
+        except KeyboardInterrupt:
+            console.print("interrupted; nothing half-written was left behind")
+            raise typer.Exit(code=130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def level_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar fed by ``callback(done, total)``."""
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} levels"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=not sys.stderr.isatty(),
+        disable=not sys.stderr.isatty(),
+    ) as progress:
+        task = progress.add_task(description, total=None)
+
+        def callback(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        yield callback
+
+
+_client: Any = None
+
+
+def use_scheduler(address: str | None) -> None:
+    """Connect to a dask-distributed scheduler (``tcp://host:port``) for all later work."""
+    global _client
+    address = address or os.environ.get("BRIDGE_XR_SCHEDULER")
+    if not address:
+        return
+    try:
+        from distributed import Client
+    except ImportError as exc:
+        raise fail("--scheduler needs dask-distributed: pip install 'bridge_xr[distributed]'") from exc
+    try:
+        _client = Client(address, timeout="10s")
+    except OSError as exc:
+        raise fail(f"cannot reach dask scheduler {address!r}: {exc}") from exc

@@ -1,0 +1,60 @@
+"""``bridge info`` and ``bridge validate``."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from bridge_xr.io.convert import describe
+from bridge_xr_cli._common import fail, handle_errors, out
+
+
+def _fmt_extent(extent: dict[str, list[float]], unit: str) -> str:
+    return " × ".join(f"{hi - lo:.4g}" for lo, hi in extent.values()) + f" {unit}"
+
+
+@handle_errors
+def main(
+    store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL)")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Images, shapes, physical extent, units, transforms and provenance of a store."""
+    d = describe(store)
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    table = Table(title=f"{d['store']}  (reference: {d['reference_image']})")
+    for col in ("image", "modality", "dims", "shape", "dtype", "voxel", "extent", "levels", "systems"):
+        table.add_column(col)
+    for path, im in d["images"].items():
+        voxel = ", ".join(f"{k}={v:.4g}" for k, v in im["spacing"].items())
+        table.add_row(
+            path, str(im["modality"]), "".join(im["dims"]), "×".join(map(str, im["shape"])),
+            im["dtype"], f"{voxel} {im['unit']}", _fmt_extent(im["extent"], im["unit"]),
+            str(im["levels"]), ", ".join(im["coordinate_systems"]),
+        )
+    out.print(table)
+    for t in d["scene_transforms"]:
+        out.print(f"edge {t.get('name', '')}: {t['type']} {t['input']} -> {t['output']}")
+    for path, im in d["images"].items():
+        prov: dict[str, Any] | None = im["provenance"]
+        if prov:
+            out.print(f"{path}: {prov['operation']} from {', '.join(prov['inputs'])} ({prov['created']}, bridge_xr {prov['version']})")
+
+
+@handle_errors
+def validate(
+    store: Annotated[str, typer.Argument(help="subject store to check with independent validators")],
+) -> None:
+    """Validate every image and the scene with ngff-zarr and ome-zarr-models."""
+    from bridge_xr.io.validate import validate_store
+
+    problems = validate_store(store)
+    if problems:
+        for p in problems[:-1]:
+            typer.echo(p, err=True)
+        raise fail(problems[-1])
+    out.print("valid: every image and the scene pass ngff-zarr and ome-zarr-models")
