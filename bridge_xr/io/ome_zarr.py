@@ -509,8 +509,11 @@ def _pick_intrinsic(ms: dict[str, Any]) -> dict[str, Any]:
     return dict(systems[-1])
 
 
-def open_group(store: Store, path: str) -> zarr.Group:
+def open_group(where: Store | str, path: str) -> zarr.Group:
     """Open an existing group read-only with a clear error when it is not there."""
+    from bridge_xr.io._store import resolve_store
+
+    store = resolve_store(where)
     try:
         return zarr.open_group(store, path=path.strip("/") or None, mode="r")
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
@@ -518,7 +521,7 @@ def open_group(store: Store, path: str) -> zarr.Group:
         raise InvalidInputError(msg) from exc
 
 
-def read_image(store: Store, path: str, *, level: int = 0) -> xr.DataArray:
+def read_image(store: Store | str, path: str, *, level: int = 0) -> xr.DataArray:
     """Read one pyramid level of an image as a lazy, calibrated :class:`xarray.DataArray`."""
     group = open_group(store, path)
     info = read_multiscale_info(group)
@@ -549,7 +552,7 @@ def read_image(store: Store, path: str, *, level: int = 0) -> xr.DataArray:
     return img
 
 
-def read_multiscale(store: Store, path: str) -> xr.DataTree:
+def read_multiscale(store: Store | str, path: str) -> xr.DataTree:
     """Every level of an image as an :class:`xarray.DataTree` (children ``s0``, ``s1`` ...)."""
     group = open_group(store, path)
     info = read_multiscale_info(group)

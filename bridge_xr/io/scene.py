@@ -39,22 +39,23 @@ from bridge_xr.model.units import conversion_factor
 _IMAGE_PATH_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./")
 
 
-def _root_attrs(store: Store) -> dict[str, Any]:
+def _root_attrs(where: StoreLike) -> dict[str, Any]:
+    store = resolve_store(where)
     if not key_exists(store, "zarr.json"):
         return {}
     try:
-        return dict(zarr.open_group(store, mode="r").attrs.asdict())
+        return dict(zarr.open_group(store, mode="r").attrs.asdict())  # type: ignore[arg-type]
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         return {}
 
 
-def read_subject(store: Store) -> SubjectMetadata:
+def read_subject(store: StoreLike) -> SubjectMetadata:
     """The ``bridge_xr`` block of a subject store (empty when the store is new)."""
     block = _root_attrs(store).get(ATTRS_KEY)
     return SubjectMetadata() if block is None else SubjectMetadata.model_validate(block)
 
 
-def scene_transforms(store: Store) -> list[Transform]:
+def scene_transforms(store: StoreLike) -> list[Transform]:
     """Every registration edge of the scene, parsed."""
     attrs = _root_attrs(store)
     if "ome" not in attrs:
@@ -63,7 +64,7 @@ def scene_transforms(store: Store) -> list[Transform]:
     return [parse_transform(t) for t in block.get("scene", {}).get("coordinateTransformations", [])]
 
 
-def scene_systems(store: Store) -> list[CoordinateSystem]:
+def scene_systems(store: StoreLike) -> list[CoordinateSystem]:
     """Scene-level coordinate systems (the first is the default display system)."""
     attrs = _root_attrs(store)
     block = attrs.get("ome", {})
@@ -139,6 +140,9 @@ def add_image(
     """
     store = resolve_store(where, storage_options=storage_options)
     path = check_image_path(meta.path)
+    if "c" in image.dims and "c" in image.coords and meta.channel_names is None:
+        names = tuple(str(v) for v in image.coords["c"].values)
+        meta = meta.model_copy(update={"channel_names": names})
     new_store = not key_exists(store, "zarr.json")
     subject = read_subject(store)
     if not new_store and ATTRS_KEY not in _root_attrs(store) and "ome" in _root_attrs(store):

@@ -7,6 +7,7 @@ refused rather than given a made-up pixel size.
 
 from __future__ import annotations
 
+import logging
 import os
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -34,6 +35,19 @@ class TiffCalibration:
     z_step_um: float | None
     channel_names: tuple[str, ...] | None
     source: str
+
+
+class _LogCatcher(logging.Handler):
+    """Collects tifffile's warnings about corrupted files (it logs rather than raises)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.WARNING)
+        self.problems: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if any(w in text for w in ("corrupted", "invalid page offset", "truncated", "invalid")):
+            self.problems.append(text.strip().splitlines()[-1])
 
 
 class _RegionReader:
@@ -93,6 +107,11 @@ def _imagej_calibration(tf: tifffile.TiffFile) -> TiffCalibration:
 
 def _check_complete(tf: tifffile.TiffFile, path: Path) -> None:
     size = path.stat().st_size
+    series = tf.series[0]
+    offset = getattr(series, "dataoffset", None)
+    if offset is not None and offset + series.nbytes > size:
+        msg = f"TIFF {str(path)!r} is truncated (pixel data runs past the end of the file)"
+        raise InvalidInputError(msg)
     for page in tf.pages:
         offsets = getattr(page, "dataoffsets", ())
         counts = getattr(page, "databytecounts", ())
@@ -113,6 +132,9 @@ def read_tiff(
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"no such file: {str(p)!r}; check the path")
+    catcher = _LogCatcher()
+    tif_logger = logging.getLogger("tifffile")
+    tif_logger.addHandler(catcher)
     try:
         with tifffile.TiffFile(str(p)) as tf:
             series = tf.series[0]
@@ -124,8 +146,14 @@ def read_tiff(
             else:
                 cal = TiffCalibration(None, None, None, "none")
             _check_complete(tf, p)
+            _ = [page.shape for page in tf.pages]  # walks every IFD: broken chains log errors
     except (tifffile.TiffFileError, ValueError, OSError, IndexError) as exc:
         raise InvalidInputError(f"cannot read TIFF {str(p)!r}: {exc}") from exc
+    finally:
+        tif_logger.removeHandler(catcher)
+    if catcher.problems:
+        msg = f"TIFF {str(p)!r} is truncated or corrupted ({catcher.problems[0]})"
+        raise InvalidInputError(msg)
     dims_list = [_AXIS_MAP.get(a) for a in axes]
     if None in dims_list or len(set(dims_list)) != len(dims_list):
         raise InvalidInputError(f"TIFF {str(p)!r} has axes {axes!r} that bridge_xr cannot map")
