@@ -60,7 +60,9 @@ def resolve_store(
         scheme = text.split("://", 1)[0]
         if scheme == "file":
             return LocalStore(text.split("://", 1)[1], read_only=read_only)
-        opts = _s3_options(storage_options) if scheme in {"s3", "s3a"} else dict(storage_options or {})
+        opts = (
+            _s3_options(storage_options) if scheme in {"s3", "s3a"} else dict(storage_options or {})
+        )
         if scheme not in {"s3", "s3a"}:
             opts.setdefault("asynchronous", True)
         try:

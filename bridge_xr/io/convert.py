@@ -152,7 +152,12 @@ def convert_microscopy(
     _guard_target(store, path, overwrite)
     image, cal = read_tiff(src, pixel_size_um=px_um, z_step_um=zs_um, channel_names=channel_names)
     plan = plan_storage(
-        image.shape, image.dims, image.dtype, image.attrs["spacing"], chunks=chunks, shards=shards  # type: ignore[arg-type]
+        image.shape,
+        tuple(str(d) for d in image.dims),
+        image.dtype,
+        image.attrs["spacing"],
+        chunks=chunks,
+        shards=shards,
     )
     grid = plan.levels[0].shards or plan.levels[0].chunks
     image, _ = read_tiff(
@@ -163,7 +168,9 @@ def convert_microscopy(
         chunks=dict(zip(image.dims, grid, strict=True)),  # type: ignore[arg-type]
     )
     mod = modality or ("labels" if labels else _MODALITY_BY_PREFIX.get(path.split("/")[0], "other"))
-    names = tuple(str(v) for v in image.c.values) if "c" in image.dims and "c" in image.coords else None
+    names = (
+        tuple(str(v) for v in image.c.values) if "c" in image.dims and "c" in image.coords else None
+    )
     meta = ImageMetadata(
         path=path,
         modality=mod,  # type: ignore[arg-type]
@@ -239,11 +246,12 @@ def _discover(store: Any) -> list[str]:
         root = zarr.open_group(store, mode="r")
     except Exception:  # noqa: BLE001 - report as "nothing found"
         return found
-    if "multiscales" in root.attrs.get("ome", root.attrs):
+    root_attrs: dict[str, Any] = root.attrs.asdict()
+    if "multiscales" in root_attrs.get("ome", root_attrs):
         return [""]
     for name, node in root.members(max_depth=None):
         if isinstance(node, zarr.Group):
-            attrs = node.attrs.asdict()
+            attrs: dict[str, Any] = node.attrs.asdict()
             if "multiscales" in attrs.get("ome", attrs):
                 found.append(name)
     return found
@@ -268,7 +276,9 @@ def export_nifti(
     subject = read_subject(store)
     meta = subject.images.get(path)
     if "c" in img.dims:
-        raise InvalidInputError(f"{path!r} has channels {list(img.c.values)}; NIfTI export takes one channel")
+        raise InvalidInputError(
+            f"{path!r} has channels {list(img.c.values)}; NIfTI export takes one channel"
+        )
     scanner = img.attrs["transforms"].get(SCANNER_RAS)
     return write_nifti(
         np.asarray(img.data.compute()),
@@ -301,7 +311,11 @@ def export_ome_zarr_05(
     info = read_multiscale_info(open_group(src, path))
     scanner = info.transforms.get(SCANNER_RAS)
     mat = scanner.to_affine(3) if scanner is not None else None
-    bake = mat is not None and np.allclose(mat[:3, :3], np.diag(np.diag(mat[:3, :3]))) and np.all(np.diag(mat[:3, :3]) > 0)
+    bake = (
+        mat is not None
+        and np.allclose(mat[:3, :3], np.diag(np.diag(mat[:3, :3])))
+        and np.all(np.diag(mat[:3, :3]) > 0)
+    )
     datasets = []
     try:
         for k, lp in enumerate(info.level_paths):
@@ -315,18 +329,25 @@ def export_ome_zarr_05(
                     scale[i] *= mat[j, j]
                     trans[i] = trans[i] * mat[j, j] + mat[j, 3]
             target = zarr.create_array(
-                dst, name=lp, shape=arr.shape, dtype=arr.dtype,
-                chunks=tuple(min(64, n) for n in arr.shape), dimension_names=list(info.dims),
-                fill_value=0, overwrite=True,
+                dst,
+                name=lp,
+                shape=arr.shape,
+                dtype=arr.dtype,
+                chunks=tuple(min(64, n) for n in arr.shape),
+                dimension_names=list(info.dims),
+                fill_value=0,
+                overwrite=True,
             )
-            da.store(arr.rechunk(target.chunks), target, lock=False)
-            datasets.append({
-                "path": lp,
-                "coordinateTransformations": [
-                    {"type": "scale", "scale": scale},
-                    {"type": "translation", "translation": trans},
-                ],
-            })
+            da.store(arr.rechunk(target.chunks), target, lock=False)  # type: ignore[arg-type]
+            datasets.append(
+                {
+                    "path": lp,
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": scale},
+                        {"type": "translation", "translation": trans},
+                    ],
+                }
+            )
         axes = []
         for d in info.dims:
             if d in ("z", "y", "x"):
@@ -335,7 +356,12 @@ def export_ome_zarr_05(
                 axes.append({"name": d, "type": "channel"})
             else:
                 axes.append({"name": d, "type": "time"})
-        attrs = {"ome": {"version": "0.5", "multiscales": [{"name": path, "axes": axes, "datasets": datasets}]}}
+        attrs: dict[str, Any] = {
+            "ome": {
+                "version": "0.5",
+                "multiscales": [{"name": path, "axes": axes, "datasets": datasets}],
+            }
+        }
         zarr.open_group(dst, mode="a", zarr_format=3).attrs.put(attrs)
     except BaseException:
         from bridge_xr.io._store import delete_prefix

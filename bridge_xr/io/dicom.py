@@ -42,10 +42,14 @@ def read_dicom_series(
     except RuntimeError as exc:
         raise InvalidInputError(f"cannot list DICOM series in {str(p)!r}: {exc}") from exc
     if not uids:
-        raise InvalidInputError(f"no DICOM series found in {str(p)!r}; point to a folder of .dcm files")
+        raise InvalidInputError(
+            f"no DICOM series found in {str(p)!r}; point to a folder of .dcm files"
+        )
     if series_uid is None:
         if len(uids) > 1:
-            msg = f"{str(p)!r} holds {len(uids)} series ({', '.join(uids)}); choose one with --series"
+            msg = (
+                f"{str(p)!r} holds {len(uids)} series ({', '.join(uids)}); choose one with --series"
+            )
             raise InvalidInputError(msg)
         series_uid = uids[0]
     elif series_uid not in uids:

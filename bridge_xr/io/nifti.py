@@ -26,7 +26,12 @@ from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import NiftiInfo
 from bridge_xr.model.transforms import Affine, Transform
 
-_NIFTI_UNITS = {"mm": "millimeter", "micron": "micrometer", "meter": "meter", "unknown": "millimeter"}
+_NIFTI_UNITS = {
+    "mm": "millimeter",
+    "micron": "micrometer",
+    "meter": "meter",
+    "unknown": "millimeter",
+}
 
 
 def _rows(m: Any) -> tuple[tuple[float, ...], ...]:
@@ -41,7 +46,7 @@ def read_nifti(
     if not p.is_file():
         raise InvalidInputError(f"no such file: {str(p)!r}; check the path")
     try:
-        img = nib.load(str(p))
+        img: Any = nib.load(str(p))
         data = np.asarray(img.dataobj.get_unscaled())
     except (nib.filebasedimages.ImageFileError, EOFError, zlib.error, OSError, ValueError) as exc:
         msg = f"cannot read NIfTI {str(p)!r} ({type(exc).__name__}: {exc}); is the file complete?"
@@ -56,6 +61,7 @@ def read_nifti(
         raise InvalidInputError(msg)
     zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
     unit = _NIFTI_UNITS.get(hdr.get_xyzt_units()[0], "millimeter")
+    dims: tuple[str, ...]
     if data.ndim == 3:
         arr, dims = np.transpose(data, (2, 1, 0)), ("z", "y", "x")
     else:

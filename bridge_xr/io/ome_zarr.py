@@ -31,10 +31,12 @@ from bridge_xr.model.image import make_image, spatial_dims
 from bridge_xr.model.transforms import (
     CoordinateSystemRef,
     Scale,
-    Sequence as SeqT,
     Transform,
     Translation,
     parse_transform,
+)
+from bridge_xr.model.transforms import (
+    Sequence as SeqT,
 )
 from bridge_xr.model.units import canonical_unit
 
@@ -71,17 +73,17 @@ class StoragePlan:
 def _level_factors(
     shape: dict[str, int], spacing: dict[str, float], *, min_size: int, max_levels: int
 ) -> list[dict[str, int]]:
-    out = [{d: 1 for d in shape}]
+    out = [dict.fromkeys(shape, 1)]
     cur_shape, cur_sp = dict(shape), dict(spacing)
     while len(out) < max_levels and max(cur_shape.values()) > min_size:
-        finest = min(cur_sp[d] for d in cur_shape if cur_shape[d] >= 2) if any(
-            v >= 2 for v in cur_shape.values()
-        ) else None
+        finest = (
+            min(cur_sp[d] for d in cur_shape if cur_shape[d] >= 2)
+            if any(v >= 2 for v in cur_shape.values())
+            else None
+        )
         if finest is None:
             break
-        step = {
-            d: 2 if cur_shape[d] >= 2 and cur_sp[d] <= 1.5 * finest else 1 for d in cur_shape
-        }
+        step = {d: 2 if cur_shape[d] >= 2 and cur_sp[d] <= 1.5 * finest else 1 for d in cur_shape}
         if all(v == 1 for v in step.values()):
             break
         cur_shape = {d: cur_shape[d] // step[d] for d in cur_shape}
@@ -169,7 +171,9 @@ def _compressors(name: str, dtype: np.dtype[Any]) -> Any:
     if name == "zstd":
         return ZstdCodec(level=3)
     if name == "blosc-zstd":
-        shuffle = "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
+        shuffle: Literal["bitshuffle", "shuffle"] = (
+            "bitshuffle" if dtype.itemsize <= 2 else "shuffle"
+        )
         return BloscCodec(cname="zstd", clevel=3, shuffle=shuffle, typesize=dtype.itemsize)
     if name == "blosc-lz4":
         return BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=dtype.itemsize)
@@ -215,7 +219,7 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array, *, compute: bool = Tr
         msg = f"array shape {arr.shape} does not match target {target.shape}"
         raise InvalidInputError(msg)
     aligned = arr.rechunk(tuple(grid))
-    return da.store(aligned, target, lock=False, compute=compute)
+    return da.store(aligned, target, lock=False, compute=compute)  # type: ignore[arg-type]
 
 
 def _level_transform(plan: LevelPlan, dims: tuple[str, ...]) -> dict[str, Any]:
@@ -268,7 +272,9 @@ def multiscales_attrs(
     }
     if extra_systems:
         ms["coordinateTransformations"] = [
-            t.with_io(CoordinateSystemRef(name=INTRINSIC), CoordinateSystemRef(name=cs.name)).to_ome()
+            t.with_io(
+                CoordinateSystemRef(name=INTRINSIC), CoordinateSystemRef(name=cs.name)
+            ).to_ome()
             for cs, t in extra_systems
         ]
     return {"version": OME_VERSION, "multiscales": [ms]}
@@ -328,9 +334,7 @@ def write_multiscale(
             prev_f, f = plan.levels[k - 1].factors, lv.factors
             step = {d: f[d] // prev_f[d] for d in f}
             grid = target.shards or target.chunks
-            read_chunks = tuple(
-                g * step.get(d, 1) for g, d in zip(grid, dims_t, strict=True)
-            )
+            read_chunks = tuple(g * step.get(d, 1) for g, d in zip(grid, dims_t, strict=True))
             src = da.from_zarr(previous, chunks=read_chunks)
             source = _downsample(src, dims_t, step, method)
         store_shard_aligned(source, target)
@@ -409,9 +413,7 @@ def _legacy_io(t: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _dataset_geometry(
-    cts: Sequence[dict[str, Any]], ndim: int
-) -> tuple[list[float], list[float]]:
+def _dataset_geometry(cts: Sequence[dict[str, Any]], ndim: int) -> tuple[list[float], list[float]]:
     scale, trans = [1.0] * ndim, [0.0] * ndim
     flat: list[dict[str, Any]] = []
     for t in cts:
@@ -491,7 +493,7 @@ def read_multiscale_info(group: zarr.Group) -> MultiscaleInfo:
         level_translation=tuple(trans),
         systems=systems,
         transforms=transforms,
-        bridge=dict(attrs.get(ATTRS_KEY, {})),
+        bridge=dict(attrs.get(ATTRS_KEY) or {}),  # type: ignore[arg-type]
         name=ms.get("name"),
     )
 

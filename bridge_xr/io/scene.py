@@ -81,7 +81,9 @@ def check_image_path(path: str) -> str:
     if not clean or set(clean) - _IMAGE_PATH_OK or any(p in {"", ".", ".."} for p in parts):
         msg = f"image path {path!r} must be like 'invivo_mri/d060/T2w' (letters, digits, _-.)"
         raise InvalidInputError(msg)
-    if parts[0] == "coordinateTransformations" or any(p.startswith("s") and p[1:].isdigit() for p in parts):
+    if parts[0] == "coordinateTransformations" or any(
+        p.startswith("s") and p[1:].isdigit() for p in parts
+    ):
         msg = f"image path {path!r} uses a reserved name (coordinateTransformations, s0, s1 ...)"
         raise InvalidInputError(msg)
     return clean
@@ -94,7 +96,9 @@ def _reference_edge(meta: ImageMetadata, systems: Mapping[str, CoordinateSystem]
     unit = src.spatial_unit or "micrometer"
     factor = conversion_factor(unit, "micrometer")
     t: Transform = Identity() if factor == 1.0 else Scale(scale=(factor,) * 3)
-    t = t.with_io(CoordinateSystemRef(name=src_name, path=meta.path), CoordinateSystemRef(name=REFERENCE))
+    t = t.with_io(
+        CoordinateSystemRef(name=src_name, path=meta.path), CoordinateSystemRef(name=REFERENCE)
+    )
     check_edge_units(t, src, ref)
     return t.model_copy(update={"name": f"{meta.path}:{src_name}_to_reference"})
 
@@ -110,7 +114,9 @@ def publish_subject(
         "ome": {
             "version": OME_VERSION,
             "scene": {
-                "coordinateSystems": [cs.model_dump(mode="json", exclude_none=True) for cs in systems],
+                "coordinateSystems": [
+                    cs.model_dump(mode="json", exclude_none=True) for cs in systems
+                ],
                 "coordinateTransformations": [t.to_ome() for t in transforms],
             },
         },
@@ -148,13 +154,12 @@ def add_image(
     if not new_store and ATTRS_KEY not in _root_attrs(store) and "ome" in _root_attrs(store):
         msg = f"{describe_store(store)} is an OME-Zarr store not made by bridge_xr; write to a new store"
         raise InvalidInputError(msg)
-    if path in subject.images or key_exists(store, f"{path}/zarr.json"):
-        if not overwrite:
-            msg = (
-                f"image {path!r} already exists in {describe_store(store)}; "
-                "choose another --image or pass --overwrite"
-            )
-            raise InvalidInputError(msg)
+    if (path in subject.images or key_exists(store, f"{path}/zarr.json")) and not overwrite:
+        msg = (
+            f"image {path!r} already exists in {describe_store(store)}; "
+            "choose another --image or pass --overwrite"
+        )
+        raise InvalidInputError(msg)
     try:
         write_multiscale(
             store,

@@ -80,7 +80,9 @@ def _ome_calibration(xml: str) -> TiffCalibration:
 
     chans = pixels.findall("o:Channel", ns) if ns else pixels.findall("Channel")
     names = tuple(c.get("Name") or f"ch{i}" for i, c in enumerate(chans)) if chans else None
-    return TiffCalibration(size("X"), size("Z"), names if names and any(c.get("Name") for c in chans) else None, "ome")
+    return TiffCalibration(
+        size("X"), size("Z"), names if names and any(c.get("Name") for c in chans) else None, "ome"
+    )
 
 
 def _imagej_calibration(tf: tifffile.TiffFile) -> TiffCalibration:
@@ -163,19 +165,26 @@ def read_tiff(
     zs = z_step_um if z_step_um is not None else cal.z_step_um
     has_z = "z" in dims and shape[dims.index("z")] > 1
     if px is None:
-        msg = (
-            f"{str(p)!r} has no pixel size in its metadata; pass --pixel-size (e.g. 1.1838um)"
-            + (" and --z-step (e.g. 5um)" if has_z else "")
+        msg = f"{str(p)!r} has no pixel size in its metadata; pass --pixel-size (e.g. 1.1838um)" + (
+            " and --z-step (e.g. 5um)" if has_z else ""
         )
         raise InvalidInputError(msg)
     if has_z and zs is None:
-        raise InvalidInputError(f"{str(p)!r} has no z step in its metadata; pass --z-step (e.g. 5um)")
+        raise InvalidInputError(
+            f"{str(p)!r} has no z step in its metadata; pass --z-step (e.g. 5um)"
+        )
     reader = _RegionReader(str(p), 0, shape, dtype)
     want = dict(chunks or {})
     chunk_shape = tuple(
         min(n, want.get(d, n if d in {"y", "x"} else 1)) for d, n in zip(dims, shape, strict=True)
     )
-    arr = da.from_array(reader, chunks=chunk_shape, lock=False, asarray=False, name=f"tiff-{p.name}-{p.stat().st_mtime_ns}")
+    arr = da.from_array(
+        reader,
+        chunks=chunk_shape,
+        lock=False,
+        asarray=False,
+        name=f"tiff-{p.name}-{p.stat().st_mtime_ns}",
+    )
     arr = arr.transpose(order)
     dims = tuple(dims[i] for i in order)
     spacing = {"z": zs or 1.0, "y": px, "x": px}

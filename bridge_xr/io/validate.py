@@ -51,7 +51,9 @@ def validate_group(group: zarr.Group, *, model: str = "image") -> list[str]:
                 obj = ozm.open_ome_zarr(group, version=version)
                 kind = type(obj).__name__
                 if kind not in {"Image", "ImageLabel"}:
-                    problems.append(f"{group.path}: ome-zarr-models read it as {kind}, not an image")
+                    problems.append(
+                        f"{group.path}: ome-zarr-models read it as {kind}, not an image"
+                    )
     except Exception as exc:  # noqa: BLE001
         problems.append(f"{group.path or '/'}: ome-zarr-models {model}: {str(exc).splitlines()[0]}")
     return problems
@@ -69,6 +71,7 @@ def validate_store(where: StoreLike, *, storage_options: dict[str, Any] | None =
         group = zarr.open_group(store, path=p or None, mode="r")
         problems += validate_group(group, model="image")
     root = zarr.open_group(store, mode="r")
-    if "scene" in root.attrs.get("ome", {}):
+    ome: Any = root.attrs.get("ome") or {}
+    if "scene" in ome:
         problems += validate_group(root, model="scene")
     return problems

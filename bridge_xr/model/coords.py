@@ -83,7 +83,7 @@ class CoordinateSystem(BaseModel):
     @property
     def spatial_unit(self) -> str | None:
         """The unit of the spatial axes (they share one unit by bridge_xr convention)."""
-        units = {a.unit for a in self.axes if a.type == "space"}
+        units = {a.unit for a in self.axes if a.type == "space" and a.unit is not None}
         if len(units) > 1:
             raise UnitError(f"coordinate system {self.name!r} mixes spatial units {sorted(units)}")
         return units.pop() if units else None

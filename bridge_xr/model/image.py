@@ -85,9 +85,7 @@ def make_image(
     }
     if "c" in dims and channel_names is not None:
         if len(channel_names) != arr.shape[dims.index("c")]:
-            msg = (
-                f"{len(channel_names)} channel names for {arr.shape[dims.index('c')]} channels"
-            )
+            msg = f"{len(channel_names)} channel names for {arr.shape[dims.index('c')]} channels"
             raise InvalidInputError(msg)
         coords["c"] = list(channel_names)
     attrs = {

@@ -73,7 +73,9 @@ class _Base(BaseModel):
             if isinstance(t, Sequence):
                 parts.extend(t.transformations)
             else:
-                parts.append(t.model_copy(update={"input": None, "output": None, "name": None}))
+                parts.append(
+                    t.model_copy(update={"input": None, "output": None, "name": None})  # type: ignore[arg-type]
+                )
         return Sequence(transformations=tuple(parts), input=self.input, output=other.output)
 
     def with_io(
@@ -175,7 +177,7 @@ class Affine(_Base):
         return self
 
     @classmethod
-    def from_matrix(cls, matrix: FloatArray, **kwargs: Any) -> Affine:
+    def from_matrix(cls, matrix: Any, **kwargs: Any) -> Affine:
         """Build from a homogeneous (N+1)x(N+1) or an N x (N+1) matrix."""
         m = np.asarray(matrix, dtype=np.float64)
         if m.shape[0] == m.shape[1]:
@@ -226,7 +228,9 @@ class Rotation(_Base):
 
     def inverse(self) -> Transform:  # noqa: D102
         r = np.asarray(self.rotation).T
-        return Rotation(rotation=tuple(tuple(float(v) for v in row) for row in r), **self._swapped())
+        return Rotation(
+            rotation=tuple(tuple(float(v) for v in row) for row in r), **self._swapped()
+        )
 
     def to_affine(self, ndim: int | None = None) -> FloatArray:  # noqa: D102
         r = np.asarray(self.rotation)
@@ -333,7 +337,7 @@ class Bijection(_Base):
         return self.forward.transform_points(points)
 
     def inverse(self) -> Transform:  # noqa: D102
-        return Bijection(forward=self.inverse_, inverse=self.forward, **self._swapped())
+        return Bijection(forward=self.inverse_, inverse=self.forward, **self._swapped())  # type: ignore[call-arg]
 
     def to_affine(self, ndim: int | None = None) -> FloatArray:  # noqa: D102
         return self.forward.to_affine(ndim)

@@ -38,7 +38,7 @@ TIME_UNITS = ("nanosecond", "microsecond", "millisecond", "second", "minute", "h
 @functools.lru_cache(maxsize=1)
 def ureg() -> pint.UnitRegistry:
     """Return the package-wide pint registry (µ and 'micron' spellings accepted)."""
-    reg = pint.UnitRegistry()
+    reg: pint.UnitRegistry = pint.UnitRegistry()
     return reg
 
 

@@ -204,9 +204,7 @@ def inside_vessels(points: Array, segments: Array) -> NDArray[np.bool_]:
     return out
 
 
-def inside_vessels_grid(
-    q: Array, segments: Array, locate: Any
-) -> NDArray[np.bool_]:
+def inside_vessels_grid(q: Array, segments: Array, locate: Any) -> NDArray[np.bool_]:
     """Vessel indicator on a grid of points ``q`` (shape (*grid, 3)).
 
     ``locate(lo, hi)`` returns the index box (tuple of slices) of the grid points whose image can
@@ -226,11 +224,18 @@ def inside_vessels_grid(
     return out
 
 
-def _box_locator(shape: tuple[int, ...], spacing: Array, origin: Array, pre: Any, margin: float) -> Any:
+def _box_locator(
+    shape: tuple[int, ...], spacing: Array, origin: Array, pre: Any, margin: float
+) -> Any:
     n = np.asarray(shape)
 
     def locate(lo: Array, hi: Array) -> tuple[slice, ...] | None:
-        corners = np.array([[lo[0] if i & 1 else hi[0], lo[1] if i & 2 else hi[1], lo[2] if i & 4 else hi[2]] for i in range(8)])
+        corners = np.array(
+            [
+                [lo[0] if i & 1 else hi[0], lo[1] if i & 2 else hi[1], lo[2] if i & 4 else hi[2]]
+                for i in range(8)
+            ]
+        )
         pc = pre(corners)
         i0 = np.floor((pc.min(axis=0) - margin - origin) / spacing).astype(int)
         i1 = np.ceil((pc.max(axis=0) + margin - origin) / spacing).astype(int) + 1
@@ -254,7 +259,9 @@ def _grid_points(shape: tuple[int, ...], spacing: Array, origin: Array) -> Array
     return np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
 
 
-def _twophoton(cfg: PhantomConfig, segs: Array, centre: Array, rng: np.random.Generator) -> xr.DataArray:
+def _twophoton(
+    cfg: PhantomConfig, segs: Array, centre: Array, rng: np.random.Generator
+) -> xr.DataArray:
     sp = np.asarray(cfg.twop_spacing_um)
     shape = tuple(int(round(f / s)) for f, s in zip(cfg.twop_fov_um, sp, strict=True))
     pts = _grid_points(shape, sp, np.zeros(3))
@@ -266,7 +273,11 @@ def _twophoton(cfg: PhantomConfig, segs: Array, centre: Array, rng: np.random.Ge
     t = (80 + 1500 * density * (0.6 + 0.4 * rng.random(shape))) * depth
     data = np.stack([v, t]).clip(0, 65535).astype(np.uint16)
     return make_image(
-        data, dims=("c", "z", "y", "x"), spacing=sp, unit="um", channel_names=("vessel", "tumour")
+        data,
+        dims=("c", "z", "y", "x"),
+        spacing=tuple(float(v) for v in sp),
+        unit="um",
+        channel_names=("vessel", "tumour"),
     )
 
 
@@ -327,15 +338,19 @@ def _landmarks(
     moving = bifs[ok]
     fixed = truth.inverse(moving)
     out = []
-    for rater in range(cfg.n_raters):
+    for _rater in range(cfg.n_raters):
         fx = fixed + rng.normal(0, cfg.rater_sigma_um, size=fixed.shape)
         mv = moving + rng.normal(0, cfg.rater_sigma_um / 10, size=moving.shape)
         out.append(
             pd.DataFrame(
                 {
                     "name": [f"bif{i:03d}" for i in range(len(moving))],
-                    "moving_x": mv[:, 2], "moving_y": mv[:, 1], "moving_z": mv[:, 0],
-                    "fixed_x": fx[:, 2], "fixed_y": fx[:, 1], "fixed_z": fx[:, 0],
+                    "moving_x": mv[:, 2],
+                    "moving_y": mv[:, 1],
+                    "moving_z": mv[:, 0],
+                    "fixed_x": fx[:, 2],
+                    "fixed_y": fx[:, 1],
+                    "fixed_z": fx[:, 0],
                     "active": True,
                 }
             )
@@ -347,7 +362,10 @@ def phantom_summary(ph: Phantom) -> dict[str, Any]:
     """Numbers worth printing about a phantom."""
     return {
         "segments": int(len(ph.segments)),
-        "diameter_range_um": (float(2 * ph.segments[:, 6].min()), float(2 * ph.segments[:, 6].max())),
+        "diameter_range_um": (
+            float(2 * ph.segments[:, 6].min()),
+            float(2 * ph.segments[:, 6].max()),
+        ),
         "twophoton_shape": tuple(int(v) for v in ph.twophoton.shape),
         "mri_shape": tuple(int(v) for v in ph.mri["T2w"].shape),
         "landmarks": int(len(ph.landmarks[0])) if ph.landmarks else 0,

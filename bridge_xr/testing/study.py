@@ -48,8 +48,12 @@ def write_raw_files(ph: Phantom, raw: Path) -> dict[str, Path]:
             ome=True,
             metadata={
                 "axes": "ZYX",
-                "PhysicalSizeX": sp["x"], "PhysicalSizeY": sp["y"], "PhysicalSizeZ": sp["z"],
-                "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm", "PhysicalSizeZUnit": "µm",
+                "PhysicalSizeX": sp["x"],
+                "PhysicalSizeY": sp["y"],
+                "PhysicalSizeZ": sp["z"],
+                "PhysicalSizeXUnit": "µm",
+                "PhysicalSizeYUnit": "µm",
+                "PhysicalSizeZUnit": "µm",
             },
         )
     return files

@@ -76,7 +76,9 @@ def use_scheduler(address: str | None) -> None:
     try:
         from distributed import Client
     except ImportError as exc:
-        raise fail("--scheduler needs dask-distributed: pip install 'bridge_xr[distributed]'") from exc
+        raise fail(
+            "--scheduler needs dask-distributed: pip install 'bridge_xr[distributed]'"
+        ) from exc
     try:
         _client = Client(address, timeout="10s")
     except OSError as exc:

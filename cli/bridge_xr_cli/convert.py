@@ -10,19 +10,30 @@ import typer
 from bridge_xr.io.convert import convert_microscopy, convert_mri
 from bridge_xr_cli._common import handle_errors, level_progress, out
 
-app = typer.Typer(help="Convert MRI (NIfTI, DICOM) or microscopy (TIFF, OME-TIFF) into a subject store.", no_args_is_help=True)
+app = typer.Typer(
+    help="Convert MRI (NIfTI, DICOM) or microscopy (TIFF, OME-TIFF) into a subject store.",
+    no_args_is_help=True,
+)
 
-ImageOpt = Annotated[str, typer.Option("--image", help="image path in the store, e.g. invivo_mri/d060/T2w")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace an existing image of that path")]
+ImageOpt = Annotated[
+    str, typer.Option("--image", help="image path in the store, e.g. invivo_mri/d060/T2w")
+]
+Overwrite = Annotated[
+    bool, typer.Option("--overwrite", help="replace an existing image of that path")
+]
 
 
 @app.command("mri")
 @handle_errors
 def mri(
-    source: Annotated[Path, typer.Argument(help="NIfTI file (.nii/.nii.gz) or a DICOM series folder")],
+    source: Annotated[
+        Path, typer.Argument(help="NIfTI file (.nii/.nii.gz) or a DICOM series folder")
+    ],
     store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
     image: ImageOpt,
-    series: Annotated[str | None, typer.Option(help="DICOM SeriesInstanceUID when the folder has several")] = None,
+    series: Annotated[
+        str | None, typer.Option(help="DICOM SeriesInstanceUID when the folder has several")
+    ] = None,
     overwrite: Overwrite = False,
 ) -> None:
     """Convert an MRI volume, keeping its exact scanner geometry (affine to scanner_ras)."""
@@ -37,19 +48,37 @@ def microscopy(
     source: Annotated[Path, typer.Argument(help="TIFF / OME-TIFF / ImageJ stack")],
     store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
     image: ImageOpt,
-    pixel_size: Annotated[str | None, typer.Option(help="in-plane pixel size, e.g. 1.1838um (overrides metadata)")] = None,
-    z_step: Annotated[str | None, typer.Option(help="z step, e.g. 5um (overrides metadata)")] = None,
-    channel_names: Annotated[str | None, typer.Option(help="comma-separated channel names, e.g. vessel,tumour")] = None,
-    labels: Annotated[bool, typer.Option("--labels", help="integer label image (mode downsampling)")] = False,
-    compressor: Annotated[str, typer.Option(help="zstd, blosc-zstd, blosc-lz4 or none")] = "blosc-zstd",
+    pixel_size: Annotated[
+        str | None, typer.Option(help="in-plane pixel size, e.g. 1.1838um (overrides metadata)")
+    ] = None,
+    z_step: Annotated[
+        str | None, typer.Option(help="z step, e.g. 5um (overrides metadata)")
+    ] = None,
+    channel_names: Annotated[
+        str | None, typer.Option(help="comma-separated channel names, e.g. vessel,tumour")
+    ] = None,
+    labels: Annotated[
+        bool, typer.Option("--labels", help="integer label image (mode downsampling)")
+    ] = False,
+    compressor: Annotated[
+        str, typer.Option(help="zstd, blosc-zstd, blosc-lz4 or none")
+    ] = "blosc-zstd",
     overwrite: Overwrite = False,
 ) -> None:
     """Convert a microscopy stack lazily into a sharded multiscale image."""
     names = tuple(n.strip() for n in channel_names.split(",")) if channel_names else None
     with level_progress(f"writing {image}") as cb:
         meta = convert_microscopy(
-            source, store, image, pixel_size=pixel_size, z_step=z_step, channel_names=names,
-            labels=labels, overwrite=overwrite, compressor=compressor, progress=cb,
+            source,
+            store,
+            image,
+            pixel_size=pixel_size,
+            z_step=z_step,
+            channel_names=names,
+            labels=labels,
+            overwrite=overwrite,
+            compressor=compressor,
+            progress=cb,
         )
     px = meta.acquisition.pixel_size_um
     out.print(f"wrote {meta.path} (voxel {px} µm) to {store}")

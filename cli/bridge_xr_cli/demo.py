@@ -17,7 +17,9 @@ from bridge_xr_cli._common import console, handle_errors, out
 
 @handle_errors
 def main(
-    out_dir: Annotated[Path, typer.Option("--out", help="folder for the demo study and report")] = Path("demo-out"),
+    out_dir: Annotated[
+        Path, typer.Option("--out", help="folder for the demo study and report")
+    ] = Path("demo-out"),
     size: Annotated[str, typer.Option(help="phantom size: tiny (seconds) or default")] = "default",
     seed: Annotated[int, typer.Option(help="phantom random seed")] = 0,
 ) -> None:
@@ -42,19 +44,26 @@ def main(
         (out_dir / "report").mkdir()
         (out_dir / "report" / "info.json").write_text(json.dumps(info, indent=2))
     with console.status("3/4 NIfTI round trip and OME-Zarr 0.5 export"):
-        rt = export_nifti(study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz")
-        a, b = nib.load(str(study.raw / "T2w.nii.gz")), nib.load(str(rt))
+        rt = export_nifti(
+            study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz"
+        )
+        a: Any = nib.load(str(study.raw / "T2w.nii.gz"))
+        b: Any = nib.load(str(rt))
         steps["nifti_roundtrip"] = {
             "data_identical": bool(np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj))),
             "affine_max_abs_diff": float(np.abs(a.affine - b.affine).max()),
         }
-        export_ome_zarr_05(study.store, "twophoton/d060/angiogram", str(out_dir / "report" / "angiogram_v05.ome.zarr"))
+        export_ome_zarr_05(
+            study.store,
+            "twophoton/d060/angiogram",
+            str(out_dir / "report" / "angiogram_v05.ome.zarr"),
+        )
     with console.status("4/4 validating with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 
             problems = validate_store(study.store)
-            steps["validation"] = "passed" if not problems else problems
+            steps["validation"] = problems if problems else "passed"
         except Exception as exc:  # noqa: BLE001 - validators are an optional extra
             steps["validation"] = f"skipped: {exc}"
     _figure(study, out_dir / "report" / "overview.png")
@@ -75,7 +84,9 @@ def main(
         f"{steps['validation'] if isinstance(steps['validation'], str) else 'FAILED'}. "
         f"Report: {out_dir / 'report'} ({elapsed:.1f} s)."
     )
-    if steps["validation"] not in ("passed",) and not str(steps["validation"]).startswith("skipped"):
+    if steps["validation"] not in ("passed",) and not str(steps["validation"]).startswith(
+        "skipped"
+    ):
         raise typer.Exit(code=1)
 
 

@@ -27,14 +27,30 @@ def main(
         typer.echo(json.dumps(d, indent=2))
         return
     table = Table(title=f"{d['store']}  (reference: {d['reference_image']})")
-    for col in ("image", "modality", "dims", "shape", "dtype", "voxel", "extent", "levels", "systems"):
+    for col in (
+        "image",
+        "modality",
+        "dims",
+        "shape",
+        "dtype",
+        "voxel",
+        "extent",
+        "levels",
+        "systems",
+    ):
         table.add_column(col)
     for path, im in d["images"].items():
         voxel = ", ".join(f"{k}={v:.4g}" for k, v in im["spacing"].items())
         table.add_row(
-            path, str(im["modality"]), "".join(im["dims"]), "×".join(map(str, im["shape"])),
-            im["dtype"], f"{voxel} {im['unit']}", _fmt_extent(im["extent"], im["unit"]),
-            str(im["levels"]), ", ".join(im["coordinate_systems"]),
+            path,
+            str(im["modality"]),
+            "".join(im["dims"]),
+            "×".join(map(str, im["shape"])),
+            im["dtype"],
+            f"{voxel} {im['unit']}",
+            _fmt_extent(im["extent"], im["unit"]),
+            str(im["levels"]),
+            ", ".join(im["coordinate_systems"]),
         )
     out.print(table)
     for t in d["scene_transforms"]:
@@ -42,12 +58,16 @@ def main(
     for path, im in d["images"].items():
         prov: dict[str, Any] | None = im["provenance"]
         if prov:
-            out.print(f"{path}: {prov['operation']} from {', '.join(prov['inputs'])} ({prov['created']}, bridge_xr {prov['version']})")
+            out.print(
+                f"{path}: {prov['operation']} from {', '.join(prov['inputs'])} ({prov['created']}, bridge_xr {prov['version']})"
+            )
 
 
 @handle_errors
 def validate(
-    store: Annotated[str, typer.Argument(help="subject store to check with independent validators")],
+    store: Annotated[
+        str, typer.Argument(help="subject store to check with independent validators")
+    ],
 ) -> None:
     """Validate every image and the scene with ngff-zarr and ome-zarr-models."""
     from bridge_xr.io.validate import validate_store

@@ -14,7 +14,10 @@ from bridge_xr.io.convert import convert_mri, describe, export_nifti
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.validate import validate_store
 
-MNI = Path(__import__("nilearn").__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+MNI = (
+    Path(__import__("nilearn").__file__).parent
+    / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
+)
 
 
 def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
@@ -56,7 +59,8 @@ def test_mni152_template_round_trips_exactly(tmp_path) -> None:
     _assert_same_nifti(MNI, out)
     assert validate_store(str(store)) == []
     info = describe(str(store))["images"]["template/mni152/T1w"]
-    assert info["shape"] == [189, 233, 197] and info["unit"] == "millimeter"
+    assert info["shape"] == [189, 233, 197]
+    assert info["unit"] == "millimeter"
 
 
 def test_oblique_nifti_round_trips_exactly(tmp_path) -> None:
@@ -70,7 +74,9 @@ def test_oblique_nifti_round_trips_exactly(tmp_path) -> None:
 def _corners(shape_xyz, n=30, seed=0):
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, np.asarray(shape_xyz), size=(n, 3)).astype(float)
-    signs = np.array([[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (-0.5, 0.5)])
+    signs = np.array(
+        [[sx, sy, sz] for sx in (-0.5, 0.5) for sy in (-0.5, 0.5) for sz in (-0.5, 0.5)]
+    )
     return (idx[:, None, :] + signs[None]).reshape(-1, 3)
 
 
@@ -90,9 +96,13 @@ def test_voxel_corners_agree_with_simpleitk_for_nifti(tmp_path) -> None:
     corners = _corners(img.shape)
     expected = np.array([ref.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in corners])
     ours = _our_world_lps(tmp_path / "s.ome.zarr", "invivo_mri/d1/T2w", corners)
-    np.testing.assert_allclose(ours, expected, atol=1e-5)  # ITK stores geometry in float32 for NIfTI
-    np.testing.assert_array_equal(read_image(str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/T2w").values,
-                                  sitk.GetArrayFromImage(ref))
+    np.testing.assert_allclose(
+        ours, expected, atol=1e-5
+    )  # ITK stores geometry in float32 for NIfTI
+    np.testing.assert_array_equal(
+        read_image(str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/T2w").values,
+        sitk.GetArrayFromImage(ref),
+    )
 
 
 def write_dicom_series(folder: Path, *, oblique: bool = True, n_slices: int = 6) -> sitk.Image:
@@ -140,8 +150,9 @@ def test_dicom_series_geometry_and_tags(tmp_path) -> None:
     expected = np.array([ref.TransformContinuousIndexToPhysicalPoint(tuple(c)) for c in corners])
     ours = _our_world_lps(store, "invivo_mri/d060/T2star", corners)
     np.testing.assert_allclose(ours, expected, atol=1e-9)
-    np.testing.assert_array_equal(read_image(str(store), "invivo_mri/d060/T2star").values,
-                                  sitk.GetArrayFromImage(ref))
+    np.testing.assert_array_equal(
+        read_image(str(store), "invivo_mri/d060/T2star").values, sitk.GetArrayFromImage(ref)
+    )
     assert validate_store(str(store)) == []
     # DICOM has no NIfTI header: export builds one from the scanner affine, same geometry
     out = export_nifti(str(store), "invivo_mri/d060/T2star", tmp_path / "t2s.nii.gz")

@@ -38,7 +38,12 @@ class SlowStore(WrapperStore):
 
 def _sharded(store, shape=(32, 96, 96)):
     return zarr.create_array(
-        store, name="a", shape=shape, dtype="uint16", chunks=(8, 32, 32), shards=(16, 64, 64),
+        store,
+        name="a",
+        shape=shape,
+        dtype="uint16",
+        chunks=(8, 32, 32),
+        shards=(16, 64, 64),
         fill_value=0,
     )
 
@@ -62,9 +67,14 @@ def test_write_multiscale_round_trips_any_dask_chunking(chunks) -> None:
     data = rng.integers(0, 60000, size=(33, 97, 95), dtype=np.uint16)
     store = MemoryStore()
     write_multiscale(
-        store, "img", da.from_array(data, chunks=chunks), dims="zyx",
-        spacing={"z": 3.0, "y": 1.2, "x": 1.2}, unit="um",
-        chunks={"z": 8, "y": 32, "x": 32}, shards={"z": 16, "y": 64, "x": 64},
+        store,
+        "img",
+        da.from_array(data, chunks=chunks),
+        dims="zyx",
+        spacing={"z": 3.0, "y": 1.2, "x": 1.2},
+        unit="um",
+        chunks={"z": 8, "y": 32, "x": 32},
+        shards={"z": 16, "y": 64, "x": 64},
     )
     with dask.config.set(scheduler="threads"):
         np.testing.assert_array_equal(read_image(store, "img").values, data)
@@ -75,12 +85,21 @@ def test_pyramid_levels_sit_at_half_voxel_offsets() -> None:
     shape = (20, 64, 50)
     sp = {"z": 2.0, "y": 0.5, "x": 0.7}
     org = {"z": 10.0, "y": -3.0, "x": 5.0}
-    zz, yy, xx = np.meshgrid(*[org[d] + np.arange(n) * sp[d] for d, n in zip("zyx", shape)], indexing="ij")
+    zz, yy, xx = np.meshgrid(
+        *[org[d] + np.arange(n) * sp[d] for d, n in zip("zyx", shape, strict=False)], indexing="ij"
+    )
     store = MemoryStore()
     for axis, ramp in (("x", xx), ("y", yy), ("z", zz)):
         path = f"ramp_{axis}"
         plan = write_multiscale(
-            store, path, da.from_array(ramp), dims="zyx", spacing=sp, origin=org, unit="um", levels=4
+            store,
+            path,
+            da.from_array(ramp),
+            dims="zyx",
+            spacing=sp,
+            origin=org,
+            unit="um",
+            levels=4,
         )
         assert len(plan.levels) == 4
         for k in range(4):
@@ -97,14 +116,24 @@ def test_anisotropic_pyramid_downsamples_the_finest_axes_first() -> None:
     assert factors[2] == {"z": 1, "y": 4, "x": 4}
     assert factors[3]["z"] == 2  # z joins once in-plane spacing has caught up
     for lv in plan.levels:
-        assert all(s % c == 0 for s, c in zip(lv.shards, lv.chunks)), "shards tile whole chunks"
+        assert all(s % c == 0 for s, c in zip(lv.shards, lv.chunks, strict=False)), (
+            "shards tile whole chunks"
+        )
 
 
 def test_labels_are_downsampled_by_mode() -> None:
     labels = rng.integers(0, 4, size=(8, 16, 16)).astype(np.uint32)
     store = MemoryStore()
-    write_multiscale(store, "lab", da.from_array(labels), dims="zyx", spacing={"z": 1, "y": 1, "x": 1},
-                     unit="um", method="mode", levels=2)
+    write_multiscale(
+        store,
+        "lab",
+        da.from_array(labels),
+        dims="zyx",
+        spacing={"z": 1, "y": 1, "x": 1},
+        unit="um",
+        method="mode",
+        levels=2,
+    )
     level1 = read_image(store, "lab", level=1).values
     blocks = labels.reshape(4, 2, 8, 2, 8, 2).transpose(0, 2, 4, 1, 3, 5).reshape(4, 8, 8, 8)
     expected = stats.mode(blocks, axis=-1, keepdims=False).mode  # smallest among ties, like ours
@@ -114,8 +143,15 @@ def test_labels_are_downsampled_by_mode() -> None:
 def test_written_images_pass_both_validators_and_read_as_datatree() -> None:
     store = MemoryStore()
     data = rng.random((2, 10, 40, 40)).astype(np.float32)
-    write_multiscale(store, "a/b/img", da.from_array(data), dims="czyx",
-                     spacing={"z": 2.0, "y": 1.0, "x": 1.0}, unit="um", levels=2)
+    write_multiscale(
+        store,
+        "a/b/img",
+        da.from_array(data),
+        dims="czyx",
+        spacing={"z": 2.0, "y": 1.0, "x": 1.0},
+        unit="um",
+        levels=2,
+    )
     group = zarr.open_group(store, path="a/b/img", mode="r")
     assert validate_group(group) == []
     attrs = group.attrs.asdict()
@@ -128,8 +164,15 @@ def test_written_images_pass_both_validators_and_read_as_datatree() -> None:
 
 def test_validators_catch_a_broken_image() -> None:
     store = MemoryStore()
-    write_multiscale(store, "img", da.zeros((4, 8, 8), dtype="u1"), dims="zyx",
-                     spacing={"z": 1, "y": 1, "x": 1}, unit="um", levels=1)
+    write_multiscale(
+        store,
+        "img",
+        da.zeros((4, 8, 8), dtype="u1"),
+        dims="zyx",
+        spacing={"z": 1, "y": 1, "x": 1},
+        unit="um",
+        levels=1,
+    )
     group = zarr.open_group(store, path="img", mode="a")
     attrs = group.attrs.asdict()
     attrs["ome"]["multiscales"][0]["datasets"][0]["coordinateTransformations"] = [
@@ -143,8 +186,16 @@ def test_validators_catch_a_broken_image() -> None:
 
 @pytest.mark.parametrize(
     ("tag", "expected"),
-    [("0.4", "0.4"), ("0.5", "0.5"), ("0.6", "0.6"), ("0.6.dev4", "0.6"), ("0.6rc0", "0.6"),
-     ("0.6-dev2", "0.6"), ("0.5-dev-spatialdata", "0.5"), ("0.4-dev-spatialdata", "0.4")],
+    [
+        ("0.4", "0.4"),
+        ("0.5", "0.5"),
+        ("0.6", "0.6"),
+        ("0.6.dev4", "0.6"),
+        ("0.6rc0", "0.6"),
+        ("0.6-dev2", "0.6"),
+        ("0.5-dev-spatialdata", "0.5"),
+        ("0.4-dev-spatialdata", "0.4"),
+    ],
 )
 def test_version_tags_normalise(tag: str, expected: str) -> None:
     assert normalise_version(tag) == expected
@@ -159,6 +210,7 @@ def test_unknown_version_is_refused() -> None:
 
 # --------------------------------------------------------------- stores written by other tools
 
+
 def _ramp(shape=(8, 32, 24)):
     return np.arange(np.prod(shape), dtype=np.uint16).reshape(shape)
 
@@ -171,9 +223,15 @@ def test_reads_ome_zarr_py_stores(tmp_path, fmt) -> None:
     data = _ramp()
     zf = 2 if fmt == "0.4" else 3
     root = zarr.open_group(str(tmp_path / "x.zarr"), mode="w", zarr_format=zf)
-    write_image(data, root, axes="zyx", scale={"z": 4.0, "y": 1.5, "x": 1.5},
-                axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
-                scale_factors=[2], fmt=FormatV04() if fmt == "0.4" else FormatV05())
+    write_image(
+        data,
+        root,
+        axes="zyx",
+        scale={"z": 4.0, "y": 1.5, "x": 1.5},
+        axes_units={"z": "micrometer", "y": "micrometer", "x": "micrometer"},
+        scale_factors=[2],
+        fmt=FormatV04() if fmt == "0.4" else FormatV05(),
+    )
     from zarr.storage import LocalStore
 
     img = read_image(LocalStore(tmp_path / "x.zarr"), "")
@@ -190,9 +248,13 @@ def test_reads_ngff_zarr_06_stores_and_dev_tags(tmp_path, tag) -> None:
     import ngff_zarr
 
     data = _ramp()
-    image = ngff_zarr.to_ngff_image(data, dims=["z", "y", "x"], scale={"z": 4.0, "y": 1.5, "x": 1.5},
-                                    translation={"z": 10.0, "y": 0.0, "x": -3.0},
-                                    axes_units={d: "micrometer" for d in "zyx"})
+    image = ngff_zarr.to_ngff_image(
+        data,
+        dims=["z", "y", "x"],
+        scale={"z": 4.0, "y": 1.5, "x": 1.5},
+        translation={"z": 10.0, "y": 0.0, "x": -3.0},
+        axes_units=dict.fromkeys("zyx", "micrometer"),
+    )
     ms = ngff_zarr.to_multiscales(image, scale_factors=[2])
     path = tmp_path / "n.zarr"
     ngff_zarr.to_ngff_zarr(str(path), ms, version="0.6")
@@ -212,8 +274,15 @@ def test_reads_ngff_zarr_06_stores_and_dev_tags(tmp_path, tag) -> None:
 
 def test_reads_legacy_string_input_output(tmp_path) -> None:
     store = MemoryStore()
-    write_multiscale(store, "img", da.from_array(_ramp()), dims="zyx", spacing={"z": 1, "y": 2, "x": 3},
-                     unit="um", levels=1)
+    write_multiscale(
+        store,
+        "img",
+        da.from_array(_ramp()),
+        dims="zyx",
+        spacing={"z": 1, "y": 2, "x": 3},
+        unit="um",
+        levels=1,
+    )
     group = zarr.open_group(store, path="img", mode="a")
     attrs = group.attrs.asdict()
     attrs["ome"]["version"] = "0.6-dev2"
@@ -227,9 +296,17 @@ def test_reads_legacy_string_input_output(tmp_path) -> None:
 
 def test_chunked_reads_are_lazy_and_bounded() -> None:
     store = MemoryStore()
-    write_multiscale(store, "img", da.zeros((64, 256, 256), dtype="u2", chunks=(16, 64, 64)),
-                     dims="zyx", spacing={"z": 1, "y": 1, "x": 1}, unit="um", levels=1,
-                     chunks={"z": 16, "y": 64, "x": 64}, shards={"z": 32, "y": 128, "x": 128})
+    write_multiscale(
+        store,
+        "img",
+        da.zeros((64, 256, 256), dtype="u2", chunks=(16, 64, 64)),
+        dims="zyx",
+        spacing={"z": 1, "y": 1, "x": 1},
+        unit="um",
+        levels=1,
+        chunks={"z": 16, "y": 64, "x": 64},
+        shards={"z": 32, "y": 128, "x": 128},
+    )
     img = read_image(store, "img")
     assert isinstance(img.data, da.Array)
     assert img.data.chunksize == (32, 128, 128)

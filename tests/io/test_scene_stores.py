@@ -48,13 +48,18 @@ def _mri():
     img = make_image(data, dims="zyx", spacing=(0.1, 0.05, 0.05), unit="mm")
     m = np.eye(4)
     m[:3, 3] = (1.0, -2.0, 0.5)
-    return data, img, [(spatial_system("scanner_ras", "mm", RAS_ORIENTATION), Affine.from_matrix(m))]
+    return (
+        data,
+        img,
+        [(spatial_system("scanner_ras", "mm", RAS_ORIENTATION), Affine.from_matrix(m))],
+    )
 
 
 def _twop():
     data = rng.integers(0, 4000, size=(2, 10, 64, 48), dtype=np.uint16)
-    return data, make_image(data, dims="czyx", spacing=(3.0, 1.2, 1.2), unit="um",
-                            channel_names=("vessel", "tumour"))
+    return data, make_image(
+        data, dims="czyx", spacing=(3.0, 1.2, 1.2), unit="um", channel_names=("vessel", "tumour")
+    )
 
 
 def _round_trip(store) -> None:
@@ -68,12 +73,15 @@ def _round_trip(store) -> None:
     back = read_image(store, "invivo_mri/d060/T2w")
     np.testing.assert_array_equal(back.values, mri)
     assert back.attrs["unit"] == "millimeter"
-    np.testing.assert_allclose(back.attrs["transforms"]["scanner_ras"].to_affine(3), systems[0][1].matrix)
+    np.testing.assert_allclose(
+        back.attrs["transforms"]["scanner_ras"].to_affine(3), systems[0][1].matrix
+    )
     back2 = read_image(store, "twophoton/d060/angiogram")
     np.testing.assert_array_equal(back2.values, twop)
     assert list(back2.c.values) == ["vessel", "tumour"]
     edges = scene_transforms(store)
-    assert edges[0].type == "scale" and edges[0].scale == (1000.0, 1000.0, 1000.0)  # mm -> µm
+    assert edges[0].type == "scale"
+    assert edges[0].scale == (1000.0, 1000.0, 1000.0)
 
 
 def test_memory_store_round_trip() -> None:
@@ -86,7 +94,9 @@ def test_local_store_round_trip_and_validators(tmp_path) -> None:
     _round_trip(str(tmp_path / "M001.ome.zarr"))
     assert validate_store(str(tmp_path / "M001.ome.zarr")) == []
     info = describe(str(tmp_path / "M001.ome.zarr"))
-    assert info["images"]["twophoton/d060/angiogram"]["extent"]["x"] == pytest.approx([-0.6, 56.999999999999])
+    assert info["images"]["twophoton/d060/angiogram"]["extent"]["x"] == pytest.approx(
+        [-0.6, 56.999999999999]
+    )
 
 
 def test_unlistable_store_round_trip() -> None:
@@ -106,9 +116,13 @@ def test_s3_round_trip_on_a_real_s3_server(s3_bucket: str) -> None:
     _round_trip(store)
     fresh = resolve_store(url, read_only=True)
     assert validate_store(fresh) == []
-    import boto3, os  # noqa: E401
+    import os
 
-    s3 = boto3.client("s3", endpoint_url=os.environ["BRIDGE_XR_S3_ENDPOINT"], region_name="us-east-1")
+    import boto3  # noqa: E401
+
+    s3 = boto3.client(
+        "s3", endpoint_url=os.environ["BRIDGE_XR_S3_ENDPOINT"], region_name="us-east-1"
+    )
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket=s3_bucket)["Contents"]]
     shard_keys = [k for k in keys if "/twophoton/d060/angiogram/s0/c/" in k]
     # (2, 10, 64, 48) with shards (1, 10, 64, 48): one object per channel, not one per chunk
@@ -146,8 +160,13 @@ def test_interrupted_write_to_a_new_store_leaves_nothing(tmp_path) -> None:
     path = tmp_path / "new.ome.zarr"
     img = make_image(_exploding((8, 16, 16), "u2"), dims="zyx", spacing=(1, 1, 1), unit="um")
     with pytest.raises(Boom):
-        add_image(str(path), img, _meta("twophoton/d1/x", "twophoton"), shards=False,
-                  chunks={"z": 4, "y": 16, "x": 16})
+        add_image(
+            str(path),
+            img,
+            _meta("twophoton/d1/x", "twophoton"),
+            shards=False,
+            chunks={"z": 4, "y": 16, "x": 16},
+        )
     assert not path.exists()
 
 
@@ -158,14 +177,21 @@ def test_interrupted_write_to_an_existing_store_leaves_it_as_it_was() -> None:
     before = dict(zarr.open_group(store, mode="r").attrs.asdict())
     img = make_image(_exploding((8, 16, 16), "u2"), dims="zyx", spacing=(1, 1, 1), unit="um")
     with pytest.raises(Boom):
-        add_image(store, img, _meta("twophoton/d1/x", "twophoton"), shards=False,
-                  chunks={"z": 4, "y": 16, "x": 16})
+        add_image(
+            store,
+            img,
+            _meta("twophoton/d1/x", "twophoton"),
+            shards=False,
+            chunks={"z": 4, "y": 16, "x": 16},
+        )
     assert zarr.open_group(store, mode="r").attrs.asdict() == before
     assert not key_exists(store, "twophoton/d1/x/zarr.json")
     assert not key_exists(store, "twophoton/d1/x/s0/zarr.json")
 
 
-@pytest.mark.parametrize("bad", ["", "a/../b", "a//b", "x/s0", "coordinateTransformations/f", "a b"])
+@pytest.mark.parametrize(
+    "bad", ["", "a/../b", "a//b", "x/s0", "coordinateTransformations/f", "a b"]
+)
 def test_bad_image_paths_are_refused(bad: str) -> None:
     _, img, _ = _mri()
     with pytest.raises(InvalidInputError, match="image path"):

@@ -40,7 +40,9 @@ def all_invertible():
         Affine.from_matrix(m),
         Rotation(rotation=tuple(map(tuple, random_rotation()))),
         MapAxis(mapAxis=(2, 0, 1)),
-        Sequence(transformations=(Scale(scale=(2.0, 2.0, 2.0)), Translation(translation=(1, 2, 3)))),
+        Sequence(
+            transformations=(Scale(scale=(2.0, 2.0, 2.0)), Translation(translation=(1, 2, 3)))
+        ),
     ]
 
 
@@ -111,7 +113,9 @@ def test_edges_must_make_unit_changes_explicit() -> None:
     um, mm = spatial_system("a", "um"), spatial_system("b", "mm")
     check_edge_units(Scale(scale=(1e-3,) * 3), um, mm)
     check_edge_units(
-        Sequence(transformations=(Scale(scale=(1e-3,) * 3), Translation(translation=(1, 2, 3)))), um, mm
+        Sequence(transformations=(Scale(scale=(1e-3,) * 3), Translation(translation=(1, 2, 3)))),
+        um,
+        mm,
     )
     check_edge_units(Affine.from_matrix(np.eye(4)), um, spatial_system("c", "micron"))
     for bad in (Identity(), Affine.from_matrix(np.eye(4)), Scale(scale=(1.0,) * 3)):
@@ -120,7 +124,11 @@ def test_edges_must_make_unit_changes_explicit() -> None:
 
 
 def test_input_output_references_survive() -> None:
-    t = Scale(scale=(1.0, 2.0, 3.0), input=CoordinateSystemRef(path="a", name="x"),
-              output=CoordinateSystemRef(name="y"))
+    t = Scale(
+        scale=(1.0, 2.0, 3.0),
+        input=CoordinateSystemRef(path="a", name="x"),
+        output=CoordinateSystemRef(name="y"),
+    )
     inv = t.inverse()
-    assert inv.input == t.output and inv.output == t.input
+    assert inv.input == t.output
+    assert inv.output == t.input

@@ -6,9 +6,19 @@ from bridge_xr.model.units import canonical_unit, conversion_factor, parse_lengt
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("um", "micrometer"), ("µm", "micrometer"), ("μm", "micrometer"), ("micron", "micrometer"),
-     ("micrometer", "micrometer"), ("mm", "millimeter"), ("millimeter", "millimeter"),
-     ("nm", "nanometer"), ("m", "meter"), ("ms", "millisecond"), ("s", "second")],
+    [
+        ("um", "micrometer"),
+        ("µm", "micrometer"),
+        ("μm", "micrometer"),
+        ("micron", "micrometer"),
+        ("micrometer", "micrometer"),
+        ("mm", "millimeter"),
+        ("millimeter", "millimeter"),
+        ("nm", "nanometer"),
+        ("m", "meter"),
+        ("ms", "millisecond"),
+        ("s", "second"),
+    ],
 )
 def test_canonical_unit_writes_udunits_long_names(text: str, expected: str) -> None:
     assert canonical_unit(text) == expected
