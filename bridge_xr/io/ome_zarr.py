@@ -59,6 +59,12 @@ class LevelPlan:
     origin: dict[str, float]
     chunks: tuple[int, ...]
     shards: tuple[int, ...] | None
+    #: written in the same pass as the level before (its shard is that level's shard / step)
+    fused: bool = False
+
+
+#: smallest shard (bytes) for which a pyramid level is still fused into the level-0 pass
+FUSE_MIN_BYTES = 4 * 2**20
 
 
 @dataclass(frozen=True)
@@ -145,12 +151,22 @@ def plan_storage(
     )
     if levels is not None:
         factors = factors[:levels]
-    plans = []
+    plans: list[LevelPlan] = []
+    fusing = True
     for k, f in enumerate(factors):
         lshape = tuple(
             int(n) // f[d] if d in f else int(n) for d, n in zip(dims_t, shape, strict=True)
         )
         chunk, shard = _storage_for(lshape, dims_t, dt.itemsize, chunks, shards)
+        fused = False
+        if k > 0 and fusing:
+            prev = plans[-1]
+            step = [f.get(d, 1) // prev.factors.get(d, 1) for d in dims_t]
+            cand = _fused_shard(prev, step, chunk, dt.itemsize)
+            if cand is None:
+                fusing = False
+            else:
+                chunk, shard, fused = cand[0], cand[1], True
         plans.append(
             LevelPlan(
                 path=f"{LEVEL_PREFIX}{k}",
@@ -160,9 +176,25 @@ def plan_storage(
                 origin={d: org[d] + (f[d] - 1) / 2 * spacing[d] for d in sdims},
                 chunks=chunk,
                 shards=shard,
+                fused=fused,
             )
         )
     return StoragePlan(dims=dims_t, dtype=dt, levels=tuple(plans))
+
+
+def _fused_shard(
+    prev: LevelPlan, step: list[int], chunk: tuple[int, ...], itemsize: int
+) -> tuple[tuple[int, ...], tuple[int, ...]] | None:
+    """Shard of the next level = previous shard / step, if that tiles whole chunks."""
+    if prev.shards is None or any(s % st for s, st in zip(prev.shards, step, strict=True)):
+        return None
+    shard = tuple(s // st for s, st in zip(prev.shards, step, strict=True))
+    inner = tuple(min(c, s) for c, s in zip(chunk, shard, strict=True))
+    if any(s % c for s, c in zip(shard, inner, strict=True)):
+        return None
+    if math.prod(shard) * itemsize < FUSE_MIN_BYTES:
+        return None
+    return inner, shard
 
 
 def _compressors(name: str, dtype: np.dtype[Any]) -> Any:
@@ -197,19 +229,53 @@ def _reduce_mode(
     return np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
 
 
+def downsample_block(
+    block: np.ndarray[Any, Any], steps: Sequence[int], method: Method = "mean"
+) -> np.ndarray[Any, Any]:
+    """Reduce non-overlapping ``steps`` windows (excess at the end trimmed, as in the pyramid).
+
+    Integer means are rounded half up with exact integer arithmetic; labels take the mode.
+    """
+    if all(s == 1 for s in steps):
+        return block
+    trimmed = block[tuple(slice(0, (n // s) * s) for n, s in zip(block.shape, steps, strict=True))]
+    shape: list[int] = []
+    for n, s in zip(trimmed.shape, steps, strict=True):
+        shape += [n // s, s]
+    windows = trimmed.reshape(shape)
+    axes = tuple(range(1, 2 * block.ndim, 2))
+    if method == "mode":
+        return _reduce_mode(windows, axes)
+    n = math.prod(steps)
+    if np.issubdtype(block.dtype, np.integer):
+        acc = np.int64 if np.issubdtype(block.dtype, np.signedinteger) else np.uint64
+        total = windows.sum(axis=axes, dtype=acc)
+        return ((total + n // 2) // n).astype(block.dtype)
+    return windows.mean(axis=axes, dtype=np.float64).astype(block.dtype)
+
+
 def _downsample(
     arr: da.Array, dims: tuple[str, ...], step: dict[str, int], method: Method
 ) -> da.Array:
-    axes = {dims.index(d): step.get(d, 1) for d in dims}
-    if all(v == 1 for v in axes.values()):
+    steps = [step.get(d, 1) for d in dims]
+    if all(s == 1 for s in steps):
         return arr
-    if method == "mode":
-        return da.coarsen(_reduce_mode, arr, axes, trim_excess=True)
-    out = da.coarsen(np.mean, arr, axes, trim_excess=True, dtype=np.float64)
-    if np.issubdtype(arr.dtype, np.integer):
-        info = np.iinfo(arr.dtype)
-        out = da.clip(da.round(out), info.min, info.max)
-    return out.astype(arr.dtype)
+    trimmed = arr[tuple(slice(0, (n // s) * s) for n, s in zip(arr.shape, steps, strict=True))]
+    if any(c % s for cs, s in zip(trimmed.chunks, steps, strict=True) for c in cs):
+        trimmed = trimmed.rechunk(
+            tuple(max(s, (cs[0] // s) * s) for cs, s in zip(trimmed.chunks, steps, strict=True))
+        )
+    out_chunks = tuple(
+        tuple(c // s for c in cs) for cs, s in zip(trimmed.chunks, steps, strict=True)
+    )
+    return trimmed.map_blocks(
+        downsample_block,
+        steps,
+        method,
+        chunks=out_chunks,
+        dtype=arr.dtype,
+        meta=np.empty((0,) * arr.ndim, arr.dtype),
+    )
 
 
 def store_shard_aligned(arr: da.Array, target: zarr.Array, *, compute: bool = True) -> Any:
@@ -220,6 +286,40 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array, *, compute: bool = Tr
         raise InvalidInputError(msg)
     aligned = arr.rechunk(tuple(grid))
     return da.store(aligned, target, lock=False, compute=compute)  # type: ignore[arg-type]
+
+
+def _takewhile_fused(levels: Sequence[LevelPlan]) -> list[LevelPlan]:
+    out = []
+    for lv in levels:
+        if not lv.fused:
+            break
+        out.append(lv)
+    return out
+
+
+def write_fused_levels(
+    data: da.Array, targets: Sequence[zarr.Array], steps: Sequence[Sequence[int]], method: Method
+) -> None:
+    """Write level 0 and the fused levels below it in one pass, one task per level-0 shard.
+
+    Each task writes its shard, downsamples it in memory and writes the matching (smaller) shard
+    of every fused level, so the source is read once and no shard is shared between tasks.
+    """
+    grid = targets[0].shards or targets[0].chunks
+    aligned = data.rechunk(tuple(grid))
+
+    def task(block: np.ndarray[Any, Any], block_info: Any = None) -> np.ndarray[Any, Any]:
+        loc = block_info[0]["array-location"]
+        targets[0][tuple(slice(a, b) for a, b in loc)] = block
+        cur, starts = block, [a for a, _ in loc]
+        for target, st in zip(targets[1:], steps, strict=True):
+            cur = downsample_block(cur, st, method)
+            starts = [s // k for s, k in zip(starts, st, strict=True)]
+            target[tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True))] = cur
+        return np.zeros((1,) * block.ndim, dtype=bool)
+
+    done = aligned.map_blocks(task, dtype=bool, chunks=tuple((1,) * len(c) for c in aligned.chunks))
+    done.compute()
 
 
 def _level_transform(plan: LevelPlan, dims: tuple[str, ...]) -> dict[str, Any]:
@@ -313,32 +413,37 @@ def write_multiscale(
     )
     comp = _compressors(compressor, plan.dtype)
     prefix = path.strip("/")
-    previous: zarr.Array | None = None
-    for k, lv in enumerate(plan.levels):
+    targets = []
+    for lv in plan.levels:
         name = f"{prefix}/{lv.path}" if prefix else lv.path
-        target = zarr.create_array(
-            store,
-            name=name,
-            shape=lv.shape,
-            dtype=plan.dtype,
-            chunks=lv.chunks,
-            shards=lv.shards,
-            compressors=comp,
-            fill_value=0,
-            dimension_names=dims_t,
-            overwrite=_exists(store, f"{name}/zarr.json"),
+        targets.append(
+            zarr.create_array(
+                store,
+                name=name,
+                shape=lv.shape,
+                dtype=plan.dtype,
+                chunks=lv.chunks,
+                shards=lv.shards,
+                compressors=comp,
+                fill_value=0,
+                dimension_names=dims_t,
+                overwrite=_exists(store, f"{name}/zarr.json"),
+            )
         )
-        if previous is None:
-            source = data
-        else:
-            prev_f, f = plan.levels[k - 1].factors, lv.factors
-            step = {d: f[d] // prev_f[d] for d in f}
-            grid = target.shards or target.chunks
-            read_chunks = tuple(g * step.get(d, 1) for g, d in zip(grid, dims_t, strict=True))
-            src = da.from_zarr(previous, chunks=read_chunks)
-            source = _downsample(src, dims_t, step, method)
-        store_shard_aligned(source, target)
-        previous = target
+    steps = [
+        [cur.factors.get(d, 1) // prev.factors.get(d, 1) for d in dims_t]
+        for prev, cur in zip(plan.levels[:-1], plan.levels[1:], strict=True)
+    ]
+    n_fused = 1 + sum(1 for _ in _takewhile_fused(plan.levels[1:]))
+    write_fused_levels(data, targets[:n_fused], steps[: n_fused - 1], method)
+    if progress is not None:
+        progress(n_fused, len(plan.levels))
+    for k in range(n_fused, len(plan.levels)):
+        step = dict(zip(dims_t, steps[k - 1], strict=True))
+        grid = targets[k].shards or targets[k].chunks
+        read_chunks = tuple(g * step.get(d, 1) for g, d in zip(grid, dims_t, strict=True))
+        source = _downsample(da.from_zarr(targets[k - 1], chunks=read_chunks), dims_t, step, method)
+        store_shard_aligned(source, targets[k])
         if progress is not None:
             progress(k + 1, len(plan.levels))
     ome = multiscales_attrs(

@@ -313,3 +313,48 @@ def test_chunked_reads_are_lazy_and_bounded() -> None:
     t0 = time.perf_counter()
     assert int(img[0:2, 0:5, 0:5].sum().compute()) == 0
     assert time.perf_counter() - t0 >= 0  # reading a corner touches one shard only
+
+
+@pytest.mark.parametrize("dtype", ["uint16", "int16", "float32"])
+def test_fused_pyramid_equals_level_by_level_and_an_independent_reduction(
+    monkeypatch, dtype
+) -> None:
+    from skimage.measure import block_reduce
+
+    import bridge_xr.io.ome_zarr as oz
+
+    data = rng.integers(
+        -3000 if dtype != "uint16" else 0, 60000 if dtype == "uint16" else 3000, size=(12, 130, 97)
+    ).astype(dtype)
+    opts = {
+        "dims": "zyx",
+        "spacing": {"z": 5.0, "y": 1.2, "x": 1.2},
+        "unit": "um",
+        "levels": 4,
+        "chunks": {"z": 4, "y": 16, "x": 16},
+        "shards": {"z": 8, "y": 64, "x": 64},
+    }
+    monkeypatch.setattr(oz, "FUSE_MIN_BYTES", 0)
+    fused_store = MemoryStore()
+    plan = write_multiscale(fused_store, "img", da.from_array(data, chunks=(5, 50, 50)), **opts)
+    assert [lv.fused for lv in plan.levels] == [False, True, True, True]
+    monkeypatch.setattr(oz, "FUSE_MIN_BYTES", 2**62)
+    plain_store = MemoryStore()
+    plan2 = write_multiscale(plain_store, "img", da.from_array(data, chunks=(5, 50, 50)), **opts)
+    assert not any(lv.fused for lv in plan2.levels)
+    expected = data.astype(np.float64)
+    for k in range(4):
+        a = read_image(fused_store, "img", level=k).values
+        b = read_image(plain_store, "img", level=k).values
+        np.testing.assert_array_equal(a, b)
+        if k:
+            step = tuple(plan.levels[k].factors[d] // plan.levels[k - 1].factors[d] for d in "zyx")
+            trimmed = expected[
+                tuple(slice(0, (n // s) * s) for n, s in zip(expected.shape, step, strict=True))
+            ]
+            expected = block_reduce(trimmed, step, np.mean)
+            want = np.floor(expected + 0.5) if dtype != "float32" else expected
+            np.testing.assert_allclose(
+                a, want.astype(dtype), atol=1e-3 if dtype == "float32" else 0
+            )
+            expected = a.astype(np.float64)
