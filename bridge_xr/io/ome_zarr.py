@@ -229,6 +229,23 @@ def _reduce_mode(
     return np.take_along_axis(flat, best[..., None], axis=-1)[..., 0]
 
 
+def _window_sums(
+    block: np.ndarray[Any, Any], steps: Sequence[int], acc: Any
+) -> np.ndarray[Any, Any]:
+    """Sum non-overlapping windows axis by axis with strided adds (fast, small temporaries)."""
+    out = block
+    for axis, step in enumerate(steps):
+        if step == 1:
+            continue
+        n = (out.shape[axis] // step) * step
+        lead = (slice(None),) * axis
+        total = out[(*lead, slice(0, n, step))].astype(acc)
+        for i in range(1, step):
+            np.add(total, out[(*lead, slice(i, n, step))], out=total, casting="unsafe")
+        out = total
+    return out
+
+
 def downsample_block(
     block: np.ndarray[Any, Any], steps: Sequence[int], method: Method = "mean"
 ) -> np.ndarray[Any, Any]:
@@ -236,22 +253,34 @@ def downsample_block(
 
     Integer means are rounded half up with exact integer arithmetic; labels take the mode.
     """
+    steps = tuple(int(s) for s in steps)
     if all(s == 1 for s in steps):
         return block
-    trimmed = block[tuple(slice(0, (n // s) * s) for n, s in zip(block.shape, steps, strict=True))]
-    shape: list[int] = []
-    for n, s in zip(trimmed.shape, steps, strict=True):
-        shape += [n // s, s]
-    windows = trimmed.reshape(shape)
-    axes = tuple(range(1, 2 * block.ndim, 2))
     if method == "mode":
-        return _reduce_mode(windows, axes)
+        trimmed = block[
+            tuple(slice(0, (n // s) * s) for n, s in zip(block.shape, steps, strict=True))
+        ]
+        shape: list[int] = []
+        for n, s in zip(trimmed.shape, steps, strict=True):
+            shape += [n // s, s]
+        return _reduce_mode(trimmed.reshape(shape), tuple(range(1, 2 * block.ndim, 2)))
     n = math.prod(steps)
     if np.issubdtype(block.dtype, np.integer):
-        acc = np.int64 if np.issubdtype(block.dtype, np.signedinteger) else np.uint64
-        total = windows.sum(axis=axes, dtype=acc)
-        return ((total + n // 2) // n).astype(block.dtype)
-    return windows.mean(axis=axes, dtype=np.float64).astype(block.dtype)
+        signed = np.issubdtype(block.dtype, np.signedinteger)
+        if block.dtype.itemsize <= 2 and n <= 2**15:
+            acc: Any = np.int32 if signed else np.uint32
+        else:
+            acc = np.int64 if signed else np.uint64
+        total = _window_sums(block, steps, acc)
+        total += n // 2
+        if n & (n - 1) == 0:
+            total >>= n.bit_length() - 1
+        else:
+            total //= n
+        return total.astype(block.dtype)
+    total = _window_sums(block, steps, np.float64)
+    total /= n
+    return total.astype(block.dtype)
 
 
 def _downsample(
@@ -308,7 +337,9 @@ def write_fused_levels(
     grid = targets[0].shards or targets[0].chunks
     aligned = data.rechunk(tuple(grid))
 
-    def task(block: np.ndarray[Any, Any], block_info: Any = None) -> np.ndarray[Any, Any]:
+    def write_shard_pyramid(
+        block: np.ndarray[Any, Any], block_info: Any = None
+    ) -> np.ndarray[Any, Any]:
         loc = block_info[0]["array-location"]
         targets[0][tuple(slice(a, b) for a, b in loc)] = block
         cur, starts = block, [a for a, _ in loc]
@@ -318,7 +349,9 @@ def write_fused_levels(
             target[tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True))] = cur
         return np.zeros((1,) * block.ndim, dtype=bool)
 
-    done = aligned.map_blocks(task, dtype=bool, chunks=tuple((1,) * len(c) for c in aligned.chunks))
+    done = aligned.map_blocks(
+        write_shard_pyramid, dtype=bool, chunks=tuple((1,) * len(c) for c in aligned.chunks)
+    )
     done.compute()
 
 

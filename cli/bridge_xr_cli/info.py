@@ -12,6 +12,10 @@ from bridge_xr.io.convert import describe
 from bridge_xr_cli._common import fail, handle_errors, out
 
 
+def _short_unit(unit: str) -> str:
+    return {"micrometer": "µm", "millimeter": "mm", "nanometer": "nm", "meter": "m"}.get(unit, unit)
+
+
 def _fmt_extent(extent: dict[str, list[float]], unit: str) -> str:
     return " × ".join(f"{hi - lo:.4g}" for lo, hi in extent.values()) + f" {unit}"
 
@@ -26,31 +30,20 @@ def main(
     if as_json:
         typer.echo(json.dumps(d, indent=2))
         return
-    table = Table(title=f"{d['store']}  (reference: {d['reference_image']})")
-    for col in (
-        "image",
-        "modality",
-        "dims",
-        "shape",
-        "dtype",
-        "voxel",
-        "extent",
-        "levels",
-        "systems",
-    ):
-        table.add_column(col)
+    out.print(f"[bold]{d['store']}[/]  reference image: {d['reference_image']}")
+    table = Table(show_lines=False)
+    for col in ("image", "shape", "voxel", "extent", "levels"):
+        table.add_column(col, overflow="fold")
     for path, im in d["images"].items():
-        voxel = ", ".join(f"{k}={v:.4g}" for k, v in im["spacing"].items())
+        unit = _short_unit(im["unit"])
+        dims = "".join(im["dims"])
+        voxel = "×".join(f"{v:.4g}" for v in im["spacing"].values())
         table.add_row(
-            path,
-            str(im["modality"]),
-            "".join(im["dims"]),
-            "×".join(map(str, im["shape"])),
-            im["dtype"],
-            f"{voxel} {im['unit']}",
-            _fmt_extent(im["extent"], im["unit"]),
+            f"{path}\n[dim]{im['modality']}, {im['dtype']}[/]",
+            f"{'×'.join(map(str, im['shape']))}\n[dim]{dims}[/]",
+            f"{voxel} {unit}",
+            _fmt_extent(im["extent"], unit),
             str(im["levels"]),
-            ", ".join(im["coordinate_systems"]),
         )
     out.print(table)
     for t in d["scene_transforms"]:

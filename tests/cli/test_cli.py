@@ -11,8 +11,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 import tifffile
-from bridge_xr_cli.main import app
 from typer.testing import CliRunner
+
+from bridge_xr_cli.main import app
 
 runner = CliRunner()
 rng = np.random.default_rng(11)
@@ -249,3 +250,56 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert summary["nifti_roundtrip"]["data_identical"] is True
     assert (out / "report" / "overview.png").stat().st_size > 10_000
     assert "Demo study in" in r.stdout
+
+
+def test_labels_image_converts_with_mode_pyramid_and_validates(tmp_path) -> None:
+    labels = np.zeros((4, 256, 256), dtype=np.uint16)
+    labels[:, 40:200, 30:90] = 3
+    labels[:, 100:140, 100:250] = 7
+    tif = tmp_path / "mask.tif"
+    tifffile.imwrite(tif, labels)
+    store = tmp_path / "M.ome.zarr"
+    r = bridge(
+        "convert",
+        "microscopy",
+        tif,
+        store,
+        "--image",
+        "masks/d060/analysis",
+        "--labels",
+        "--pixel-size",
+        "1.2um",
+        "--z-step",
+        "5um",
+    )
+    assert r.exit_code == 0, r.output
+    from bridge_xr.io.ome_zarr import read_image
+
+    lvl1 = read_image(str(store), "masks/d060/analysis", level=1).values
+    assert set(np.unique(lvl1)) == {0, 3, 7}  # a mean would have invented new label values
+    np.testing.assert_array_equal(lvl1[0, 20:100, 15:45], 3)
+    assert bridge("validate", store).exit_code == 0
+    info = json.loads(bridge("info", store, "--json").output)
+    assert info["images"]["masks/d060/analysis"]["kind"] == "labels"
+
+
+def test_info_reads_a_store_written_by_another_tool(tmp_path) -> None:
+    import zarr
+    from ome_zarr.format import FormatV05
+    from ome_zarr.writer import write_image
+
+    root = zarr.open_group(str(tmp_path / "other.zarr"), mode="w", zarr_format=3)
+    write_image(
+        np.zeros((4, 32, 32), np.uint8),
+        root,
+        axes="zyx",
+        scale={"z": 2.0, "y": 0.5, "x": 0.5},
+        axes_units=dict.fromkeys("zyx", "micrometer"),
+        scale_factors=[2],
+        fmt=FormatV05(),
+    )
+    r = bridge("info", tmp_path / "other.zarr", "--json")
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.output)
+    assert info["images"][""]["spacing"] == {"z": 2.0, "y": 0.5, "x": 0.5}
+    assert info["images"][""]["ome_version"] == "0.5"
