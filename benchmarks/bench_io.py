@@ -60,6 +60,7 @@ def make_tiff(path: Path, size_gib: float, *, seed: int = 0) -> tuple[int, int, 
         dtype=np.uint16,
         metadata={"axes": "ZYX"},
         photometric="minisblack",
+        bigtiff=size_gib > 3.5,
     )
     return nz, yx, yx
 
