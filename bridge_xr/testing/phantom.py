@@ -52,6 +52,7 @@ class PhantomConfig:
     mri_margin_um: float = 100.0
     root_diameter_um: float = 150.0
     min_diameter_um: float = 5.0
+    capillary_spacing_um: float = 40.0
     max_depth: int = 7
     rotation_deg: tuple[float, float, float] = (2.0, -3.0, 8.0)
     scale: tuple[float, float, float] = (1.0, 1.02, 0.98)
@@ -159,11 +160,11 @@ def vessel_tree(cfg: PhantomConfig, rng: np.random.Generator) -> tuple[Array, Ar
     while stack:
         a, d, r, depth = stack.pop()
         d = d / np.linalg.norm(d)
-        length = float(np.clip(1.5 * r + 0.08 * fov[1], 12.0, 0.3 * fov[1]))
+        length = float(np.clip(0.6 * r + 0.1 * fov[1], 12.0, 0.25 * fov[1]))
         b = a + d * length
         segs.append([*a, *b, r])
-        if depth >= 2:  # capillaries sprouting off: diameters down to min_diameter_um
-            for _ in range(2):
+        if depth >= 1:  # capillaries sprouting off: diameters down to min_diameter_um
+            for _ in range(1):
                 cd = rng.normal(size=3)
                 cd[0] = abs(cd[0])
                 cd /= np.linalg.norm(cd)
@@ -173,17 +174,28 @@ def vessel_tree(cfg: PhantomConfig, rng: np.random.Generator) -> tuple[Array, Ar
         if depth >= cfg.max_depth or r < cfg.min_diameter_um:
             continue
         bifs.append(b)
-        share = rng.uniform(0.35, 0.65)
-        r1 = r * share ** (1 / 3)
-        r2 = r * (1 - share) ** (1 / 3)
+        # asymmetric split (Murray's law): the trunk keeps most of the flow, side branches thin
+        share = rng.uniform(0.03, 0.35)
+        r1 = r * (1 - share) ** (1 / 3)
+        r2 = r * share ** (1 / 3)
         r1, r2 = max(r1, cfg.min_diameter_um / 2), max(r2, cfg.min_diameter_um / 2)
         perp = np.cross(d, rng.normal(size=3))
         perp /= np.linalg.norm(perp)
-        angle = rng.uniform(0.5, 0.9)
-        for sign, rr in ((1.0, r1), (-1.0, r2)):
+        for sign, rr, angle in (
+            (1.0, r1, rng.uniform(0.1, 0.35)),
+            (-1.0, r2, rng.uniform(0.7, 1.2)),
+        ):
             nd = np.cos(angle) * d + sign * np.sin(angle) * perp
-            nd[0] = abs(nd[0]) * 0.3 + 0.05 * (depth + 1)  # dive into the cortex
+            nd[0] = abs(nd[0]) * 0.3 + (0.05 if sign > 0 else 0.6)  # side branches dive
             stack.append((b, nd, rr, depth + 1))
+    # a capillary bed filling the field of view (about one capillary per capillary_spacing_um^3)
+    n_cap = int(np.prod(fov) / cfg.capillary_spacing_um**3)
+    starts = rng.uniform(0, 1, size=(n_cap, 3)) * fov
+    dirs = rng.normal(size=(n_cap, 3))
+    dirs /= np.linalg.norm(dirs, axis=1, keepdims=True)
+    ends = starts + dirs * rng.uniform(20.0, 60.0, size=(n_cap, 1))
+    radii = rng.uniform(1.0, 1.6, size=(n_cap, 1)) * cfg.min_diameter_um / 2
+    segs.extend(np.hstack([starts, ends, radii]).tolist())
     return np.asarray(segs), np.asarray(bifs)
 
 
