@@ -74,4 +74,6 @@ def validate_store(where: StoreLike, *, storage_options: dict[str, Any] | None =
     ome: Any = root.attrs.get("ome") or {}
     if "scene" in ome:
         problems += validate_group(root, model="scene")
+    elif paths != [""]:
+        problems.append("/: no ome.scene at the root; the store is incomplete (interrupted write?)")
     return problems

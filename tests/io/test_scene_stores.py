@@ -202,3 +202,39 @@ def test_local_path_resolves_to_local_store(tmp_path) -> None:
     assert isinstance(resolve_store(tmp_path / "a.zarr"), LocalStore)
     with pytest.raises(InvalidInputError, match="no such store"):
         resolve_store(tmp_path / "missing.zarr", read_only=True)
+
+
+def test_a_write_killed_before_publishing_leaves_no_store_that_looks_complete(tmp_path, monkeypatch):
+    """Simulate a hard kill (no cleanup runs) right before the root metadata is published."""
+    import bridge_xr.io.scene as scene
+
+    def killed(*args, **kwargs):
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(scene, "publish_subject", killed)
+    monkeypatch.setattr(scene, "delete_prefix", lambda *a, **k: None)  # a kill runs no cleanup
+    path = str(tmp_path / "half.ome.zarr")
+    _, img, systems = _mri()
+    with pytest.raises(SystemExit):
+        add_image(path, img, _meta("invivo_mri/d060/T2w"), extra_systems=systems)
+    assert read_subject(path).images == {}
+    assert scene_transforms(path) == []
+    root = zarr.open_group(path, mode="r").attrs.asdict()
+    assert "ome" not in root  # no scene: readers and validators see an incomplete store
+    assert validate_store(path) != []
+
+
+def test_4d_nifti_round_trip(tmp_path) -> None:
+    import nibabel as nib
+
+    from bridge_xr.io.convert import convert_mri, export_nifti
+
+    data = rng.integers(0, 1000, size=(6, 5, 4, 3)).astype(np.int16)
+    aff = np.diag([0.1, 0.1, 0.2, 1.0])
+    src = tmp_path / "dyn.nii.gz"
+    nib.save(nib.Nifti1Image(data, aff), str(src))
+    convert_mri(src, str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/dce")
+    img = read_image(str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/dce")
+    assert img.dims == ("t", "z", "y", "x")
+    out = export_nifti(str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/dce", tmp_path / "back.nii.gz")
+    np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), data)
