@@ -204,7 +204,9 @@ def test_local_path_resolves_to_local_store(tmp_path) -> None:
         resolve_store(tmp_path / "missing.zarr", read_only=True)
 
 
-def test_a_write_killed_before_publishing_leaves_no_store_that_looks_complete(tmp_path, monkeypatch):
+def test_a_write_killed_before_publishing_leaves_no_store_that_looks_complete(
+    tmp_path, monkeypatch
+):
     """Simulate a hard kill (no cleanup runs) right before the root metadata is published."""
     import bridge_xr.io.scene as scene
 

@@ -1,0 +1,1 @@
+"""Landmark registration: landmark sets, linear and thin-plate-spline models, error figures."""
