@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 
 from bridge_xr.register.models import Kernel, Model, fit
 
-Array = NDArray[np.float64]
+Array = NDArray[Any]
 
 
 def rmse_um(model: Model, fixed: Array, moving: Array) -> float:

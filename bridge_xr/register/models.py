@@ -29,7 +29,7 @@ from numpy.typing import NDArray
 
 from bridge_xr.errors import InvalidInputError
 
-Array = NDArray[np.float64]
+Array = NDArray[Any]
 ModelName = Literal["rigid", "similarity", "affine", "tps"]
 Kernel = Literal["r", "r2logr"]
 
