@@ -1,0 +1,336 @@
+"""Landmark sets: the canonical CSV, 3D Slicer (.fcsv, .mrk.json) and BigWarp (CSV, JSON).
+
+Canonical CSV (DESIGN.md): ``name,moving_x,moving_y,moving_z,fixed_x,fixed_y,fixed_z[,active]`` in
+micrometres in each image's intrinsic physical space (x = last array axis).
+
+3D Slicer stores one markups list per volume, in millimetres, LPS (files) or RAS; fixed and moving
+lists are paired by label as Slicer's Landmark Registration does. Imported Slicer points are taken
+to be in the volumes' own physical frame (RAS -> x, y, z, mm -> µm), i.e. volumes exported from
+bridge_xr without a scanner affine.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from bridge_xr.errors import InvalidInputError
+
+COLUMNS = ["name", "moving_x", "moving_y", "moving_z", "fixed_x", "fixed_y", "fixed_z", "active"]
+_NUM = COLUMNS[1:7]
+
+
+def _frame(names: list[str], moving: Any, fixed: Any, active: Any = None) -> pd.DataFrame:
+    m, f = (
+        np.asarray(moving, dtype=float).reshape(-1, 3),
+        np.asarray(fixed, dtype=float).reshape(-1, 3),
+    )
+    df = pd.DataFrame(
+        {
+            "name": [str(n) for n in names],
+            "moving_x": m[:, 0],
+            "moving_y": m[:, 1],
+            "moving_z": m[:, 2],
+            "fixed_x": f[:, 0],
+            "fixed_y": f[:, 1],
+            "fixed_z": f[:, 2],
+            "active": [True] * len(names) if active is None else list(active),
+        }
+    )
+    return validate(df, source="landmarks")
+
+
+def validate(df: pd.DataFrame, *, source: str) -> pd.DataFrame:
+    """Check columns, numbers and names; add ``active`` when missing."""
+    missing = [c for c in COLUMNS[:7] if c not in df.columns]
+    if missing:
+        msg = f"{source}: missing landmark columns {missing}; expected {','.join(COLUMNS)}"
+        raise InvalidInputError(msg)
+    out = df.copy()
+    if "active" not in out.columns:
+        out["active"] = True
+    out["active"] = out["active"].map(
+        lambda v: (
+            str(v).strip().lower() in {"true", "1", "yes"}
+            if not isinstance(v, bool | np.bool_)
+            else bool(v)
+        )
+    )
+    try:
+        out[_NUM] = out[_NUM].astype(float)
+    except (ValueError, TypeError) as exc:
+        raise InvalidInputError(f"{source}: landmark coordinates must be numbers ({exc})") from exc
+    bad = out.loc[~np.isfinite(out[_NUM].to_numpy()).all(axis=1), "name"].tolist()
+    if bad:
+        raise InvalidInputError(f"{source}: landmarks {bad} have NaN or infinite coordinates")
+    out["name"] = out["name"].astype(str)
+    dup = out["name"][out["name"].duplicated()].tolist()
+    if dup:
+        raise InvalidInputError(f"{source}: duplicate landmark names {dup}")
+    return out[COLUMNS].reset_index(drop=True)
+
+
+def read_csv(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read the canonical landmark CSV."""
+    p = Path(path)
+    if not p.is_file():
+        raise InvalidInputError(f"no such landmark file: {str(p)!r}")
+    try:
+        df = pd.read_csv(p)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"cannot read landmark CSV {str(p)!r}: {exc}") from exc
+    return validate(df, source=str(p))
+
+
+def write_csv(df: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write the canonical landmark CSV."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    validate(df, source=str(p)).to_csv(p, index=False, float_format="%.17g")
+    return p
+
+
+def arrays(
+    df: pd.DataFrame, *, active_only: bool = True
+) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """``(names, fixed (N,3), moving (N,3))`` in x, y, z µm."""
+    sel = df[df["active"]] if active_only else df
+    return (
+        sel["name"].tolist(),
+        sel[["fixed_x", "fixed_y", "fixed_z"]].to_numpy(float),
+        sel[["moving_x", "moving_y", "moving_z"]].to_numpy(float),
+    )
+
+
+# ------------------------------------------------------------------------------------- BigWarp
+
+
+def read_bigwarp_csv(path: Path) -> pd.DataFrame:
+    """BigWarp landmark CSV: no header; ``name,active,mx,my,mz,fx,fy,fz``; ``Infinity`` = unpaired."""
+    rows = list(csv.reader(io.StringIO(path.read_text())))
+    rows = [r for r in rows if r and any(c.strip() for c in r)]
+    if not rows or len(rows[0]) != 8:
+        raise InvalidInputError(
+            f"{str(path)!r}: BigWarp 3D CSV rows have 8 columns (name, active, mx, my, mz, fx, fy, fz)"
+        )
+    keep = [r for r in rows if not any("inf" in c.lower() for c in r[2:])]
+    vals = np.array([[float(c) for c in r[2:]] for r in keep]).reshape(-1, 6)
+    return _frame([r[0] for r in keep], vals[:, :3], vals[:, 3:], [r[1] for r in keep])
+
+
+def write_bigwarp_csv(df: pd.DataFrame, path: Path) -> Path:
+    """BigWarp landmark CSV (all values quoted, as BigWarp writes them)."""
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh, quoting=csv.QUOTE_ALL)
+        for _, r in df.iterrows():
+            w.writerow(
+                [r["name"], "true" if r["active"] else "false", *(repr(float(r[c])) for c in _NUM)]
+            )
+    return path
+
+
+def read_bigwarp_json(path: Path) -> pd.DataFrame:
+    """BigWarp landmarks JSON (``type: BigWarpLandmarks``), alone or inside a settings file."""
+    data = json.loads(path.read_text())
+    if "Transform" in data:
+        data = data["Transform"].get("landmarks", {})
+    if data.get("type") != "BigWarpLandmarks" or data.get("numDimensions") != 3:
+        raise InvalidInputError(f"{str(path)!r} is not a 3D BigWarpLandmarks JSON")
+    mv, fx = data["movingPoints"], data["fixedPoints"]
+    names = data.get("names") or [f"Pt-{i}" for i in range(len(mv))]
+    active = data.get("active") or [True] * len(mv)
+    ok = [i for i in range(len(mv)) if np.isfinite(mv[i]).all() and np.isfinite(fx[i]).all()]
+    return _frame(
+        [names[i] for i in ok], [mv[i] for i in ok], [fx[i] for i in ok], [active[i] for i in ok]
+    )
+
+
+def write_bigwarp_json(df: pd.DataFrame, path: Path) -> Path:
+    """BigWarp landmarks JSON."""
+    doc = {
+        "type": "BigWarpLandmarks",
+        "numDimensions": 3,
+        "movingPoints": df[["moving_x", "moving_y", "moving_z"]].to_numpy(float).tolist(),
+        "fixedPoints": df[["fixed_x", "fixed_y", "fixed_z"]].to_numpy(float).tolist(),
+        "active": [bool(a) for a in df["active"]],
+        "names": df["name"].tolist(),
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+# -------------------------------------------------------------------------------------- Slicer
+
+
+def _to_ras_um(points: np.ndarray, system: str, unit: str) -> np.ndarray:
+    p = np.asarray(points, dtype=float).copy()
+    if system.upper() in {"LPS", "1"}:
+        p[:, :2] *= -1
+    factor = {"mm": 1000.0, "um": 1.0, "µm": 1.0}.get(unit)
+    if factor is None:
+        raise InvalidInputError(f"unknown Slicer coordinate unit {unit!r}")
+    return p * factor
+
+
+def read_slicer_points(path: Path) -> dict[str, np.ndarray]:
+    """Label -> point (RAS µm) from a Slicer ``.fcsv`` (4.x/5.x) or ``.mrk.json`` file."""
+    if path.name.endswith(".json"):
+        doc = json.loads(path.read_text())
+        try:
+            mk = doc["markups"][0]
+        except (KeyError, IndexError) as exc:
+            raise InvalidInputError(f"{str(path)!r} holds no markups list") from exc
+        pts = [
+            cp
+            for cp in mk.get("controlPoints", [])
+            if cp.get("positionStatus", "defined") == "defined"
+        ]
+        arr = np.array([cp["position"] for cp in pts], dtype=float).reshape(-1, 3)
+        ras = _to_ras_um(arr, mk.get("coordinateSystem", "LPS"), mk.get("coordinateUnits", "mm"))
+        return {str(cp["label"]): ras[i] for i, cp in enumerate(pts)}
+    system, labels, coords = "LPS", [], []
+    header_cols: list[str] | None = None
+    for row in csv.reader(io.StringIO(path.read_text())):
+        if not row:
+            continue
+        if row[0].startswith("#"):
+            text = ",".join(row)
+            if "CoordinateSystem" in text:
+                system = text.split("=", 1)[1].strip()
+                system = {"0": "RAS", "1": "LPS"}.get(system, system)
+            if "columns" in text:
+                header_cols = [c.strip() for c in text.split("=", 1)[1].split(",")]
+            continue
+        cols = header_cols or [
+            "id",
+            "x",
+            "y",
+            "z",
+            "ow",
+            "ox",
+            "oy",
+            "oz",
+            "vis",
+            "sel",
+            "lock",
+            "label",
+        ]
+        rec = dict(zip(cols, row, strict=False))  # Slicer 5 appends undeclared trailing columns
+        labels.append(rec.get("label") or rec["id"])
+        coords.append([float(rec["x"]), float(rec["y"]), float(rec["z"])])
+    ras = _to_ras_um(np.array(coords).reshape(-1, 3), system, "mm")
+    return dict(zip(labels, ras, strict=True))
+
+
+def pair_slicer(moving: dict[str, np.ndarray], fixed: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Pair two Slicer lists by label (labels present in only one list are dropped)."""
+    names = [n for n in moving if n in fixed]
+    if not names:
+        raise InvalidInputError("no landmark label appears in both Slicer files")
+    return _frame(names, [moving[n] for n in names], [fixed[n] for n in names])
+
+
+def write_slicer_fcsv(labels: list[str], ras_um: np.ndarray, path: Path) -> Path:
+    """Slicer 4.11 ``.fcsv`` (LPS, mm)."""
+    lps = np.asarray(ras_um, dtype=float) / 1000.0 * np.array([-1.0, -1.0, 1.0])
+    lines = [
+        "# Markups fiducial file version = 4.11",
+        "# CoordinateSystem = LPS",
+        "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID",
+    ]
+    for i, (lab, p) in enumerate(zip(labels, lps, strict=True)):
+        x, y, z = (float(v) for v in p)
+        lines.append(f"{i},{x!r},{y!r},{z!r},0,0,0,1,1,1,0,{lab},,")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_slicer_json(labels: list[str], ras_um: np.ndarray, path: Path) -> Path:
+    """Slicer ``.mrk.json`` (LPS, mm)."""
+    lps = np.asarray(ras_um, dtype=float) / 1000.0 * np.array([-1.0, -1.0, 1.0])
+    doc = {
+        "@schema": "https://raw.githubusercontent.com/slicer/slicer/master/Modules/Loadable/Markups/Resources/Schema/markups-schema-v1.0.3.json#",
+        "markups": [
+            {
+                "type": "Fiducial",
+                "coordinateSystem": "LPS",
+                "coordinateUnits": "mm",
+                "controlPoints": [
+                    {
+                        "id": str(i + 1),
+                        "label": lab,
+                        "position": p.tolist(),
+                        "positionStatus": "defined",
+                    }
+                    for i, (lab, p) in enumerate(zip(labels, lps, strict=True))
+                ],
+            }
+        ],
+    }
+    path.write_text(json.dumps(doc, indent=2))
+    return path
+
+
+# ------------------------------------------------------------------------------------ dispatch
+
+
+def import_landmarks(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
+    """Import from BigWarp (one CSV/JSON file) or Slicer (moving file, fixed file) or canonical CSV."""
+    ps = [Path(p) for p in paths]
+    for p in ps:
+        if not p.is_file():
+            raise InvalidInputError(f"no such landmark file: {str(p)!r}")
+    slicer = [p for p in ps if p.name.endswith((".fcsv", ".mrk.json"))]
+    if slicer:
+        if len(ps) != 2 or len(slicer) != 2:
+            raise InvalidInputError(
+                "Slicer import needs two files: the moving list, then the fixed list"
+            )
+        return pair_slicer(read_slicer_points(ps[0]), read_slicer_points(ps[1]))
+    if len(ps) != 1:
+        raise InvalidInputError(
+            "give one BigWarp CSV/JSON file, or two Slicer files (moving, fixed)"
+        )
+    p = ps[0]
+    if p.suffix == ".json":
+        return read_bigwarp_json(p)
+    first = p.read_text().splitlines()[0] if p.stat().st_size else ""
+    if first.startswith("name,"):
+        return read_csv(p)
+    return read_bigwarp_csv(p)
+
+
+def export_landmarks(df: pd.DataFrame, fmt: str, output: str | os.PathLike[str]) -> list[Path]:
+    """Export to ``bigwarp-csv``, ``bigwarp-json``, ``slicer-fcsv`` or ``slicer-json``.
+
+    Slicer formats write two files: ``<output>_moving`` and ``<output>_fixed``.
+    """
+    out = Path(output)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "bigwarp-csv":
+        return [write_bigwarp_csv(df, out)]
+    if fmt == "bigwarp-json":
+        return [write_bigwarp_json(df, out)]
+    if fmt in {"slicer-fcsv", "slicer-json"}:
+        ext = ".fcsv" if fmt == "slicer-fcsv" else ".mrk.json"
+        writer = write_slicer_fcsv if fmt == "slicer-fcsv" else write_slicer_json
+        stem = out.name.removesuffix(ext)
+        names = df["name"].tolist()
+        return [
+            writer(
+                names,
+                df[[f"{side}_x", f"{side}_y", f"{side}_z"]].to_numpy(float),
+                out.with_name(f"{stem}_{side}{ext}"),
+            )
+            for side in ("moving", "fixed")
+        ]
+    raise InvalidInputError(
+        f"unknown landmark format {fmt!r}; use bigwarp-csv, bigwarp-json, slicer-fcsv, slicer-json"
+    )

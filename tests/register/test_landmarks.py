@@ -1,0 +1,165 @@
+"""Landmark files written by hand from the documented 3D Slicer and BigWarp formats."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.register.landmarks import export_landmarks, import_landmarks, read_csv, write_csv
+
+# the same three landmarks in every format: moving (2P) and fixed (MRI), RAS micrometres
+MOVING = {"F-1": (100.0, 200.0, 30.0), "F-2": (400.0, 250.0, 60.0), "F-3": (150.0, 500.0, 90.0)}
+FIXED = {
+    "F-1": (1100.0, -2200.0, 530.0),
+    "F-2": (1400.0, -2250.0, 560.0),
+    "F-3": (1150.0, -2500.0, 590.0),
+}
+
+
+def _lps_mm(p):
+    return (-p[0] / 1000, -p[1] / 1000, p[2] / 1000)
+
+
+def _fcsv(points, *, slicer5=False, old_ras=False):
+    head = [
+        "# Markups fiducial file version = 4.11"
+        if not old_ras
+        else "# Markups fiducial file version = 4.6",
+        "# CoordinateSystem = 0" if old_ras else "# CoordinateSystem = LPS",
+        "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label,desc,associatedNodeID",
+    ]
+    rows = []
+    for i, (lab, p) in enumerate(points.items()):
+        x, y, z = (p[0] / 1000, p[1] / 1000, p[2] / 1000) if old_ras else _lps_mm(p)
+        extra = ",2,0" if slicer5 else ""
+        rows.append(f"vtkMRMLMarkupsFiducialNode_{i},{x},{y},{z},0,0,0,1,1,1,0,{lab},,{extra}")
+    return "\n".join(head + rows) + "\n"
+
+
+def _mrk_json(points):
+    cps = [
+        {"id": str(i), "label": lab, "position": list(_lps_mm(p)), "positionStatus": "defined"}
+        for i, (lab, p) in enumerate(points.items())
+    ]
+    cps.append({"id": "99", "label": "F-99", "position": [0, 0, 0], "positionStatus": "undefined"})
+    return json.dumps(
+        {
+            "@schema": "markups-schema-v1.0.3.json",
+            "markups": [
+                {
+                    "type": "Fiducial",
+                    "coordinateSystem": "LPS",
+                    "coordinateUnits": "mm",
+                    "controlPoints": cps,
+                }
+            ],
+        }
+    )
+
+
+def _expected() -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "name": list(MOVING),
+            "moving_x": [MOVING[k][0] for k in MOVING],
+            "moving_y": [MOVING[k][1] for k in MOVING],
+            "moving_z": [MOVING[k][2] for k in MOVING],
+            "fixed_x": [FIXED[k][0] for k in MOVING],
+            "fixed_y": [FIXED[k][1] for k in MOVING],
+            "fixed_z": [FIXED[k][2] for k in MOVING],
+            "active": [True] * 3,
+        }
+    )
+
+
+def _same(df: pd.DataFrame) -> None:
+    exp = _expected()
+    assert df["name"].tolist() == exp["name"].tolist()
+    np.testing.assert_allclose(
+        df.iloc[:, 1:7].to_numpy(float), exp.iloc[:, 1:7].to_numpy(float), atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("variant", ["v411", "slicer5", "old_ras"])
+def test_slicer_fcsv_variants(tmp_path, variant) -> None:
+    kw = {"slicer5": variant == "slicer5", "old_ras": variant == "old_ras"}
+    (tmp_path / "m.fcsv").write_text(_fcsv(MOVING, **kw))
+    fixed = dict(FIXED)
+    fixed["only-in-fixed"] = (0.0, 0.0, 0.0)  # dropped when pairing by label, as Slicer does
+    (tmp_path / "f.fcsv").write_text(_fcsv(fixed, **kw))
+    _same(import_landmarks([tmp_path / "m.fcsv", tmp_path / "f.fcsv"]))
+
+
+def test_slicer_mrk_json(tmp_path) -> None:
+    (tmp_path / "m.mrk.json").write_text(_mrk_json(MOVING))
+    (tmp_path / "f.mrk.json").write_text(_mrk_json(FIXED))
+    _same(import_landmarks([tmp_path / "m.mrk.json", tmp_path / "f.mrk.json"]))
+
+
+def test_bigwarp_csv_with_unpaired_and_inactive(tmp_path) -> None:
+    rows = [
+        f'"{k}","true","{MOVING[k][0]}","{MOVING[k][1]}","{MOVING[k][2]}","{FIXED[k][0]}","{FIXED[k][1]}","{FIXED[k][2]}"'
+        for k in MOVING
+    ]
+    rows.append('"Pt-9","true","1.0","2.0","3.0","Infinity","Infinity","Infinity"')
+    rows.append('"Pt-10","false","5.0","6.0","7.0","8.0","9.0","10.0"')
+    (tmp_path / "bw.csv").write_text("\n".join(rows) + "\n")
+    df = import_landmarks([tmp_path / "bw.csv"])
+    assert "Pt-9" not in df["name"].tolist()  # unpaired
+    assert df.loc[df["name"] == "Pt-10", "active"].item() is False
+    _same(df[df["active"]])
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+def test_bigwarp_json(tmp_path, embedded) -> None:
+    doc = {
+        "type": "BigWarpLandmarks",
+        "numDimensions": 3,
+        "movingPoints": [list(MOVING[k]) for k in MOVING],
+        "fixedPoints": [list(FIXED[k]) for k in MOVING],
+        "active": [True] * 3,
+        "names": list(MOVING),
+    }
+    if embedded:
+        doc = {"Sources": {}, "Transform": {"type": "Thin Plate Spline", "landmarks": doc}}
+    (tmp_path / "bw.json").write_text(json.dumps(doc))
+    _same(import_landmarks([tmp_path / "bw.json"]))
+
+
+@pytest.mark.parametrize("fmt", ["bigwarp-csv", "bigwarp-json", "slicer-fcsv", "slicer-json"])
+def test_export_then_import_is_the_identity(tmp_path, fmt) -> None:
+    df = _expected()
+    ext = {
+        "bigwarp-csv": ".csv",
+        "bigwarp-json": ".json",
+        "slicer-fcsv": ".fcsv",
+        "slicer-json": ".mrk.json",
+    }[fmt]
+    files = export_landmarks(df, fmt, tmp_path / f"lm{ext}")
+    back = import_landmarks(files)
+    _same(back)
+    write_csv(back, tmp_path / "canon.csv")
+    _same(read_csv(tmp_path / "canon.csv"))
+
+
+def test_bad_landmark_files(tmp_path) -> None:
+    (tmp_path / "a.csv").write_text("name,moving_x,moving_y\nA,1,2\n")
+    with pytest.raises(InvalidInputError, match="missing landmark columns"):
+        read_csv(tmp_path / "a.csv")
+    df = _expected()
+    df.loc[1, "name"] = "F-1"
+    with pytest.raises(InvalidInputError, match="duplicate landmark names"):
+        write_csv(df, tmp_path / "b.csv")
+    df = _expected()
+    df.loc[0, "fixed_x"] = np.nan
+    with pytest.raises(InvalidInputError, match="NaN"):
+        write_csv(df, tmp_path / "c.csv")
+    (tmp_path / "m.fcsv").write_text(_fcsv(MOVING))
+    with pytest.raises(InvalidInputError, match="two files"):
+        import_landmarks([tmp_path / "m.fcsv"])
+    with pytest.raises(InvalidInputError, match="no such landmark file"):
+        import_landmarks([tmp_path / "missing.csv"])
