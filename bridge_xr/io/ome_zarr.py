@@ -416,7 +416,7 @@ def multiscales_attrs(
 def write_multiscale(
     store: Store,
     path: str,
-    data: da.Array,
+    data: da.Array | np.ndarray[Any, Any],
     *,
     dims: Sequence[str],
     spacing: Mapping[str, float],
@@ -468,7 +468,7 @@ def write_multiscale(
         for prev, cur in zip(plan.levels[:-1], plan.levels[1:], strict=True)
     ]
     n_fused = 1 + sum(1 for _ in _takewhile_fused(plan.levels[1:]))
-    write_fused_levels(data, targets[:n_fused], steps[: n_fused - 1], method)
+    write_fused_levels(da.asarray(data), targets[:n_fused], steps[: n_fused - 1], method)
     if progress is not None:
         progress(n_fused, len(plan.levels))
     for k in range(n_fused, len(plan.levels)):

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 from bridge_xr._constants import SPATIAL_AXES
 from bridge_xr.errors import UnitError
-from bridge_xr.model.transforms import Identity, Scale, Sequence, Transform
+from bridge_xr.model.transforms import Bijection, Identity, Scale, Sequence, Transform
 from bridge_xr.model.units import canonical_unit, conversion_factor
 
 AnatomicalDirection = Literal[
@@ -111,6 +111,8 @@ def spatial_system(
 def _scales_in(t: Transform) -> list[Scale]:
     if isinstance(t, Scale):
         return [t]
+    if isinstance(t, Bijection):
+        return _scales_in(t.forward)
     if isinstance(t, Sequence):
         return [s for s in t.transformations if isinstance(s, Scale)]
     return []

@@ -116,6 +116,29 @@ class LandmarkSet(_Frozen):
         return self
 
 
+class Registration(_Frozen):
+    """One landmark registration, kept exactly (the scene edge holds its OME-Zarr form)."""
+
+    name: str
+    fixed: str
+    moving: str
+    model: Literal["rigid", "similarity", "affine", "tps"]
+    kernel: Literal["r", "r2logr"] | None = None
+    smoothing: float | None = None
+    direction: Literal["fixed->moving"] = "fixed->moving"
+    definition: dict[str, Any] = Field(
+        description="exact model in µm, xyz: matrix/translation, or TPS centres/weights/affine"
+    )
+    landmarks: LandmarkSet
+    field_path: str | None = Field(default=None, description="rasterised TPS displacement field")
+    field_spacing_um: tuple[float, float, float] | None = None
+    certified_max_error_um: float | None = Field(
+        default=None, description="max |field - exact TPS| found at the certification points"
+    )
+    report: dict[str, Any] = Field(default_factory=dict)
+    provenance: Provenance
+
+
 class SubjectMetadata(_Frozen):
     """The ``bridge_xr`` block of a subject store's root group."""
 
@@ -126,6 +149,7 @@ class SubjectMetadata(_Frozen):
     )
     images: dict[str, ImageMetadata] = Field(default_factory=dict)
     landmarks: dict[str, LandmarkSet] = Field(default_factory=dict)
+    registrations: dict[str, Registration] = Field(default_factory=dict)
     provenance: tuple[Provenance, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
@@ -136,6 +160,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "image": ImageMetadata,
     "provenance": Provenance,
     "landmarks": LandmarkSet,
+    "registration": Registration,
 }
 
 
