@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge_xr.register.models import Kernel, Model, fit
+from bridge_xr.register.models import EstimationError, Kernel, Model, ThinPlateSpline, fit
 
 Array = NDArray[Any]
 
@@ -80,12 +80,23 @@ def grid_points(extent_xyz: Array, n: int = 50, *, per_slice_z: Array | None = N
     return np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
 
 
-def inter_rater_rmse_um(model_a: Model, model_b: Model, moving_points: Array) -> dict[str, float]:
-    """Distance between two raters' registrations of the same moving points (fixed space)."""
-    d = np.linalg.norm(
-        model_a.inverse_points(moving_points) - model_b.inverse_points(moving_points), axis=1
-    )
+def inter_rater_rmse_um(model_a: Model, model_b: Model, moving_points: Array) -> dict[str, Any]:
+    """Distance between two raters' registrations of the same moving points (fixed space).
+
+    Points that a folded TPS cannot map back are left out and counted in ``n_unmapped``.
+    """
+
+    def back(model: Model) -> Array:
+        if isinstance(model, ThinPlateSpline):
+            return model.inverse_points(moving_points, strict=False)
+        return model.inverse_points(moving_points)
+
+    d_all = np.linalg.norm(back(model_a) - back(model_b), axis=1)
+    d = d_all[np.isfinite(d_all)]
+    if len(d) == 0:
+        raise EstimationError("no grid point could be mapped by both registrations")
     return {
+        "n_unmapped": int(len(d_all) - len(d)),
         "rmse_um": float(np.sqrt(np.mean(d * d))),
         "mean_um": float(d.mean()),
         "p95_um": float(np.percentile(d, 95)),

@@ -195,20 +195,50 @@ class ThinPlateSpline:
         jac = np.einsum("pi,io,pij->poj", g, self.weights, diff)
         return jac + self.affine[1:].T[None]
 
-    def inverse_points(self, moving: Array, *, tol: float = 1e-9, max_iter: int = 100) -> Array:
-        """Moving -> fixed by damped Newton iteration with the analytic Jacobian."""
+    def inverse_points(
+        self, moving: Array, *, tol: float = 1e-9, max_iter: int = 100, strict: bool = True
+    ) -> Array:
+        """Moving -> fixed by Newton iteration with the analytic Jacobian and backtracking.
+
+        Points whose inverse cannot be found (a folded warp has no unique inverse there) raise
+        :class:`EstimationError`, or come back as NaN with ``strict=False``.
+        """
         y = np.asarray(moving, dtype=np.float64)
         x = np.hstack([y, np.ones((len(y), 1))]) @ self._inv_linear[:3].T
+        res = self.forward_points(x) - y
+        err = np.linalg.norm(res, axis=1)
         for _ in range(max_iter):
-            r = self.forward_points(x) - y
-            err = np.linalg.norm(r, axis=1)
-            if err.max(initial=0.0) < tol:
-                return x
-            step = np.linalg.solve(self.jacobian(x), r[..., None])[..., 0]
-            x = x - step
-        if err.max(initial=0.0) > 1e-4:
-            msg = f"TPS inverse did not converge (residual {err.max():.3g} µm); is the warp folded?"
-            raise EstimationError(msg)
+            todo = np.flatnonzero(err >= tol)
+            if todo.size == 0:
+                break
+            xi, ri, ei = x[todo], res[todo], err[todo]
+            try:
+                step = np.linalg.solve(self.jacobian(xi), ri[..., None])[..., 0]
+            except np.linalg.LinAlgError:
+                step = ri
+            t = np.ones(len(xi))
+            for _ in range(30):  # backtracking: accept a step only where the residual shrinks
+                cand = xi - t[:, None] * step
+                rc = self.forward_points(cand) - y[todo]
+                ec = np.linalg.norm(rc, axis=1)
+                ok = ec < ei
+                if ok.all():
+                    break
+                t = np.where(ok, t, t / 2)
+            x[todo] = np.where(ok[:, None], cand, xi)
+            res[todo] = np.where(ok[:, None], rc, ri)
+            err[todo] = np.where(ok, ec, ei)
+            if not ok.any():
+                break
+        bad = err > 1e-4
+        if bad.any():
+            if strict:
+                msg = (
+                    f"TPS inverse did not converge for {int(bad.sum())} of {len(y)} points "
+                    f"(residual up to {err.max():.3g} µm); the warp folds there"
+                )
+                raise EstimationError(msg)
+            x[bad] = np.nan
         return x
 
     def describe(self) -> dict[str, Any]:

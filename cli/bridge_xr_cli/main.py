@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import convert, demo, export, info
+from bridge_xr_cli import convert, demo, export, info, register
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -46,6 +46,11 @@ app.add_typer(export.app, name="export")
 app.command("info")(info.main)
 app.command("validate")(info.validate)
 app.command("demo")(demo.main)
+app.add_typer(register.landmarks_app, name="landmarks")
+app.command("register")(register.register)
+app.command("compare-models")(register.compare_models)
+app.command("transform-points")(register.transform_points)
+app.command("inter-rater")(register.inter_rater)
 
 
 def run() -> None:

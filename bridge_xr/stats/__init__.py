@@ -1,0 +1,1 @@
+"""Statistics: pandas in, tidy pandas out."""

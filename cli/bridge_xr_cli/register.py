@@ -1,0 +1,235 @@
+"""``bridge landmarks``, ``register``, ``compare-models``, ``transform-points``, ``inter-rater``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, cast
+
+import numpy as np
+import pandas as pd
+import typer
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.register.models import Kernel
+from bridge_xr_cli._common import handle_errors, out
+
+landmarks_app = typer.Typer(help="Import and export landmark sets.", no_args_is_help=True)
+
+Store = Annotated[str, typer.Argument(help="subject store")]
+Fixed = Annotated[str, typer.Option("--fixed", help="fixed image (e.g. invivo_mri/d060/T2w)")]
+Moving = Annotated[
+    str, typer.Option("--moving", help="moving image (e.g. twophoton/d060/angiogram)")
+]
+KernelOpt = Annotated[
+    str, typer.Option("--kernel", help="TPS kernel: r (3D Slicer) or r2logr (BigWarp)")
+]
+Smooth = Annotated[float, typer.Option("--smoothing", help="TPS smoothing λ (0 = interpolating)")]
+
+
+def _kernel(k: str) -> Kernel:
+    if k not in {"r", "r2logr"}:
+        raise InvalidInputError(f"--kernel must be r or r2logr; got {k!r}")
+    return cast(Kernel, k)
+
+
+@landmarks_app.command("import")
+@handle_errors
+def landmarks_import(
+    files: Annotated[
+        list[Path],
+        typer.Argument(help="BigWarp CSV/JSON, or Slicer moving + fixed .fcsv/.mrk.json"),
+    ],
+    to: Annotated[Path, typer.Option("--to", help="canonical landmark CSV to write")],
+) -> None:
+    """Convert 3D Slicer or BigWarp landmarks to the canonical CSV (µm, x y z)."""
+    from bridge_xr.register.landmarks import import_landmarks, write_csv
+
+    df = import_landmarks(list(files))
+    write_csv(df, to)
+    out.print(f"wrote {len(df)} landmark pairs ({int(df['active'].sum())} active) to {to}")
+
+
+@landmarks_app.command("export")
+@handle_errors
+def landmarks_export(
+    landmarks: Annotated[Path, typer.Argument(help="canonical landmark CSV")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="bigwarp-csv, bigwarp-json, slicer-fcsv, slicer-json")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", help="output file (Slicer: <stem>_moving/_fixed)")
+    ],
+) -> None:
+    """Write a canonical landmark CSV in 3D Slicer or BigWarp format."""
+    from bridge_xr.register.landmarks import export_landmarks, read_csv
+
+    for p in export_landmarks(read_csv(landmarks), fmt, output):
+        out.print(f"wrote {p}")
+
+
+@handle_errors
+def register(
+    store: Store,
+    fixed: Fixed,
+    moving: Moving,
+    landmarks: Annotated[Path, typer.Option("--landmarks", help="canonical landmark CSV")],
+    model: Annotated[str, typer.Option("--model", help="rigid, similarity, affine or tps")] = "tps",
+    name: Annotated[
+        str, typer.Option("--name", help="registration (scene edge) name")
+    ] = "registration",
+    kernel: KernelOpt = "r",
+    smoothing: Smooth = 0.0,
+    field_spacing: Annotated[
+        str | None, typer.Option(help="TPS field grid spacing, e.g. 12.5um")
+    ] = None,
+    report: Annotated[
+        Path | None, typer.Option("--report", help="JSON report (RMSE, LOO TRE ...)")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a registration of that name")
+    ] = False,
+) -> None:
+    """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
+    from bridge_xr.model.units import conversion_factor, parse_length
+    from bridge_xr.register.landmarks import read_csv
+    from bridge_xr.register.scene import register as do_register
+
+    spacing = None
+    if field_spacing:
+        v, u = parse_length(field_spacing, default_unit="um")
+        spacing = v * conversion_factor(u, "micrometer")
+    rec, rep = do_register(
+        store,
+        fixed=fixed,
+        moving=moving,
+        landmarks=read_csv(landmarks),
+        model=model,
+        name=name,
+        kernel=_kernel(kernel),
+        smoothing=smoothing,
+        field_spacing_um=spacing,
+        overwrite=overwrite,  # type: ignore[arg-type]
+    )
+    if report is not None:
+        report.parent.mkdir(parents=True, exist_ok=True)
+        report.write_text(
+            json.dumps({"name": name, "fixed": fixed, "moving": moving, **rep}, indent=2)
+        )
+    extra = (
+        f", field error ≤ {rep['certified_max_error_um']:.3g} µm"
+        if rep.get("certified_max_error_um") is not None
+        else ""
+    )
+    out.print(
+        f"{rec.name}: {model} from {rep['n_landmarks']} landmarks, RMSE {rep['rmse_um']:.3g} µm, "
+        f"LOO TRE RMS {rep['loo_tre_rms_um']:.3g} µm{extra}"
+    )
+
+
+@handle_errors
+def compare_models(
+    store: Store,
+    fixed: Fixed,
+    moving: Moving,
+    landmarks: Annotated[
+        list[Path], typer.Option("--landmarks", help="landmark CSV (repeat: one per dataset)")
+    ],
+    kernel: KernelOpt = "r",
+    smoothing: Smooth = 0.0,
+    output: Annotated[
+        Path, typer.Option("--output", help="folder for table, statistics and figure")
+    ] = Path("model-comparison"),
+) -> None:
+    """Compare rigid, similarity, affine and TPS (LOO TRE; Kruskal-Wallis + Dunn-Bonferroni)."""
+    from bridge_xr.io.scene import read_subject
+    from bridge_xr.register.compare import compare_models as run
+    from bridge_xr.register.compare import plot_comparison
+    from bridge_xr.register.landmarks import read_csv
+
+    subject = read_subject(store)
+    for p in (fixed, moving):
+        if p not in subject.images:
+            raise InvalidInputError(f"no image {p!r} in {store}; `bridge info` lists them")
+    datasets = {p.stem: read_csv(p) for p in landmarks}
+    per_lm, per_ds, omni, pairs = run(datasets, kernel=_kernel(kernel), smoothing=smoothing)  # type: ignore[arg-type]
+    output.mkdir(parents=True, exist_ok=True)
+    per_lm.to_csv(output / "loo_tre_per_landmark.csv", index=False)
+    per_ds.to_csv(output / "models.csv", index=False)
+    pd.concat([omni, pairs], ignore_index=True).to_csv(output / "statistics.csv", index=False)
+    plot_comparison(per_lm, per_ds, output / "model_comparison.png")
+    out.print(per_ds.to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    out.print(f"Kruskal-Wallis p = {omni['p'].item():.3g}; tables and figure in {output}")
+
+
+@handle_errors
+def transform_points(
+    store: Store,
+    points: Annotated[
+        Path, typer.Argument(help="CSV with x,y,z in µm (other columns pass through)")
+    ],
+    src: Annotated[str, typer.Option("--from", help="image the points are in")],
+    dst: Annotated[str, typer.Option("--to", help="image to map them into")],
+    output: Annotated[Path, typer.Option("--output", help="output CSV")],
+) -> None:
+    """Map points (cells, centrelines ...) between images through the registrations, exactly."""
+    from bridge_xr.register.scene import map_points
+
+    if not points.is_file():
+        raise InvalidInputError(f"no such points file: {str(points)!r}")
+    df = pd.read_csv(points)
+    missing = [c for c in ("x", "y", "z") if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"{str(points)!r} lacks columns {missing}; points need x,y,z in µm")
+    mapped = map_points(store, df[["x", "y", "z"]].to_numpy(float), src, dst)
+    res = df.copy()
+    res[["x", "y", "z"]] = mapped
+    output.parent.mkdir(parents=True, exist_ok=True)
+    res.to_csv(output, index=False, float_format="%.10g")
+    out.print(f"mapped {len(res)} points from {src} to {dst} -> {output}")
+
+
+@handle_errors
+def inter_rater(
+    store: Store,
+    fixed: Fixed,
+    moving: Moving,
+    landmarks: Annotated[list[Path], typer.Option("--landmarks", help="one CSV per rater (two)")],
+    model: Annotated[str, typer.Option("--model")] = "tps",
+    kernel: KernelOpt = "r",
+    report: Annotated[Path | None, typer.Option("--report")] = None,
+) -> None:
+    """Distance between two raters' registrations on the paper's 50x50-per-slice grid and a dense grid."""
+    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.model.image import physical_extent
+    from bridge_xr.model.units import conversion_factor
+    from bridge_xr.register.errors import grid_points, inter_rater_rmse_um
+    from bridge_xr.register.landmarks import arrays, read_csv
+    from bridge_xr.register.models import fit
+
+    if len(landmarks) != 2:
+        raise InvalidInputError("inter-rater needs exactly two --landmarks files (one per rater)")
+    models = []
+    for p in landmarks:
+        _, f, m = arrays(read_csv(p))
+        models.append(fit(model, f, m, kernel=_kernel(kernel)))  # type: ignore[arg-type]
+    img = read_image(store, moving)
+    fac = conversion_factor(img.attrs["unit"], "micrometer")
+    ext = physical_extent(img)
+    e = np.array([[ext[d][0] * fac, ext[d][1] * fac] for d in ("x", "y", "z")])
+    zs = img["z"].values * fac if "z" in img.dims else None
+    paper = inter_rater_rmse_um(models[0], models[1], grid_points(e, 50, per_slice_z=zs))
+    dense = inter_rater_rmse_um(
+        models[0], models[1], grid_points(e, 100, per_slice_z=np.linspace(e[2, 0], e[2, 1], 20))
+    )
+    result = {
+        "model": model,
+        "rmse_um": paper["rmse_um"],
+        "grid_50x50_per_slice": paper,
+        "dense_grid": dense,
+    }
+    if report is not None:
+        report.write_text(json.dumps(result, indent=2))
+    out.print(
+        f"inter-rater RMSE {paper['rmse_um']:.3g} µm (50x50 per slice), {dense['rmse_um']:.3g} µm (dense grid)"
+    )
