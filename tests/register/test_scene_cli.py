@@ -1,0 +1,305 @@
+"""Registrations stored in the scene, checked against the phantom's ground truth, via the CLI."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.scene import read_subject, scene_transforms
+from bridge_xr.io.validate import validate_store
+from bridge_xr.register.scene import model_from_record
+from bridge_xr.testing.phantom import PhantomConfig
+from bridge_xr.testing.study import write_phantom_study
+from bridge_xr_cli.main import app
+
+runner = CliRunner()
+FIXED, MOVING = "invivo_mri/d060/T2w", "twophoton/d060/angiogram"
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    st = write_phantom_study(root, PhantomConfig.tiny())
+    ph = st.phantom
+    q = np.random.default_rng(3).uniform([5, 20, 20], [55, 220, 220], size=(25, 3))  # 2P zyx µm
+    p = ph.truth.inverse(q)  # exact MRI positions (µm zyx)
+    lm = pd.DataFrame(
+        {
+            "name": [f"L{i}" for i in range(len(q))],
+            "moving_x": q[:, 2],
+            "moving_y": q[:, 1],
+            "moving_z": q[:, 0],
+            "fixed_x": p[:, 2],
+            "fixed_y": p[:, 1],
+            "fixed_z": p[:, 0],
+        }
+    )
+    lm.to_csv(root / "exact.csv", index=False)
+    return st, root / "exact.csv"
+
+
+def bridge(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.mark.parametrize("model", ["affine", "tps"])
+def test_register_stores_a_valid_edge_that_maps_like_the_exact_model(
+    study, tmp_path, model
+) -> None:
+    st, csv = study
+    rep_path = tmp_path / "reg.json"
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        csv,
+        "--model",
+        model,
+        "--name",
+        f"2p_{model}",
+        "--report",
+        rep_path,
+        "--overwrite",
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads(rep_path.read_text())
+    for key in ("model", "kernel", "n_landmarks", "rmse_um", "loo_tre_um", "loo_tre_rms_um"):
+        assert key in rep
+    assert rep["n_landmarks"] == 25
+    assert len(rep["loo_tre_um"]) == 25
+    assert validate_store(str(st.store)) == []
+    rec = read_subject(str(st.store)).registrations[f"2p_{model}"]
+    exact = model_from_record(rec)
+    edge = next(t for t in scene_transforms(str(st.store)) if t.name == f"2p_{model}")
+    assert edge.input.path == FIXED and edge.output.path == MOVING
+    mri = read_image(str(st.store), FIXED)
+    # MRI intrinsic zyx mm, inside the image (where the rasterised field is defined)
+    pts_mm = np.random.default_rng(0).uniform([0.0, 0.0, 0.0], [0.15, 0.33, 0.33], size=(200, 3))
+    if model == "tps":
+        from bridge_xr.model.transforms import Displacements, Sequence
+
+        assert isinstance(edge, Sequence)
+        field = read_image(str(st.store), rec.field_path)
+        parts = [
+            t.bind(
+                field.values,
+                spacing=[field.attrs["spacing"][d] for d in "zyx"],
+                origin=[field.attrs["origin"][d] for d in "zyx"],
+            )
+            if isinstance(t, Displacements)
+            else t
+            for t in edge.transformations
+        ]
+        via_edge = Sequence(transformations=tuple(parts)).transform_points(pts_mm)
+        tol = rec.certified_max_error_um + 1e-3
+        assert rec.certified_max_error_um < 5.0
+    else:
+        via_edge = edge.transform_points(pts_mm)
+        tol = 1e-6
+        np.testing.assert_allclose(edge.inverse().transform_points(via_edge), pts_mm, atol=1e-9)
+    via_exact = exact.forward_points(pts_mm[:, ::-1] * 1000)[:, ::-1]  # µm zyx in the 2P image
+    assert np.abs(via_edge - via_exact).max() <= tol
+    assert mri.attrs["unit"] == "millimeter"
+
+
+def test_transform_points_round_trip_and_accuracy(study, tmp_path) -> None:
+    st, csv = study
+    assert (
+        bridge(
+            "register",
+            st.store,
+            "--fixed",
+            FIXED,
+            "--moving",
+            MOVING,
+            "--landmarks",
+            csv,
+            "--model",
+            "tps",
+            "--name",
+            "2p_to_mri",
+            "--overwrite",
+        ).exit_code
+        == 0
+    )
+    q = np.random.default_rng(9).uniform([10, 40, 40], [50, 200, 200], size=(50, 3))
+    pts = pd.DataFrame({"x": q[:, 2], "y": q[:, 1], "z": q[:, 0], "cell_id": np.arange(50)})
+    pts.to_csv(tmp_path / "cells.csv", index=False)
+    r = bridge(
+        "transform-points",
+        st.store,
+        tmp_path / "cells.csv",
+        "--from",
+        MOVING,
+        "--to",
+        FIXED,
+        "--output",
+        tmp_path / "cells_mri.csv",
+    )
+    assert r.exit_code == 0, r.output
+    mri = pd.read_csv(tmp_path / "cells_mri.csv")
+    assert mri["cell_id"].tolist() == list(range(50))  # extra columns pass through
+    truth = st.phantom.truth.inverse(q)[:, ::-1]
+    err = np.linalg.norm(mri[["x", "y", "z"]].to_numpy() - truth, axis=1)
+    assert np.sqrt(np.mean(err**2)) < 5.0  # 25 exact landmarks recover the smooth warp to a few µm
+    r = bridge(
+        "transform-points",
+        st.store,
+        tmp_path / "cells_mri.csv",
+        "--from",
+        FIXED,
+        "--to",
+        MOVING,
+        "--output",
+        tmp_path / "back.csv",
+    )
+    assert r.exit_code == 0, r.output
+    back = pd.read_csv(tmp_path / "back.csv")
+    np.testing.assert_allclose(
+        back[["x", "y", "z"]].to_numpy(), pts[["x", "y", "z"]].to_numpy(), atol=1e-6
+    )
+
+
+def test_compare_models_and_inter_rater(study, tmp_path) -> None:
+    st, csv = study
+    out = tmp_path / "cmp"
+    r = bridge(
+        "compare-models",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--landmarks",
+        st.landmark_csvs[1],
+        "--output",
+        out,
+    )
+    assert r.exit_code == 0, r.output
+    table = pd.read_csv(out / "models.csv")
+    assert set(table["model"]) == {"rigid", "similarity", "affine", "tps"}
+    assert (out / "model_comparison.png").stat().st_size > 5000
+    stats_table = pd.read_csv(out / "statistics.csv")
+    assert {"kruskal-wallis", "dunn-bonferroni"} <= set(stats_table["test"])
+    r = bridge(
+        "inter-rater",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--model",
+        "affine",
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--landmarks",
+        st.landmark_csvs[1],
+        "--report",
+        tmp_path / "irr.json",
+    )
+    assert r.exit_code == 0, r.output
+    irr = json.loads((tmp_path / "irr.json").read_text())
+    sigma = st.phantom.config.rater_sigma_um
+    assert 0 < irr["rmse_um"] < 10 * sigma
+    r = bridge(
+        "inter-rater",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--model",
+        "affine",
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--report",
+        tmp_path / "same.json",
+    )
+    assert json.loads((tmp_path / "same.json").read_text())["rmse_um"] == 0.0
+    assert irr["grid_50x50_per_slice"]["n_points"] == 50 * 50 * 15  # 15 slices in the tiny 2P stack
+
+
+def test_landmarks_import_export_cli(study, tmp_path) -> None:
+    _, csv = study
+    r = bridge(
+        "landmarks", "export", csv, "--format", "slicer-fcsv", "--output", tmp_path / "lm.fcsv"
+    )
+    assert r.exit_code == 0, r.output
+    r = bridge(
+        "landmarks",
+        "import",
+        tmp_path / "lm_moving.fcsv",
+        tmp_path / "lm_fixed.fcsv",
+        "--to",
+        tmp_path / "back.csv",
+    )
+    assert r.exit_code == 0, r.output
+    a, b = pd.read_csv(csv), pd.read_csv(tmp_path / "back.csv")
+    np.testing.assert_allclose(a.iloc[:, 1:7].to_numpy(), b.iloc[:, 1:7].to_numpy(), atol=1e-9)
+
+
+def test_register_user_errors(study, tmp_path) -> None:
+    st, csv = study
+    r = bridge("register", st.store, "--fixed", "nope/x", "--moving", MOVING, "--landmarks", csv)
+    assert r.exit_code == 2
+    assert "no image 'nope/x'" in r.stderr
+    few = pd.read_csv(csv).head(3)
+    few.to_csv(tmp_path / "few.csv", index=False)
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        tmp_path / "few.csv",
+        "--model",
+        "tps",
+        "--name",
+        "few",
+    )
+    assert r.exit_code == 2
+    assert "at least 5 landmarks" in r.stderr
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        csv,
+        "--kernel",
+        "gauss",
+    )
+    assert r.exit_code == 2
+    assert "--kernel" in r.stderr
+    assert "few" not in read_subject(str(st.store)).registrations
+    r = bridge(
+        "transform-points",
+        st.store,
+        tmp_path / "missing.csv",
+        "--from",
+        MOVING,
+        "--to",
+        FIXED,
+        "--output",
+        tmp_path / "o.csv",
+    )
+    assert r.exit_code == 2
+    assert not Path(tmp_path / "o.csv").exists()
