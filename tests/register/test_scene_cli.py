@@ -81,7 +81,8 @@ def test_register_stores_a_valid_edge_that_maps_like_the_exact_model(
     rec = read_subject(str(st.store)).registrations[f"2p_{model}"]
     exact = model_from_record(rec)
     edge = next(t for t in scene_transforms(str(st.store)) if t.name == f"2p_{model}")
-    assert edge.input.path == FIXED and edge.output.path == MOVING
+    assert edge.input.path == FIXED
+    assert edge.output.path == MOVING
     mri = read_image(str(st.store), FIXED)
     # MRI intrinsic zyx mm, inside the image (where the rasterised field is defined)
     pts_mm = np.random.default_rng(0).uniform([0.0, 0.0, 0.0], [0.15, 0.33, 0.33], size=(200, 3))

@@ -1,0 +1,1 @@
+"""Lazy resampling of images through the registration graph."""
