@@ -38,7 +38,7 @@ from bridge_xr.model.transforms import (
 )
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.errors import registration_report
-from bridge_xr.register.landmarks import arrays
+from bridge_xr.register.landmarks import arrays, validate
 from bridge_xr.register.models import Kernel, LinearModel, Model, ThinPlateSpline
 
 _NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -154,7 +154,7 @@ def register(
         raise InvalidInputError(
             f"registration {name!r} exists; choose another --name or pass --overwrite"
         )
-    names, f_pts, m_pts = arrays(landmarks)
+    names, f_pts, m_pts = arrays(validate(landmarks, source="landmarks"))
     fitted, report = registration_report(
         model, f_pts, m_pts, kernel=kernel, smoothing=smoothing, names=names
     )

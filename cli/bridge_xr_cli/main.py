@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import convert, demo, export, info, register
+from bridge_xr_cli import convert, demo, export, info, register, resample
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -51,6 +51,8 @@ app.command("register")(register.register)
 app.command("compare-models")(register.compare_models)
 app.command("transform-points")(register.transform_points)
 app.command("inter-rater")(register.inter_rater)
+app.command("resample")(resample.resample)
+export.app.command("transform")(resample.export_transform)
 
 
 def run() -> None:

@@ -1,0 +1,104 @@
+"""``bridge resample`` and ``bridge export transform``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr_cli._common import handle_errors, level_progress, out
+
+
+def _spacing(text: str | None) -> tuple[float, float, float] | None:
+    """``25um,25um,100um`` (x, y, z) -> (z, y, x) in µm."""
+    from bridge_xr.model.units import conversion_factor, parse_length
+
+    if text is None:
+        return None
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise InvalidInputError(
+            f"--spacing takes one or three lengths (x,y,z), e.g. 25um,25um,100um; got {text!r}"
+        )
+    um = []
+    for p in parts:
+        v, u = parse_length(p, default_unit="um")
+        um.append(v * conversion_factor(u, "micrometer"))
+    return (um[2], um[1], um[0])
+
+
+@handle_errors
+def resample(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    moving: Annotated[str, typer.Option("--moving", help="image to resample")],
+    onto: Annotated[
+        str, typer.Option("--onto", help="image whose grid (and space) to resample onto")
+    ],
+    image: Annotated[
+        str, typer.Option("--image", help="output image path, e.g. registered/d060/angiogram")
+    ],
+    spacing: Annotated[
+        str | None, typer.Option(help="output voxel size x,y,z, e.g. 25um,25um,100um")
+    ] = None,
+    order: Annotated[int, typer.Option(help="interpolation: 0 nearest, 1 linear, 3 B-spline")] = 1,
+    labels: Annotated[
+        bool, typer.Option("--labels", help="label image: nearest + mode pyramid")
+    ] = False,
+    level: Annotated[
+        int | None, typer.Option(help="moving pyramid level (default: coarsest adequate)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Resample an image through the registrations onto another image's grid, block by block."""
+    from bridge_xr.io.scene import add_image, read_subject
+    from bridge_xr.model.metadata import ImageMetadata, Provenance
+    from bridge_xr.resample.core import resample as run
+
+    if order not in (0, 1, 3):
+        raise InvalidInputError(f"--order must be 0, 1 or 3; got {order}")
+    img = run(
+        store,
+        moving=moving,
+        onto=onto,
+        spacing_um=_spacing(spacing),
+        order=order,
+        labels=labels,
+        level=level,
+    )
+    src = read_subject(store).images[moving]
+    meta = ImageMetadata(
+        path=image,
+        modality="labels" if labels else "derived",
+        kind="labels" if labels else "image",
+        session=src.session,
+        channel_names=src.channel_names,
+        source=f"{moving} resampled onto {onto}",
+        provenance=Provenance.now("resample", inputs=(moving, onto), **img.attrs["resample"]),
+    )
+    with level_progress(f"resampling {moving} -> {image}") as cb:
+        add_image(
+            store, img, meta, overwrite=overwrite, method="mode" if labels else "mean", progress=cb
+        )
+    out.print(
+        f"wrote {image}: {'×'.join(map(str, img.shape))} voxels via {', '.join(img.attrs['resample']['chain'])}"
+    )
+
+
+@handle_errors
+def export_transform(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    name: Annotated[str, typer.Option("--name", help="registration name")],
+    output: Annotated[
+        Path,
+        typer.Option("--output", help=".tfm/.txt (linear) or .h5/.nii.gz (displacement field)"),
+    ],
+) -> None:
+    """Write a registration as an ITK transform file readable by SimpleITK and ANTs."""
+    from bridge_xr.register.itk import export_itk
+
+    path = export_itk(store, name, output)
+    out.print(f"wrote {path}")
