@@ -281,11 +281,22 @@ def path_between(where: StoreLike, src: str, dst: str) -> list[tuple[Registratio
     return hops[::-1]
 
 
-def map_points(where: StoreLike, points_xyz_um: np.ndarray, src: str, dst: str) -> np.ndarray:
-    """Map points (x, y, z µm, ``src`` intrinsic) into ``dst``'s intrinsic space, exactly."""
+def map_points(
+    where: StoreLike, points_xyz_um: np.ndarray, src: str, dst: str, *, strict: bool = True
+) -> np.ndarray:
+    """Map points (x, y, z µm, ``src`` intrinsic) into ``dst``'s intrinsic space, exactly.
+
+    Going against a TPS (moving -> fixed) needs its inverse; where the warp folds there is none:
+    such points raise, or become NaN with ``strict=False``.
+    """
     out = np.asarray(points_xyz_um, dtype=np.float64)
     for rec, forward in path_between(where, src, dst):
         model = model_from_record(rec)
         # forward: fixed -> moving (hop from rec.fixed to rec.moving)
-        out = model.forward_points(out) if forward else model.inverse_points(out)
+        if forward:
+            out = model.forward_points(out)
+        elif isinstance(model, ThinPlateSpline):
+            out = model.inverse_points(out, strict=strict)
+        else:
+            out = model.inverse_points(out)
     return out

@@ -181,7 +181,13 @@ def transform_points(
     missing = [c for c in ("x", "y", "z") if c not in df.columns]
     if missing:
         raise InvalidInputError(f"{str(points)!r} lacks columns {missing}; points need x,y,z in µm")
-    mapped = map_points(store, df[["x", "y", "z"]].to_numpy(float), src, dst)
+    mapped = map_points(store, df[["x", "y", "z"]].to_numpy(float), src, dst, strict=False)
+    lost = int(np.isnan(mapped).any(axis=1).sum())
+    if lost:
+        typer.echo(
+            f"warning: {lost} points fall where the TPS folds and have no inverse; written as NaN",
+            err=True,
+        )
     res = df.copy()
     res[["x", "y", "z"]] = mapped
     output.parent.mkdir(parents=True, exist_ok=True)
