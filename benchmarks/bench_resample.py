@@ -235,8 +235,8 @@ def max_deviation_voxels(store: Path, n_blocks: int = 6) -> float:
         approx = _tps_block(tps, axes, 0.1 * min(SPACING))
         gz, gy, gx = np.meshgrid(*axes, indexing="ij")
         pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-        exact = tps.forward_points(pts)[:, ::-1]
-        worst = max(worst, float(np.linalg.norm(approx - exact, axis=1).max() / min(SPACING)))
+        exact = tps.forward_points(pts)[:, ::-1].T.reshape(approx.shape)
+        worst = max(worst, float(np.linalg.norm(approx - exact, axis=0).max() / min(SPACING)))
     return worst
 
 
