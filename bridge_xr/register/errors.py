@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge_xr.register.models import EstimationError, Kernel, Model, ThinPlateSpline, fit
+from bridge_xr.register.models import EstimationError, Kernel, Model, ThinPlateSpline, fit, folding
 
 Array = NDArray[Any]
 
@@ -105,6 +105,30 @@ def inter_rater_rmse_um(model_a: Model, model_b: Model, moving_points: Array) ->
     }
 
 
+def choose_smoothing(
+    fixed: Array, moving: Array, *, kernel: Kernel = "r", grid: Array | None = None
+) -> tuple[float, dict[str, Any]]:
+    """Pick the TPS smoothing λ minimising the leave-one-out TRE RMS over a log-spaced grid."""
+    f = np.asarray(fixed, dtype=np.float64)
+    scale = float(np.median(np.linalg.norm(f[:, None] - f[None], axis=2)))
+    lambdas = (
+        grid
+        if grid is not None
+        else np.r_[0.0, np.logspace(-3, 2, 11) * (scale if kernel == "r" else scale**2)]
+    )
+    scores = []
+    for lam in lambdas:
+        loo = loo_tre_um("tps", fixed, moving, kernel=kernel, smoothing=float(lam))
+        scores.append(float(np.sqrt(np.mean(loo**2))))
+    best = int(np.argmin(scores))
+    return float(lambdas[best]), {
+        "method": "leave-one-out",
+        "lambdas": [float(v) for v in lambdas],
+        "loo_tre_rms_um": scores,
+        "chosen": float(lambdas[best]),
+    }
+
+
 def registration_report(
     model_name: str,
     fixed: Array,
@@ -114,7 +138,14 @@ def registration_report(
     smoothing: float = 0.0,
     names: list[str] | None = None,
 ) -> tuple[Model, dict[str, Any]]:
-    """Fit a model and compute the figures of ``bridge register --report``."""
+    """Fit a model and compute the figures of ``bridge register --report``.
+
+    ``smoothing=-1`` chooses the TPS smoothing λ by leave-one-out TRE (see :func:`choose_smoothing`).
+    Folding is checked on a 20^3 grid over the landmarks' bounding box (fixed space).
+    """
+    chosen = None
+    if model_name == "tps" and smoothing < 0:
+        smoothing, chosen = choose_smoothing(fixed, moving, kernel=kernel)
     model = fit(model_name, fixed, moving, kernel=kernel, smoothing=smoothing)
     loo = loo_tre_um(model_name, fixed, moving, kernel=kernel, smoothing=smoothing)
     report: dict[str, Any] = {
@@ -127,6 +158,14 @@ def registration_report(
         "loo_tre_rms_um": float(np.sqrt(np.mean(loo**2))),
         "landmark_names": names,
     }
+    if chosen is not None:
+        report["smoothing_selection"] = chosen
+    lo, hi = np.min(fixed, axis=0), np.max(fixed, axis=0)
+    g = np.stack(
+        np.meshgrid(*[np.linspace(a, b, 20) for a, b in zip(lo, hi, strict=True)], indexing="ij"),
+        -1,
+    )
+    report["folding"] = folding(model, g.reshape(-1, 3))
     if model_name in {"rigid", "similarity", "affine"}:
         fle = fle_from_fre(report["rmse_um"], len(fixed))
         centroid = np.asarray(fixed).mean(axis=0, keepdims=True)

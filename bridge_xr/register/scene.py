@@ -137,8 +137,12 @@ def register(
     smoothing: float = 0.0,
     field_spacing_um: float | None = None,
     overwrite: bool = False,
+    precomputed: tuple[Model, dict[str, Any]] | None = None,
 ) -> tuple[Registration, dict[str, Any]]:
-    """Fit ``model`` from landmarks and store it as a scene edge plus its exact definition."""
+    """Fit ``model`` from landmarks and store it as a scene edge plus its exact definition.
+
+    ``precomputed`` stores a given ``(model, report)`` instead (reslicing, slice grouping).
+    """
     store = resolve_store(where)
     subject = read_subject(store)
     for p in (fixed, moving):
@@ -155,9 +159,12 @@ def register(
             f"registration {name!r} exists; choose another --name or pass --overwrite"
         )
     names, f_pts, m_pts = arrays(validate(landmarks, source="landmarks"))
-    fitted, report = registration_report(
-        model, f_pts, m_pts, kernel=kernel, smoothing=smoothing, names=names
-    )
+    if precomputed is not None:
+        fitted, report = precomputed
+    else:
+        fitted, report = registration_report(
+            model, f_pts, m_pts, kernel=kernel, smoothing=smoothing, names=names
+        )
     fimg, mimg = read_image(store, fixed), read_image(store, moving)
     f_fac, m_fac = _um_factor(fimg.attrs["unit"]), _um_factor(mimg.attrs["unit"])
     field_path = None
@@ -217,7 +224,7 @@ def register(
         moving=moving,
         model=model,  # type: ignore[arg-type]
         kernel=kernel if model == "tps" else None,
-        smoothing=smoothing if model == "tps" else None,
+        smoothing=report.get("smoothing"),
         definition=fitted.describe(),
         landmarks=lset,
         field_path=field_path,

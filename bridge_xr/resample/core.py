@@ -214,8 +214,36 @@ def resample(
     store = resolve_store(where)
     hops = path_between(store, onto, moving)
     models: list[tuple[Model, bool]] = [(model_from_record(r), fwd) for r, fwd in hops]
-    onto_img = read_image(store, onto)
-    grid = target_grid(onto_img, spacing_um)
+    grid = target_grid(read_image(store, onto), spacing_um)
+    img = resample_through(
+        store,
+        moving=moving,
+        models=models,
+        grid=grid,
+        order=order,
+        labels=labels,
+        level=level,
+        chunks=chunks,
+        max_error_voxels=max_error_voxels,
+    )
+    img.attrs["resample"].update({"onto": onto, "chain": [r.name for r, _ in hops]})
+    return img
+
+
+def resample_through(
+    where: StoreLike,
+    *,
+    moving: str,
+    models: list[tuple[Model, bool]],
+    grid: Grid,
+    order: int = 1,
+    labels: bool = False,
+    level: int | None = None,
+    chunks: tuple[int, int, int] = (32, 128, 128),
+    max_error_voxels: float = 0.1,
+) -> xr.DataArray:
+    """Resample ``moving`` onto ``grid`` through explicit hops (output µm xyz -> moving µm xyz)."""
+    store = resolve_store(where)
     out_fac = conversion_factor(grid.unit, "micrometer")
     out_sp_um = np.asarray(grid.spacing) * out_fac
     mov_group = open_group(store, moving)
@@ -300,8 +328,6 @@ def resample(
     )
     img.attrs["resample"] = {
         "moving": moving,
-        "onto": onto,
-        "chain": [r.name for r, _ in hops],
         "moving_level": lvl,
         "order": interp_order,
         "max_error_voxels": max_error_voxels,

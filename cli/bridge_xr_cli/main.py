@@ -52,6 +52,8 @@ app.command("compare-models")(register.compare_models)
 app.command("transform-points")(register.transform_points)
 app.command("inter-rater")(register.inter_rater)
 app.command("resample")(resample.resample)
+app.command("reslice")(resample.reslice)
+app.command("group-slices")(resample.group_slices)
 export.app.command("transform")(resample.export_transform)
 
 

@@ -24,7 +24,12 @@ Moving = Annotated[
 KernelOpt = Annotated[
     str, typer.Option("--kernel", help="TPS kernel: r (3D Slicer) or r2logr (BigWarp)")
 ]
-Smooth = Annotated[float, typer.Option("--smoothing", help="TPS smoothing λ (0 = interpolating)")]
+Smooth = Annotated[
+    float,
+    typer.Option(
+        "--smoothing", help="TPS smoothing λ (0 = interpolating; -1 = choose by leave-one-out)"
+    ),
+]
 
 
 def _kernel(k: str) -> Kernel:

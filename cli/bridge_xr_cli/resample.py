@@ -102,3 +102,67 @@ def export_transform(
 
     path = export_itk(store, name, output)
     out.print(f"wrote {path}")
+
+
+@handle_errors
+def reslice(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    image: Annotated[str, typer.Option("--image", help="image to reslice")],
+    plane: Annotated[
+        Path, typer.Option("--plane", help="CSV of >= 3 points x,y,z (µm) on the window plane")
+    ],
+    image_out: Annotated[str, typer.Option("--image-out", help="resliced image path")],
+    spacing: Annotated[
+        str | None, typer.Option(help="output voxel size x,y,z (default: the image's)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Reslice an image parallel to a plane (e.g. the cranial window) given by >= 3 points."""
+    import pandas as pd
+
+    from bridge_xr.register.preprocess import reslice as run
+
+    if not plane.is_file():
+        raise InvalidInputError(f"no such plane file: {str(plane)!r}")
+    pts = pd.read_csv(plane)
+    missing = [c for c in ("x", "y", "z") if c not in pts.columns]
+    if missing:
+        raise InvalidInputError(f"{str(plane)!r} lacks columns {missing}; give x,y,z in µm")
+    rep = run(
+        store,
+        image=image,
+        plane_points_xyz_um=pts[["x", "y", "z"]].to_numpy(float),
+        image_out=image_out,
+        spacing_um=_spacing(spacing),
+        overwrite=overwrite,
+    )
+    out.print(
+        f"wrote {image_out}: plane tilt {rep['tilt_deg']:.2f}°, points off-plane RMS {rep['plane_rms_um']:.3g} µm"
+    )
+
+
+@handle_errors
+def group_slices(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    image: Annotated[str, typer.Option("--image", help="image whose z-slices to group")],
+    thickness: Annotated[
+        str, typer.Option("--thickness", help="target slab thickness, e.g. 100um")
+    ],
+    image_out: Annotated[str, typer.Option("--image-out", help="output image path")],
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Average consecutive z-slices to an MRI slice thickness (the paper's 2P grouping step)."""
+    from bridge_xr.model.units import conversion_factor, parse_length
+    from bridge_xr.register.preprocess import group_slices as run
+
+    v, u = parse_length(thickness, default_unit="um")
+    rep = run(
+        store,
+        image=image,
+        thickness_um=v * conversion_factor(u, "micrometer"),
+        image_out=image_out,
+        overwrite=overwrite,
+    )
+    out.print(
+        f"wrote {image_out}: {rep['slices_per_group']} slices per group = {rep['thickness_um']:.4g} µm"
+    )

@@ -169,3 +169,17 @@ def test_tps_beats_affine_on_the_phantom(tiny_phantom) -> None:
             np.mean(np.sum((m.forward_points(test_p[:, ::-1]) - test_q[:, ::-1]) ** 2, 1))
         )
     assert err["tps"] < 0.5 * err["affine"]
+
+
+def test_smoothing_chosen_by_leave_one_out_beats_interpolation_on_noisy_landmarks() -> None:
+    from bridge_xr.register.errors import choose_smoothing
+
+    truth = FIXED + 30 * np.sin(FIXED / 800.0)
+    noisy = truth + np.random.default_rng(7).normal(0, 25, FIXED.shape)
+    lam, info = choose_smoothing(FIXED, noisy, kernel="r")
+    assert lam > 0
+    assert info["loo_tre_rms_um"][info["lambdas"].index(lam)] < info["loo_tre_rms_um"][0]
+    model, rep = registration_report("tps", FIXED, noisy, smoothing=-1)
+    assert rep["smoothing"] == lam
+    assert rep["smoothing_selection"]["chosen"] == lam
+    assert rep["folding"]["fraction_folded"] >= 0
