@@ -138,6 +138,8 @@ def register(
     field_spacing_um: float | None = None,
     overwrite: bool = False,
     precomputed: tuple[Model, dict[str, Any]] | None = None,
+    tre_map: bool = False,
+    fle_um: float | None = None,
 ) -> tuple[Registration, dict[str, Any]]:
     """Fit ``model`` from landmarks and store it as a scene edge plus its exact definition.
 
@@ -240,6 +242,21 @@ def register(
             n_landmarks=len(names),
         ),
     )
+    if tre_map and len(names):
+        report["tre_map"] = _write_tre_map(
+            store,
+            name,
+            fimg,
+            f_fac,
+            model,
+            f_pts,
+            m_pts,
+            kernel,
+            float(report.get("smoothing") or 0.0),
+            fle_um,
+            report,
+        )
+    subject = read_subject(store)  # the TRE map (if any) added an image
     edges = [t for t in scene_transforms(store) if t.name != name]
     edges.append(edge)
     regs = dict(subject.registrations)
@@ -255,6 +272,60 @@ def register(
     )
     publish_subject(store, subject, edges, scene_systems(store))
     return rec, report
+
+
+def _write_tre_map(
+    store: Any,
+    name: str,
+    fimg: Any,
+    f_fac: float,
+    model: str,
+    f_pts: np.ndarray,
+    m_pts: np.ndarray,
+    kernel: Kernel,
+    smoothing: float,
+    fle_um: float | None,
+    report: dict[str, Any],
+) -> dict[str, Any]:
+    """Bootstrap TRE map on a grid over the fixed image, written as ``qc/<name>/tre_map``."""
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.metadata import ImageMetadata
+    from bridge_xr.register.errors import bootstrap_tre_map
+
+    fle = fle_um if fle_um is not None else float(report["loo_tre_rms_um"]) / np.sqrt(2.0)
+    ext = physical_extent(fimg)
+    shape = tuple(int(min(fimg.sizes[d], 32)) for d in "zyx")
+    sp = tuple((ext[d][1] - ext[d][0]) / n for d, n in zip("zyx", shape, strict=True))
+    org = tuple(ext[d][0] + s / 2 for d, s in zip("zyx", sp, strict=True))
+    axes = [(o + np.arange(n) * s) * f_fac for o, n, s in zip(org, shape, sp, strict=True)]
+    gz, gy, gx = np.meshgrid(*axes, indexing="ij")
+    pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
+    tre = bootstrap_tre_map(
+        model, f_pts, m_pts, pts, fle_rms_um=fle, kernel=kernel, smoothing=smoothing
+    )
+    img = make_image(
+        tre.reshape(shape).astype(np.float32),
+        dims="zyx",
+        spacing=sp,
+        origin=org,
+        unit=fimg.attrs["unit"],
+    )
+    path = f"qc/{name}/tre_map"
+    meta = ImageMetadata(
+        path=path,
+        modality="derived",
+        source=f"bootstrap TRE of {name} (µm)",
+        provenance=Provenance.now("bootstrap TRE map", inputs=(name,), fle_rms_um=fle, n_boot=30),
+    )
+    from bridge_xr.io.scene import add_image
+
+    add_image(store, img, meta, overwrite=True, shards=False)
+    return {
+        "path": path,
+        "fle_rms_um": fle,
+        "median_um": float(np.median(tre)),
+        "max_um": float(tre.max()),
+    }
 
 
 def path_between(where: StoreLike, src: str, dst: str) -> list[tuple[Registration, bool]]:

@@ -94,6 +94,13 @@ def register(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="replace a registration of that name")
     ] = False,
+    tre_map: Annotated[
+        bool, typer.Option("--tre-map", help="write a bootstrap TRE map image (qc/<name>/tre_map)")
+    ] = False,
+    fle: Annotated[
+        float | None,
+        typer.Option(help="fiducial error RMS (µm) for the TRE map; default LOO TRE / sqrt(2)"),
+    ] = None,
 ) -> None:
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
     from bridge_xr.model.units import conversion_factor, parse_length
@@ -114,7 +121,9 @@ def register(
         kernel=_kernel(kernel),
         smoothing=smoothing,
         field_spacing_um=spacing,
-        overwrite=overwrite,  # type: ignore[arg-type]
+        overwrite=overwrite,
+        tre_map=tre_map,
+        fle_um=fle,
     )
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)

@@ -183,3 +183,21 @@ def test_smoothing_chosen_by_leave_one_out_beats_interpolation_on_noisy_landmark
     assert rep["smoothing"] == lam
     assert rep["smoothing_selection"]["chosen"] == lam
     assert rep["folding"]["fraction_folded"] >= 0
+
+
+def test_bootstrap_tre_map_scales_with_fle_and_grows_away_from_landmarks() -> None:
+    from bridge_xr.register.errors import bootstrap_tre_map
+
+    fixed = FIXED[:15]
+    moving = fixed * 1.01 + 5
+    near = fixed.mean(axis=0, keepdims=True)
+    far = near + [8000.0, 0.0, 0.0]
+    pts = np.vstack([near, far])
+    t10 = bootstrap_tre_map("affine", fixed, moving, pts, fle_rms_um=10.0, n_boot=200)
+    t20 = bootstrap_tre_map("affine", fixed, moving, pts, fle_rms_um=20.0, n_boot=200)
+    np.testing.assert_allclose(t20 / t10, 2.0, rtol=1e-9)  # same seed: exactly linear in FLE
+    assert t10[1] > 2 * t10[0]  # extrapolating far from the landmarks is less certain
+    # at the landmark centroid the rigid/affine theory applies: close to Fitzpatrick's prediction
+    fit_pred = fitzpatrick_tre_um(fixed, 10.0, near)[0]
+    rigid = bootstrap_tre_map("rigid", fixed, moving, near, fle_rms_um=10.0, n_boot=2000)[0]
+    assert rigid == pytest.approx(fit_pred, rel=0.1)

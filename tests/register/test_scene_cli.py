@@ -304,3 +304,34 @@ def test_register_user_errors(study, tmp_path) -> None:
     )
     assert r.exit_code == 2
     assert not Path(tmp_path / "o.csv").exists()
+
+
+def test_register_writes_a_bootstrap_tre_map(study, tmp_path) -> None:
+    st, _ = study
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--model",
+        "affine",
+        "--name",
+        "tre",
+        "--tre-map",
+        "--fle",
+        "20",
+        "--report",
+        tmp_path / "r.json",
+        "--overwrite",
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["tre_map"]["fle_rms_um"] == 20.0
+    tre = read_image(str(st.store), "qc/tre/tre_map")
+    assert tre.shape == read_image(str(st.store), FIXED).shape
+    assert 0 < float(tre.min()) < float(tre.max())
+    assert validate_store(str(st.store)) == []
