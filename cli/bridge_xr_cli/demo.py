@@ -58,7 +58,11 @@ def main(
             "twophoton/d060/angiogram",
             str(out_dir / "report" / "angiogram_v05.ome.zarr"),
         )
-    with console.status("4/6 validating with ngff-zarr and ome-zarr-models"):
+    with console.status("4/6 registration: TPS from rater 1, model comparison, inter-rater"):
+        steps["registration"] = _registration(study, out_dir / "report")
+    with console.status("5/6 resampling 2P channels onto the MRI grid, QC figure"):
+        steps["resample"] = _resample(study, out_dir / "report")
+    with console.status("6/6 validating the whole store with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 
@@ -66,10 +70,6 @@ def main(
             steps["validation"] = problems if problems else "passed"
         except Exception as exc:  # noqa: BLE001 - validators are an optional extra
             steps["validation"] = f"skipped: {exc}"
-    with console.status("5/6 registration: TPS from rater 1, model comparison, inter-rater"):
-        steps["registration"] = _registration(study, out_dir / "report")
-    with console.status("6/6 resampling 2P channels onto the MRI grid, QC figure"):
-        steps["resample"] = _resample(study, out_dir / "report")
     _figure(study, out_dir / "report" / "overview.png")
     elapsed = time.perf_counter() - t0
     (out_dir / "report" / "summary.json").write_text(json.dumps(steps, indent=2, default=str))
