@@ -91,16 +91,7 @@ def reslice(
         "normal_xyz": rot[:, 2].tolist(),
         "tilt_deg": float(np.degrees(np.arccos(rot[2, 2]))),
     }
-    register(
-        store,
-        fixed=image_out,
-        moving=image,
-        landmarks=_NO_LANDMARKS,
-        model="rigid",
-        name=f"reslice.{image_out.replace('/', '.')}",
-        overwrite=True,
-        precomputed=(model, report),
-    )
+    _link(store, image_out, image, "reslice", model, report)
     return report
 
 
@@ -148,17 +139,25 @@ def group_slices(
         "thickness_um": n * dz,
         "requested_thickness_um": thickness_um,
     }
+    _link(store, image_out, image, "group", ident, report)
+    return report
+
+
+def _link(
+    store: Any, image_out: str, image: str, kind: str, model: LinearModel, report: dict[str, Any]
+) -> None:
+    """Store the rigid edge image_out -> image so both stay connected in the registration graph."""
+    name = f"{kind}.{image_out.replace('/', '.')}"
     register(
         store,
         fixed=image_out,
         moving=image,
         landmarks=_NO_LANDMARKS,
         model="rigid",
-        name=f"group.{image_out.replace('/', '.')}",
+        name=name,
         overwrite=True,
-        precomputed=(ident, report),
+        precomputed=(model, report),
     )
-    return report
 
 
 def _derived(
