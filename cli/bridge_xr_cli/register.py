@@ -101,6 +101,16 @@ def register(
         float | None,
         typer.Option(help="fiducial error RMS (µm) for the TRE map; default LOO TRE / sqrt(2)"),
     ] = None,
+    refine: Annotated[
+        str | None,
+        typer.Option(
+            help="refine landmarks by local mutual-information registration: rigid or affine"
+        ),
+    ] = None,
+    refine_radius: Annotated[str, typer.Option(help="half-size of the refinement cube")] = "150um",
+    refined_landmarks: Annotated[
+        Path | None, typer.Option(help="write the refined landmarks to this CSV")
+    ] = None,
 ) -> None:
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
     from bridge_xr.model.units import conversion_factor, parse_length
@@ -111,11 +121,28 @@ def register(
     if field_spacing:
         v, u = parse_length(field_spacing, default_unit="um")
         spacing = v * conversion_factor(u, "micrometer")
+    lm = read_csv(landmarks)
+    moves = None
+    if refine is not None:
+        from bridge_xr.register.landmarks import write_csv
+        from bridge_xr.register.refine import refine_landmarks
+
+        rv, ru = parse_length(refine_radius, default_unit="um")
+        lm, moves = refine_landmarks(
+            store,
+            fixed=fixed,
+            moving=moving,
+            landmarks=lm,
+            radius_um=rv * conversion_factor(ru, "micrometer"),
+            model=refine,
+        )
+        if refined_landmarks is not None:
+            write_csv(lm, refined_landmarks)
     rec, rep = do_register(
         store,
         fixed=fixed,
         moving=moving,
-        landmarks=read_csv(landmarks),
+        landmarks=lm,
         model=model,
         name=name,
         kernel=_kernel(kernel),
@@ -125,6 +152,13 @@ def register(
         tre_map=tre_map,
         fle_um=fle,
     )
+    if moves is not None:
+        rep["refinement"] = {
+            "model": refine,
+            "radius": refine_radius,
+            "accepted": int(moves["accepted"].sum()),
+            "moves_um": moves.to_dict(orient="records"),
+        }
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         report.write_text(

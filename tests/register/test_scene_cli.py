@@ -335,3 +335,58 @@ def test_register_writes_a_bootstrap_tre_map(study, tmp_path) -> None:
     assert tre.shape == read_image(str(st.store), FIXED).shape
     assert 0 < float(tre.min()) < float(tre.max())
     assert validate_store(str(st.store)) == []
+
+
+def test_register_with_local_refinement_from_the_cli(study, tmp_path) -> None:
+    from bridge_xr.register.landmarks import arrays, read_csv
+
+    st, _ = study
+    out_csv = tmp_path / "refined.csv"
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--model",
+        "affine",
+        "--name",
+        "refined",
+        "--refine",
+        "affine",
+        "--refine-radius",
+        "100um",
+        "--refined-landmarks",
+        out_csv,
+        "--report",
+        tmp_path / "r.json",
+        "--overwrite",
+    )
+    assert r.exit_code == 0, r.output
+    rep = json.loads((tmp_path / "r.json").read_text())
+    assert rep["refinement"]["accepted"] > 0
+    # accepted moves are bounded by half the radius, and the refined CSV holds them
+    _, _, m0 = arrays(read_csv(st.landmark_csvs[0]))
+    _, _, m1 = arrays(read_csv(out_csv))
+    moved = np.linalg.norm(m1 - m0, axis=1)
+    assert moved.max() <= 50.0 + 1e-9
+    assert moved.max() > 0
+    r = bridge(
+        "register",
+        st.store,
+        "--fixed",
+        FIXED,
+        "--moving",
+        MOVING,
+        "--landmarks",
+        st.landmark_csvs[0],
+        "--refine",
+        "bspline",
+        "--name",
+        "x",
+    )
+    assert r.exit_code == 2
+    assert "rigid or affine" in r.stderr
