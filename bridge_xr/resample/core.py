@@ -212,8 +212,10 @@ def resample(
 ) -> xr.DataArray:
     """Resample ``moving`` onto ``onto``'s grid (or its extent at ``spacing_um``), lazily."""
     store = resolve_store(where)
-    hops = path_between(store, onto, moving)
+    hops = path_between(store, onto, moving) if onto != moving else []
     models: list[tuple[Model, bool]] = [(model_from_record(r), fwd) for r, fwd in hops]
+    if not models:  # resampling an image onto its own space (e.g. MRI upsampled in-plane)
+        models = [(LinearModel("rigid", np.eye(3), np.zeros(3)), True)]
     grid = target_grid(read_image(store, onto), spacing_um)
     img = resample_through(
         store,

@@ -177,6 +177,19 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
         report / "registration_qc.png",
         title=f"2P angiogram resampled onto T2w through the TPS, slice {mid}",
     )
+    # a second scale: MRI upsampled in-plane and the 2P angiogram resampled at 5 µm (lazily: one slice)
+    dz = float(read_image(study.store, fixed).attrs["spacing"]["z"]) * 1000
+    mri_up = resample(study.store, moving=fixed, onto=fixed, spacing_um=(dz, 5.0, 5.0))
+    ang_up = resample(
+        study.store, moving="twophoton/d060/angiogram", onto=fixed, spacing_um=(dz, 5.0, 5.0)
+    )
+    qc_figure(
+        mri_up.isel(z=mid).values,
+        ang_up.isel(z=mid).values,
+        report / "registration_qc_5um.png",
+        title=f"same slice at 5 µm: MRI upsampled in-plane, 2P through the TPS (slice {mid})",
+        tiles=10,
+    )
     return {"r_vessel_fraction": float(np.corrcoef(vf[covered], vessel[covered])[0, 1])}
 
 
