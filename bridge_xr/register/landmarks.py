@@ -4,9 +4,9 @@ Canonical CSV (DESIGN.md): ``name,moving_x,moving_y,moving_z,fixed_x,fixed_y,fix
 micrometres in each image's intrinsic physical space (x = last array axis).
 
 3D Slicer stores one markups list per volume, in millimetres, LPS (files) or RAS; fixed and moving
-lists are paired by label as Slicer's Landmark Registration does. Imported Slicer points are taken
-to be in the volumes' own physical frame (RAS -> x, y, z, mm -> µm), i.e. volumes exported from
-bridge_xr without a scanner affine.
+lists are paired by label as Slicer's Landmark Registration does. Imported points are Slicer world
+coordinates (RAS, µm); :func:`to_intrinsic` maps them into each image's intrinsic frame through its
+``scanner_ras`` affine (MRI), or keeps them (images without one, e.g. microscopy).
 """
 
 from __future__ import annotations
@@ -334,3 +334,31 @@ def export_landmarks(df: pd.DataFrame, fmt: str, output: str | os.PathLike[str])
     raise InvalidInputError(
         f"unknown landmark format {fmt!r}; use bigwarp-csv, bigwarp-json, slicer-fcsv, slicer-json"
     )
+
+
+def world_to_intrinsic(points_ras_um: np.ndarray, image: Any) -> np.ndarray:
+    """Slicer world points (RAS, µm, x=R y=A z=S) -> the image's intrinsic x, y, z (µm).
+
+    Uses the image's ``scanner_ras`` affine when it has one (MRI converted from NIfTI/DICOM, whose
+    world in Slicer is the scanner RAS); otherwise world and intrinsic coincide.
+    """
+    from bridge_xr.model.units import conversion_factor
+
+    p = np.asarray(points_ras_um, dtype=np.float64).reshape(-1, 3)
+    t = image.attrs.get("transforms", {}).get("scanner_ras")
+    if t is None:
+        return p
+    unit = image.attrs["unit"]
+    to_unit = conversion_factor("micrometer", unit)
+    sar = p[:, ::-1] * to_unit  # (S, A, R) in the image unit
+    zyx = t.inverse().transform_points(sar)
+    return zyx[:, ::-1] / to_unit
+
+
+def to_intrinsic(df: pd.DataFrame, *, fixed_image: Any, moving_image: Any) -> pd.DataFrame:
+    """Convert imported Slicer world coordinates of both sides to each image's intrinsic space."""
+    out = df.copy()
+    for side, img in (("fixed", fixed_image), ("moving", moving_image)):
+        cols = [f"{side}_x", f"{side}_y", f"{side}_z"]
+        out[cols] = world_to_intrinsic(out[cols].to_numpy(float), img)
+    return out

@@ -46,11 +46,27 @@ def landmarks_import(
         typer.Argument(help="BigWarp CSV/JSON, or Slicer moving + fixed .fcsv/.mrk.json"),
     ],
     to: Annotated[Path, typer.Option("--to", help="canonical landmark CSV to write")],
+    store: Annotated[
+        str | None,
+        typer.Option(help="subject store: convert Slicer world (scanner RAS) to intrinsic"),
+    ] = None,
+    fixed_image: Annotated[str | None, typer.Option(help="fixed image in --store")] = None,
+    moving_image: Annotated[str | None, typer.Option(help="moving image in --store")] = None,
 ) -> None:
     """Convert 3D Slicer or BigWarp landmarks to the canonical CSV (µm, x y z)."""
-    from bridge_xr.register.landmarks import import_landmarks, write_csv
+    from bridge_xr.register.landmarks import import_landmarks, to_intrinsic, write_csv
 
     df = import_landmarks(list(files))
+    if store is not None:
+        from bridge_xr.io.ome_zarr import read_image
+
+        if not (fixed_image and moving_image):
+            raise InvalidInputError("--store needs --fixed-image and --moving-image")
+        df = to_intrinsic(
+            df,
+            fixed_image=read_image(store, fixed_image),
+            moving_image=read_image(store, moving_image),
+        )
     write_csv(df, to)
     out.print(f"wrote {len(df)} landmark pairs ({int(df['active'].sum())} active) to {to}")
 

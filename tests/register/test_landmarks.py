@@ -163,3 +163,65 @@ def test_bad_landmark_files(tmp_path) -> None:
         import_landmarks([tmp_path / "m.fcsv"])
     with pytest.raises(InvalidInputError, match="no such landmark file"):
         import_landmarks([tmp_path / "missing.csv"])
+
+
+def test_slicer_world_points_map_to_intrinsic_through_the_scanner_affine(tmp_path) -> None:
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from bridge_xr.io.convert import convert_mri
+    from bridge_xr_cli.main import app
+
+    aff = np.eye(4)
+    c, s_ = np.cos(0.3), np.sin(0.3)
+    aff[:3, :3] = np.array([[c, -s_, 0], [s_, c, 0], [0, 0, 1]]) @ np.diag([0.05, 0.05, 0.1])
+    aff[:3, 3] = (2.0, -3.0, 1.5)
+    nii = nib.Nifti1Image(np.zeros((20, 20, 10), np.float32), aff)
+    nii.header.set_xyzt_units("mm")
+    nib.save(nii, str(tmp_path / "t2.nii.gz"))
+    store = str(tmp_path / "s.ome.zarr")
+    convert_mri(tmp_path / "t2.nii.gz", store, "mri/T2w")
+    intrinsic = np.array(
+        [[100.0, 200.0, 300.0], [400.0, 50.0, 100.0], [250.0, 600.0, 800.0]]
+    )  # xyz µm
+    vox = intrinsic / np.array([50.0, 50.0, 100.0])  # i, j, k
+    world_ras_mm = (np.c_[vox, np.ones(3)] @ aff.T)[:, :3]
+    names = ["A", "B", "C"]
+    (tmp_path / "f.fcsv").write_text(
+        _fcsv({n: tuple(p * 1000) for n, p in zip(names, world_ras_mm, strict=True)})
+    )
+    (tmp_path / "m.fcsv").write_text(_fcsv({n: (1.0, 2.0, float(i)) for i, n in enumerate(names)}))
+    from bridge_xr.io.scene import add_image
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.metadata import ImageMetadata, Provenance
+
+    add_image(
+        store,
+        make_image(np.zeros((4, 8, 8), np.uint8), dims="zyx", spacing=(1, 1, 1), unit="um"),
+        ImageMetadata(path="twop/a", modality="twophoton", provenance=Provenance.now("t")),
+    )
+    r = CliRunner().invoke(
+        app,
+        [
+            "landmarks",
+            "import",
+            str(tmp_path / "m.fcsv"),
+            str(tmp_path / "f.fcsv"),
+            "--to",
+            str(tmp_path / "lm.csv"),
+            "--store",
+            store,
+            "--fixed-image",
+            "mri/T2w",
+            "--moving-image",
+            "twop/a",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    got = read_csv(tmp_path / "lm.csv")
+    np.testing.assert_allclose(
+        got[["fixed_x", "fixed_y", "fixed_z"]].to_numpy(), intrinsic, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        got["moving_z"].to_numpy(), [0.0, 1.0, 2.0], atol=1e-9
+    )  # µm, no affine
