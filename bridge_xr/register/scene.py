@@ -79,13 +79,58 @@ def _linear_edge(model: LinearModel, f_fixed: float, f_moving: float) -> Transfo
     return Bijection(forward=fwd, inverse=fwd.inverse())  # type: ignore[call-arg]
 
 
-def default_field_spacing(extent: dict[str, tuple[float, float]], voxel_um: float) -> float:
-    """Half the fixed voxel size, coarsened until the field has at most 8 million points."""
+def default_field_spacing(
+    extent: dict[str, tuple[float, float]], voxel_um: float, *, max_points: float = 8e6
+) -> float:
+    """Half the fixed voxel size, coarsened until the field has at most ``max_points`` points."""
     spacing = voxel_um / 2
     span = np.array([hi - lo for lo, hi in extent.values()])
-    while np.prod(np.ceil(span / spacing) + 1) > 8e6:
+    while np.prod(np.ceil(span / spacing) + 1) > max_points:
         spacing *= 1.25
     return float(spacing)
+
+
+def rasterise_tps_inverse(
+    tps: ThinPlateSpline,
+    extent_zyx_um: dict[str, tuple[float, float]],
+    spacing_um: float,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Inverse (moving -> fixed) displacements on a grid over the moving image, by Newton inversion.
+
+    Grid points where a folded TPS has no inverse take the nearest valid value and are counted.
+    Returns ``(field, origin_zyx, max_error_um, n_without_inverse)``; the error is the largest
+    ``|TPS(field-mapped probe) - probe|`` at random probes away from folds.
+    """
+    from scipy.ndimage import distance_transform_edt, map_coordinates
+
+    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
+    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
+    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
+    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    q = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    p = tps.inverse_points(q[:, ::-1], strict=False)[:, ::-1]
+    disp = (p - q).T.reshape(3, *shape)
+    bad = ~np.isfinite(disp).all(axis=0)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if n_bad == bad.size:
+            raise InvalidInputError("the TPS has no inverse anywhere on the moving image")
+        _, idx = distance_transform_edt(bad, return_indices=True)
+        disp = disp[(slice(None), *idx)]
+    field = disp.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    probe = lo + rng.uniform(0, 1, size=(4000, 3)) * (shape - 1) * spacing_um
+    pidx = ((probe - lo) / spacing_um).T
+    near_bad = map_coordinates(bad.astype(np.float32), pidx, order=1) > 0
+    inv = probe + np.stack(
+        [map_coordinates(c.astype(np.float64), pidx, order=1) for c in field], axis=1
+    )
+    back = tps.forward_points(inv[:, ::-1])[:, ::-1]
+    err = np.linalg.norm(back - probe, axis=1)[~near_bad]
+    return field, lo, float(err.max(initial=0.0)), n_bad
 
 
 def rasterise_tps(
@@ -198,9 +243,43 @@ def register(
         parts.append(Displacements(path=field_path, interpolation="linear"))
         if m_fac != 1.0:
             parts.append(Scale(scale=(1.0 / m_fac,) * 3))
-        edge = _wrap(parts)
+        fwd_edge = _wrap(parts)
+        m_ext = {d: (lo * m_fac, hi * m_fac) for d, (lo, hi) in physical_extent(mimg).items()}
+        inv_spacing = max(
+            field_spacing_um, default_field_spacing(m_ext, field_spacing_um, max_points=1e6)
+        )
+        inv_field, inv_origin, inv_cert, n_folded = rasterise_tps_inverse(
+            fitted, m_ext, inv_spacing
+        )
+        inv_path = f"coordinateTransformations/{name}_inverse"
+        write_multiscale(
+            store,
+            inv_path,
+            inv_field,
+            dims="czyx",
+            spacing=dict.fromkeys("zyx", inv_spacing),
+            origin=dict(zip("zyx", inv_origin, strict=True)),
+            unit="micrometer",
+            kind="displacements",
+            levels=1,
+            shards=False,
+            compressor="zstd",
+        )
+        inv_parts: list[Transform] = []
+        if m_fac != 1.0:
+            inv_parts.append(Scale(scale=(m_fac,) * 3))
+        inv_parts.append(Displacements(path=inv_path, interpolation="linear"))
+        if f_fac != 1.0:
+            inv_parts.append(Scale(scale=(1.0 / f_fac,) * 3))
+        edge: Transform = Bijection(forward=fwd_edge, inverse=_wrap(inv_parts))  # type: ignore[call-arg]
         report["field_spacing_um"] = field_spacing_um
         report["certified_max_error_um"] = cert
+        report["inverse_field"] = {
+            "path": inv_path,
+            "spacing_um": inv_spacing,
+            "max_error_um": inv_cert,
+            "points_without_inverse": n_folded,
+        }
     else:
         assert isinstance(fitted, LinearModel)  # noqa: S101 - fit() returns one of the two
         edge = _linear_edge(fitted, f_fac, m_fac)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.scene import read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
+from bridge_xr.model.image import physical_extent
 from bridge_xr.register.scene import model_from_record
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_phantom_study
@@ -87,21 +88,41 @@ def test_register_stores_a_valid_edge_that_maps_like_the_exact_model(
     # MRI intrinsic zyx mm, inside the image (where the rasterised field is defined)
     pts_mm = np.random.default_rng(0).uniform([0.0, 0.0, 0.0], [0.15, 0.33, 0.33], size=(200, 3))
     if model == "tps":
-        from bridge_xr.model.transforms import Displacements, Sequence
+        from bridge_xr.model.transforms import Bijection, Displacements, Sequence
 
-        assert isinstance(edge, Sequence)
-        field = read_image(str(st.store), rec.field_path)
-        parts = [
-            t.bind(
-                field.values,
-                spacing=[field.attrs["spacing"][d] for d in "zyx"],
-                origin=[field.attrs["origin"][d] for d in "zyx"],
-            )
-            if isinstance(t, Displacements)
-            else t
-            for t in edge.transformations
-        ]
-        via_edge = Sequence(transformations=tuple(parts)).transform_points(pts_mm)
+        assert isinstance(edge, Bijection)
+
+        def bound(seq):
+            parts = []
+            for t in seq.transformations:
+                if isinstance(t, Displacements):
+                    f = read_image(str(st.store), t.path)
+                    t = t.bind(
+                        f.values,
+                        spacing=[f.attrs["spacing"][d] for d in "zyx"],
+                        origin=[f.attrs["origin"][d] for d in "zyx"],
+                    )
+                parts.append(t)
+            return Sequence(transformations=tuple(parts))
+
+        via_edge = bound(edge.forward).transform_points(pts_mm)
+        inv = rec.report["inverse_field"]
+        assert inv["path"] == f"coordinateTransformations/2p_{model}_inverse"
+        back_mm = bound(edge.inverse_).transform_points(via_edge)
+        # the inverse field covers the 2P image only: check the points that land inside it
+        m_ext = physical_extent(read_image(str(st.store), MOVING))
+        inside = np.all(
+            [
+                (via_edge[:, i] >= m_ext[d][0]) & (via_edge[:, i] <= m_ext[d][1])
+                for i, d in enumerate("zyx")
+            ],
+            axis=0,
+        )
+        assert inside.sum() > 20
+        round_trip_um = np.linalg.norm(back_mm - pts_mm, axis=1)[inside] * 1000
+        # both fields are near-isometric here, so their errors add (x2: the probe error is sampled)
+        assert round_trip_um.max() <= 2 * (inv["max_error_um"] + rec.certified_max_error_um) + 1e-3
+        assert inv["points_without_inverse"] == 0
         tol = rec.certified_max_error_um + 1e-3
         assert rec.certified_max_error_um < 5.0
     else:
