@@ -1,0 +1,191 @@
+"""Exact footprint integration against analytic per-voxel fractions (slabs and boxes)."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.spatial.transform import Rotation
+from zarr.storage import MemoryStore
+
+from bridge_xr.extract.footprint import _KUHN, clip_tets, density
+from bridge_xr.io.scene import add_image
+from bridge_xr.model.image import make_image
+from bridge_xr.model.metadata import ImageMetadata, Provenance
+from bridge_xr.register.models import LinearModel
+from bridge_xr.register.scene import register
+
+MRI_SP_MM = 0.025
+MRI_SHAPE = (6, 8, 8)
+
+
+def _meta(path, modality):
+    return ImageMetadata(path=path, modality=modality, provenance=Provenance.now("test"))
+
+
+def _store(mask, mic_spacing, mic_origin, model, mri_shape=MRI_SHAPE):
+    """MRI (mm) + a microscopy mask (µm), linked by ``model`` (MRI µm xyz -> microscopy µm xyz)."""
+    store = MemoryStore()
+    mri = make_image(
+        np.random.default_rng(0).normal(size=mri_shape).astype(np.float32),
+        dims="zyx",
+        spacing=(MRI_SP_MM,) * 3,
+        origin=(0.1, -0.2, 0.05),
+        unit="mm",
+    )
+    add_image(store, mri, _meta("mri/T2w", "mri"), shards=False)
+    mic = make_image(mask, dims="zyx", spacing=mic_spacing, origin=mic_origin, unit="um")
+    add_image(
+        store,
+        mic,
+        _meta("twop/mask", "twophoton"),
+        chunks={"z": 16, "y": 64, "x": 64},
+        shards=False,
+        levels=1,
+    )
+    pts = np.random.default_rng(1).uniform(0, 100, size=(5, 3))
+    lm = pd.DataFrame(
+        {
+            "name": [f"L{i}" for i in range(5)],
+            **{f"moving_{a}": model.forward_points(pts)[:, i] for i, a in enumerate("xyz")},
+            **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
+        }
+    )
+    register(
+        store,
+        fixed="mri/T2w",
+        moving="twop/mask",
+        landmarks=lm,
+        model="affine",
+        name="reg",
+        precomputed=(model, {"model": "affine"}),
+    )
+    return store
+
+
+def _mri_voxel_bounds(shape=MRI_SHAPE, origin_um=(100.0, -200.0, 50.0)):
+    org = np.asarray(origin_um)
+    sp = MRI_SP_MM * 1000
+    lo = [org[a] - sp / 2 + np.arange(shape[a]) * sp for a in range(3)]
+    return lo, sp
+
+
+def _overlap_1d(lo, size, a, b):
+    return np.clip(np.minimum(lo + size, b) - np.maximum(lo, a), 0, None)
+
+
+@pytest.mark.parametrize("general", [False, True])
+def test_aligned_box_with_non_integer_spacing_ratio_matches_analytic_fractions(general) -> None:
+    # 2P-like spacing 3 x 1.1838 x 1.1838 µm into 25 µm, MRI origin not on the microscopy grid
+    sp = np.array([3.0, 1.1838, 1.1838])
+    shape = (40, 120, 120)
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    k0, k1 = np.array([8, 30, 40]), np.array([30, 100, 95])
+    mask = np.zeros(shape, np.uint8)
+    mask[k0[0] : k1[0], k0[1] : k1[1], k0[2] : k1[2]] = 1
+    store = _store(mask, sp, org, LinearModel("affine", np.eye(3), np.zeros(3)))
+    ds = density(store, microscopy="twop/mask", mri="mri/T2w", force_general=general)
+    assert ds.attrs["density"]["path"] == ("general" if general else "separable")
+    frac, cov = ds["fraction"].values, ds["coverage"].values
+    box_lo = org + (k0 - 0.5) * sp
+    box_hi = org + (k1 - 0.5) * sp
+    vlo, vsp = _mri_voxel_bounds()
+    truth = np.ones(MRI_SHAPE)
+    for a, shp in ((0, (-1, 1, 1)), (1, (1, -1, 1)), (2, (1, 1, -1))):
+        truth = truth * (_overlap_1d(vlo[a], vsp, box_lo[a], box_hi[a]) / vsp).reshape(shp)
+    mic_lo, mic_hi = org - 0.5 * sp, org + (np.array(shape) - 0.5) * sp
+    cov_truth = np.ones(MRI_SHAPE)
+    for a, shp in ((0, (-1, 1, 1)), (1, (1, -1, 1)), (2, (1, 1, -1))):
+        cov_truth = cov_truth * (_overlap_1d(vlo[a], vsp, mic_lo[a], mic_hi[a]) / vsp).reshape(shp)
+    np.testing.assert_allclose(cov, cov_truth, atol=1e-6)
+    seen = cov > 0
+    np.testing.assert_allclose(frac[seen] * cov[seen], truth[seen], atol=1e-6)
+    assert np.isnan(frac[~seen]).all()
+    assert 0 < truth.mean() < 0.6
+    assert (truth == 1).any()
+    assert ((truth > 0) & (truth < 1)).any()
+
+
+def _halfspace_fraction(w: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """P(sum_i w_i U_i <= t) for U_i ~ U[0, 1] (closed form; all |w_i| well away from 0)."""
+    t = t - np.minimum(w, 0).sum()
+    w = np.abs(w)
+    total = np.zeros_like(t)
+    for subset in itertools.product((0, 1), repeat=3):
+        s = np.dot(subset, w)
+        total += (-1) ** sum(subset) * np.clip(t - s, 0, None) ** 3
+    return total / (6 * np.prod(w))
+
+
+def test_rotated_slab_matches_the_analytic_box_halfspace_volume() -> None:
+    rot = Rotation.from_euler("zyx", [17.0, -11.0, 23.0], degrees=True).as_matrix()  # xyz
+    mshape = (4, 6, 6)
+    centre = np.array([50.0 + 62.5, -200.0 + 62.5, 100.0 + 37.5])  # MRI µm xyz, grid middle
+    model = LinearModel("rigid", rot, -rot @ centre + np.array([130.0, 130.0, 130.0]))
+    sp = np.array([3.0, 2.6, 2.6])
+    shape = (87, 100, 100)
+    org = np.zeros(3)
+    k0, k1 = 38, 52  # slab along microscopy z, on voxel boundaries
+    mask = np.zeros(shape, np.float32)
+    mask[k0:k1] = 1.0
+    store = _store(mask, sp, org, model, mri_shape=mshape)
+    ds = density(store, microscopy="twop/mask", mri="mri/T2w")
+    assert ds.attrs["density"]["path"] == "general"
+    frac, cov = ds["fraction"].values, ds["coverage"].values
+    # microscopy z of MRI point p (xyz µm): (rot @ p + t)[2]; slab z in [za, zb]
+    za, zb = (k0 - 0.5) * sp[0], (k1 - 0.5) * sp[0]
+    vlo, vsp = _mri_voxel_bounds(mshape)
+    gz, gy, gx = np.meshgrid(*vlo, indexing="ij")
+    corner = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)  # voxel low corners, xyz
+    n = rot[2]  # row: microscopy z = n . p + c
+    c = model.translation[2]
+    w = n * vsp
+    base = corner @ n + c
+    truth = _halfspace_fraction(w, zb - base) - _halfspace_fraction(w, za - base)
+    truth = truth.reshape(mshape)
+    assert np.all(np.abs(w) > 1.0)
+    np.testing.assert_allclose(cov, 1.0, atol=1e-9)  # the microscopy covers the whole MRI
+    np.testing.assert_allclose(frac, truth, atol=1e-6)
+    assert ((truth > 0.01) & (truth < 0.99)).sum() > 10
+
+
+def test_bilinear_method_samples_centres_and_differs_from_exact_at_edges() -> None:
+    sp = np.array([3.0, 1.1838, 1.1838])
+    shape = (40, 120, 120)
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    mask = np.zeros(shape, np.uint8)
+    mask[8:30, 30:100, 40:95] = 1
+    store = _store(mask, sp, org, LinearModel("affine", np.eye(3), np.zeros(3)))
+    exact = density(store, microscopy="twop/mask", mri="mri/T2w")["fraction"].values
+    bil = density(store, microscopy="twop/mask", mri="mri/T2w", method="bilinear")
+    b = bil["fraction"].values
+    # centre samples: a voxel whose centre lies inside the box reads 1 (or a boundary blend)
+    vlo, vsp = _mri_voxel_bounds()
+    centres = [v + vsp / 2 for v in vlo]
+    idx = [(centres[a] - org[a]) / sp[a] for a in range(3)]
+    inside = np.ones(MRI_SHAPE, bool)
+    for a, (lo, hi), shp in zip(
+        range(3), ((8, 29), (30, 99), (40, 94)), ((-1, 1, 1), (1, -1, 1), (1, 1, -1)), strict=True
+    ):
+        inside &= ((idx[a] >= lo) & (idx[a] <= hi)).reshape(shp)
+    ok = np.isfinite(b)
+    np.testing.assert_allclose(b[inside & ok], 1.0)
+    partial = ok & (exact > 0.05) & (exact < 0.95)
+    assert partial.any()
+    assert np.all(np.isin(np.round(b[partial], 6), [0.0, 1.0]) | (b[partial] < 1))
+    assert np.abs(b[partial] - exact[partial]).max() > 0.2
+
+
+def test_clipping_tetrahedra_preserves_volume_and_splits_at_the_plane() -> None:
+    rng = np.random.default_rng(3)
+    tets = rng.uniform(0, 1, size=(500, 4, 3))
+    plane = rng.uniform(0.2, 0.8, size=500)
+    out, owner = clip_tets(tets, np.arange(500), 1, plane)
+    vol = np.abs(np.linalg.det(tets[:, 1:] - tets[:, :1])) / 6
+    vol_out = np.abs(np.linalg.det(out[:, 1:] - out[:, :1])) / 6
+    np.testing.assert_allclose(np.bincount(owner, vol_out, minlength=500), vol, rtol=1e-10)
+    side = out[:, :, 1] - plane[owner, None]
+    assert np.all((side <= 1e-12).all(axis=1) | (side >= -1e-12).all(axis=1))
+    assert len(_KUHN) == 6
