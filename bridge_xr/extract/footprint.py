@@ -52,6 +52,8 @@ Method = Literal["exact", "bilinear"]
 
 #: exact corner-mapping nodes every this many micrometres (trilinear in between)
 NODE_UM = 10.0
+#: a microscopy voxel mapped wider than this many MRI voxels is left out (see general_block)
+MAX_SPAN = 4.0
 #: straddling microscopy voxels are clipped in batches of this many
 _BATCH = 40_000
 
@@ -67,6 +69,10 @@ _KUHN = np.array(
         for p in itertools.permutations(range(3))
     ]
 )  # (6, 4, 3)
+#: orientation of each Kuhn tetrahedron (the parity of its axis permutation)
+_PARITY = np.array(
+    [np.sign(np.linalg.det(np.diff(t, axis=0).astype(float))) for t in _KUHN], dtype=np.float64
+)
 
 
 @dataclass(frozen=True)
@@ -114,7 +120,7 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
     """Read both geometries and the registration chain from ``microscopy`` to ``mri``."""
     mic = read_image(store, microscopy)
     mr = read_image(store, mri)
-    if any(d not in "zyx" for d in mr.dims):
+    if any(str(d) not in ("z", "y", "x") for d in mr.dims):
         raise InvalidInputError(f"MRI image {mri!r} has dims {mr.dims}; expected (z, y, x)")
     models = _chain(store, microscopy, mri) if microscopy != mri else []
     f_mic = conversion_factor(mic.attrs["unit"], "micrometer")
@@ -177,7 +183,14 @@ def block_corners(
         used = np.nonzero(w.any(axis=0))[0]
         ws.append((w[:, used], used))
     sub = node_val[:, ws[0][1]][:, :, ws[1][1]][:, :, :, ws[2][1]]
-    return np.einsum("zi,yj,xk,cijk->czyx", ws[0][0], ws[1][0], ws[2][0], sub, optimize=True)
+    bad = ~np.isfinite(sub).all(axis=0)  # nodes where a TPS has no inverse
+    out = np.einsum(
+        "zi,yj,xk,cijk->czyx", ws[0][0], ws[1][0], ws[2][0], np.where(bad, 0.0, sub), optimize=True
+    )
+    if bad.any():
+        touched = np.einsum("zi,yj,xk,ijk->zyx", ws[0][0], ws[1][0], ws[2][0], bad * 1.0) > 0
+        out[:, touched] = np.nan
+    return out
 
 
 def _det3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
@@ -280,18 +293,30 @@ def general_block(
     }
     cmin = np.min(np.stack(list(corner.values())), axis=0)  # (3, nz, ny, nx)
     cmax = np.max(np.stack(list(corner.values())), axis=0)
+    mapped = np.isfinite(cmin).all(axis=0) & np.isfinite(cmax).all(axis=0)  # TPS may not invert
+    cmin = np.where(mapped, cmin, 0.0)
+    cmax = np.where(mapped, cmax, 0.0)
+    span = np.max(cmax - cmin, axis=0)
+    vol = np.zeros(values.shape)
+    sign = np.zeros(values.shape)
+    for tet, parity in zip(_KUHN, _PARITY, strict=True):
+        v0 = corner[tuple(tet[0])]
+        d1, d2, d3 = (corner[tuple(b)] - v0 for b in tet[1:])
+        det = _det3(d1, d2, d3)
+        vol += np.abs(det) / 6.0
+        sign += parity * np.sign(det)
+    # a voxel whose tetrahedra disagree in orientation is folded by the warp, and one stretched
+    # over more than MAX_SPAN MRI voxels lies where the (inverse) warp is meaningless: both left out
+    mapped &= (np.abs(sign) == 6) & (span <= MAX_SPAN)
+    cmin = np.where(mapped, cmin, -1.0)
+    cmax = np.where(mapped, cmax, -1.0)
     cell_lo = np.floor(cmin).astype(np.int64)
     cell_hi = np.ceil(cmax).astype(np.int64) - 1
     cell_hi = np.maximum(cell_hi, cell_lo)
     blo = np.asarray(bbox_lo).reshape(3, 1, 1, 1)
     bhi = blo + np.asarray(bbox_shape).reshape(3, 1, 1, 1)
-    relevant = np.all((cell_hi >= blo) & (cell_lo < bhi), axis=0)  # touches the MRI box
+    relevant = mapped & np.all((cell_hi >= blo) & (cell_lo < bhi), axis=0)  # in the MRI box
     inside = np.all(cell_lo == cell_hi, axis=0) & relevant
-    vol = np.zeros(values.shape)
-    for tet in _KUHN:
-        v0 = corner[tuple(tet[0])]
-        d1, d2, d3 = (corner[tuple(b)] - v0 for b in tet[1:])
-        vol += np.abs(_det3(d1, d2, d3)) / 6.0
     vals = values.astype(np.float64)
     out = _accumulate(cell_lo[:, inside].T, vol[inside], vals[inside], bbox_lo, bbox_shape)
     straddle = np.argwhere(~inside & relevant)
@@ -362,8 +387,12 @@ def separable_block(
 
 
 def _bbox(fp: Footprint, node_val: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
-    lo = np.floor(node_val.reshape(3, -1).min(axis=1)).astype(int) - 1
-    hi = np.ceil(node_val.reshape(3, -1).max(axis=1)).astype(int) + 1
+    flat = node_val.reshape(3, -1)
+    flat = flat[:, np.isfinite(flat).all(axis=0)]
+    if flat.shape[1] == 0:
+        raise InvalidInputError("the registration maps no part of the microscopy into the MRI")
+    lo = np.floor(flat.min(axis=1)).astype(int) - 1
+    hi = np.ceil(flat.max(axis=1)).astype(int) + 1
     lo = np.clip(lo, 0, np.asarray(fp.mri_shape))
     hi = np.clip(hi, 0, np.asarray(fp.mri_shape))
     if np.any(hi <= lo):
@@ -395,7 +424,7 @@ def footprint_sums(
                 f"{microscopy!r} has channels {list(mic.c.values)}; choose one with --channel"
             )
         mic = mic.isel(c=channel) if isinstance(channel, int) else mic.sel(c=str(channel))
-    if any(d not in "zyx" for d in mic.dims):
+    if any(str(d) not in ("z", "y", "x") for d in mic.dims):
         raise InvalidInputError(f"{microscopy!r} has dims {mic.dims}; expected (c,) z, y, x")
     data = mic.data
     kind = mic.attrs.get("bridge_xr", {}).get("kind", "image")

@@ -1,0 +1,474 @@
+"""Per-voxel tables: MRI intensity, normalised MRI and microscopy density for every MRI voxel.
+
+Also the two MRI-grid images the tables need: the analysis mask (normal-appearing grey matter vs
+glioma, minus vessels and artefacts, as the paper builds it from the 2P signal) and the MRI
+z-normalised to the normal-appearing grey matter (Shinohara et al. 2014).
+
+Examples
+--------
+>>> density_category(np.array([0.0, 0.01, 0.3, 1.0])).tolist()
+['w/o', '0-5%', '25-50%', '75-100%']
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.dataframe as dd
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from bridge_xr import __version__
+from bridge_xr._constants import SCANNER_RAS
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.extract.footprint import Method, density
+from bridge_xr.io._store import StoreLike, resolve_store
+from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.model.image import make_image
+from bridge_xr.model.metadata import ImageMetadata, Provenance
+
+#: the paper's density categories (Figure 4J-K): upper edges of 0-5, 5-25, 25-50, 50-75, 75-100 %
+DENSITY_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
+NAGM, GLIOMA = 1, 2
+
+
+def density_category(fraction: np.ndarray, bins: Sequence[float] = DENSITY_BINS) -> pd.Categorical:
+    """``w/o`` for exactly 0, then ``a-b%`` for ``(a, b]``; NaN stays missing."""
+    edges = [float(b) for b in bins]
+    labels = ["w/o"] + [
+        f"{edges[i] * 100:g}-{edges[i + 1] * 100:g}%" for i in range(len(edges) - 1)
+    ]
+    f = np.asarray(fraction, dtype=np.float64)
+    code = np.full(f.shape, -1, dtype=np.int64)
+    code[f <= edges[0]] = 0
+    for i in range(len(edges) - 1):
+        code[(f > edges[i]) & (f <= edges[i + 1] + 1e-12)] = i + 1
+    code[~np.isfinite(f)] = -1
+    return pd.Categorical.from_codes(code, categories=labels, ordered=True)
+
+
+def _same_space(store: Any, path: str) -> list[tuple[Any, Any]]:
+    info = read_multiscale_info(open_group(store, path))
+    out = []
+    for name, t in info.transforms.items():
+        if name in info.systems and name == SCANNER_RAS:
+            out.append((info.systems[name], t.model_copy(update={"input": None, "output": None})))
+    return out
+
+
+def write_on_grid_of(
+    store: Any,
+    like: str,
+    data: Any,
+    path: str,
+    *,
+    kind: str = "image",
+    operation: str,
+    overwrite: bool = False,
+    **params: Any,
+) -> ImageMetadata:
+    """Write ``data`` (z, y, x) as an image on the grid (and scanner space) of image ``like``."""
+    ref = read_image(store, like)
+    subject = read_subject(store)
+    src = subject.images.get(like)
+    img = make_image(
+        data,
+        dims=("z", "y", "x"),
+        spacing=tuple(ref.attrs["spacing"][d] for d in "zyx"),
+        origin=tuple(ref.attrs["origin"][d] for d in "zyx"),
+        unit=ref.attrs["unit"],
+    )
+    meta = ImageMetadata(
+        path=path,
+        modality=src.modality if src else "mri",
+        kind=kind,  # type: ignore[arg-type]
+        session=src.session if src else None,
+        provenance=Provenance.now(operation, inputs=(like,), image=path, **params),
+    )
+    add_image(
+        store,
+        img,
+        meta,
+        extra_systems=_same_space(store, like),
+        overwrite=overwrite,
+        method="mode" if kind == "labels" else "mean",
+        shards=False,
+        compressor="zstd",
+    )
+    return meta
+
+
+def _mask_values(store: Any, mask: str, like: str, label: int | None) -> da.Array:
+    m = read_image(store, mask)
+    ref = read_image(store, like)
+    if tuple(m.shape) != tuple(ref.shape):
+        raise InvalidInputError(
+            f"mask {mask!r} has shape {tuple(m.shape)} but {like!r} has {tuple(ref.shape)}; "
+            "make it on that grid with `bridge mask`"
+        )
+    return (m.data == label) if label is not None else (m.data > 0)
+
+
+def zscore_normalize(
+    store: StoreLike,
+    *,
+    image: str,
+    reference_mask: str,
+    image_out: str,
+    label: int | None = None,
+    overwrite: bool = False,
+) -> dict[str, float]:
+    """z = (I - mean_ref) / sd_ref over the reference-mask voxels; writes ``image_out``."""
+    st = resolve_store(store)
+    img = read_image(st, image)
+    sel = _mask_values(st, reference_mask, image, label)
+    vals = img.data.astype(np.float64)
+    n, s1, s2 = dask.compute(
+        sel.sum(), da.where(sel, vals, 0).sum(), da.where(sel, vals**2, 0).sum()
+    )
+    n = int(n)
+    if n < 2:
+        raise InvalidInputError(
+            f"reference mask {reference_mask!r} selects {n} voxels of {image!r}; need at least 2"
+        )
+    mean = float(s1 / n)
+    sd = float(np.sqrt(max(s2 / n - mean**2, 0.0) * n / (n - 1)))
+    if sd == 0:
+        raise InvalidInputError(
+            f"{image!r} is constant inside {reference_mask!r}; cannot z-normalise"
+        )
+    z = ((vals - mean) / sd).astype(np.float32)
+    stats: dict[str, Any] = {"mean": mean, "sd": sd, "n_voxels": n}
+    write_on_grid_of(
+        st,
+        image,
+        z,
+        image_out,
+        operation="normalize (z, NAGM)",
+        overwrite=overwrite,
+        reference_mask=reference_mask,
+        label=label,
+        **stats,
+    )
+    return stats
+
+
+def analysis_mask(
+    store: StoreLike,
+    *,
+    mri: str,
+    output: str,
+    vessels: str | None = None,
+    vessel_threshold: float | None = None,
+    vessel_max: float = 0.05,
+    tumour: str | None = None,
+    tumour_threshold: float | None = None,
+    artefacts: Sequence[str] = (),
+    min_coverage: float = 0.999,
+    nagm_output: str | None = None,
+    overwrite: bool = False,
+) -> dict[str, int]:
+    """Label image on the MRI grid: 0 excluded, 1 normal-appearing grey matter, 2 glioma.
+
+    A voxel is kept when the microscopy covers it (``min_coverage``), its vessel volume fraction
+    is at most ``vessel_max`` and no artefact label touches it; it is glioma when its tumour
+    fraction is above 0.
+    """
+    st = resolve_store(store)
+    ref = read_image(st, mri)
+    keep = da.ones(ref.shape, dtype=bool, chunks=ref.data.chunks)
+    glioma = da.zeros(ref.shape, dtype=bool, chunks=ref.data.chunks)
+    sources = [p for p in (vessels, tumour) if p]
+    if not sources:
+        raise InvalidInputError("give --vessels and/or --tumour: the mask is built from microscopy")
+    for path, thr in ((vessels, vessel_threshold), (tumour, tumour_threshold)):
+        if not path:
+            continue
+        ds = density(st, microscopy=path, mri=mri, threshold=thr)
+        cov = ds["coverage"].data.rechunk(ref.data.chunks)
+        frac = ds["fraction"].data.rechunk(ref.data.chunks)
+        keep &= cov >= min_coverage
+        if path == vessels:
+            keep &= da.where(da.isnan(frac), 1.0, frac) <= vessel_max
+        else:
+            glioma |= da.where(da.isnan(frac), 0.0, frac) > 0
+    for art in artefacts:
+        ds = density(st, microscopy=art, mri=mri, threshold=0.0)
+        art_frac = ds["fraction"].data.rechunk(ref.data.chunks)
+        keep &= ~(da.where(da.isnan(art_frac), 0.0, art_frac) > 0)
+    labels = da.where(keep, da.where(glioma, GLIOMA, NAGM), 0).astype(np.uint8)
+    labels = labels.persist()
+    params = {
+        "vessels": vessels,
+        "vessel_threshold": vessel_threshold,
+        "vessel_max": vessel_max,
+        "tumour": tumour,
+        "tumour_threshold": tumour_threshold,
+        "artefacts": list(artefacts),
+        "min_coverage": min_coverage,
+    }
+    write_on_grid_of(
+        st,
+        mri,
+        labels,
+        output,
+        kind="labels",
+        operation="mask (analysis)",
+        overwrite=overwrite,
+        **params,
+    )
+    if nagm_output:
+        write_on_grid_of(
+            st,
+            mri,
+            (labels == NAGM).astype(np.uint8),
+            nagm_output,
+            kind="labels",
+            operation="mask (NAGM)",
+            overwrite=overwrite,
+            source_mask=output,
+        )
+    counts = np.bincount(np.asarray(labels).ravel(), minlength=3)
+    return {"excluded": int(counts[0]), "nagm": int(counts[NAGM]), "glioma": int(counts[GLIOMA])}
+
+
+def subject_name(store: Any, where: StoreLike) -> str:
+    """The subject's name: its metadata, else the store's file name without ``.ome.zarr``."""
+    meta = read_subject(store)
+    if meta.subject:
+        return meta.subject
+    name = str(where).rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"(\.ome)?\.zarr$", "", name)
+
+
+def channel_name(path: str) -> str:
+    """``twophoton/d060/glioma`` -> ``glioma`` (a column-safe name)."""
+    return re.sub(r"[^0-9A-Za-z_]", "_", path.rstrip("/").rsplit("/", 1)[-1])
+
+
+def _scanner_um(store: Any, mri: str) -> np.ndarray:
+    """4x4 (zyx) MRI intrinsic physical -> reference µm (scanner RAS axes, z y x = S A R)."""
+    img = read_image(store, mri)
+    t = img.attrs["transforms"].get(SCANNER_RAS)
+    from bridge_xr.model.units import conversion_factor
+
+    fac = conversion_factor(img.attrs["unit"], "micrometer")
+    m = np.eye(4) if t is None else np.asarray(t.to_affine(3), dtype=np.float64)
+    if m.shape == (3, 4):
+        m = np.vstack([m, [0, 0, 0, 1]])
+    scale = np.diag([fac, fac, fac, 1.0])
+    return scale @ m  # input in the image's unit; output µm
+
+
+def _block_table(
+    offset: tuple[int, int, int],
+    keep: np.ndarray,
+    label: np.ndarray | None,
+    columns: dict[str, np.ndarray],
+    fixed: dict[str, Any],
+    spacing: np.ndarray,
+    origin: np.ndarray,
+    to_ref: np.ndarray,
+    categories: Sequence[str],
+    bins: Sequence[float],
+) -> pd.DataFrame:
+    idx = np.nonzero(keep)
+    z, y, x = (idx[a] + offset[a] for a in range(3))
+    frame: dict[str, Any] = {k: pd.Categorical([v] * len(z)) for k, v in fixed.items()}
+    frame.update({"z": z.astype(np.int32), "y": y.astype(np.int32), "x": x.astype(np.int32)})
+    for name, arr in columns.items():
+        frame[name] = arr[idx].astype(np.float64)
+    phys = np.stack([z, y, x], axis=1) * spacing + origin
+    ref = phys @ to_ref[:3, :3].T + to_ref[:3, 3]
+    frame["ref_z_um"], frame["ref_y_um"], frame["ref_x_um"] = ref[:, 0], ref[:, 1], ref[:, 2]
+    if label is not None:
+        frame["mask_label"] = label[idx].astype(np.int16)
+    for ch in categories:
+        frame[f"category_{ch}"] = density_category(frame[f"fraction_{ch}"], bins)
+    return pd.DataFrame(frame)
+
+
+def extract_table(
+    store: StoreLike,
+    *,
+    mri: str,
+    microscopy: Sequence[str],
+    mask: str | None = None,
+    mri_z: str | None = None,
+    reference_mask: str | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    method: Method = "exact",
+    subject: str | None = None,
+    session: str | None = None,
+    bins: Sequence[float] = DENSITY_BINS,
+) -> dd.DataFrame:
+    """The per-voxel table of one MRI image and its microscopy, as a lazy dask DataFrame.
+
+    ``mri_z`` is an already normalised image on the MRI grid; with ``reference_mask`` instead,
+    the MRI is z-normalised on the fly (mean and SD over that mask's voxels).
+    """
+    st = resolve_store(store)
+    ref = read_image(st, mri)
+    thresholds = dict(thresholds or {})
+    chunks = ref.data.chunks
+    columns: dict[str, da.Array] = {"mri": ref.data.astype(np.float64)}
+    if mri_z:
+        zimg = read_image(st, mri_z)
+        if tuple(zimg.shape) != tuple(ref.shape):
+            raise InvalidInputError(f"{mri_z!r} is not on the grid of {mri!r}")
+        columns["mri_z"] = zimg.data.astype(np.float64).rechunk(chunks)
+    elif reference_mask:
+        sel = _mask_values(
+            st, reference_mask, mri, NAGM if _is_analysis(st, reference_mask) else None
+        )
+        vals = columns["mri"]
+        n = sel.sum()
+        mean = da.where(sel, vals, 0).sum() / n
+        sd = da.sqrt((da.where(sel, (vals - mean) ** 2, 0).sum()) / (n - 1))
+        columns["mri_z"] = (vals - mean) / sd
+    names = []
+    for path in microscopy:
+        ch = channel_name(path)
+        if ch in names:
+            raise InvalidInputError(f"two microscopy images are both called {ch!r}; rename one")
+        names.append(ch)
+        thr = thresholds.get(ch, thresholds.get("*"))
+        ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method)
+        columns[f"fraction_{ch}"] = ds["fraction"].data.rechunk(chunks)
+        columns[f"coverage_{ch}"] = ds["coverage"].data.rechunk(chunks)
+    keep = da.ones(ref.shape, dtype=bool, chunks=chunks)
+    label = None
+    if mask:
+        m = read_image(st, mask)
+        if tuple(m.shape) != tuple(ref.shape):
+            raise InvalidInputError(
+                f"mask {mask!r} has shape {tuple(m.shape)} but {mri!r} has {tuple(ref.shape)}; "
+                "make it on the MRI grid with `bridge mask`"
+            )
+        label = m.data.rechunk(chunks)
+        keep = label > 0
+    meta_img = read_subject(st).images.get(mri)
+    fixed = {
+        "subject": subject or subject_name(st, store),
+        "session": session or (meta_img.session if meta_img and meta_img.session else "none"),
+        "image": mri,
+    }
+    spacing = np.array([ref.attrs["spacing"][d] for d in "zyx"])
+    origin = np.array([ref.attrs["origin"][d] for d in "zyx"])
+    to_ref = _scanner_um(st, mri)
+    offsets = [np.cumsum((0, *c)) for c in chunks]
+    parts = []
+    import itertools
+
+    for bidx in itertools.product(*(range(len(c)) for c in chunks)):
+        off = tuple(int(offsets[a][i]) for a, i in enumerate(bidx))
+        cols = {k: v.blocks[bidx] for k, v in columns.items()}
+        parts.append(
+            dask.delayed(_block_table)(
+                off,
+                keep.blocks[bidx],
+                None if label is None else label.blocks[bidx],
+                cols,
+                fixed,
+                spacing,
+                origin,
+                to_ref,
+                names,
+                bins,
+            )
+        )
+    meta = _block_table(
+        (0, 0, 0),
+        np.zeros((1, 1, 1), bool),
+        None if label is None else np.zeros((1, 1, 1)),
+        {k: np.zeros((1, 1, 1)) for k in columns},
+        fixed,
+        spacing,
+        origin,
+        to_ref,
+        names,
+        bins,
+    )
+    return dd.from_delayed(parts, meta=meta, verify_meta=False)
+
+
+def _is_analysis(store: Any, mask: str) -> bool:
+    m = read_subject(store).images.get(mask)
+    return bool(m and m.provenance.operation == "mask (analysis)")
+
+
+def write_table(table: dd.DataFrame, output: str | Path, *, overwrite: bool = False) -> list[Path]:
+    """Parquet partitioned by subject and session (hive style: ``subject=M001/session=d060``).
+
+    Written by dask block by block into a hidden folder, then each (subject, session) partition
+    is moved into place as a whole; partitions of other subjects and sessions are left alone.
+    """
+    import shutil
+    import uuid
+
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".tmp-{uuid.uuid4().hex[:8]}"
+    table = table.assign(
+        subject=table["subject"].astype(str),
+        session=table["session"].astype(str),
+        image=table["image"].astype(str),
+    )
+    try:
+        table.to_parquet(tmp, partition_on=["subject", "session"], write_index=False)
+        parts = sorted(p for p in tmp.glob("subject=*/session=*") if p.is_dir())
+        if not parts:
+            raise InvalidInputError("the table is empty: the mask keeps no voxel; check --mask")
+        for part in parts:
+            dest = out / part.parent.name / part.name
+            if dest.exists() and not overwrite:
+                raise InvalidInputError(
+                    f"{dest} already exists; pass --overwrite to replace that subject/session"
+                )
+        written = []
+        for part in parts:
+            dest = out / part.parent.name / part.name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if dest.exists():
+                shutil.rmtree(dest)
+            part.rename(dest)
+            written.extend(sorted(dest.glob("*.parquet")))
+        return written
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_tables(tables: str | Path) -> pd.DataFrame:
+    """Every partition of a tables folder as one DataFrame (subject and session as columns)."""
+    root = Path(tables)
+    folders = sorted(p for p in root.glob("subject=*/session=*") if p.is_dir())
+    if not folders:
+        raise InvalidInputError(
+            f"no Parquet tables under {str(root)!r}; run `bridge extract` first"
+        )
+    frames = []
+    for folder in folders:
+        part = pd.read_parquet(folder)
+        part.insert(0, "session", folder.name.split("=", 1)[1])
+        part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
+        frames.append(part)
+    return pd.concat(frames, ignore_index=True)
+
+
+def table_provenance(**params: Any) -> dict[str, Any]:
+    """What made a table (written next to it as JSON)."""
+    return {"bridge_xr": __version__, **params}
+
+
+def as_dataset(table: pd.DataFrame, column: str, like: xr.DataArray) -> xr.DataArray:
+    """Put a table column back onto the MRI grid (NaN where the table has no row)."""
+    out = np.full(like.shape, np.nan)
+    out[table["z"].to_numpy(), table["y"].to_numpy(), table["x"].to_numpy()] = table[column]
+    return xr.DataArray(out, dims=("z", "y", "x"))
