@@ -12,6 +12,7 @@ Examples
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,10 +28,9 @@ def kruskal_dunn(df: pd.DataFrame, *, value: str, group: str) -> tuple[pd.DataFr
     Effect size: epsilon-squared ``H / ((N^2 - 1) / (N + 1))`` for the omnibus test, and
     ``r = |z| / sqrt(n_i + n_j)`` per pair.
     """
+    groups = _groups(df, value, group)
     data = df[[group, value]].dropna()
-    groups = [(str(k), g[value].to_numpy(float)) for k, g in data.groupby(group, sort=True)]
-    if len(groups) < 2 or any(len(v) == 0 for _, v in groups):
-        raise InvalidInputError(f"need at least two non-empty groups in {group!r}")
+    data = data[data[group].astype(str).isin([k for k, _ in groups])]
     h, p = stats.kruskal(*[v for _, v in groups])
     n_total = len(data)
     omnibus = pd.DataFrame(
@@ -71,3 +71,295 @@ def kruskal_dunn(df: pd.DataFrame, *, value: str, group: str) -> tuple[pd.DataFr
             }
         )
     return omnibus, pd.DataFrame(rows)
+
+
+def _groups(
+    df: pd.DataFrame, value: str, group: str, minimum: int = 2
+) -> list[tuple[str, np.ndarray]]:
+    for col in (value, group):
+        if col not in df.columns:
+            raise InvalidInputError(f"no column {col!r}; columns are {list(df.columns)}")
+    data = df[[group, value]].dropna()
+    groups = [
+        (str(k), g[value].to_numpy(float)) for k, g in data.groupby(group, sort=True, observed=True)
+    ]
+    groups = [(k, v) for k, v in groups if len(v)]
+    if len(groups) < minimum:
+        raise InvalidInputError(f"need at least {minimum} non-empty groups in {group!r}")
+    return groups
+
+
+def anova_tukey(df: pd.DataFrame, *, value: str, group: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """One-way ANOVA, then Tukey's HSD (Tukey-Kramer for unequal n) on every pair.
+
+    Effect sizes: eta-squared (SS_between / SS_total) for the omnibus test, the mean difference
+    with its simultaneous 95 % confidence interval and Cohen's d (pooled SD) per pair.
+    """
+    groups = _groups(df, value, group)
+    allv = np.concatenate([v for _, v in groups])
+    n_total, k = len(allv), len(groups)
+    grand = allv.mean()
+    ss_between = sum(len(v) * (v.mean() - grand) ** 2 for _, v in groups)
+    ss_within = sum(((v - v.mean()) ** 2).sum() for _, v in groups)
+    df_b, df_w = k - 1, n_total - k
+    if df_w <= 0:
+        raise InvalidInputError("ANOVA needs more observations than groups")
+    mse = ss_within / df_w
+    f = (ss_between / df_b) / mse
+    omnibus = pd.DataFrame(
+        [
+            {
+                "test": "anova",
+                "statistic": float(f),
+                "df_between": df_b,
+                "df_within": df_w,
+                "p": float(stats.f.sf(f, df_b, df_w)),
+                "eta_squared": float(ss_between / (ss_between + ss_within)),
+                "n": n_total,
+                "groups": k,
+            }
+        ]
+    )
+    rows = []
+    for (a, va), (b, vb) in itertools.combinations(groups, 2):
+        diff = vb.mean() - va.mean()
+        se = np.sqrt(mse / 2 * (1 / len(va) + 1 / len(vb)))
+        q = abs(diff) / se
+        crit = stats.studentized_range.ppf(0.95, k, df_w)
+        rows.append(
+            {
+                "test": "tukey-hsd",
+                "group_a": a,
+                "group_b": b,
+                "n_a": len(va),
+                "n_b": len(vb),
+                "mean_diff": float(diff),
+                "q": float(q),
+                "p": float(stats.studentized_range.sf(q, k, df_w)),
+                "ci_low": float(diff - crit * se),
+                "ci_high": float(diff + crit * se),
+                "cohen_d": float(diff / np.sqrt(mse)),
+            }
+        )
+    return omnibus, pd.DataFrame(rows)
+
+
+def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Two-sided Mann-Whitney U (normal approximation, tie and continuity corrections).
+
+    Effect size: rank-biserial correlation ``1 - 2 U_x / (n_x n_y)``.
+    """
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    nx, ny = len(x), len(y)
+    if nx == 0 or ny == 0:
+        raise InvalidInputError("Mann-Whitney U needs two non-empty samples")
+    ranks = stats.rankdata(np.concatenate([x, y]))
+    u_x = ranks[:nx].sum() - nx * (nx + 1) / 2
+    n = nx + ny
+    _, t = np.unique(ranks, return_counts=True)
+    sigma = np.sqrt(nx * ny / 12 * ((n + 1) - (t**3 - t).sum() / (n * (n - 1))))
+    mu = nx * ny / 2
+    z = (abs(u_x - mu) - 0.5) / sigma if sigma > 0 else 0.0
+    return {
+        "test": "mann-whitney",  # type: ignore[dict-item]
+        "statistic": float(u_x),
+        "z": float(np.sign(u_x - mu) * z),
+        "p": float(min(1.0, 2 * stats.norm.sf(z))),
+        "rank_biserial": float(1 - 2 * u_x / (nx * ny)),
+        "n_a": nx,
+        "n_b": ny,
+    }
+
+
+def welch_t(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Welch's unequal-variance t test (two-sided), with Hedges' g."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    nx, ny = len(x), len(y)
+    if nx < 2 or ny < 2:
+        raise InvalidInputError("Welch's t test needs at least two values per group")
+    vx, vy = x.var(ddof=1), y.var(ddof=1)
+    se2 = vx / nx + vy / ny
+    t = (x.mean() - y.mean()) / np.sqrt(se2)
+    dof = se2**2 / ((vx / nx) ** 2 / (nx - 1) + (vy / ny) ** 2 / (ny - 1))
+    pooled = np.sqrt(((nx - 1) * vx + (ny - 1) * vy) / (nx + ny - 2))
+    g = (x.mean() - y.mean()) / pooled * (1 - 3 / (4 * (nx + ny) - 9))
+    return {
+        "test": "welch-t",  # type: ignore[dict-item]
+        "statistic": float(t),
+        "df": float(dof),
+        "p": float(2 * stats.t.sf(abs(t), dof)),
+        "hedges_g": float(g),
+        "mean_diff": float(x.mean() - y.mean()),
+        "n_a": nx,
+        "n_b": ny,
+    }
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    """Spearman's rho (Pearson on average ranks) with the t-distribution p-value."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    n = len(x)
+    if n < 3:
+        raise InvalidInputError("Spearman's rho needs at least three complete pairs")
+    rx, ry = stats.rankdata(x), stats.rankdata(y)
+    rho = float(np.corrcoef(rx, ry)[0, 1])
+    t = rho * np.sqrt((n - 2) / max(1e-300, 1 - rho**2))
+    return {
+        "test": "spearman",  # type: ignore[dict-item]
+        "statistic": rho,
+        "p": float(2 * stats.t.sf(abs(t), n - 2)),
+        "n": n,
+    }
+
+
+def pairwise(
+    df: pd.DataFrame, *, value: str, group: str, test: str = "mann-whitney"
+) -> pd.DataFrame:
+    """A two-sample test on every pair of groups, Bonferroni-adjusted."""
+    groups = _groups(df, value, group)
+    fn = {"mann-whitney": mann_whitney, "welch": welch_t}[test]
+    rows = []
+    m = len(groups) * (len(groups) - 1) // 2
+    for (a, va), (b, vb) in itertools.combinations(groups, 2):
+        r = fn(va, vb)
+        rows.append(
+            {"group_a": a, "group_b": b, **r, "p_unadjusted": r["p"], "p": min(1.0, r["p"] * m)}
+        )
+    return pd.DataFrame(rows)
+
+
+def equivalence(
+    df: pd.DataFrame,
+    *,
+    category: str,
+    timepoint: str,
+    reference: str | None = None,
+    margin: float = 0.05,
+    alpha: float = 0.05,
+) -> pd.DataFrame:
+    """The paper's ±margin equivalence of category proportions across time points.
+
+    For every category and later time point: the proportion, its deviation from the reference
+    time point, and a TOST (two one-sided Wald z tests on the difference of two independent
+    proportions, unpooled variance) against ``±margin``. A category is stable when the maximum
+    absolute deviation over all time points is within the margin (``stable_max_dev``) and, the
+    stricter variant, when every TOST p is below ``alpha`` (``stable_tost``).
+    """
+    for col in (category, timepoint):
+        if col not in df.columns:
+            raise InvalidInputError(f"no column {col!r}; columns are {list(df.columns)}")
+    counts = pd.crosstab(df[timepoint].astype(str), df[category].astype(str))
+    if reference is None:
+        reference = str(counts.index[0])
+    if reference not in counts.index:
+        raise InvalidInputError(f"reference time point {reference!r} not in {list(counts.index)}")
+    n = counts.sum(axis=1)
+    p_ref = counts.loc[reference] / n[reference]
+    rows = []
+    for tp in counts.index:
+        if tp == reference:
+            continue
+        for cat in counts.columns:
+            p1, n1 = counts.loc[tp, cat] / n[tp], n[tp]
+            p0, n0 = p_ref[cat], n[reference]
+            diff = p1 - p0
+            se = np.sqrt(p1 * (1 - p1) / n1 + p0 * (1 - p0) / n0)
+            if se > 0:
+                p_low = stats.norm.sf((diff + margin) / se)  # H0: diff <= -margin
+                p_upp = stats.norm.cdf((diff - margin) / se)  # H0: diff >= +margin
+            else:
+                p_low = p_upp = 0.0 if abs(diff) < margin else 1.0
+            rows.append(
+                {
+                    "category": cat,
+                    "timepoint": tp,
+                    "reference": reference,
+                    "proportion": float(p1),
+                    "reference_proportion": float(p0),
+                    "deviation": float(diff),
+                    "n": int(n1),
+                    "n_reference": int(n0),
+                    "p_tost": float(max(p_low, p_upp)),
+                }
+            )
+    out = pd.DataFrame(rows)
+    if out.empty:
+        raise InvalidInputError("equivalence needs at least two time points")
+    worst = out.groupby("category")["deviation"].apply(lambda d: d.abs().max())
+    out["max_abs_deviation"] = out["category"].map(worst)
+    out["stable_max_dev"] = out["max_abs_deviation"] <= margin
+    tost = out.groupby("category")["p_tost"].max()
+    out["stable_tost"] = out["category"].map(tost) < alpha
+    out["margin"] = margin
+    return out
+
+
+def percent_signal_enhancement(pre: np.ndarray, post: np.ndarray) -> dict[str, float]:
+    """PSE = (SI_post - SI_pre) / SI_pre x 100 % per dataset; mean, SD (ddof 1) and CV."""
+    pre, post = np.asarray(pre, float), np.asarray(post, float)
+    if pre.shape != post.shape or pre.size == 0:
+        raise InvalidInputError("pre and post need the same, non-zero number of datasets")
+    if np.any(pre == 0):
+        raise InvalidInputError("a pre-contrast signal is 0; PSE is undefined")
+    pse = (post - pre) / pre * 100.0
+    sd = float(pse.std(ddof=1)) if len(pse) > 1 else float("nan")
+    return {
+        "pse_percent": pse.tolist(),  # type: ignore[dict-item]
+        "mean": float(pse.mean()),
+        "sd": sd,
+        "cv_percent": float(sd / pse.mean() * 100) if pse.mean() else float("nan"),
+        "n": len(pse),
+    }
+
+
+TESTS = ("anova-tukey", "kruskal-dunn", "mann-whitney", "welch", "spearman")
+
+
+def run_test(
+    df: pd.DataFrame,
+    *,
+    response: str,
+    by: str,
+    test: str,
+    bins: Any = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Group ``response`` by ``by`` (binned into density categories when ``bins`` given)."""
+    from bridge_xr.extract.tables import density_category
+
+    if test not in TESTS:
+        raise InvalidInputError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")
+    for col in (response, by):
+        if col not in df.columns:
+            raise InvalidInputError(f"no column {col!r} in the tables; columns: {list(df.columns)}")
+    data = df.copy()
+    if test == "spearman":
+        r = spearman(data[by].to_numpy(float), data[response].to_numpy(float))
+        return pd.DataFrame([{**r, "response": response, "by": by}]), pd.DataFrame()
+    group = by
+    if bins is not None:
+        group = f"{by}_category"
+        data[group] = density_category(data[by].to_numpy(float), bins)
+    if test == "anova-tukey":
+        omnibus, pairs = anova_tukey(data, value=response, group=group)
+    elif test == "kruskal-dunn":
+        omnibus, pairs = kruskal_dunn(data, value=response, group=group)
+    else:
+        pairs = pairwise(data, value=response, group=group, test=test)
+        omnibus = pd.DataFrame([{"test": test, "pairs": len(pairs), "correction": "bonferroni"}])
+    summary = (
+        data.groupby(group, observed=True)[response]
+        .agg(
+            n="count",
+            median="median",
+            mean="mean",
+            q1=lambda v: v.quantile(0.25),
+            q3=lambda v: v.quantile(0.75),
+        )
+        .reset_index()
+        .rename(columns={group: "group"})
+    )
+    omnibus = omnibus.assign(response=response, by=group)
+    omnibus.attrs["summary"] = summary
+    return omnibus, pairs
