@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import convert, demo, export, info, register, resample
+from bridge_xr_cli import analyze, convert, demo, export, info, register, resample
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -55,6 +55,13 @@ app.command("resample")(resample.resample)
 app.command("reslice")(resample.reslice)
 app.command("group-slices")(resample.group_slices)
 export.app.command("transform")(resample.export_transform)
+app.command("normalize")(analyze.normalize)
+app.command("mask")(analyze.mask)
+app.command("extract")(analyze.extract)
+app.command("extract-study")(analyze.extract_study)
+app.command("stats")(analyze.stats)
+app.command("plot")(analyze.plot)
+app.command("report")(analyze.report)
 
 
 def run() -> None:

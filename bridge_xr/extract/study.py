@@ -1,0 +1,112 @@
+"""A study = a folder of subject stores (``<subject>.ome.zarr``) plus ``tables/``.
+
+``plan_study`` finds, in every store, each MRI image that microscopy is registered to and the
+microscopy of that session, the analysis mask ``masks/<session>/analysis`` and the normalised
+MRI ``<mri>_z`` when they exist. ``extract_study`` turns every plan into one lazy table and
+writes them in one dask computation (on whatever scheduler is active: threads, or a
+dask-distributed cluster).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dask.dataframe as dd
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.extract.footprint import Method
+from bridge_xr.extract.tables import DENSITY_BINS, extract_table, subject_name, write_table
+from bridge_xr.io._store import resolve_store
+from bridge_xr.io.scene import read_subject
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """What to extract for one MRI image of one subject."""
+
+    store: str
+    subject: str
+    session: str
+    mri: str
+    microscopy: tuple[str, ...]
+    mask: str | None = None
+    mri_z: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def subject_stores(study: str | Path) -> list[Path]:
+    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted."""
+    root = Path(study)
+    if not root.is_dir():
+        raise InvalidInputError(f"study folder {str(root)!r} does not exist")
+    stores = sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".zarr"))
+    if not stores:
+        raise InvalidInputError(f"no subject stores (*.ome.zarr) in {str(root)!r}")
+    return stores
+
+
+def plan_subject(store_path: str | Path) -> list[SessionPlan]:
+    """One plan per MRI image that has microscopy registered to it."""
+    st = resolve_store(str(store_path))
+    meta = read_subject(st)
+    subject = subject_name(st, str(store_path))
+    by_mri: dict[str, list[str]] = {}
+    for rec in meta.registrations.values():
+        fixed, moving = meta.images.get(rec.fixed), meta.images.get(rec.moving)
+        if not (fixed and moving and moving.kind == "image"):
+            continue
+        if fixed.modality == "mri" and moving.modality != "mri":
+            by_mri.setdefault(rec.fixed, []).append(rec.moving)
+    plans = []
+    for mri, mics in sorted(by_mri.items()):
+        session = meta.images[mri].session or "none"
+        mask = f"masks/{session}/analysis"
+        mri_z = f"{mri}_z"
+        plans.append(
+            SessionPlan(
+                store=str(store_path),
+                subject=subject,
+                session=session,
+                mri=mri,
+                microscopy=tuple(sorted(set(mics))),
+                mask=mask if mask in meta.images else None,
+                mri_z=mri_z if mri_z in meta.images else None,
+            )
+        )
+    return plans
+
+
+def extract_study(
+    study: str | Path,
+    output: str | Path,
+    *,
+    thresholds: Mapping[str, float] | None = None,
+    method: Method = "exact",
+    bins: Sequence[float] = DENSITY_BINS,
+    overwrite: bool = False,
+) -> tuple[list[SessionPlan], list[Path]]:
+    """Extract every subject and session of a study into ``output`` (Parquet, partitioned)."""
+    plans = [p for s in subject_stores(study) for p in plan_subject(s)]
+    if not plans:
+        raise InvalidInputError(
+            f"no MRI image in {str(study)!r} has registered microscopy; run `bridge register` first"
+        )
+    tables = [
+        extract_table(
+            p.store,
+            mri=p.mri,
+            microscopy=p.microscopy,
+            mask=p.mask,
+            mri_z=p.mri_z,
+            thresholds=thresholds,
+            method=method,
+            subject=p.subject,
+            session=p.session,
+            bins=bins,
+        )
+        for p in plans
+    ]
+    return plans, write_table(dd.concat(tables), output, overwrite=overwrite)

@@ -1,0 +1,309 @@
+"""``bridge normalize | mask | extract | extract-study | stats | plot | report``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr_cli._common import console, handle_errors, out
+
+
+def parse_thresholds(items: list[str] | None) -> dict[str, float]:
+    """``["glioma=600", "angiogram=1000"]`` or ``["0.5"]`` (all channels) -> {name: value}."""
+    result: dict[str, float] = {}
+    for item in items or []:
+        name, _, value = item.rpartition("=")
+        try:
+            result[name or "*"] = float(value)
+        except ValueError:
+            raise InvalidInputError(
+                f"--threshold takes NAME=VALUE or VALUE (e.g. glioma=600); got {item!r}"
+            ) from None
+    return result
+
+
+def parse_bins(text: str | None) -> list[float] | None:
+    """``0,0.05,0.25`` -> [0, 0.05, 0.25] (increasing)."""
+    if text is None:
+        return None
+    try:
+        bins = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--bins takes comma-separated numbers; got {text!r}") from None
+    if len(bins) < 2 or any(b <= a for a, b in zip(bins, bins[1:], strict=False)):
+        raise InvalidInputError(f"--bins must be at least two increasing numbers; got {text!r}")
+    return bins
+
+
+def _method(text: str) -> str:
+    if text not in ("exact", "bilinear"):
+        raise InvalidInputError(f"--method is exact or bilinear; got {text!r}")
+    return text
+
+
+@handle_errors
+def normalize(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    image: Annotated[str, typer.Option("--image", help="MRI image to normalise")],
+    reference_mask: Annotated[
+        str, typer.Option("--reference-mask", help="normal-appearing grey matter mask (MRI grid)")
+    ],
+    image_out: Annotated[str, typer.Option("--image-out", help="where to write the z image")],
+    label: Annotated[
+        int | None, typer.Option(help="use only this label of the mask (default: any > 0)")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """z-normalise an MRI image to the normal-appearing grey matter (Shinohara et al. 2014)."""
+    from bridge_xr.extract.tables import zscore_normalize
+
+    stats = zscore_normalize(
+        store,
+        image=image,
+        reference_mask=reference_mask,
+        image_out=image_out,
+        label=label,
+        overwrite=overwrite,
+    )
+    out.print(
+        f"{image_out}: z = (I - {stats['mean']:.6g}) / {stats['sd']:.6g} "
+        f"over {stats['n_voxels']} reference voxels"
+    )
+
+
+@handle_errors
+def mask(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    mri: Annotated[str, typer.Option("--mri", help="MRI image whose grid the mask is on")],
+    output: Annotated[
+        str, typer.Option("--output", help="mask image path, e.g. masks/d060/analysis")
+    ],
+    vessels: Annotated[
+        str | None, typer.Option(help="vessel microscopy (angiogram or mask)")
+    ] = None,
+    vessel_threshold: Annotated[float | None, typer.Option(help="binarise vessels above")] = None,
+    vessel_max: Annotated[
+        float, typer.Option(help="exclude voxels with more vessel volume fraction than this")
+    ] = 0.05,
+    tumour: Annotated[str | None, typer.Option(help="tumour microscopy (channel or mask)")] = None,
+    tumour_threshold: Annotated[float | None, typer.Option(help="binarise tumour above")] = None,
+    artefact: Annotated[
+        list[str] | None, typer.Option(help="artefact label image(s) to exclude (repeatable)")
+    ] = None,
+    min_coverage: Annotated[
+        float, typer.Option(help="keep voxels at least this much covered by microscopy")
+    ] = 0.999,
+    nagm_output: Annotated[
+        str | None, typer.Option(help="also write the normal-appearing grey matter mask here")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Analysis mask on the MRI grid from microscopy: 0 excluded, 1 NAGM (w/o glioma), 2 glioma."""
+    from bridge_xr.extract.tables import analysis_mask
+
+    counts = analysis_mask(
+        store,
+        mri=mri,
+        output=output,
+        vessels=vessels,
+        vessel_threshold=vessel_threshold,
+        vessel_max=vessel_max,
+        tumour=tumour,
+        tumour_threshold=tumour_threshold,
+        artefacts=artefact or [],
+        min_coverage=min_coverage,
+        nagm_output=nagm_output,
+        overwrite=overwrite,
+    )
+    out.print(
+        f"{output}: {counts['nagm']} NAGM, {counts['glioma']} glioma, "
+        f"{counts['excluded']} excluded voxels"
+    )
+
+
+@handle_errors
+def extract(
+    store: Annotated[str, typer.Argument(help="subject store")],
+    mri: Annotated[str, typer.Option("--mri", help="MRI image (one row per voxel)")],
+    microscopy: Annotated[
+        list[str], typer.Option("--microscopy", help="microscopy image(s) registered to the MRI")
+    ],
+    output: Annotated[Path, typer.Option("--output", help="tables folder (Parquet)")],
+    mask: Annotated[str | None, typer.Option(help="keep voxels where this mask > 0")] = None,
+    mri_z: Annotated[str | None, typer.Option("--mri-z", help="normalised MRI image")] = None,
+    reference_mask: Annotated[
+        str | None, typer.Option("--reference-mask", help="z-normalise on the fly to this mask")
+    ] = None,
+    threshold: Annotated[
+        list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
+    ] = None,
+    method: Annotated[str, typer.Option(help="exact (footprint) or bilinear (paper)")] = "exact",
+    bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
+    subject: Annotated[str | None, typer.Option(help="subject name (default: store name)")] = None,
+    session: Annotated[str | None, typer.Option(help="session (default: the MRI's)")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Per-voxel table: MRI, normalised MRI, microscopy density per MRI voxel (Parquet)."""
+    from bridge_xr.extract.tables import extract_table, write_table
+
+    table = extract_table(
+        store,
+        mri=mri,
+        microscopy=microscopy,
+        mask=mask,
+        mri_z=mri_z,
+        reference_mask=reference_mask,
+        thresholds=parse_thresholds(threshold),
+        method=_method(method),  # type: ignore[arg-type]
+        subject=subject,
+        session=session,
+        bins=parse_bins(bins) or [],
+    )
+    with console.status("extracting voxels"):
+        written = write_table(table, output, overwrite=overwrite)
+    import pandas as pd
+
+    n = sum(len(pd.read_parquet(p)) for p in written)
+    out.print(f"{n} voxels -> {', '.join(str(p.parent) for p in written)}")
+
+
+@handle_errors
+def extract_study(
+    study: Annotated[Path, typer.Argument(help="study folder of subject stores")],
+    output: Annotated[Path, typer.Option("--output", help="tables folder (Parquet)")],
+    threshold: Annotated[
+        list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
+    ] = None,
+    method: Annotated[str, typer.Option(help="exact (footprint) or bilinear (paper)")] = "exact",
+    bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
+    workers: Annotated[
+        int, typer.Option(help="start a local dask-distributed cluster with this many processes")
+    ] = 0,
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Every subject and session of a study into one partitioned table (dask, or a cluster)."""
+    from bridge_xr.extract.study import extract_study as run
+
+    cluster = client = None
+    if workers > 0:
+        from distributed import Client, LocalCluster
+
+        cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True)
+        client = Client(cluster)
+    try:
+        with console.status("extracting the study"):
+            plans, written = run(
+                study,
+                output,
+                thresholds=parse_thresholds(threshold),
+                method=_method(method),  # type: ignore[arg-type]
+                bins=parse_bins(bins) or [],
+                overwrite=overwrite,
+            )
+    finally:
+        if client is not None:
+            client.close()
+            cluster.close()  # type: ignore[union-attr]
+    for p in plans:
+        out.print(f"{p.subject}/{p.session}: {p.mri} x {', '.join(p.microscopy)}")
+    out.print(f"{len(written)} partitions -> {output}")
+
+
+@handle_errors
+def stats(
+    tables: Annotated[Path, typer.Argument(help="tables folder")],
+    response: Annotated[str, typer.Option(help="column to compare, e.g. mri_z")],
+    by: Annotated[str, typer.Option(help="grouping column, e.g. fraction_glioma")],
+    test: Annotated[
+        str, typer.Option(help="anova-tukey | kruskal-dunn | mann-whitney | welch | spearman")
+    ] = "kruskal-dunn",
+    bins: Annotated[
+        str | None, typer.Option(help="bin a numeric --by into categories at these edges")
+    ] = None,
+    where: Annotated[
+        str | None, typer.Option(help="pandas query to select rows, e.g. 'mask_label == 2'")
+    ] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="write omnibus/pairs/summary CSVs with this prefix")
+    ] = None,
+) -> None:
+    """Group comparisons as tidy tables (test, n per group, statistic, p, effect size)."""
+    from bridge_xr.extract.tables import read_tables
+    from bridge_xr.stats.tests import run_test
+
+    df = read_tables(tables)
+    if where:
+        try:
+            df = df.query(where)
+        except Exception as exc:  # noqa: BLE001 - any pandas parse error is the user's query
+            raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
+    omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins))
+    summary = omnibus.attrs.get("summary")
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        omnibus.to_csv(f"{output}_omnibus.csv", index=False)
+        pairs.to_csv(f"{output}_pairs.csv", index=False)
+        if summary is not None:
+            summary.to_csv(f"{output}_summary.csv", index=False)
+    if summary is not None:
+        out.print(summary.to_string(index=False))
+    out.print(omnibus.drop(columns=[], errors="ignore").to_string(index=False))
+    if not pairs.empty:
+        out.print(pairs.to_string(index=False))
+
+
+@handle_errors
+def plot(
+    tables: Annotated[Path, typer.Argument(help="tables folder")],
+    kind: Annotated[str, typer.Option(help="box | heatmap | timeline")],
+    output: Annotated[Path, typer.Option(help="figure path (.png also writes .svg)")],
+    response: Annotated[str, typer.Option(help="y column")] = "mri_z",
+    by: Annotated[
+        str | None, typer.Option(help="x column (box: categories; heatmap: density)")
+    ] = None,
+    bins: Annotated[str | None, typer.Option(help="category edges for box plots")] = None,
+    where: Annotated[str | None, typer.Option(help="pandas query to select rows")] = None,
+) -> None:
+    """Figures of the tables: box plots per category with n, heatmaps, per-voxel timelines."""
+    from bridge_xr.extract.tables import DENSITY_BINS, read_tables
+    from bridge_xr.stats import plots
+
+    df = read_tables(tables)
+    if where:
+        try:
+            df = df.query(where)
+        except Exception as exc:  # noqa: BLE001
+            raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
+    if kind not in plots.KINDS:
+        raise InvalidInputError(f"--kind is one of {', '.join(plots.KINDS)}; got {kind!r}")
+    if kind in ("box", "heatmap") and not by:
+        raise InvalidInputError(f"--kind {kind} needs --by (e.g. fraction_glioma)")
+    if kind == "box":
+        paths = plots.box(
+            df, response=response, by=by or "", output=output, bins=parse_bins(bins) or DENSITY_BINS
+        )
+    elif kind == "heatmap":
+        paths = plots.heatmap(df, x=by or "", y=response, output=output)
+    else:
+        paths = plots.timeline(df, response=response, output=output)
+    out.print("wrote " + ", ".join(str(p) for p in paths))
+
+
+@handle_errors
+def report(
+    study: Annotated[Path, typer.Argument(help="study folder (subject stores + tables/)")],
+    output: Annotated[Path, typer.Option(help="report folder")],
+    tables: Annotated[
+        Path | None, typer.Option(help="tables folder (default: STUDY/tables)")
+    ] = None,
+) -> None:
+    """HTML report of a study: registrations, tables, statistics, figures and provenance."""
+    from bridge_xr.stats.report import write_report
+
+    index = write_report(study, output, tables=tables)
+    out.print(f"report: {index}")
+    _ = json
