@@ -69,6 +69,8 @@ _KUHN = np.array(
         for p in itertools.permutations(range(3))
     ]
 )  # (6, 4, 3)
+#: the Kuhn tetrahedra as indices into the 8 corners in itertools.product((0, 1), repeat=3) order
+_KUHN_CORNER = _KUHN[..., 0] * 4 + _KUHN[..., 1] * 2 + _KUHN[..., 2]
 #: orientation of each Kuhn tetrahedron (the parity of its axis permutation)
 _PARITY = np.array(
     [np.sign(np.linalg.det(np.diff(t, axis=0).astype(float))) for t in _KUHN], dtype=np.float64
@@ -291,8 +293,11 @@ def general_block(
         bits: corners[:, bits[0] : bits[0] + nz, bits[1] : bits[1] + ny, bits[2] : bits[2] + nx]
         for bits in itertools.product((0, 1), repeat=3)
     }
-    cmin = np.min(np.stack(list(corner.values())), axis=0)  # (3, nz, ny, nx)
-    cmax = np.max(np.stack(list(corner.values())), axis=0)
+    views = list(corner.values())
+    cmin, cmax = views[0].copy(), views[0].copy()  # (3, nz, ny, nx)
+    for v in views[1:]:
+        np.minimum(cmin, v, out=cmin)
+        np.maximum(cmax, v, out=cmax)
     mapped = np.isfinite(cmin).all(axis=0) & np.isfinite(cmax).all(axis=0)  # TPS may not invert
     cmin = np.where(mapped, cmin, 0.0)
     cmax = np.where(mapped, cmax, 0.0)
@@ -322,10 +327,8 @@ def general_block(
     straddle = np.argwhere(~inside & relevant)
     for start in range(0, len(straddle), _BATCH):
         sz, sy, sx = straddle[start : start + _BATCH].T
-        tets = np.stack(
-            [np.stack([corner[tuple(b)][:, sz, sy, sx].T for b in tet], axis=1) for tet in _KUHN],
-            axis=1,
-        ).reshape(-1, 4, 3)
+        c8 = np.stack([v[:, sz, sy, sx] for v in views])  # (8, 3, n), corner order = bits
+        tets = c8[_KUHN_CORNER].transpose(3, 0, 1, 2).reshape(-1, 4, 3)
         owner = np.repeat(np.arange(len(sz)), 6)
         lo_c = cell_lo[:, sz, sy, sx].T
         hi_c = cell_hi[:, sz, sy, sx].T

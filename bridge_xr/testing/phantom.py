@@ -66,6 +66,19 @@ class PhantomConfig:
     mri_origin_mm: tuple[float, float, float] = (-1.0, 2.0, -0.5)  # S, A, R of voxel 0
 
     @classmethod
+    def small(cls, seed: int = 0) -> PhantomConfig:
+        """Large enough for per-voxel statistics (a few hundred covered MRI voxels), seconds."""
+        return cls(
+            seed=seed,
+            twop_fov_um=(90.0, 300.0, 300.0),
+            twop_spacing_um=(3.0, 2.0, 2.0),
+            mri_spacing_um=25.0,
+            mri_margin_um=50.0,
+            max_depth=6,
+            supersample=3,
+        )
+
+    @classmethod
     def tiny(cls, seed: int = 0) -> PhantomConfig:
         """A fast configuration for tests (well under a second)."""
         return cls(

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pandas as pd
 import tifffile
 
 from bridge_xr.io._geometry import scanner_to_nifti
@@ -78,3 +80,56 @@ def write_phantom_study(
         df.to_csv(path, index=False)
         csvs.append(path)
     return PhantomStudy(root, raw, store, ph, tuple(csvs))
+
+
+def exact_landmarks(ph: Phantom, n: int = 30, seed: int = 3) -> pd.DataFrame:
+    """``n`` landmarks inside the 2P field of view with their exact MRI positions (canonical CSV)."""
+    fov = np.asarray(ph.config.twop_fov_um)
+    q = np.random.default_rng(seed).uniform(0.05 * fov, 0.95 * fov, size=(n, 3))  # 2P zyx µm
+    p = ph.truth.inverse(q)
+    return pd.DataFrame(
+        {
+            "name": [f"L{i}" for i in range(n)],
+            "moving_x": q[:, 2],
+            "moving_y": q[:, 1],
+            "moving_z": q[:, 0],
+            "fixed_x": p[:, 2],
+            "fixed_y": p[:, 1],
+            "fixed_z": p[:, 0],
+        }
+    )
+
+
+def write_analysis_study(
+    root: Path,
+    subjects: tuple[str, ...] = ("M001",),
+    config: PhantomConfig | None = None,
+    *,
+    session: str = "d060",
+) -> list[PhantomStudy]:
+    """Subjects (seeds 0, 1, ...) converted and TPS-registered (angiogram and glioma channels)."""
+    from bridge_xr.register.scene import register
+
+    cfg = config or PhantomConfig.small()
+    out = []
+    for i, subject in enumerate(subjects):
+        sub_cfg = PhantomConfig(**{**cfg.__dict__, "seed": cfg.seed + i})
+        st = write_phantom_study(root / subject, sub_cfg, subject=subject, session=session)
+        target = root / "study" / f"{subject}.ome.zarr"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            shutil.rmtree(target)
+        st.store.rename(target)
+        st = PhantomStudy(st.root, st.raw, target, st.phantom, st.landmark_csvs)
+        lm = exact_landmarks(st.phantom)
+        for ch in ("angiogram", "glioma"):
+            register(
+                target,
+                fixed=f"invivo_mri/{session}/T2w",
+                moving=f"twophoton/{session}/{ch}",
+                landmarks=lm,
+                model="tps",
+                name=f"{ch}_to_mri",
+            )
+        out.append(st)
+    return out
