@@ -133,8 +133,8 @@ def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Pa
             "spearman_rho": float(r["spearman"]["statistic"]),
             "spearman_p": float(r["spearman"]["p"]),
         }
-    longi = tables.parent / "longitudinal" if tables.name == "tables" else None
-    if longi is not None and longi.exists():
+    longi = tables / "longitudinal"
+    if longi.exists():
         ldf = read_tables(longi)
         col = "mri_z" if "mri_z" in ldf.columns else "mri"
         tl = plots.timeline(ldf, response=col, output=figs / "timeline.png")

@@ -133,3 +133,82 @@ def write_analysis_study(
             )
         out.append(st)
     return out
+
+
+@dataclass(frozen=True)
+class LongitudinalStudy:
+    """A subject imaged in several sessions; later MRIs moved by known rigid motions."""
+
+    store: Path
+    sessions: tuple[str, ...]
+    phantoms: tuple[Phantom, ...]
+    #: per session: (R, t) with first-session MRI intrinsic µm zyx p = R @ p_later + t
+    motions: tuple[tuple[np.ndarray, np.ndarray], ...]
+
+
+def _rotation_z(deg: float) -> np.ndarray:
+    a = np.deg2rad(deg)
+    r = np.eye(3)
+    r[1:, 1:] = [[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]  # about z (in the y-x plane)
+    return r
+
+
+def write_longitudinal_study(
+    root: Path,
+    *,
+    subject: str = "M001",
+    sessions: tuple[tuple[str, float], ...] = (("d060", 80.0), ("d074", 105.0)),
+    motion: tuple[float, tuple[float, float, float]] = (3.0, (10.0, -15.0, 20.0)),
+    config: PhantomConfig | None = None,
+) -> LongitudinalStudy:
+    """One subject, a session per ``(name, glioma sigma µm)``: the glioma grows, the vessels stay.
+
+    Later sessions' MRI data are resampled by a rigid motion (rotation about z by ``motion[0]``
+    degrees, ``motion[1]`` µm zyx translation, times the session index), as if the animal lay
+    differently in the scanner; their 2P images are registered with exact landmarks.
+    """
+    import dataclasses
+
+    from scipy.ndimage import affine_transform
+
+    from bridge_xr.register.scene import register
+
+    cfg = config or PhantomConfig.small()
+    store = root / "study" / f"{subject}.ome.zarr"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    phantoms, motions = [], []
+    for k, (session, sigma) in enumerate(sessions):
+        ph = make_phantom(PhantomConfig(**{**cfg.__dict__, "glioma_sigma_um": sigma}))
+        rot = _rotation_z(motion[0] * k)
+        t = np.asarray(motion[1], dtype=np.float64) * k
+        if k:
+            sp = ph.config.mri_spacing_um
+            moved = {
+                name: img.copy(
+                    data=affine_transform(
+                        np.asarray(img.values), rot, offset=t / sp, order=1, mode="nearest"
+                    )
+                )
+                for name, img in ph.mri.items()
+            }
+            ph = dataclasses.replace(ph, mri=moved)
+        files = write_raw_files(ph, root / subject / "raw" / session)
+        convert_mri(files["T2w"], store, f"invivo_mri/{session}/T2w", overwrite=True)
+        for ch in ("angiogram", "glioma"):
+            convert_microscopy(files[ch], store, f"twophoton/{session}/{ch}", overwrite=True)
+        lm = exact_landmarks(ph)
+        p = lm[["fixed_z", "fixed_y", "fixed_x"]].to_numpy()
+        p_later = (p - t) @ rot  # R^T (p - t), row vectors
+        lm[["fixed_z", "fixed_y", "fixed_x"]] = p_later
+        for ch in ("angiogram", "glioma"):
+            register(
+                store,
+                fixed=f"invivo_mri/{session}/T2w",
+                moving=f"twophoton/{session}/{ch}",
+                landmarks=lm,
+                model="tps",
+                name=f"{ch}_{session}_to_mri",
+            )
+        phantoms.append(ph)
+        motions.append((rot, t))
+    return LongitudinalStudy(store, tuple(s for s, _ in sessions), tuple(phantoms), tuple(motions))

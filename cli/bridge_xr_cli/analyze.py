@@ -213,6 +213,72 @@ def extract_study(
     out.print(f"{len(written)} partitions -> {output}")
 
 
+def _days(text: str | None) -> dict[str, float] | None:
+    if not text:
+        return None
+    out_days: dict[str, float] = {}
+    for item in text.split(","):
+        name, sep, value = item.partition("=")
+        try:
+            out_days[name.strip()] = float(value)
+        except ValueError:
+            raise InvalidInputError(
+                f"--days takes SESSION=DAY,... e.g. d060=60; got {text!r}"
+            ) from None
+        if not sep:
+            raise InvalidInputError(f"--days takes SESSION=DAY,... e.g. d060=60; got {text!r}")
+    return out_days
+
+
+@handle_errors
+def longitudinal(
+    study: Annotated[Path, typer.Argument(help="study folder of subject stores")],
+    subject: Annotated[str, typer.Option(help="subject (store name without .ome.zarr)")],
+    output: Annotated[Path, typer.Option(help="tables folder; writes OUTPUT/longitudinal/")],
+    threshold: Annotated[
+        list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
+    ] = None,
+    days: Annotated[
+        str | None, typer.Option(help="session days, e.g. d060=60,d074=74 (default: from names)")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="rigid registration metric: mi, ms, cc")] = "mi",
+    growth_channel: Annotated[str, typer.Option(help="channel whose growth is binned")] = "glioma",
+    growth_bins: Annotated[
+        str, typer.Option(help="growth-rate edges, % density per day")
+    ] = "-2,1,4,7",
+    reregister: Annotated[
+        bool, typer.Option("--reregister", help="redo the session registrations")
+    ] = False,
+) -> None:
+    """Sessions onto the first: rigid MRI registration, overlapping masks, change per day."""
+    from bridge_xr.extract.longitudinal import run_longitudinal
+    from bridge_xr.extract.study import subject_stores
+
+    stores = {s.name.split(".")[0]: s for s in subject_stores(study)}
+    if subject not in stores:
+        raise InvalidInputError(f"no subject {subject!r} in {str(study)!r}; have {sorted(stores)}")
+    with console.status(f"longitudinal {subject}"):
+        df, regs, written = run_longitudinal(
+            stores[subject],
+            output,
+            days=_days(days),
+            thresholds=parse_thresholds(threshold),
+            metric=metric,
+            growth_channel=growth_channel,
+            growth_bins=parse_bins(growth_bins) or [],
+            overwrite=reregister,
+        )
+    for r in regs:
+        out.print(
+            f"{r['name']}: rotation {r.get('rotation_deg', float('nan')):.2f} deg, "
+            f"translation {', '.join(f'{v:.1f}' for v in r.get('translation_um', []))} µm"
+        )
+    n = df.groupby("session").size()
+    out.print(
+        f"{n.iloc[0]} voxels in every session's mask, {len(n)} sessions -> {output}/longitudinal"
+    )
+
+
 @handle_errors
 def stats(
     tables: Annotated[Path, typer.Argument(help="tables folder")],
