@@ -350,14 +350,72 @@ def general_block(
 
 def _overlap_matrix(
     scale: float, offset: float, k_lo: int, k_hi: int, i_lo: int, i_hi: int
-) -> np.ndarray:
-    """(i_hi - i_lo, k_hi - k_lo) overlap lengths of microscopy voxels k with MRI voxels i (1D)."""
+) -> tuple[Any, int]:
+    """Sparse overlap lengths of microscopy voxels ``k`` with the MRI voxels ``i`` they touch.
+
+    Returns ``(W, first)``: ``W[i - first, k - k_lo]`` for the touched ``i`` (clipped to
+    ``[i_lo, i_hi)``), a CSR matrix with one or two entries per column.
+    """
+    from scipy import sparse
+
     k = np.arange(k_lo, k_hi)
     a = scale * (k - 0.5) + offset
     b = scale * (k + 0.5) + offset
     left, right = np.minimum(a, b), np.maximum(a, b)
-    i = np.arange(i_lo, i_hi)[:, None]
-    return np.clip(np.minimum(right[None], i + 1) - np.maximum(left[None], i), 0, None)
+    first = max(int(np.floor(left.min())), i_lo)
+    last = min(int(np.ceil(right.max())), i_hi)
+    if last <= first:
+        return sparse.csr_matrix((0, len(k))), first
+    rows, cols, vals = [], [], []
+    i_start = np.floor(left).astype(np.int64)
+    span = int((np.ceil(right) - i_start).max())
+    for j in range(span):
+        i = i_start + j
+        w = np.minimum(right, i + 1) - np.maximum(left, i)
+        ok = (w > 0) & (i >= first) & (i < last)
+        rows.append(i[ok] - first)
+        cols.append(np.nonzero(ok)[0])
+        vals.append(w[ok])
+    w_mat = sparse.csr_matrix(
+        (np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))),
+        shape=(last - first, len(k)),
+    )
+    return w_mat, first
+
+
+def _reduce_last_axis(
+    v: np.ndarray, scale: float, offset: float, k_lo: int, first: int, n_out: int
+) -> np.ndarray | None:
+    """``v @ W.T`` along the contiguous last axis by two segment sums (``np.add.reduceat``).
+
+    Each microscopy voxel splits between MRI cells ``i`` and ``i + 1``; returns None when one
+    spans more than two cells.
+    """
+    n = v.shape[-1]
+    k = np.arange(k_lo, k_lo + n)
+    a = scale * (k - 0.5) + offset
+    b = scale * (k + 0.5) + offset
+    left, right = np.minimum(a, b), np.maximum(a, b)
+    i0 = np.floor(left).astype(np.int64)
+    if np.any(right > i0 + 2):
+        return None
+    w_a = (np.minimum(right, i0 + 1) - left).astype(np.float32)
+    w_b = (right - left).astype(np.float32) - w_a
+    order = np.argsort(i0, kind="stable") if scale < 0 else None
+    if order is not None:
+        v, i0, w_a, w_b = v[:, order], i0[order], w_a[order], w_b[order]
+    starts = np.r_[0, np.nonzero(np.diff(i0))[0] + 1]
+    cells = i0[starts] - first
+    out = np.zeros((v.shape[0], n_out + 2), dtype=np.float32)
+    vf = v.astype(np.float32)
+    for w, shift in ((w_a, 0), (w_b, 1)):
+        if not w.any():
+            continue
+        seg = np.add.reduceat(vf * w, starts, axis=1)
+        col = cells + shift
+        ok = (col >= 0) & (col < n_out)
+        out[:, col[ok]] += seg[:, ok]
+    return out[:, :n_out]
 
 
 def separable_block(
@@ -367,11 +425,15 @@ def separable_block(
     bbox_lo: np.ndarray,
     bbox_shape: tuple[int, ...],
 ) -> np.ndarray:
-    """Exact contribution of one block when microscopy and MRI axes are aligned."""
+    """Exact contribution of one block when microscopy and MRI axes are aligned.
+
+    Three sparse products (one per axis, one or two overlaps per microscopy voxel).
+    """
     out = np.zeros((2, *bbox_shape))
-    ws = []
+    nz, ny, nx = values.shape
+    ws, firsts = [], []
     for a in range(3):
-        w = _overlap_matrix(
+        w, first = _overlap_matrix(
             diagonal[0, a],
             diagonal[1, a],
             lo[a],
@@ -380,12 +442,27 @@ def separable_block(
             int(bbox_lo[a]) + bbox_shape[a],
         )
         ws.append(w)
-    v = values.astype(np.float32)
-    s = np.tensordot(v, ws[2].astype(np.float32), axes=([2], [1]))  # (z, y, X)
-    s = np.tensordot(s, ws[1].astype(np.float32), axes=([1], [1]))  # (z, X, Y)
-    s = np.tensordot(s, ws[0].astype(np.float32), axes=([0], [1]))  # (X, Y, Z)
-    out[0] = s.transpose(2, 1, 0)
-    out[1] = np.einsum("i,j,k->ijk", ws[0].sum(1), ws[1].sum(1), ws[2].sum(1))
+        firsts.append(first)
+    n_z, n_y, n_x = (w.shape[0] for w in ws)
+    if min(n_z, n_y, n_x) == 0:
+        return out
+    v = values.reshape(nz * ny, nx)
+    s = _reduce_last_axis(v, diagonal[0, 2], diagonal[1, 2], lo[2], firsts[2], n_x)
+    if s is None:  # microscopy voxels wider than an MRI voxel: the general sparse product
+        s = np.asarray(ws[2] @ v.astype(np.float32).T).T
+    s = s.T.reshape(n_x, nz, ny).transpose(2, 0, 1).reshape(ny, n_x * nz)
+    s = np.asarray(ws[1] @ s)  # (Y, X*z)
+    s = s.reshape(n_y, n_x, nz).transpose(2, 0, 1).reshape(nz, n_y * n_x)
+    s = np.asarray(ws[0] @ s).reshape(n_z, n_y, n_x)  # (Z, Y, X)
+    rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
+    sl = tuple(slice(r, r + n) for r, n in zip(rel, (n_z, n_y, n_x), strict=True))
+    out[0][sl] = s
+    out[1][sl] = np.einsum(
+        "i,j,k->ijk",
+        np.asarray(ws[0].sum(axis=1)).ravel(),
+        np.asarray(ws[1].sum(axis=1)).ravel(),
+        np.asarray(ws[2].sum(axis=1)).ravel(),
+    )
     return out
 
 
@@ -405,6 +482,19 @@ def _bbox(fp: Footprint, node_val: np.ndarray) -> tuple[np.ndarray, tuple[int, i
     return lo, tuple(int(v) for v in hi - lo)  # type: ignore[return-value]
 
 
+def _inner_chunked(st: Any, path: str, img: xr.DataArray) -> da.Array:
+    """The level-0 array read by its inner (not shard) chunks, so reads run in parallel."""
+    import zarr
+
+    from bridge_xr.io.ome_zarr import open_group, read_multiscale_info
+
+    group = open_group(st, path)
+    arr = group[read_multiscale_info(group).level_paths[0]]
+    if not isinstance(arr, zarr.Array) or tuple(arr.shape) != tuple(img.sizes.values()):
+        return img.data
+    return da.from_zarr(arr, chunks=arr.chunks)
+
+
 def footprint_sums(
     store: StoreLike,
     *,
@@ -421,28 +511,33 @@ def footprint_sums(
     if force_general:
         fp = Footprint(**{**fp.__dict__, "diagonal": None})
     mic = read_image(st, microscopy)
+    data = _inner_chunked(st, microscopy, mic)
     if "c" in mic.dims:
         if channel is None:
             raise InvalidInputError(
                 f"{microscopy!r} has channels {list(mic.c.values)}; choose one with --channel"
             )
-        mic = mic.isel(c=channel) if isinstance(channel, int) else mic.sel(c=str(channel))
+        names = [str(v) for v in mic.c.values]
+        if not isinstance(channel, int) and str(channel) not in names:
+            raise InvalidInputError(f"{microscopy!r} has no channel {channel!r}; it has {names}")
+        ci = channel if isinstance(channel, int) else names.index(str(channel))
+        data = data[ci] if mic.dims.index("c") == 0 else mic.isel(c=ci).data
+        mic = mic.isel(c=ci)
     if any(str(d) not in ("z", "y", "x") for d in mic.dims):
         raise InvalidInputError(f"{microscopy!r} has dims {mic.dims}; expected (c,) z, y, x")
-    data = mic.data
     kind = mic.attrs.get("bridge_xr", {}).get("kind", "image")
     if threshold is not None:
         data = (data > threshold).astype(np.float32)
     elif kind == "labels":
         data = (data > 0).astype(np.float32)
-    # blocks: whole storage chunks, split along z/y until about block_voxels each
+    # blocks: storage (inner) chunks, merged along x then y up to about block_voxels each
     bz, by, bx = (int(c[0]) for c in data.chunks)
-    while bz * by * bx > block_voxels and (bz > 1 or by > 64):
-        if bz > 8:
-            bz = max(1, bz // 2)
-        else:
-            by = max(64, by // 2)
-    data = data.rechunk((bz, by, bx))
+    nz_, ny_, nx_ = data.shape
+    while bz * by * bx * 2 <= block_voxels and bx < nx_:
+        bx *= 2
+    while bz * by * bx * 2 <= block_voxels and by < ny_:
+        by *= 2
+    data = data.rechunk((bz, min(by, ny_), min(bx, nx_)))
     shape = tuple(int(s) for s in data.shape)
     node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
     bbox_lo, bbox_shape = _bbox(fp, node_val)

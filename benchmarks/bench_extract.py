@@ -1,0 +1,286 @@
+"""Density extraction: a 2P-like binary mask (uint8, 3 x 1.1838 x 1.1838 µm) into a 25 µm MRI grid.
+
+Cases (each in its own process, so peak RSS is its own):
+
+* ``bridge_xr``     : ``bridge_xr.extract.density`` — exact footprint fractions (here the
+                      registration is axis-aligned with a non-integer offset, so the separable
+                      exact path runs), lazily, dask threads;
+* ``sitk-paper``    : what the paper did with Slicer + Fiji, in SimpleITK: the whole mask read into
+                      memory, ``Resample`` (linear) through the registration onto the MRI grid
+                      upsampled to the 2P pixel size, then downsampled to 25 µm by linear
+                      interpolation (Fiji's bilinear scaling);
+* ``sitk-direct``   : ``Resample`` (linear) of the in-memory mask straight onto the 25 µm grid
+                      (point samples, the cheapest thing a user can do; not a fraction);
+* ``bridge_xr-general`` : the general (tetrahedral clipping) path on a sample of blocks,
+                      extrapolated — the cost when the registration is a rotation or a TPS.
+
+Each baseline's fractions are compared with bridge_xr's (mean and max absolute difference), and
+the general path's block sums with the separable path's on the same blocks (exactness check).
+
+Usage: ``python -m benchmarks.bench_extract [--sizes 0.25 0.5 1]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SPACING = (3.0, 1.1838, 1.1838)  # z, y, x µm
+MRI_UM = 25.0
+OFFSET_UM = (3.3, -7.1, 5.7)  # MRI µm xyz -> mask µm xyz translation (non-integer)
+
+
+def _shape(size_gib: float) -> tuple[int, int, int]:
+    yx = 2048
+    return (max(8, int(round(size_gib * 2**30 / (yx * yx)))), yx, yx)
+
+
+def _vessels(block: np.ndarray, block_info: Any = None) -> np.ndarray:
+    """A deterministic tube-like binary pattern (~10 % foreground), computed per block."""
+    loc = block_info[None]["array-location"]
+    z, y, x = np.meshgrid(*(np.arange(a, b, dtype=np.float32) for a, b in loc), indexing="ij")
+    z, y, x = z * SPACING[0], y * SPACING[1], x * SPACING[2]
+    f = np.sin(x / 9.0 + 0.3 * np.sin(z / 40.0)) + np.sin(y / 13.0) + np.sin((z + x) / 17.0)
+    return (f > 1.6).astype(np.uint8)
+
+
+def build(workdir: Path, size_gib: float) -> Path:
+    import dask.array as da
+    import pandas as pd
+
+    from bridge_xr.io.scene import add_image
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.metadata import ImageMetadata, Provenance
+    from bridge_xr.register.models import LinearModel
+    from bridge_xr.register.scene import register
+
+    store = workdir / f"extract_{size_gib:g}GiB.ome.zarr"
+    if (store / "zarr.json").exists():
+        return store
+    shape = _shape(size_gib)
+    ext = np.array(shape) * SPACING
+    mshape = tuple(int(np.ceil(e / MRI_UM)) + 2 for e in ext)
+    mri = make_image(
+        np.zeros(mshape, np.float32),
+        dims="zyx",
+        spacing=(MRI_UM / 1000,) * 3,
+        origin=(-0.02, -0.02, -0.02),
+        unit="mm",
+    )
+    add_image(
+        str(store),
+        mri,
+        ImageMetadata(path="mri/T2w", modality="mri", provenance=Provenance.now("bench")),
+        shards=False,
+    )
+    mask = da.zeros(shape, dtype=np.uint8, chunks=(32, 1024, 1024)).map_blocks(
+        _vessels, dtype=np.uint8
+    )
+    add_image(
+        str(store),
+        make_image(mask, dims="zyx", spacing=SPACING, unit="um"),
+        ImageMetadata(path="twop/mask", modality="twophoton", provenance=Provenance.now("bench")),
+        levels=1,
+    )
+    model = LinearModel("affine", np.eye(3), np.asarray(OFFSET_UM))
+    pts = np.random.default_rng(0).uniform(0, 500, size=(4, 3))
+    mov = model.forward_points(pts)
+    lm = pd.DataFrame(
+        {
+            "name": [f"L{i}" for i in range(4)],
+            **{f"moving_{a}": mov[:, i] for i, a in enumerate("xyz")},
+            **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
+        }
+    )
+    register(str(store), fixed="mri/T2w", moving="twop/mask", landmarks=lm, model="affine",
+             name="aligned", precomputed=(model, {"model": "affine"}))  # fmt: skip
+    return store
+
+
+def case_bridge(store: Path, out: Path) -> dict[str, Any]:
+    import dask
+
+    from bridge_xr.extract.footprint import density
+
+    t0 = time.perf_counter()
+    ds = density(str(store), microscopy="twop/mask", mri="mri/T2w")
+    with dask.config.set(scheduler="threads"):
+        frac, cov = dask.compute(ds["fraction"].data, ds["coverage"].data)
+    wall = time.perf_counter() - t0
+    np.save(out / "bridge_fraction.npy", frac)
+    np.save(out / "bridge_coverage.npy", cov)
+    return {"wall_s": wall, "path": ds.attrs["density"]["path"], "mri_voxels": int(frac.size)}
+
+
+def _sitk_images(store: Path) -> tuple[Any, Any, Any]:
+    import SimpleITK as sitk
+    import zarr
+
+    arr = zarr.open_array(str(store / "twop/mask/s0"), mode="r")
+    mov = sitk.GetImageFromArray(arr[...])
+    mov.SetSpacing(SPACING[::-1])
+    mri = zarr.open_array(str(store / "mri/T2w/s0"), mode="r")
+    ref = sitk.Image(mri.shape[2], mri.shape[1], mri.shape[0], sitk.sitkFloat32)
+    ref.SetSpacing((MRI_UM,) * 3)
+    ref.SetOrigin((-20.0, -20.0, -20.0))
+    tx = sitk.TranslationTransform(3, OFFSET_UM)
+    return mov, ref, tx
+
+
+def case_sitk_direct(store: Path, out: Path) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    mov, ref, tx = _sitk_images(store)
+    res = sitk.Resample(sitk.Cast(mov, sitk.sitkFloat32), ref, tx, sitk.sitkLinear, 0.0)
+    wall = time.perf_counter() - t0
+    np.save(out / "sitk-direct_fraction.npy", sitk.GetArrayFromImage(res))
+    return {"wall_s": wall}
+
+
+def case_sitk_paper(store: Path, out: Path) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    mov, ref, tx = _sitk_images(store)
+    size = ref.GetSize()
+    fine_sp = (SPACING[2], SPACING[1], SPACING[0])
+    fine_size = [int(np.ceil(size[i] * MRI_UM / fine_sp[i])) for i in range(3)]
+    fine = sitk.Image(fine_size, sitk.sitkUInt8)
+    fine.SetSpacing(fine_sp)
+    fine.SetOrigin(
+        tuple(o - MRI_UM / 2 + s / 2 for o, s in zip(ref.GetOrigin(), fine_sp, strict=True))
+    )
+    registered = sitk.Resample(mov, fine, tx, sitk.sitkLinear, 0)  # Slicer "Resample Scalar Volume"
+    down = sitk.Resample(
+        sitk.Cast(registered, sitk.sitkFloat32), ref, sitk.Transform(), sitk.sitkLinear, 0.0
+    )  # Fiji bilinear scaling to the MRI voxel size
+    wall = time.perf_counter() - t0
+    np.save(out / "sitk-paper_fraction.npy", sitk.GetArrayFromImage(down))
+    return {"wall_s": wall}
+
+
+def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
+    """The general path on a few (16, 256, 256) blocks; extrapolated; checked against separable."""
+    import zarr
+
+    from bridge_xr.extract import footprint as fp_mod
+
+    fp = fp_mod.plan_footprint(str(store), "twop/mask", "mri/T2w")
+    arr = zarr.open_array(str(store / "twop/mask/s0"), mode="r")
+    shape = arr.shape
+    node_idx, node_val = fp_mod.corner_nodes(fp, shape)
+    bbox_lo, bbox_shape = fp_mod._bbox(fp, node_val)
+    wall, nvox, worst = 0.0, 0, 0.0
+    for b in range(n_blocks):
+        lo = (min(b * 16, shape[0] - 16), 512 + 256 * b, 768)
+        hi = (lo[0] + 16, lo[1] + 256, lo[2] + 256)
+        vals = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        t0 = time.perf_counter()
+        corners = fp_mod.block_corners(node_idx, node_val, lo, hi)
+        g = fp_mod.general_block(vals, corners, bbox_lo, bbox_shape)
+        wall += time.perf_counter() - t0
+        s = fp_mod.separable_block(vals, fp.diagonal, lo, bbox_lo, bbox_shape)
+        worst = max(worst, float(np.abs(g - s).max()))
+        nvox += vals.size
+    total = int(np.prod(shape))
+    return {
+        "wall_s": wall * total / nvox,
+        "extrapolated_from_voxels": nvox,
+        "max_abs_diff_vs_separable_voxel_volumes": worst,
+    }
+
+
+def _peak_rss_mib() -> float:
+    """This process's own high-water mark (VmHWM; ru_maxrss can carry the parent's over fork)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
+    out.mkdir(parents=True, exist_ok=True)
+    fn = {
+        "bridge_xr": case_bridge,
+        "sitk-paper": case_sitk_paper,
+        "sitk-direct": case_sitk_direct,
+        "bridge_xr-general": case_general,
+    }[case]
+    res = fn(store, out)
+    res["case"] = case
+    res["peak_rss_mib"] = _peak_rss_mib()
+    return res
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", type=float, nargs="*", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
+    ap.add_argument("--case", help=argparse.SUPPRESS)
+    ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case, args.store, args.workdir / "extract-out")))
+        return 0
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    for size in args.sizes:
+        store = build(args.workdir, size)
+        cases = ["bridge_xr"]
+        if size == max(args.sizes):
+            cases += ["sitk-paper", "sitk-direct", "bridge_xr-general"]
+        for case in cases:
+            done = subprocess.run(
+                [sys.executable, "-m", "benchmarks.bench_extract", "--case", case,
+                 "--store", str(store), "--workdir", str(args.workdir)],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if done.returncode:
+                print(f"{case} @ {size} GiB failed:\n{done.stderr[-1500:]}")
+                continue
+            res = json.loads(done.stdout.strip().splitlines()[-1])
+            results[f"{case}@{size:g}"] = res
+            print(f"{size:>5g} GiB {case:<18} {res['wall_s']:8.1f} s  peak {res['peak_rss_mib']:6.0f} MiB"
+                  + (f"  ({res['path']} path)" if "path" in res else ""), flush=True)  # fmt: skip
+        if size == max(args.sizes):
+            ours = results.get(f"bridge_xr@{size:g}")
+            exact = np.load(args.workdir / "extract-out" / "bridge_fraction.npy")
+            for base in ("sitk-paper", "sitk-direct", "bridge_xr-general"):
+                b = results.get(f"{base}@{size:g}")
+                if not (ours and b):
+                    continue
+                line = f"  {base} / bridge_xr time: {b['wall_s'] / ours['wall_s']:.2f}x"
+                if "max_abs_diff_vs_separable_voxel_volumes" in b:
+                    line += f"; max |general - separable| {b['max_abs_diff_vs_separable_voxel_volumes']:.2e}"
+                f = args.workdir / "extract-out" / f"{base}_fraction.npy"
+                if f.exists():
+                    other = np.load(f)
+                    cov = np.load(args.workdir / "extract-out" / "bridge_coverage.npy")
+                    ok = cov > 0.999  # MRI voxels the mask covers completely
+                    d = np.abs(other[ok] - exact[ok])
+                    line += f"; |fraction - exact| mean {d.mean():.4f}, max {d.max():.3f}"
+                    results[f"{base}_fraction_error"] = {
+                        "mean": float(d.mean()),
+                        "max": float(d.max()),
+                    }
+                print(line)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
