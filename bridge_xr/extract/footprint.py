@@ -383,41 +383,6 @@ def _overlap_matrix(
     return w_mat, first
 
 
-def _reduce_last_axis(
-    v: np.ndarray, scale: float, offset: float, k_lo: int, first: int, n_out: int
-) -> np.ndarray | None:
-    """``v @ W.T`` along the contiguous last axis by two segment sums (``np.add.reduceat``).
-
-    Each microscopy voxel splits between MRI cells ``i`` and ``i + 1``; returns None when one
-    spans more than two cells.
-    """
-    n = v.shape[-1]
-    k = np.arange(k_lo, k_lo + n)
-    a = scale * (k - 0.5) + offset
-    b = scale * (k + 0.5) + offset
-    left, right = np.minimum(a, b), np.maximum(a, b)
-    i0 = np.floor(left).astype(np.int64)
-    if np.any(right > i0 + 2):
-        return None
-    w_a = (np.minimum(right, i0 + 1) - left).astype(np.float32)
-    w_b = (right - left).astype(np.float32) - w_a
-    order = np.argsort(i0, kind="stable") if scale < 0 else None
-    if order is not None:
-        v, i0, w_a, w_b = v[:, order], i0[order], w_a[order], w_b[order]
-    starts = np.r_[0, np.nonzero(np.diff(i0))[0] + 1]
-    cells = i0[starts] - first
-    out = np.zeros((v.shape[0], n_out + 2), dtype=np.float32)
-    vf = v.astype(np.float32)
-    for w, shift in ((w_a, 0), (w_b, 1)):
-        if not w.any():
-            continue
-        seg = np.add.reduceat(vf * w, starts, axis=1)
-        col = cells + shift
-        ok = (col >= 0) & (col < n_out)
-        out[:, col[ok]] += seg[:, ok]
-    return out[:, :n_out]
-
-
 def separable_block(
     values: np.ndarray,
     diagonal: np.ndarray,
@@ -446,10 +411,9 @@ def separable_block(
     n_z, n_y, n_x = (w.shape[0] for w in ws)
     if min(n_z, n_y, n_x) == 0:
         return out
-    v = values.reshape(nz * ny, nx)
-    s = _reduce_last_axis(v, diagonal[0, 2], diagonal[1, 2], lo[2], firsts[2], n_x)
-    if s is None:  # microscopy voxels wider than an MRI voxel: the general sparse product
-        s = np.asarray(ws[2] @ v.astype(np.float32).T).T
+    # x (contiguous, the full data): one small dense float32 GEMM; y and z on the reduced data
+    v = values.reshape(nz * ny, nx).astype(np.float32)
+    s = v @ ws[2].toarray().astype(np.float32).T  # (z*y, X)
     s = s.T.reshape(n_x, nz, ny).transpose(2, 0, 1).reshape(ny, n_x * nz)
     s = np.asarray(ws[1] @ s)  # (Y, X*z)
     s = s.reshape(n_y, n_x, nz).transpose(2, 0, 1).reshape(nz, n_y * n_x)
@@ -493,6 +457,17 @@ def _inner_chunked(st: Any, path: str, img: xr.DataArray) -> da.Array:
     if not isinstance(arr, zarr.Array) or tuple(arr.shape) != tuple(img.sizes.values()):
         return img.data
     return da.from_zarr(arr, chunks=arr.chunks)
+
+
+def _sum_slabs(slabs: list[tuple[int, int, da.Array]], bbox_shape: tuple[int, ...]) -> da.Array:
+    """Add z-slab partials (each placed at its own depth) into the bounding box."""
+    padded = [da.pad(s, ((0, 0), (b, a), (0, 0), (0, 0))) for b, a, s in slabs]
+    while len(padded) > 1:  # a balanced tree of additions
+        padded = [
+            padded[i] + padded[i + 1] if i + 1 < len(padded) else padded[i]
+            for i in range(0, len(padded), 2)
+        ]
+    return padded[0].rechunk((2, *bbox_shape))
 
 
 def footprint_sums(
@@ -539,29 +514,66 @@ def footprint_sums(
         by *= 2
     data = data.rechunk((bz, min(by, ny_), min(bx, nx_)))
     shape = tuple(int(s) for s in data.shape)
-    node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
+    if fp.diagonal is not None:  # the mapping is exact per axis: corner nodes only
+        node_idx = [np.array([0, n]) for n in shape]
+        ends = [fp.diagonal[0, a] * (node_idx[a] - 0.5) + fp.diagonal[1, a] for a in range(3)]
+        node_val = np.stack(np.meshgrid(*ends, indexing="ij"))
+        step_z = 1
+    else:
+        node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
+        step_z = int(np.diff(node_idx[0]).max(initial=1))
     bbox_lo, bbox_shape = _bbox(fp, node_val)
     nodes_key = dask.delayed(node_val, pure=True)
-    parts = []
     offsets = [np.cumsum((0, *c)) for c in data.chunks]
-    for idx in itertools.product(*(range(len(c)) for c in data.chunks)):
-        lo = tuple(int(offsets[a][i]) for a, i in enumerate(idx))
-        hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
-        block = data.blocks[idx]
+    blocks = data.to_delayed(optimize_graph=False)
+    # one partial per z-slab of blocks, each only as deep (in MRI z) as that slab reaches, so
+    # memory stays at a few MRI slices per task whatever the volume
+    slabs = []
+    for iz in range(len(data.chunks[0])):
+        z0, z1 = int(offsets[0][iz]), int(offsets[0][iz + 1])
         if fp.diagonal is not None:
-            part = dask.delayed(separable_block)(block, fp.diagonal, lo, bbox_lo, bbox_shape)
+            zvals = fp.diagonal[0, 0] * (np.array([z0, z1]) - 0.5) + fp.diagonal[1, 0]
         else:
-            corners = dask.delayed(block_corners)(node_idx, nodes_key, lo, hi)
-            part = dask.delayed(general_block)(block, corners, bbox_lo, bbox_shape)
-        parts.append(da.from_delayed(part, shape=(2, *bbox_shape), dtype=np.float64))
-    total = da.stack(parts).sum(axis=0, split_every=8)
+            rows = (node_idx[0] >= z0 - step_z) & (node_idx[0] <= z1 + step_z)
+            zvals = node_val[0][rows]
+            zvals = zvals[np.isfinite(zvals)]
+        if zvals.size == 0:
+            continue
+        s_lo = max(int(np.floor(zvals.min())) - 1, int(bbox_lo[0]))
+        s_hi = min(int(np.ceil(zvals.max())) + 1, int(bbox_lo[0]) + bbox_shape[0])
+        if s_hi <= s_lo:
+            continue
+        slab_lo = np.array([s_lo, bbox_lo[1], bbox_lo[2]])
+        slab_shape = (s_hi - s_lo, bbox_shape[1], bbox_shape[2])
+        parts = []
+        for iy, ix in itertools.product(range(len(data.chunks[1])), range(len(data.chunks[2]))):
+            idx = (iz, iy, ix)
+            lo = tuple(int(offsets[a][i]) for a, i in enumerate(idx))
+            hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
+            block = blocks[idx]
+            if fp.diagonal is not None:
+                part = dask.delayed(separable_block)(block, fp.diagonal, lo, slab_lo, slab_shape)
+            else:
+                corners = dask.delayed(block_corners)(node_idx, nodes_key, lo, hi)
+                part = dask.delayed(general_block)(block, corners, slab_lo, slab_shape)
+            parts.append(da.from_delayed(part, shape=(2, *slab_shape), dtype=np.float64))
+        slab = da.stack(parts).sum(axis=0, split_every=8)
+        before = s_lo - int(bbox_lo[0])
+        after = int(bbox_lo[0]) + bbox_shape[0] - s_hi
+        slabs.append((before, after, slab))
+    if not slabs:
+        raise InvalidInputError(
+            "the microscopy image does not overlap the MRI through the registration"
+        )
+    total = _sum_slabs(slabs, bbox_shape)
+    n_blocks = int(np.prod([len(c) for c in data.chunks]))
     info = {
         "microscopy": microscopy,
         "mri": mri,
         "path": "separable" if fp.diagonal is not None else "general",
         "chain": [type(m).__name__ + ("" if f else "^-1") for m, f in fp.models],
         "threshold": threshold,
-        "blocks": len(parts),
+        "blocks": n_blocks,
     }
     return total, bbox_lo, info
 
