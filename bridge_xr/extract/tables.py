@@ -174,6 +174,7 @@ def analysis_mask(
     min_coverage: float = 0.999,
     nagm_output: str | None = None,
     overwrite: bool = False,
+    method: Method = "exact",
 ) -> dict[str, int]:
     """Label image on the MRI grid: 0 excluded, 1 normal-appearing grey matter, 2 glioma.
 
@@ -191,7 +192,7 @@ def analysis_mask(
     for path, thr in ((vessels, vessel_threshold), (tumour, tumour_threshold)):
         if not path:
             continue
-        ds = density(st, microscopy=path, mri=mri, threshold=thr)
+        ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method)
         cov = ds["coverage"].data.rechunk(ref.data.chunks)
         frac = ds["fraction"].data.rechunk(ref.data.chunks)
         keep &= cov >= min_coverage
@@ -200,7 +201,7 @@ def analysis_mask(
         else:
             glioma |= da.where(da.isnan(frac), 0.0, frac) > 0
     for art in artefacts:
-        ds = density(st, microscopy=art, mri=mri, threshold=0.0)
+        ds = density(st, microscopy=art, mri=mri, threshold=0.0, method=method)
         art_frac = ds["fraction"].data.rechunk(ref.data.chunks)
         keep &= ~(da.where(da.isnan(art_frac), 0.0, art_frac) > 0)
     labels = da.where(keep, da.where(glioma, GLIOMA, NAGM), 0).astype(np.uint8)
@@ -213,6 +214,7 @@ def analysis_mask(
         "tumour_threshold": tumour_threshold,
         "artefacts": list(artefacts),
         "min_coverage": min_coverage,
+        "method": method,
     }
     write_on_grid_of(
         st,

@@ -243,8 +243,13 @@ def resample_through(
     level: int | None = None,
     chunks: tuple[int, int, int] = (32, 128, 128),
     max_error_voxels: float = 0.1,
+    nan_outside: bool = False,
 ) -> xr.DataArray:
-    """Resample ``moving`` onto ``grid`` through explicit hops (output µm xyz -> moving µm xyz)."""
+    """Resample ``moving`` onto ``grid`` through explicit hops (output µm xyz -> moving µm xyz).
+
+    ``nan_outside``: float32 output, NaN where a voxel centre falls outside the moving image (or
+    where a TPS has no inverse) instead of 0, so callers can tell "no data" from "zero".
+    """
     store = resolve_store(where)
     out_fac = conversion_factor(grid.unit, "micrometer")
     out_sp_um = np.asarray(grid.spacing) * out_fac
@@ -268,18 +273,31 @@ def resample_through(
     g_org_um = np.asarray(grid.origin) * out_fac
     may_nan = any(isinstance(m, ThinPlateSpline) and not fwd for m, fwd in models)
 
+    out_dtype = np.dtype(np.float32) if nan_outside else mov.dtype
+
     def block(template: np.ndarray, block_info: Any = None) -> np.ndarray:
+        result, inside = _block(block_info)
+        if not nan_outside:
+            return result
+        res = result.astype(np.float32)
+        res[..., ~inside] = np.nan
+        return res
+
+    def _block(block_info: Any) -> tuple[np.ndarray, np.ndarray]:
         loc = block_info[0]["array-location"][-3:]
         axes = [g_org_um[i] + np.arange(a, b) * out_sp_um[i] for i, (a, b) in enumerate(loc)]
         shape = tuple(len(a) for a in axes)
         coords = _map_block(models, axes, max_err_um)  # (3, *shape) zyx µm in the moving image
         idx = [(coords[i] - m_org[i]) / m_sp[i] for i in range(3)]
+        inside = np.ones(shape, dtype=bool)
+        for i in range(3):
+            inside &= np.isfinite(idx[i]) & (idx[i] >= -0.5) & (idx[i] <= arr.shape[-3 + i] - 0.5)
         out = np.zeros((n_c, *shape), dtype=mov.dtype)
         finite = None
         if may_nan:
             finite = np.isfinite(idx[0]) & np.isfinite(idx[1]) & np.isfinite(idx[2])
             if not finite.any():
-                return out if channel_axis is not None else out[0]
+                return (out if channel_axis is not None else out[0]), inside
             for i in range(3):
                 idx[i] = np.where(finite, idx[i], np.nanmin(idx[i]))
         lo = np.array([max(int(np.floor(v.min())) - pad, 0) for v in idx])
@@ -288,7 +306,7 @@ def resample_through(
             np.asarray(arr.shape[-3:]),
         )
         if np.any(hi <= lo):
-            return out if channel_axis is not None else out[0]
+            return (out if channel_axis is not None else out[0]), inside
         sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
         sub = np.asarray(arr[(slice(None), *sl)] if channel_axis is not None else arr[sl])
         sub = sub if channel_axis is not None else sub[None]
@@ -308,7 +326,7 @@ def resample_through(
                 info_i = np.iinfo(out.dtype)
                 vals = np.clip(np.round(vals), info_i.min, info_i.max)
             out[c] = vals
-        return out if channel_axis is not None else out[0]
+        return (out if channel_axis is not None else out[0]), inside
 
     out_shape = grid.shape if channel_axis is None else (n_c, *grid.shape)
     out_chunks = tuple(min(c, n) for c, n in zip(chunks, grid.shape, strict=True))
@@ -316,7 +334,7 @@ def resample_through(
         out_chunks = (n_c, *out_chunks)
     template = da.zeros(out_shape, dtype=mov.dtype, chunks=out_chunks)
     data = template.map_blocks(
-        block, dtype=mov.dtype, meta=np.empty((0,) * len(out_shape), mov.dtype)
+        block, dtype=out_dtype, meta=np.empty((0,) * len(out_shape), out_dtype)
     )
     dims = ("c", "z", "y", "x") if channel_axis is not None else ("z", "y", "x")
     names = [str(v) for v in mov.c.values] if channel_axis is not None else None

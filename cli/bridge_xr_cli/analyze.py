@@ -40,8 +40,8 @@ def parse_bins(text: str | None) -> list[float] | None:
 
 
 def _method(text: str) -> str:
-    if text not in ("exact", "bilinear"):
-        raise InvalidInputError(f"--method is exact or bilinear; got {text!r}")
+    if text not in ("exact", "resliced", "bilinear"):
+        raise InvalidInputError(f"--method is exact, resliced or bilinear; got {text!r}")
     return text
 
 
@@ -100,6 +100,9 @@ def mask(
     nagm_output: Annotated[
         str | None, typer.Option(help="also write the normal-appearing grey matter mask here")
     ] = None,
+    method: Annotated[
+        str, typer.Option(help="density: exact (footprint) or resliced (fast)")
+    ] = "exact",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Analysis mask on the MRI grid from microscopy: 0 excluded, 1 NAGM (w/o glioma), 2 glioma."""
@@ -118,6 +121,7 @@ def mask(
         min_coverage=min_coverage,
         nagm_output=nagm_output,
         overwrite=overwrite,
+        method=_method(method),  # type: ignore[arg-type]
     )
     out.print(
         f"{output}: {counts['nagm']} NAGM, {counts['glioma']} glioma, "
@@ -141,7 +145,12 @@ def extract(
     threshold: Annotated[
         list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
     ] = None,
-    method: Annotated[str, typer.Option(help="exact (footprint) or bilinear (paper)")] = "exact",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="exact (footprint), resliced (fast, nearest reslice + exact) or bilinear (paper)"
+        ),
+    ] = "exact",
     bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
     subject: Annotated[str | None, typer.Option(help="subject name (default: store name)")] = None,
     session: Annotated[str | None, typer.Option(help="session (default: the MRI's)")] = None,
@@ -178,7 +187,12 @@ def extract_study(
     threshold: Annotated[
         list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
     ] = None,
-    method: Annotated[str, typer.Option(help="exact (footprint) or bilinear (paper)")] = "exact",
+    method: Annotated[
+        str,
+        typer.Option(
+            help="exact (footprint), resliced (fast, nearest reslice + exact) or bilinear (paper)"
+        ),
+    ] = "exact",
     bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
     workers: Annotated[
         int, typer.Option(help="start a local dask-distributed cluster with this many processes")

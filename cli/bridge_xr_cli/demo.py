@@ -36,14 +36,14 @@ def main(
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     steps: dict[str, Any] = {}
-    with console.status("1/6 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
+    with console.status("1/8 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
         study = write_phantom_study(out_dir, cfg)
     steps["phantom"] = phantom_summary(study.phantom)
-    with console.status("2/6 describing the subject store"):
+    with console.status("2/8 describing the subject store"):
         info = describe(study.store)
         (out_dir / "report").mkdir()
         (out_dir / "report" / "info.json").write_text(json.dumps(info, indent=2))
-    with console.status("3/6 NIfTI round trip and OME-Zarr 0.5 export"):
+    with console.status("3/8 NIfTI round trip and OME-Zarr 0.5 export"):
         rt = export_nifti(
             study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz"
         )
@@ -58,11 +58,17 @@ def main(
             "twophoton/d060/angiogram",
             str(out_dir / "report" / "angiogram_v05.ome.zarr"),
         )
-    with console.status("4/6 registration: TPS from rater 1, model comparison, inter-rater"):
+    with console.status("4/8 registration: TPS from rater 1, model comparison, inter-rater"):
         steps["registration"] = _registration(study, out_dir / "report")
-    with console.status("5/6 resampling 2P channels onto the MRI grid, QC figure"):
+    with console.status("5/8 resampling 2P channels onto the MRI grid, QC figure"):
         steps["resample"] = _resample(study, out_dir / "report")
-    with console.status("6/6 validating the whole store with ngff-zarr and ome-zarr-models"):
+    with console.status(
+        "6/8 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
+    ):
+        steps["correlation"] = _correlation(study, out_dir, compare_exact=size == "tiny")
+    with console.status("7/8 longitudinal: two sessions, rigid session registration, growth"):
+        steps["longitudinal"] = _longitudinal(out_dir, seed)
+    with console.status("8/8 validating the whole store with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 
@@ -92,7 +98,18 @@ def main(
         f"{steps['registration']['best_model']}. The 2P channels were resampled onto the MRI grid "
         f"(correlation of registered angiogram with true vessel fraction r = "
         f"{steps['resample']['r_vessel_fraction']:.2f}). "
-        f"Report: {out_dir / 'report'} ({elapsed:.1f} s)."
+        f"Voxel correlation ({steps['correlation']['voxels']} MRI voxels, exact footprint "
+        f"densities): vessel fraction vs truth r = {steps['correlation']['r_vessel_truth']:.2f}; "
+        f"T2w z-score vs vessel density: Spearman rho "
+        f"{steps['correlation']['vessel_rho']:.2f} (Kruskal-Wallis p = "
+        f"{steps['correlation']['vessel_kw_p']:.1e}); vs glioma density in voxels with < 5 % "
+        f"vessel: rho {steps['correlation']['glioma_rho']:.2f} "
+        f"(p = {steps['correlation']['glioma_kw_p']:.1e}). "
+        f"Longitudinal: session motion recovered to {steps['longitudinal']['motion_error_um']:.1f} µm, "
+        f"glioma density +{steps['longitudinal']['mean_growth_percent_per_day']:.2f} %/day in "
+        f"{steps['longitudinal']['voxels']} voxels. "
+        f"Report: {out_dir / 'report'} (study report: {steps['correlation']['report']}; "
+        f"{elapsed:.1f} s)."
     )
     if steps["validation"] not in ("passed",) and not str(steps["validation"]).startswith(
         "skipped"
@@ -191,6 +208,107 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
         tiles=10,
     )
     return {"r_vessel_fraction": float(np.corrcoef(vf[covered], vessel[covered])[0, 1])}
+
+
+def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str, Any]:
+    """Masks, NAGM z-score and tables with the fast ``resliced`` densities (nearest reslice of the
+    2P through the TPS, then exact integration); on the tiny phantom also the ``exact`` footprint
+    integration of the angiogram, to show how close the two are."""
+    from bridge_xr.extract.study import extract_study
+    from bridge_xr.extract.tables import (
+        DENSITY_BINS,
+        analysis_mask,
+        read_tables,
+        zscore_normalize,
+    )
+    from bridge_xr.stats.report import write_report
+
+    mri = "invivo_mri/d060/T2w"
+    thresholds = {"angiogram": 1000.0, "glioma": 900.0}
+    counts = analysis_mask(
+        study.store,
+        mri=mri,
+        output="masks/d060/analysis",
+        vessels="twophoton/d060/angiogram",
+        vessel_threshold=thresholds["angiogram"],
+        vessel_max=1.0,
+        tumour="twophoton/d060/glioma",
+        tumour_threshold=thresholds["glioma"],
+        nagm_output="masks/d060/nagm",
+        method="resliced",
+    )
+    zscore_normalize(study.store, image=mri, reference_mask="masks/d060/nagm", image_out=f"{mri}_z")
+    tables = study.store.parent / "tables"
+    extract_study(
+        study.store.parent, tables, thresholds=thresholds, method="resliced", overwrite=True
+    )
+    report = write_report(study.store.parent, out_dir / "report" / "study")
+    summary = json.loads((report.parent / "summary.json").read_text())
+    df = read_tables(tables)
+    full = df[df["coverage_angiogram"] > 0.999]
+    truth = study.phantom.vessel_fraction[full.z, full.y, full.x]
+    from bridge_xr.stats.tests import run_test
+
+    ch = summary["channels"]
+    # glioma against T2w where vessels do not confound it (< 5 % vessel volume), as the paper's
+    # masks excluded vessels
+    low = df[df["fraction_angiogram"] < 0.05]
+    g_om, _ = run_test(
+        low, response="mri_z", by="fraction_glioma", test="kruskal-dunn", bins=DENSITY_BINS
+    )
+    g_rho, _ = run_test(low, response="mri_z", by="fraction_glioma", test="spearman")
+    exact_vs_resliced = None
+    if compare_exact:
+        from bridge_xr.extract.footprint import density
+
+        kw = {"microscopy": "twophoton/d060/angiogram", "mri": mri, "threshold": 1000.0}
+        ex = density(study.store, method="exact", **kw)  # type: ignore[arg-type]
+        rs = density(study.store, method="resliced", **kw)  # type: ignore[arg-type]
+        ok = ex["coverage"].values > 0.999
+        d = np.abs(ex["fraction"].values[ok] - rs["fraction"].values[ok])
+        exact_vs_resliced = {"mean_abs": float(d.mean()), "max_abs": float(d.max())}
+    return {
+        "mask": counts,
+        "exact_vs_resliced": exact_vs_resliced,
+        "voxels": int(len(df)),
+        "r_vessel_truth": float(np.corrcoef(full["fraction_angiogram"], truth)[0, 1]),
+        "vessel_rho": ch["angiogram"]["spearman_rho"],
+        "vessel_kw_p": ch["angiogram"]["kruskal_p"],
+        "glioma_rho": float(g_rho["statistic"].iloc[0]),
+        "glioma_kw_p": float(g_om["p"].iloc[0]),
+        "glioma_voxels": int(len(low)),
+        "glioma_medians": g_om.attrs["summary"].set_index("group")["median"].to_dict(),
+        "report": str(report),
+    }
+
+
+def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
+    from bridge_xr.extract.longitudinal import run_longitudinal
+    from bridge_xr.io.scene import read_subject
+    from bridge_xr.register.scene import model_from_record
+    from bridge_xr.testing.phantom import PhantomConfig
+    from bridge_xr.testing.study import write_longitudinal_study
+
+    root = out_dir / "longitudinal"
+    ls = write_longitudinal_study(root, config=PhantomConfig.small(seed))
+    df, regs, _ = run_longitudinal(
+        ls.store, root / "study" / "tables", thresholds={"angiogram": 1000.0, "glioma": 900.0}
+    )
+    rec = read_subject(str(ls.store)).registrations[regs[0]["name"]]
+    rot, t = ls.motions[1]
+    p = np.random.default_rng(0).uniform([0, 0, 0], [180, 380, 380], size=(500, 3))
+    got = model_from_record(rec).forward_points(p[:, ::-1])[:, ::-1]
+    err = np.linalg.norm(got - (p - t) @ rot, axis=1)
+    later = df[df["session"] == ls.sessions[1]]
+    return {
+        "registration": regs[0],
+        "motion_error_um": float(err.max()),
+        "voxels": int(len(later)),
+        "mean_growth_percent_per_day": float(later["d_fraction_glioma_per_day"].mean() * 100),
+        "growth_categories": {
+            str(k): int(v) for k, v in later["growth_glioma"].value_counts().items()
+        },
+    }
 
 
 def _figure(study: Any, path: Path) -> None:

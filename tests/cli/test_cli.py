@@ -250,6 +250,12 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert summary["nifti_roundtrip"]["data_identical"] is True
     assert (out / "report" / "overview.png").stat().st_size > 10_000
     assert "Demo study in" in r.stdout
+    corr = summary["correlation"]
+    assert corr["voxels"] > 50
+    assert corr["vessel_rho"] < 0  # vessels darken T2w in the phantom
+    assert (out / "report" / "study" / "index.html").exists()
+    assert summary["longitudinal"]["motion_error_um"] < 5.0
+    assert summary["longitudinal"]["mean_growth_percent_per_day"] > 0
 
 
 def test_labels_image_converts_with_mode_pyramid_and_validates(tmp_path) -> None:

@@ -149,6 +149,14 @@ def test_rotated_slab_matches_the_analytic_box_halfspace_volume() -> None:
     np.testing.assert_allclose(cov, 1.0, atol=1e-9)  # the microscopy covers the whole MRI
     np.testing.assert_allclose(frac, truth, atol=1e-6)
     assert ((truth > 0.01) & (truth < 0.99)).sum() > 10
+    # the fast path: nearest reslice onto an MRI-aligned grid at the 2P voxel size, then exact
+    rs = density(store, microscopy="twop/mask", mri="mri/T2w", method="resliced")
+    assert rs.attrs["density"]["path"] == "resliced"
+    err = np.abs(rs["fraction"].values - truth)
+    assert err.max() < 0.1  # one 2P voxel layer (2.5 µm of 25) along the slab faces
+    assert err.mean() < 0.02
+    assert abs(float((rs["fraction"].values - truth).mean())) < 0.01  # no bias
+    np.testing.assert_allclose(rs["coverage"].values, 1.0, atol=1e-6)
 
 
 def test_bilinear_method_samples_centres_and_differs_from_exact_at_edges() -> None:
