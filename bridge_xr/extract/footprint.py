@@ -147,12 +147,14 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
     return fp
 
 
-def corner_nodes(fp: Footprint, shape: tuple[int, int, int]) -> tuple[list[np.ndarray], np.ndarray]:
+def corner_nodes(
+    fp: Footprint, shape: tuple[int, int, int], node_um: float = NODE_UM
+) -> tuple[list[np.ndarray], np.ndarray]:
     """Exactly mapped corner nodes: node corner indices per axis, and (3, *nodes) MRI index zyx.
 
     Corner ``j`` of axis ``a`` sits at microscopy index ``j - 0.5`` (``j = 0 .. n``).
     """
-    steps = [max(1, int(NODE_UM // s)) for s in fp.mic_spacing_um]
+    steps = [max(1, int(node_um // s)) for s in fp.mic_spacing_um]
     idx = [np.unique(np.r_[np.arange(0, n + 1, s), n]) for n, s in zip(shape, steps, strict=True)]
     axes_um = [fp.mic_origin_um[i] + (idx[i] - 0.5) * fp.mic_spacing_um[i] for i in range(3)]
     gz, gy, gx = np.meshgrid(*axes_um, indexing="ij")
@@ -446,8 +448,9 @@ def _bbox(fp: Footprint, node_val: np.ndarray) -> tuple[np.ndarray, tuple[int, i
     return lo, tuple(int(v) for v in hi - lo)  # type: ignore[return-value]
 
 
-def _inner_chunked(st: Any, path: str, img: xr.DataArray) -> da.Array:
-    """The level-0 array read by its inner (not shard) chunks, so reads run in parallel."""
+def _inner_chunked(st: Any, path: str, img: xr.DataArray, read_voxels: int = 2**25) -> da.Array:
+    """The level-0 array read in units of whole inner chunks, merged in x then y up to about
+    ``read_voxels`` but never across a shard: many parallel, large-enough reads."""
     import zarr
 
     from bridge_xr.io.ome_zarr import open_group, read_multiscale_info
@@ -456,7 +459,12 @@ def _inner_chunked(st: Any, path: str, img: xr.DataArray) -> da.Array:
     arr = group[read_multiscale_info(group).level_paths[0]]
     if not isinstance(arr, zarr.Array) or tuple(arr.shape) != tuple(img.sizes.values()):
         return img.data
-    return da.from_zarr(arr, chunks=arr.chunks)
+    inner = list(arr.chunks)
+    outer = list(arr.shards or arr.chunks)
+    for axis in (len(inner) - 1, len(inner) - 2):
+        while inner[axis] * 2 <= outer[axis] and np.prod(inner) * 2 <= read_voxels:
+            inner[axis] *= 2
+    return da.from_zarr(arr, chunks=tuple(inner))
 
 
 def _sum_slabs(slabs: list[tuple[int, int, da.Array]], bbox_shape: tuple[int, ...]) -> da.Array:
@@ -505,14 +513,15 @@ def footprint_sums(
         data = (data > threshold).astype(np.float32)
     elif kind == "labels":
         data = (data > 0).astype(np.float32)
-    # blocks: storage (inner) chunks, merged along x then y up to about block_voxels each
-    bz, by, bx = (int(c[0]) for c in data.chunks)
-    nz_, ny_, nx_ = data.shape
-    while bz * by * bx * 2 <= block_voxels and bx < nx_:
-        bx *= 2
-    while bz * by * bx * 2 <= block_voxels and by < ny_:
-        by *= 2
-    data = data.rechunk((bz, min(by, ny_), min(bx, nx_)))
+    # blocks: the read units for the (cheap) separable path; the general path, whose memory is
+    # ~1 kB per voxel, splits them along y then z down to about block_voxels
+    if fp.diagonal is None:
+        bz, by, bx = (int(c[0]) for c in data.chunks)
+        while bz * by * bx > block_voxels and by > 16:
+            by //= 2
+        while bz * by * bx > block_voxels and bz > 1:
+            bz //= 2
+        data = data.rechunk((bz, by, bx))
     shape = tuple(int(s) for s in data.shape)
     if fp.diagonal is not None:  # the mapping is exact per axis: corner nodes only
         node_idx = [np.array([0, n]) for n in shape]
@@ -637,7 +646,8 @@ def resliced_sums(
     mic = read_image(st, microscopy)
     mr = read_image(st, mri)
     shape = tuple(int(mic.sizes[d]) for d in "zyx")
-    node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
+    # the footprint's bounding box only: coarse nodes (the reslicing itself maps every voxel)
+    _, node_val = corner_nodes(fp, shape, node_um=4 * NODE_UM)  # type: ignore[arg-type]
     bbox_lo, bbox_shape = _bbox(fp, node_val)
     to_unit = conversion_factor("micrometer", mr.attrs["unit"])
     fine_um = fp.mic_spacing_um
@@ -652,9 +662,12 @@ def resliced_sums(
     models = [(m, not f) for m, f in fp.models[::-1]] or [
         (LinearModel("rigid", np.eye(3), np.zeros(3)), True)
     ]
+    # nearest-neighbour reslicing already rounds positions by up to half a voxel: the TPS is
+    # mapped by exact nodes every 5 µm + trilinear, without the resampler's certification
     img = resample_through(
-        st, moving=microscopy, models=models, grid=grid, order=0, chunks=chunks, nan_outside=True
-    )
+        st, moving=microscopy, models=models, grid=grid, order=0, chunks=chunks,
+        nan_outside=True, max_error_voxels=None,
+    )  # fmt: skip
     if "c" in img.dims:
         if channel is None:
             raise InvalidInputError(

@@ -112,37 +112,54 @@ def _cell_bound(
     return node_idx, nodes, bound
 
 
-def _tps_block(tps: ThinPlateSpline, axes_um: list[np.ndarray], max_err_um: float) -> np.ndarray:
+def _tps_block(
+    tps: ThinPlateSpline, axes_um: list[np.ndarray], max_err_um: float | None
+) -> np.ndarray:
     """TPS (fixed -> moving, zyx µm) of a regular block grid, within ``max_err_um`` of exact.
 
     Exact evaluation on nodes every ~``COARSE_GRID_UM``; separable trilinear in between. The
     affine part is linear and interpolated exactly; for the kernel part each node cell gets the
     bound ``sum_i |w_i| * (hz^2 + hy^2 + hx^2) / 8 * max|U''(r_i)|`` over the cell, and voxels of
     cells whose bound exceeds ``max_err_um`` are evaluated exactly. Returns (3, nz, ny, nx).
+    ``max_err_um=None``: exact nodes every ``COARSE_GRID_UM / 4`` and trilinear, no certification
+    (for nearest-neighbour reslicing, whose own rounding is half a voxel).
     """
     shape = tuple(len(a) for a in axes_um)
     w_norm = np.linalg.norm(tps.weights, axis=1)
     centres_zyx = tps.centres[:, ::-1]
-    for node_um in (COARSE_GRID_UM, COARSE_GRID_UM / 2, COARSE_GRID_UM / 4, COARSE_GRID_UM / 8):
-        node_idx, nodes, bound = _cell_bound(axes_um, node_um, w_norm, centres_zyx, tps.kernel)
-        flagged = float(np.mean(bound > max_err_um))
-        if flagged <= 0.02:
-            break
+    if max_err_um is None:
+        node_idx, nodes, bound = _cell_bound(
+            axes_um, COARSE_GRID_UM / 4, w_norm, centres_zyx, tps.kernel
+        )
+        bound = np.zeros_like(bound)
+        max_err_um = 1.0
+    else:
+        for node_um in (COARSE_GRID_UM, COARSE_GRID_UM / 2, COARSE_GRID_UM / 4, COARSE_GRID_UM / 8):
+            node_idx, nodes, bound = _cell_bound(axes_um, node_um, w_norm, centres_zyx, tps.kernel)
+            flagged = float(np.mean(bound > max_err_um))
+            if flagged <= 0.02:
+                break
     nz, ny, nx = np.meshgrid(*nodes, indexing="ij")
     node_pts = np.stack([nx.ravel(), ny.ravel(), nz.ravel()], axis=1)  # xyz
     node_val = tps.forward_points(node_pts)[:, ::-1].T.reshape(3, *nz.shape)  # zyx components
     wz, wy, wx = (_interp_matrix(n, i) for n, i in zip(shape, node_idx, strict=True))
     out = np.einsum("zi,yj,xk,cijk->czyx", wz, wy, wx, node_val, optimize=True)
-    bad = np.argwhere(bound > max_err_um)
-    if len(bad):
+    bad_cells = bound > max_err_um
+    if bad_cells.any():
+        # voxel -> the node cell(s) it lies in; a voxel on a node plane belongs to both cells
+        lo_cell, hi_cell = [], []
+        for d, idx_d in enumerate(node_idx):
+            n_cells = bad_cells.shape[d]
+            pos = np.arange(shape[d])
+            k = np.clip(np.searchsorted(idx_d, pos, side="right") - 1, 0, n_cells - 1)
+            on_node = np.isin(pos, idx_d) & (k > 0)
+            lo_cell.append(np.where(on_node, k - 1, k))
+            hi_cell.append(k)
         mask = np.zeros(shape, dtype=bool)
-        edges = [np.r_[i, shape[d]] if len(i) == 1 else i for d, i in enumerate(node_idx)]
-        for iz, iy, ix in bad:
-            mask[
-                edges[0][iz] : edges[0][min(iz + 1, len(edges[0]) - 1)] + 1,
-                edges[1][iy] : edges[1][min(iy + 1, len(edges[1]) - 1)] + 1,
-                edges[2][ix] : edges[2][min(ix + 1, len(edges[2]) - 1)] + 1,
-            ] = True
+        for cz in (lo_cell[0], hi_cell[0]):
+            for cy in (lo_cell[1], hi_cell[1]):
+                for cx in (lo_cell[2], hi_cell[2]):
+                    mask |= bad_cells[np.ix_(cz, cy, cx)]
         where = np.nonzero(mask)
         pts = np.stack([axes_um[2][where[2]], axes_um[1][where[1]], axes_um[0][where[0]]], axis=1)
         exact = tps.forward_points(pts)[:, ::-1]
@@ -152,7 +169,7 @@ def _tps_block(tps: ThinPlateSpline, axes_um: list[np.ndarray], max_err_um: floa
 
 
 def _map_block(
-    models: list[tuple[Model, bool]], axes: list[np.ndarray], max_err_um: float
+    models: list[tuple[Model, bool]], axes: list[np.ndarray], max_err_um: float | None
 ) -> np.ndarray:
     """Map a block's voxel centres (zyx µm axes) through the hops; returns (3, nz, ny, nx) zyx µm."""
     shape = tuple(len(a) for a in axes)
@@ -242,7 +259,7 @@ def resample_through(
     labels: bool = False,
     level: int | None = None,
     chunks: tuple[int, int, int] = (32, 128, 128),
-    max_error_voxels: float = 0.1,
+    max_error_voxels: float | None = 0.1,
     nan_outside: bool = False,
 ) -> xr.DataArray:
     """Resample ``moving`` onto ``grid`` through explicit hops (output µm xyz -> moving µm xyz).
@@ -269,7 +286,7 @@ def resample_through(
     n_c = mov.sizes["c"] if channel_axis is not None else 1
     interp_order = 0 if labels else order
     pad = 1 if interp_order <= 1 else 3
-    max_err_um = max_error_voxels * float(out_sp_um.min())
+    max_err_um = None if max_error_voxels is None else max_error_voxels * float(out_sp_um.min())
     g_org_um = np.asarray(grid.origin) * out_fac
     may_nan = any(isinstance(m, ThinPlateSpline) and not fwd for m, fwd in models)
 
