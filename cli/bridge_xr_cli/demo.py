@@ -98,8 +98,15 @@ def main(
         f"{steps['registration']['best_model']}. The 2P channels were resampled onto the MRI grid "
         f"(correlation of registered angiogram with true vessel fraction r = "
         f"{steps['resample']['r_vessel_fraction']:.2f}). "
-        f"Voxel correlation ({steps['correlation']['voxels']} MRI voxels, exact footprint "
-        f"densities): vessel fraction vs truth r = {steps['correlation']['r_vessel_truth']:.2f}; "
+        f"Voxel correlation ({steps['correlation']['voxels']} MRI voxels; densities by nearest "
+        f"reslicing through the TPS + exact integration"
+        + (
+            f", within {steps['correlation']['exact_vs_resliced']['mean_abs']:.3f} (mean) of the "
+            "exact footprint integration"
+            if steps["correlation"]["exact_vs_resliced"]
+            else ""
+        )
+        + f"): vessel fraction vs truth r = {steps['correlation']['r_vessel_truth']:.2f}; "
         f"T2w z-score vs vessel density: Spearman rho "
         f"{steps['correlation']['vessel_rho']:.2f} (Kruskal-Wallis p = "
         f"{steps['correlation']['vessel_kw_p']:.1e}); vs glioma density in voxels with < 5 % "
