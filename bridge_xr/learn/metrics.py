@@ -5,7 +5,8 @@ Definitions (``A`` truth, ``B`` prediction, binary masks on the same grid, ``spa
 * Dice = 2 |A ∩ B| / (|A| + |B|).
 * Dilated Dice (paper) = (|A ∩ D(B)| + |B ∩ D(A)|) / (|A| + |B|), where ``D(X)`` is the set of voxels
   whose centre lies within Euclidean distance ``radius`` of a voxel centre of ``X`` (anisotropic
-  spacing honoured, distance <= radius counts).
+  spacing honoured, distance <= radius counts, with a 1e-6 relative tolerance because NIfTI
+  headers store voxel sizes in float32).
 * Boundary of ``X`` = ``X`` minus its erosion by the 6-connected (face) structuring element.
 * Directed mean surface distance d(A -> B) = mean over boundary voxels of A of the distance from
   their centre to the nearest boundary voxel centre of B (MedPy / MONAI's voxel-centre convention).
@@ -52,7 +53,8 @@ def dilate(mask: np.ndarray, radius_um: float, spacing: Sequence[float]) -> np.n
     if not mask.any():
         return np.zeros_like(mask, dtype=bool)
     dist = ndimage.distance_transform_edt(~mask, sampling=spacing)
-    return np.asarray(dist <= radius_um + 1e-9)
+    # relative tolerance: NIfTI stores voxel sizes as float32 (25 µm reads as 25.0000004)
+    return np.asarray(dist <= radius_um * (1 + 1e-6) + 1e-9)
 
 
 def dilated_dice(truth: Any, prediction: Any, radius_um: float, spacing: Sequence[float]) -> float:

@@ -42,7 +42,7 @@ def _open_block(block: np.ndarray, radius_um: float, spacing: Sequence[float]) -
     core = inside > radius_um
     if not core.any():
         return np.zeros_like(mask)
-    near = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_um + 1e-9
+    near = ndimage.distance_transform_edt(~core, sampling=spacing) <= radius_um * (1 + 1e-6)
     return mask & near
 
 

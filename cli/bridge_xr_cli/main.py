@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import analyze, convert, demo, export, info, register, resample
+from bridge_xr_cli import analyze, convert, demo, export, info, learn, register, resample
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ def main(
 
 app.add_typer(convert.app, name="convert")
 app.add_typer(export.app, name="export")
+app.add_typer(learn.app, name="learn")
 app.command("info")(info.main)
 app.command("validate")(info.validate)
 app.command("demo")(demo.main)
