@@ -98,3 +98,158 @@ def evaluate(
         f"MASD {result['masd_um']:.2f} µm  HD95 {result['hd95_um']:.2f} µm  "
         f"(truth {result['n_truth_voxels']}, prediction {result['n_prediction_voxels']} voxels)"
     )
+
+
+def _spacing_zyx(text: str) -> tuple[float, float, float]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        raise InvalidInputError(
+            f"--spacing takes x,y,z lengths, e.g. 25um,25um,100um; got {text!r}"
+        )
+    x, y, z = (_length_um(p, "--spacing") for p in parts)
+    return (z, y, x)
+
+
+@app.command("export")
+@handle_errors
+def export(
+    study: Annotated[Path, typer.Argument(help="study folder of registered subject stores")],
+    output: Annotated[Path, typer.Option(help="nnU-Net raw folder (nnUNet_raw)")],
+    mri_sequence: Annotated[str, typer.Option(help="MRI image name, e.g. T2w")] = "T2w",
+    truth: Annotated[str, typer.Option(help="microscopy image name, e.g. angiogram")] = "angiogram",
+    spacing: Annotated[str, typer.Option(help="export voxel size x,y,z")] = "25um,25um,100um",
+    crops: Annotated[
+        Path | None, typer.Option(help="CSV: subject,session,z0,z1,y0,y1,x0,x1 (export voxels)")
+    ] = None,
+    crop_size: Annotated[
+        int, typer.Option(help="automatic crops: tile size in voxels (y, x)")
+    ] = 32,
+    min_vessel: Annotated[
+        int, typer.Option(help="automatic crops: at least this many vessel voxels")
+    ] = 10,
+    truth_threshold: Annotated[
+        float | None, typer.Option(help="binarise the microscopy above this value")
+    ] = None,
+    min_fraction: Annotated[
+        float, typer.Option(help="an export voxel is vessel when this much of it is vessel")
+    ] = 0.5,
+    dataset_id: Annotated[int, typer.Option(help="nnU-Net dataset id (1-999)")] = 501,
+    folds: Annotated[int, typer.Option(help="cross-validation folds, grouped by subject")] = 5,
+    verify: Annotated[
+        bool, typer.Option(help="run nnU-Net's integrity check on the result")
+    ] = True,
+) -> None:
+    """Registered MRI crops + microscopy vessel truth -> an nnU-Net v2 raw dataset."""
+    import pandas as pd
+
+    from bridge_xr.learn.dataset import export_dataset
+    from bridge_xr.learn.dataset import verify as check
+
+    table = None
+    if crops is not None:
+        if not crops.is_file():
+            raise InvalidInputError(f"no crop list at {str(crops)!r}")
+        table = pd.read_csv(crops)
+    folder = export_dataset(
+        study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=_spacing_zyx(spacing),
+        crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
+        min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
+    )  # fmt: skip
+    if verify:
+        check(folder)
+    n = len(list((folder / "labelsTr").glob("*.nii.gz")))
+    out.print(f"{folder}: {n} cases" + (", nnU-Net integrity check passed" if verify else ""))
+
+
+@app.command("train")
+@handle_errors
+def train(
+    dataset: Annotated[Path, typer.Argument(help="nnU-Net raw dataset folder (DatasetXXX_Name)")],
+    folds: Annotated[str, typer.Option(help="folds to train, e.g. 0,1,2,3,4")] = "0,1,2,3,4",
+    device: Annotated[str, typer.Option(help="cuda, cpu or mps (default: cuda when present)")] = "",
+    epochs: Annotated[int, typer.Option(help="epochs (nnU-Net default 1000)")] = 1000,
+    iterations: Annotated[int, typer.Option(help="iterations per epoch (default 250)")] = 250,
+    work: Annotated[
+        Path | None, typer.Option(help="preprocessed + results folder (default: beside DATASET)")
+    ] = None,
+) -> None:
+    """Plan, preprocess and train nnU-Net's 2D configuration, fold by fold."""
+    import time
+
+    from bridge_xr.learn import nnunet
+
+    if not (dataset / "dataset.json").is_file():
+        raise InvalidInputError(f"{str(dataset)!r} has no dataset.json; run `bridge learn export`")
+    if not device:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    work = work or dataset.parent.parent / "nnunet_work"
+    try:
+        fold_list = [int(f) for f in folds.split(",") if f.strip()]
+    except ValueError:
+        raise InvalidInputError(f"--folds takes integers, e.g. 0,1; got {folds!r}") from None
+    if not (work / "preprocessed" / dataset.name / "nnUNetPlans.json").exists():
+        nnunet.plan(dataset, work)
+    for f in fold_list:
+        t0 = time.perf_counter()
+        folder = nnunet.train(dataset, work, f, device=device, epochs=epochs, iterations=iterations)
+        out.print(f"fold {f}: {folder} ({time.perf_counter() - t0:.0f} s on {device})")
+    out.print(f"model: {nnunet.model_folder(dataset, work)}")
+
+
+@app.command("predict")
+@handle_errors
+def predict(
+    model: Annotated[Path, typer.Argument(help="trained model folder (…__2d)")],
+    store: Annotated[str, typer.Argument(help="subject store")],
+    image: Annotated[str, typer.Option(help="MRI image to segment (on the training grid)")],
+    label_out: Annotated[str, typer.Option("--label-out", help="label image path to write")],
+    folds: Annotated[str, typer.Option(help="folds to ensemble")] = "0",
+    checkpoint: Annotated[str, typer.Option(help="checkpoint file name")] = "checkpoint_final.pth",
+    device: Annotated[str, typer.Option(help="cpu, cuda or mps")] = "cpu",
+    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+) -> None:
+    """Segment vessels in an MRI image; the label image goes back into the store with provenance."""
+    import numpy as np
+
+    from bridge_xr.extract.tables import write_on_grid_of
+    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.learn import nnunet
+    from bridge_xr.model.units import conversion_factor
+
+    fold_list = [int(f) for f in folds.split(",") if f.strip()]
+    img = read_image(store, image)
+    fac = conversion_factor(img.attrs["unit"], "micrometer")
+    spacing = tuple(float(img.attrs["spacing"][d]) * fac for d in "zyx")
+    seg = nnunet.predict(model, np.asarray(img.values), spacing, folds=fold_list,
+                         checkpoint=checkpoint, device=device)  # fmt: skip
+    hashes = {f: nnunet.checkpoint_hash(model / f"fold_{f}" / checkpoint)[:16] for f in fold_list}
+    write_on_grid_of(store, image, seg, label_out, kind="labels", operation="learn predict (nnU-Net)",
+                     overwrite=overwrite, model=str(model), folds=fold_list,
+                     checkpoint=checkpoint, checkpoint_sha256=hashes)  # fmt: skip
+    out.print(f"{label_out}: {int(seg.sum())} vessel voxels (folds {fold_list})")
+
+
+@app.command("evaluate-folds")
+@handle_errors
+def evaluate_folds(
+    model: Annotated[Path, typer.Argument(help="trained model folder (…__2d)")],
+    dataset: Annotated[Path, typer.Option(help="the raw dataset it was trained on")],
+    json_out: Annotated[Path, typer.Option("--json", help="per-case metrics and summary")],
+) -> None:
+    """The paper's cross-validation table: metrics per validation case, median and IQR, and the
+    thresholded-T2w baseline."""
+    from bridge_xr.learn import nnunet
+
+    result = nnunet.write_fold_table(model, dataset, json_out)
+    s = result["summary"]
+    if not s.get("cases"):
+        raise InvalidInputError(
+            f"no validation predictions under {str(model)!r}; train a fold first"
+        )
+    dd = s.get("dilated_dice", {})
+    out.print(f"{s['cases']} validation cases: dilated dice median {dd.get('median', float('nan')):.3f} "
+              f"(threshold baseline {s.get('threshold_dilated_dice', {}).get('median', float('nan')):.3f})")  # fmt: skip

@@ -1,0 +1,269 @@
+"""nnU-Net v2 raw dataset export: registered MRI crops with microscopy vessel truth.
+
+For every subject store and session with an MRI sequence and a registered microscopy truth:
+
+1. the MRI is resampled (linear) onto the export grid (default 25 x 25 x 100 µm, the paper's) and
+   stored as ``learn/<session>/<sequence>_grid``, linked to the MRI by an identity edge;
+2. the truth microscopy is integrated into that grid (density per voxel, through the
+   registrations) and binarised: vessel where at least ``min_fraction`` of the voxel is vessel;
+3. crops are taken from a crop list, or automatically: tiles of ``crop_yx`` voxels (all z) that
+   the microscopy covers completely and that hold at least ``min_vessel`` vessel voxels;
+4. each crop becomes ``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz`` (voxel size in
+   mm), with ``dataset.json``, ``splits_final.json`` (folds grouped by subject: crops of one mouse
+   are never in both train and validation) and ``cases.csv`` (case -> subject, session, crop).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.extract.footprint import Method, density
+from bridge_xr.extract.study import subject_stores
+from bridge_xr.extract.tables import subject_name
+from bridge_xr.io._store import resolve_store
+from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.model.metadata import ImageMetadata, Provenance
+from bridge_xr.register.models import LinearModel
+from bridge_xr.register.scene import register
+
+CROP_COLUMNS = ("subject", "session", "z0", "z1", "y0", "y1", "x0", "x1")
+
+
+@dataclass(frozen=True)
+class Case:
+    case: str
+    subject: str
+    session: str
+    store: str
+    crop: tuple[int, ...]
+
+
+def group_splits(
+    cases: Sequence[Case], n_folds: int, seed: int = 12345
+) -> list[dict[str, list[str]]]:
+    """``n_folds`` train/val splits with whole subjects in validation (round robin, shuffled)."""
+    subjects = sorted({c.subject for c in cases})
+    if len(subjects) < 2:
+        raise InvalidInputError("cross-validation needs crops from at least two subjects")
+    n_folds = min(n_folds, len(subjects))
+    order = list(np.random.default_rng(seed).permutation(subjects))
+    fold_of = {s: i % n_folds for i, s in enumerate(order)}
+    splits = []
+    for f in range(n_folds):
+        val = sorted(c.case for c in cases if fold_of[c.subject] == f)
+        train = sorted(c.case for c in cases if fold_of[c.subject] != f)
+        splits.append({"train": train, "val": val})
+    return splits
+
+
+def _export_grid(
+    st: Any, mri: str, session: str, sequence: str, spacing_um: Sequence[float]
+) -> str:
+    """Resample the MRI onto the export grid once; link it to the MRI by an identity edge."""
+    from bridge_xr.resample.core import resample
+
+    path = f"learn/{session}/{sequence}_grid"
+    meta = read_subject(st)
+    if path in meta.images:
+        return path
+    img = resample(st, moving=mri, onto=mri, spacing_um=tuple(spacing_um), order=1)  # type: ignore[arg-type]
+    add_image(
+        st,
+        img,
+        ImageMetadata(
+            path=path,
+            modality="mri",
+            session=session,
+            source=f"{mri} resampled to {tuple(spacing_um)} µm (z, y, x)",
+            provenance=Provenance.now("learn export grid", **img.attrs["resample"]),
+        ),
+        shards=False,
+    )
+    ident = LinearModel("rigid", np.eye(3), np.zeros(3))
+    pts = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], dtype=float)
+    lm = pd.DataFrame(
+        {
+            "name": [f"I{i}" for i in range(4)],
+            **{f"moving_{a}": pts[:, i] for i, a in enumerate("xyz")},
+            **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
+        }
+    )
+    register(st, fixed=path, moving=mri, landmarks=lm, model="rigid",
+             name=f"learn_{session}_{sequence}_grid", precomputed=(ident, {"model": "identity"}),
+             overwrite=True)  # fmt: skip
+    return path
+
+
+def _auto_crops(
+    covered: np.ndarray, label: np.ndarray, crop_yx: int, min_vessel: int
+) -> list[tuple[int, ...]]:
+    nz, ny, nx = label.shape
+    crops: list[tuple[int, ...]] = []
+    seen = np.asarray(covered.any(axis=0))
+    if not seen.any():
+        return crops
+    ys, xs = np.nonzero(seen)
+    # tiles laid from the covered region's corner, so a small field of view still gives one
+    for y0 in range(int(ys.min()), ny - crop_yx + 1, crop_yx):
+        for x0 in range(int(xs.min()), nx - crop_yx + 1, crop_yx):
+            window = (slice(y0, y0 + crop_yx), slice(x0, x0 + crop_yx))
+            zs = np.nonzero(covered[(slice(None), *window)].all(axis=(1, 2)))[0]
+            if len(zs) == 0:
+                continue
+            z0, z1 = int(zs.min()), int(zs.max()) + 1
+            if int(label[z0:z1, window[0], window[1]].sum()) >= min_vessel:
+                crops.append((z0, z1, y0, y0 + crop_yx, x0, x0 + crop_yx))
+    return crops
+
+
+def _write_nifti(path: Path, data: np.ndarray, spacing_um: Sequence[float]) -> None:
+    zooms_mm = [float(s) / 1000 for s in spacing_um][::-1]  # x, y, z
+    img = nib.Nifti1Image(
+        np.ascontiguousarray(np.transpose(data, (2, 1, 0))), np.diag([*zooms_mm, 1])
+    )
+    img.header.set_xyzt_units("mm")
+    img.set_qform(img.affine, code=1)
+    img.set_sform(img.affine, code=1)
+    nib.save(img, str(path))
+
+
+def export_dataset(
+    study: str | Path,
+    output: str | Path,
+    *,
+    mri_sequence: str = "T2w",
+    truth: str = "angiogram",
+    spacing_um: Sequence[float] = (100.0, 25.0, 25.0),
+    crops: pd.DataFrame | None = None,
+    dataset_id: int = 501,
+    name: str = "BridgeVessel",
+    truth_threshold: float | None = None,
+    min_fraction: float = 0.5,
+    crop_yx: int = 32,
+    min_vessel: int = 10,
+    n_folds: int = 5,
+    method: Method = "resliced",
+) -> Path:
+    """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder."""
+    if not 1 <= dataset_id <= 999:
+        raise InvalidInputError(f"--dataset-id must be 1..999; got {dataset_id}")
+    folder = Path(output) / f"Dataset{dataset_id:03d}_{name}"
+    if folder.exists():
+        raise InvalidInputError(f"{folder} exists; remove it or choose another --dataset-id")
+    if crops is not None:
+        missing = set(CROP_COLUMNS) - set(crops.columns)
+        if missing:
+            raise InvalidInputError(f"the crop list lacks columns {sorted(missing)}")
+    cases: list[Case] = []
+    images: list[tuple[Case, np.ndarray, np.ndarray]] = []
+    for store_path in subject_stores(study):
+        st = resolve_store(str(store_path))
+        meta = read_subject(st)
+        subject = subject_name(st, str(store_path))
+        for path, img_meta in sorted(meta.images.items()):
+            if img_meta.modality != "mri" or not path.endswith(f"/{mri_sequence}"):
+                continue
+            if path.startswith("learn/"):
+                continue
+            session = img_meta.session or path.split("/")[-2]
+            truth_path = next(
+                (p for p in meta.images if p.endswith(f"/{truth}") and f"/{session}/" in f"/{p}"
+                 and meta.images[p].modality != "mri" and not p.startswith("registered/")),
+                None,
+            )  # fmt: skip
+            if truth_path is None:
+                continue
+            grid = _export_grid(st, path, session, mri_sequence, spacing_um)
+            mri_arr = np.asarray(read_image(st, grid).values, dtype=np.float32)
+            ds = density(
+                st, microscopy=truth_path, mri=grid, threshold=truth_threshold, method=method
+            )
+            frac = np.nan_to_num(np.asarray(ds["fraction"].values), nan=0.0)
+            covered = np.asarray(ds["coverage"].values) >= 0.999
+            label = ((frac >= min_fraction) & covered).astype(np.uint8)
+            if crops is not None:
+                rows = crops[(crops["subject"].astype(str) == subject)
+                             & (crops["session"].astype(str) == session)]  # fmt: skip
+                boxes: list[tuple[int, ...]] = [
+                    tuple(int(r[c]) for c in CROP_COLUMNS[2:]) for _, r in rows.iterrows()
+                ]
+            else:
+                boxes = _auto_crops(covered, label, crop_yx, min_vessel)
+            for k, box in enumerate(boxes):
+                z0, z1, y0, y1, x0, x1 = box
+                if not (0 <= z0 < z1 <= label.shape[0] and 0 <= y0 < y1 <= label.shape[1]
+                        and 0 <= x0 < x1 <= label.shape[2]):  # fmt: skip
+                    raise InvalidInputError(
+                        f"crop {box} of {subject}/{session} is outside the export grid {label.shape}"
+                    )
+                case = Case(f"{subject}_{session}_{k:03d}", subject, session, str(store_path), box)
+                sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+                cases.append(case)
+                images.append((case, mri_arr[sl], label[sl]))
+    if not cases:
+        raise InvalidInputError(
+            f"no crops: no subject in {str(study)!r} has an MRI {mri_sequence!r} with registered "
+            f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile (try a smaller --crop-size)"
+        )
+    splits = group_splits(cases, n_folds)
+    tmp = folder.with_name(folder.name + ".tmp")
+    (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for case, img, lab in images:
+        _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
+        _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
+    dataset_json = {
+        "channel_names": {"0": mri_sequence},
+        "labels": {"background": 0, "vessel": 1},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": f"bridge_xr: {mri_sequence} MRI with {truth} microscopy truth "
+        f"(fraction >= {min_fraction}), {tuple(spacing_um)} µm (z, y, x)",
+        "reference": "BRIDGE (bridge_xr export)",
+    }
+    (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
+    pd.DataFrame(
+        [
+            {
+                "case": c.case,
+                "subject": c.subject,
+                "session": c.session,
+                "store": c.store,
+                **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
+            }
+            for c in cases
+        ]  # fmt: skip
+    ).to_csv(tmp / "cases.csv", index=False)
+    tmp.rename(folder)
+    return folder
+
+
+def verify(folder: Path) -> None:
+    """nnU-Net's own ``verify_dataset_integrity`` in a subprocess (its paths are import-time)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "nnUNet_raw": str(folder.parent), "nnUNet_preprocessed": str(folder.parent),
+           "nnUNet_results": str(folder.parent)}  # fmt: skip
+    code = (
+        "import sys; from nnunetv2.experiment_planning.verify_dataset_integrity import "
+        "verify_dataset_integrity; verify_dataset_integrity(sys.argv[1], 1)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    if done.returncode:
+        tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
+        raise InvalidInputError(f"nnU-Net's integrity check failed for {folder}: {' '.join(tail)}")
