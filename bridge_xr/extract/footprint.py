@@ -385,6 +385,44 @@ def _overlap_matrix(
     return w_mat, first
 
 
+def _segment_sum_y(
+    v: np.ndarray, scale: float, offset: float, k_lo: int, first: int, n_out: int
+) -> np.ndarray | None:
+    """``W_y`` applied along axis 1 of a (z, y, x) block by segment sums (``np.add.reduceat``).
+
+    Every microscopy row has the same length ``|scale|`` (MRI units) and lies in cell ``i0``
+    except a part ``w_b`` in ``i0 + 1``: whole lengths go to ``i0`` by integer segment sums, then
+    the few straddling rows move ``w_b`` over. None when a row spans more than two cells.
+    """
+    n = v.shape[1]
+    k = np.arange(k_lo, k_lo + n)
+    a = scale * (k - 0.5) + offset
+    b = scale * (k + 0.5) + offset
+    left, right = np.minimum(a, b), np.maximum(a, b)
+    i0 = np.floor(left).astype(np.int64)
+    if np.any(right > i0 + 2) or scale < 0:
+        return None
+    length = float(abs(scale))
+    w_b = np.maximum(right - (i0 + 1), 0.0)
+    starts = np.r_[0, np.nonzero(np.diff(i0))[0] + 1]
+    cells = i0[starts] - first
+    if np.issubdtype(v.dtype, np.integer) or v.dtype == np.bool_:
+        seg = np.add.reduceat(v, starts, axis=1, dtype=np.uint32).astype(np.float32)
+    else:
+        seg = np.add.reduceat(v.astype(np.float32), starts, axis=1)
+    out = np.zeros((v.shape[0], n_out, v.shape[2]), dtype=np.float32)
+    ok = (cells >= 0) & (cells < n_out)
+    out[:, cells[ok], :] = seg[:, ok, :] * np.float32(length)
+    for j in np.nonzero(w_b > 0)[0]:  # at most one straddling row per cell boundary
+        part = v[:, j, :].astype(np.float32) * np.float32(w_b[j])
+        c = int(i0[j] - first)
+        if 0 <= c < n_out:
+            out[:, c, :] -= part
+        if 0 <= c + 1 < n_out:
+            out[:, c + 1, :] += part
+    return out
+
+
 def separable_block(
     values: np.ndarray,
     diagonal: np.ndarray,
@@ -413,12 +451,14 @@ def separable_block(
     n_z, n_y, n_x = (w.shape[0] for w in ws)
     if min(n_z, n_y, n_x) == 0:
         return out
-    # x (contiguous, the full data): one small dense float32 GEMM; y and z on the reduced data
-    v = values.reshape(nz * ny, nx).astype(np.float32)
-    s = v @ ws[2].toarray().astype(np.float32).T  # (z*y, X)
-    s = s.T.reshape(n_x, nz, ny).transpose(2, 0, 1).reshape(ny, n_x * nz)
-    s = np.asarray(ws[1] @ s)  # (Y, X*z)
-    s = s.reshape(n_y, n_x, nz).transpose(2, 0, 1).reshape(nz, n_y * n_x)
+    # y first, on the full data: segment sums over whole x rows (integers stay integers, no float
+    # copy of the block); then x (one small GEMM) and z (sparse) on data ~20x smaller
+    r = _segment_sum_y(values, diagonal[0, 1], diagonal[1, 1], lo[1], firsts[1], n_y)
+    if r is None:  # microscopy voxels wider than an MRI voxel in y: the plain sparse product
+        v = values.astype(np.float32).transpose(1, 0, 2).reshape(ny, nz * nx)
+        r = np.asarray(ws[1] @ v).reshape(n_y, nz, nx).transpose(1, 0, 2)
+    s = r.reshape(nz * n_y, nx) @ ws[2].toarray().astype(np.float32).T  # (z*Y, X)
+    s = s.reshape(nz, n_y * n_x)
     s = np.asarray(ws[0] @ s).reshape(n_z, n_y, n_x)  # (Z, Y, X)
     rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
     sl = tuple(slice(r, r + n) for r, n in zip(rel, (n_z, n_y, n_x), strict=True))

@@ -107,23 +107,31 @@ def _export_grid(
 def _auto_crops(
     covered: np.ndarray, label: np.ndarray, crop_yx: int, min_vessel: int
 ) -> list[tuple[int, ...]]:
+    """Non-overlapping crop_yx x crop_yx tiles, each over the z range where it is fully covered,
+    the best-covered first (a tilted field of view covers fewer slices near its edges)."""
     nz, ny, nx = label.shape
-    crops: list[tuple[int, ...]] = []
-    seen = np.asarray(covered.any(axis=0))
-    if not seen.any():
-        return crops
-    ys, xs = np.nonzero(seen)
-    # tiles laid from the covered region's corner, so a small field of view still gives one
-    for y0 in range(int(ys.min()), ny - crop_yx + 1, crop_yx):
-        for x0 in range(int(xs.min()), nx - crop_yx + 1, crop_yx):
+    step = max(1, crop_yx // 4)
+    candidates = []
+    for y0 in range(0, ny - crop_yx + 1, step):
+        for x0 in range(0, nx - crop_yx + 1, step):
             window = (slice(y0, y0 + crop_yx), slice(x0, x0 + crop_yx))
             zs = np.nonzero(covered[(slice(None), *window)].all(axis=(1, 2)))[0]
             if len(zs) == 0:
                 continue
             z0, z1 = int(zs.min()), int(zs.max()) + 1
-            if int(label[z0:z1, window[0], window[1]].sum()) >= min_vessel:
-                crops.append((z0, z1, y0, y0 + crop_yx, x0, x0 + crop_yx))
-    return crops
+            if z1 - z0 != len(zs):  # keep a contiguous run only
+                continue
+            n_vessel = int(label[z0:z1, window[0], window[1]].sum())
+            if n_vessel >= min_vessel:
+                candidates.append((z1 - z0, n_vessel, (z0, z1, y0, y0 + crop_yx, x0, x0 + crop_yx)))
+    taken = np.zeros((ny, nx), dtype=bool)
+    crops: list[tuple[int, ...]] = []
+    for _, _, box in sorted(candidates, key=lambda c: (-c[0], -c[1])):
+        _, _, y0, y1, x0, x1 = box
+        if not taken[y0:y1, x0:x1].any():
+            taken[y0:y1, x0:x1] = True
+            crops.append(box)
+    return sorted(crops)
 
 
 def _write_nifti(path: Path, data: np.ndarray, spacing_um: Sequence[float]) -> None:

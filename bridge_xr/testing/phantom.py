@@ -60,6 +60,8 @@ class PhantomConfig:
     warp_wavelength_um: float = 600.0
     glioma_sigma_um: float = 90.0
     noise_sd: float = 0.02
+    #: amplitude of a smooth multiplicative MRI intensity bias (coil sensitivity), 0 = none
+    bias_field: float = 0.0
     supersample: int = 5
     n_raters: int = 2
     rater_sigma_um: float = 20.0
@@ -76,6 +78,21 @@ class PhantomConfig:
             mri_margin_um=50.0,
             max_depth=6,
             supersample=3,
+        )
+
+    @classmethod
+    def learning(cls, seed: int = 0) -> PhantomConfig:
+        """For the nnU-Net path: a deep, coarse 2P field (cheap) and an MRI with a coil bias."""
+        return cls(
+            seed=seed,
+            twop_fov_um=(200.0, 800.0, 800.0),
+            twop_spacing_um=(4.0, 4.0, 4.0),
+            mri_spacing_um=25.0,
+            mri_margin_um=50.0,
+            max_depth=6,
+            supersample=3,
+            bias_field=0.3,
+            noise_sd=0.05,
         )
 
     @classmethod
@@ -341,10 +358,12 @@ def make_phantom(cfg: PhantomConfig | None = None) -> Phantom:
         return a.reshape(mshape[0], k, mshape[1], k, mshape[2], k).mean(axis=(1, 3, 5))
 
     vf, gf = block_mean(vfine), block_mean(gfine)
+    u = [np.linspace(-1.0, 1.0, n) for n in mshape]
+    bias = 1.0 + cfg.bias_field * (u[2][None, None, :] + 0.5 * u[1][None, :, None])
     mri = {}
     for name, (vessel_sig, glioma_gain) in {"T2w": (0.3, 0.6), "T2star": (0.1, 0.3)}.items():
         sig = (1 - vf) * (1 + glioma_gain * gf) + vf * vessel_sig
-        sig = 1000 * (sig + rng.normal(0, cfg.noise_sd, size=mshape))
+        sig = 1000 * (sig * bias + rng.normal(0, cfg.noise_sd, size=mshape))
         mri[name] = make_image(
             sig.astype(np.float32), dims=("z", "y", "x"), spacing=(msp / 1000,) * 3, unit="mm"
         )

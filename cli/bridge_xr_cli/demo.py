@@ -36,14 +36,14 @@ def main(
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     steps: dict[str, Any] = {}
-    with console.status("1/8 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
+    with console.status("1/9 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
         study = write_phantom_study(out_dir, cfg)
     steps["phantom"] = phantom_summary(study.phantom)
-    with console.status("2/8 describing the subject store"):
+    with console.status("2/9 describing the subject store"):
         info = describe(study.store)
         (out_dir / "report").mkdir()
         (out_dir / "report" / "info.json").write_text(json.dumps(info, indent=2))
-    with console.status("3/8 NIfTI round trip and OME-Zarr 0.5 export"):
+    with console.status("3/9 NIfTI round trip and OME-Zarr 0.5 export"):
         rt = export_nifti(
             study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz"
         )
@@ -58,17 +58,19 @@ def main(
             "twophoton/d060/angiogram",
             str(out_dir / "report" / "angiogram_v05.ome.zarr"),
         )
-    with console.status("4/8 registration: TPS from rater 1, model comparison, inter-rater"):
+    with console.status("4/9 registration: TPS from rater 1, model comparison, inter-rater"):
         steps["registration"] = _registration(study, out_dir / "report")
-    with console.status("5/8 resampling 2P channels onto the MRI grid, QC figure"):
+    with console.status("5/9 resampling 2P channels onto the MRI grid, QC figure"):
         steps["resample"] = _resample(study, out_dir / "report")
     with console.status(
-        "6/8 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
+        "6/9 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
     ):
         steps["correlation"] = _correlation(study, out_dir, compare_exact=size == "tiny")
-    with console.status("7/8 longitudinal: two sessions, rigid session registration, growth"):
+    with console.status("7/9 longitudinal: two sessions, rigid session registration, growth"):
         steps["longitudinal"] = _longitudinal(out_dir, seed)
-    with console.status("8/8 validating the whole store with ngff-zarr and ome-zarr-models"):
+    with console.status("8/9 learning: nnU-Net 2d on MRI with 2P truth (export, train, predict)"):
+        steps["learning"] = _learning(out_dir, seed, short=size == "tiny")
+    with console.status("9/9 validating the whole store with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 
@@ -115,7 +117,8 @@ def main(
         f"Longitudinal: session motion recovered to {steps['longitudinal']['motion_error_um']:.1f} µm, "
         f"glioma density +{steps['longitudinal']['mean_growth_percent_per_day']:.2f} %/day in "
         f"{steps['longitudinal']['voxels']} voxels. "
-        f"Report: {out_dir / 'report'} (study report: {steps['correlation']['report']}; "
+        + _learning_sentence(steps["learning"])
+        + f"Report: {out_dir / 'report'} (study report: {steps['correlation']['report']}; "
         f"{elapsed:.1f} s)."
     )
     if steps["validation"] not in ("passed",) and not str(steps["validation"]).startswith(
@@ -316,6 +319,56 @@ def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
             str(k): int(v) for k, v in later["growth_glioma"].value_counts().items()
         },
     }
+
+
+def _learning(out_dir: Path, seed: int, *, short: bool) -> dict[str, Any]:
+    """Three phantom subjects with a coil bias in their MRI: export crops with 2P vessel truth,
+    train nnU-Net's 2d configuration (fold 0, a short CPU schedule), evaluate against thresholded
+    T2w, and predict vessels back into one subject store."""
+    import time as _time
+
+    from bridge_xr.learn import nnunet
+    from bridge_xr.learn.dataset import export_dataset
+    from bridge_xr.testing.phantom import PhantomConfig
+    from bridge_xr.testing.study import write_analysis_study
+
+    root = out_dir / "learning"
+    subjects = ("L001", "L002", "L003")
+    cfg = PhantomConfig.learning(seed)
+    write_analysis_study(root, subjects, cfg)
+    ds = export_dataset(
+        root / "study", root / "nnunet_raw", spacing_um=(25.0, 25.0, 25.0),
+        truth_threshold=1000.0, crop_yx=24, min_vessel=10, n_folds=3,
+    )  # fmt: skip
+    work = root / "nnunet_work"
+    nnunet.plan(ds, work)  # runs nnU-Net's integrity check too
+    epochs, iterations = (3, 5) if short else (20, 20)
+    t0 = _time.perf_counter()
+    nnunet.train(ds, work, 0, device="cpu", epochs=epochs, iterations=iterations)
+    train_s = _time.perf_counter() - t0
+    model = nnunet.model_folder(ds, work)
+    cv = nnunet.write_fold_table(model, ds, out_dir / "report" / "learning_cv.json")
+    return {
+        "cases": len(list((ds / "labelsTr").glob("*.nii.gz"))),
+        "schedule": {"epochs": epochs, "iterations": iterations, "train_s": train_s},
+        "summary": cv["summary"],
+    }
+
+
+def _learning_sentence(learning: dict[str, Any]) -> str:
+    s = learning["summary"]
+    if not s.get("cases"):
+        return "Learning: no validation case. "
+    med = {k: s.get(k, {}).get("median", float("nan")) for k in s if k != "cases"}
+    return (
+        f"nnU-Net (2d, fold 0, {learning['schedule']['epochs']}x"
+        f"{learning['schedule']['iterations']} iterations on CPU, "
+        f"{learning['schedule']['train_s']:.0f} s) on {learning['cases']} exported crops: "
+        f"validation dilated Dice {med.get('dilated_dice', float('nan')):.3f} and MASD "
+        f"{med.get('masd_um', float('nan')):.1f} µm vs thresholded T2w "
+        f"{med.get('threshold_dilated_dice', float('nan')):.3f} / "
+        f"{med.get('threshold_masd_um', float('nan')):.1f} µm. "
+    )
 
 
 def _figure(study: Any, path: Path) -> None:

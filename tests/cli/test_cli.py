@@ -256,6 +256,8 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert (out / "report" / "study" / "index.html").exists()
     assert summary["longitudinal"]["motion_error_um"] < 5.0
     assert summary["longitudinal"]["mean_growth_percent_per_day"] > 0
+    assert summary["learning"]["cases"] >= 3
+    assert summary["learning"]["summary"]["cases"] >= 1
 
 
 def test_labels_image_converts_with_mode_pyramid_and_validates(tmp_path) -> None:
