@@ -271,7 +271,7 @@ def verify(folder: Path) -> None:
         "verify_dataset_integrity; verify_dataset_integrity(sys.argv[1], 1)"
     )
     done = subprocess.run([sys.executable, "-c", code, str(folder)], env=env, capture_output=True,
-                          text=True, check=False)  # fmt: skip
+                          text=True, encoding="utf-8", errors="replace", check=False)  # fmt: skip
     if done.returncode:
         tail = (done.stderr or done.stdout).strip().splitlines()[-1:]
         raise InvalidInputError(f"nnU-Net's integrity check failed for {folder}: {' '.join(tail)}")

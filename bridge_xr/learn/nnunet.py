@@ -48,7 +48,15 @@ def environment(dataset: Path, work: Path, *, augment_workers: int = 1) -> dict[
 
 
 def _run(args: list[str], env: dict[str, str], what: str) -> str:
-    done = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        args,
+        env=env,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        errors="replace",
+        check=False,
+    )
     if done.returncode:
         lines = (done.stderr or done.stdout).strip().splitlines()
         raise InvalidInputError(f"nnU-Net {what} failed: {lines[-1] if lines else 'no output'}")
