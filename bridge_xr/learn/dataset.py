@@ -134,6 +134,25 @@ def _auto_crops(
     return sorted(crops)
 
 
+def _derangement(images: list[tuple[Case, np.ndarray, np.ndarray]], seed: int) -> list[int]:
+    """The paper's negative control: each image gets another crop's label of the same shape."""
+    rng = np.random.default_rng(seed)
+    by_shape: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, _, lab) in enumerate(images):
+        by_shape.setdefault(lab.shape, []).append(i)
+    out = list(range(len(images)))
+    for idx in by_shape.values():
+        if len(idx) < 2:
+            raise InvalidInputError(
+                "the negative control needs at least two crops of each shape to swap labels"
+            )
+        perm = [int(v) for v in rng.permutation(len(idx))]
+        # rotate a random order by one: no crop keeps its own label
+        for a, b in zip(perm, perm[1:] + perm[:1], strict=True):
+            out[idx[a]] = idx[b]
+    return out
+
+
 def _write_nifti(path: Path, data: np.ndarray, spacing_um: Sequence[float]) -> None:
     zooms_mm = [float(s) / 1000 for s in spacing_um][::-1]  # x, y, z
     img = nib.Nifti1Image(
@@ -161,6 +180,8 @@ def export_dataset(
     min_vessel: int = 10,
     n_folds: int = 5,
     method: Method = "resliced",
+    negative_control: bool = False,
+    seed: int = 0,
 ) -> Path:
     """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder."""
     if not 1 <= dataset_id <= 999:
@@ -224,10 +245,14 @@ def export_dataset(
             f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile (try a smaller --crop-size)"
         )
     splits = group_splits(cases, n_folds)
+    label_from = list(range(len(images)))
+    if negative_control:
+        label_from = _derangement(images, seed)
     tmp = folder.with_name(folder.name + ".tmp")
     (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
     (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
-    for case, img, lab in images:
+    for (case, img, _), src in zip(images, label_from, strict=True):
+        lab = images[src][2]
         _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
         _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
     dataset_json = {
@@ -240,6 +265,11 @@ def export_dataset(
         f"(fraction >= {min_fraction}), {tuple(spacing_um)} µm (z, y, x)",
         "reference": "BRIDGE (bridge_xr export)",
     }
+    if negative_control:
+        dataset_json["description"] = (
+            f"{dataset_json['description']}; NEGATIVE CONTROL: every image is paired with another "
+            "crop's label (same shape)"
+        )
     (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
     (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
     pd.DataFrame(
@@ -250,8 +280,9 @@ def export_dataset(
                 "session": c.session,
                 "store": c.store,
                 **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
+                "label_from": cases[src].case,
             }
-            for c in cases
+            for c, src in zip(cases, label_from, strict=True)
         ]  # fmt: skip
     ).to_csv(tmp / "cases.csv", index=False)
     tmp.rename(folder)

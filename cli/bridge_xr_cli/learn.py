@@ -140,6 +140,13 @@ def export(
     verify: Annotated[
         bool, typer.Option(help="run nnU-Net's integrity check on the result")
     ] = True,
+    negative_control: Annotated[
+        bool,
+        typer.Option(
+            "--negative-control",
+            help="pair every image with another crop's label (paper's control)",
+        ),
+    ] = False,
 ) -> None:
     """Registered MRI crops + microscopy vessel truth -> an nnU-Net v2 raw dataset."""
     import pandas as pd
@@ -156,6 +163,7 @@ def export(
         study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=_spacing_zyx(spacing),
         crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
         min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
+        negative_control=negative_control,
     )  # fmt: skip
     if verify:
         check(folder)

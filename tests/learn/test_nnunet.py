@@ -86,3 +86,16 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
                "--label-out", "predictions/d060/x")  # fmt: skip
     assert r.exit_code == 2
     assert "not a loadable checkpoint" in r.output
+
+
+def test_negative_control_pairs_every_image_with_another_crops_label() -> None:
+    from bridge_xr.learn.dataset import _derangement
+
+    imgs = [(Case(f"c{i}", f"M{i % 3}", "d060", "", (0,) * 6), np.zeros((2, 4, 4)),
+             np.full((2, 4, 4), i)) for i in range(7)]  # fmt: skip
+    imgs.append((Case("odd", "M9", "d060", "", (0,) * 6), np.zeros((1, 4, 4)), np.zeros((1, 4, 4))))
+    imgs.append((Case("odd2", "M8", "d060", "", (0,) * 6), np.zeros((1, 4, 4)), np.ones((1, 4, 4))))
+    src = _derangement(imgs, seed=1)
+    assert sorted(src) == list(range(len(imgs)))  # a permutation: every label used once
+    assert all(s != i for i, s in enumerate(src))  # nobody keeps its own label
+    assert all(imgs[s][2].shape == imgs[i][2].shape for i, s in enumerate(src))
