@@ -100,3 +100,59 @@ def local_diameter(
         dtype=np.float32,
         spacing=tuple(float(s) for s in spacing),
     )
+
+
+#: diameter categories (µm) of the vessel-wise comparison (Figure 2J-K)
+DIAMETER_BINS = (0.0, 25.0, 50.0, 100.0, float("inf"))
+#: per-vessel visibility: detected share >= 0.5 strongly visible, >= 0.1 barely, else not visible
+VISIBILITY = ((0.5, "strongly visible"), (0.1, "barely visible"), (0.0, "not visible"))
+
+
+def visibility_by_diameter(
+    truth: np.ndarray,
+    candidates: dict[str, np.ndarray],
+    spacing: Sequence[float],
+    *,
+    dilation_um: float = 50.0,
+    bins: Sequence[float] = DIAMETER_BINS,
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Vessel-wise comparison of detections (e.g. prediction, thresholded MRI) against the truth.
+
+    Each connected truth vessel (26-connectivity) gets its median local diameter; a truth voxel
+    counts as detected by a candidate when the candidate has a voxel within ``dilation_um``.
+    Returns per-vessel rows (diameter, detected share and visibility category per candidate) and
+    per-diameter-category rows (vessels, voxels, detected share, visibility counts).
+    """
+    from bridge_xr.learn.metrics import dilate
+
+    mask = np.asarray(truth) > 0
+    labels, n = ndimage.label(mask, structure=np.ones((3,) * mask.ndim))
+    diam = np.asarray(local_diameter(mask, spacing, max_diameter_um=max(bins[-2] * 2, 200.0)))
+    near = {name: dilate(np.asarray(c) > 0, dilation_um, spacing) for name, c in candidates.items()}
+    vessels: list[dict[str, object]] = []
+    for lab in range(1, n + 1):
+        sel = labels == lab
+        d = float(np.median(diam[sel]))
+        row: dict[str, object] = {"vessel": lab, "voxels": int(sel.sum()), "diameter_um": d}
+        for name, nb in near.items():
+            share = float(nb[sel].mean())
+            row[f"{name}_detected"] = share
+            row[f"{name}_visibility"] = next(cat for lim, cat in VISIBILITY if share >= lim)
+        vessels.append(row)
+    categories: list[dict[str, object]] = []
+    for lo, hi in zip(bins[:-1], bins[1:], strict=True):
+        rows = [v for v in vessels if lo <= float(v["diameter_um"]) < hi]  # type: ignore[arg-type]
+        cat: dict[str, object] = {
+            "diameter_um": f"{lo:g}-{hi:g}" if np.isfinite(hi) else f">={lo:g}",
+            "vessels": len(rows),
+            "voxels": int(sum(int(r["voxels"]) for r in rows)),  # type: ignore[call-overload]
+        }
+        for name in candidates:
+            vox = sum(int(r["voxels"]) * float(r[f"{name}_detected"]) for r in rows)  # type: ignore[call-overload,arg-type]
+            cat[f"{name}_detected"] = vox / cat["voxels"] if cat["voxels"] else float("nan")  # type: ignore[operator]
+            for _, label in VISIBILITY:
+                cat[f"{name}_{label.replace(' ', '_')}"] = sum(
+                    1 for r in rows if r[f"{name}_visibility"] == label
+                )
+        categories.append(cat)
+    return vessels, categories

@@ -261,3 +261,43 @@ def evaluate_folds(
     dd = s.get("dilated_dice", {})
     out.print(f"{s['cases']} validation cases: dilated dice median {dd.get('median', float('nan')):.3f} "
               f"(threshold baseline {s.get('threshold_dilated_dice', {}).get('median', float('nan')):.3f})")  # fmt: skip
+
+
+@app.command("visibility")
+@handle_errors
+def visibility(
+    truth: Annotated[str, typer.Option(help="truth vessel mask: NIfTI or store.ome.zarr/image")],
+    prediction: Annotated[str, typer.Option(help="predicted mask, same grid")],
+    mri: Annotated[
+        str | None, typer.Option(help="MRI on the same grid: adds the thresholded-MRI baseline")
+    ] = None,
+    dilation: Annotated[
+        str, typer.Option(help="a truth voxel is found within this distance")
+    ] = "50um",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="per vessel and per category")
+    ] = None,
+) -> None:
+    """Vessel-wise comparison by diameter category: found by the model vs thresholded MRI."""
+    import pandas as pd
+
+    from bridge_xr.learn.io import read_mask, write_json
+    from bridge_xr.learn.nnunet import threshold_baseline
+    from bridge_xr.learn.vessels import visibility_by_diameter
+
+    a, sp = read_mask(truth)
+    b, sb = read_mask(prediction)
+    if a.shape != b.shape:
+        raise InvalidInputError(f"truth {a.shape} and prediction {b.shape} are not on one grid")
+    candidates = {"model": b > 0}
+    if mri:
+        m, _ = read_mask(mri)
+        if m.shape != a.shape:
+            raise InvalidInputError(f"MRI {m.shape} is not on the truth's grid {a.shape}")
+        candidates["threshold"] = threshold_baseline(m, a > 0)
+    vessels, cats = visibility_by_diameter(
+        a > 0, candidates, sp, dilation_um=_length_um(dilation, "--dilation")
+    )
+    if json_out:
+        write_json({"per_vessel": vessels, "per_diameter": cats, "spacing_um": sp}, json_out)
+    out.print(pd.DataFrame(cats).to_string(index=False))

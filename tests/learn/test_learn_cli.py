@@ -73,3 +73,26 @@ def test_filter_writes_a_label_image_without_thin_vessels(tmp_path) -> None:
     r = runner.invoke(app, ["learn", "filter", str(store), "--image", "registered/d060/angiogram",
                             "--min-diameter", "-3um", "--image-out", "x/y"])  # fmt: skip
     assert r.exit_code == 2
+
+
+def test_visibility_cli_reports_categories(tmp_path) -> None:
+    shape = (20, 30, 60)
+    z, x = np.meshgrid(np.arange(shape[0]) * 10.0, np.arange(shape[2]) * 10.0, indexing="ij")
+    truth = np.broadcast_to((((z - 100) ** 2 + (x - 300) ** 2) <= 40**2)[:, None, :], shape)
+    _nifti(tmp_path / "t.nii.gz", truth, (0.01, 0.01, 0.01))
+    _nifti(tmp_path / "p.nii.gz", truth, (0.01, 0.01, 0.01))
+    mri = np.where(truth, 300.0, 1000.0)
+    img = nib.Nifti1Image(
+        np.transpose(mri, (2, 1, 0)).astype(np.float32), np.diag([0.01] * 3 + [1])
+    )
+    nib.save(img, str(tmp_path / "m.nii.gz"))
+    r = runner.invoke(app, ["learn", "visibility", "--truth", str(tmp_path / "t.nii.gz"),
+                            "--prediction", str(tmp_path / "p.nii.gz"), "--mri",
+                            str(tmp_path / "m.nii.gz"), "--json", str(tmp_path / "v.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    v = json.loads((tmp_path / "v.json").read_text())
+    assert len(v["per_vessel"]) == 1
+    row = v["per_vessel"][0]
+    assert row["model_visibility"] == "strongly visible"
+    assert row["threshold_detected"] == 1.0
+    assert abs(row["diameter_um"] - 80) < 15
