@@ -31,6 +31,7 @@ MRI bounding box of the microscopy footprint, and the contributions are summed b
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -45,8 +46,8 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.models import LinearModel, Model, ThinPlateSpline
-from bridge_xr.register.scene import P4, model_from_record, path_between
+from bridge_xr.register.models import LinearModel, Model
+from bridge_xr.register.scene import P4, apply_hops, model_from_record, path_between
 
 Method = Literal["exact", "resliced", "bilinear"]
 
@@ -95,18 +96,6 @@ def _chain(store: Any, microscopy: str, mri: str) -> list[tuple[Model, bool]]:
     return [(model_from_record(r), fwd) for r, fwd in hops]
 
 
-def _map_xyz(models: list[tuple[Model, bool]], xyz: np.ndarray) -> np.ndarray:
-    out = xyz
-    for model, fwd in models:
-        if fwd:
-            out = model.forward_points(out)
-        elif isinstance(model, ThinPlateSpline):
-            out = model.inverse_points(out, strict=False)
-        else:
-            out = model.inverse_points(out)
-    return out
-
-
 def _composite_linear(models: list[tuple[Model, bool]]) -> np.ndarray | None:
     """The 4x4 zyx µm matrix of an all-linear chain, or None."""
     total = np.eye(4)
@@ -143,7 +132,7 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
         b = (lin[:3, :3] @ fp.mic_origin_um + lin[:3, 3] - fp.mri_origin_um) / fp.mri_spacing_um
         off = a - np.diag(np.diag(a))
         if np.abs(off).max() <= 1e-12 * np.abs(np.diag(a)).max():
-            fp = Footprint(**{**fp.__dict__, "diagonal": np.stack([np.diag(a), b + 0.5])})
+            fp = dataclasses.replace(fp, diagonal=np.stack([np.diag(a), b + 0.5]))
     return fp
 
 
@@ -159,7 +148,7 @@ def corner_nodes(
     axes_um = [fp.mic_origin_um[i] + (idx[i] - 0.5) * fp.mic_spacing_um[i] for i in range(3)]
     gz, gy, gx = np.meshgrid(*axes_um, indexing="ij")
     xyz = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-    mapped = _map_xyz(fp.models, xyz)[:, ::-1]  # zyx µm in the MRI
+    mapped = apply_hops(fp.models, xyz)[:, ::-1]  # zyx µm in the MRI
     mri_idx = (mapped - fp.mri_origin_um) / fp.mri_spacing_um + 0.5
     return idx, mri_idx.T.reshape(3, *gz.shape)
 
@@ -532,7 +521,7 @@ def footprint_sums(
     st = resolve_store(store)
     fp = plan_footprint(st, microscopy, mri)
     if force_general:
-        fp = Footprint(**{**fp.__dict__, "diagonal": None})
+        fp = dataclasses.replace(fp, diagonal=None)
     mic = read_image(st, microscopy)
     data = _inner_chunked(st, microscopy, mic)
     if "c" in mic.dims:
@@ -725,7 +714,7 @@ def resliced_sums(
     diagonal = np.stack(
         [fine_um / fp.mri_spacing_um, (origin_um - fp.mri_origin_um) / fp.mri_spacing_um + 0.5]
     )
-    fine_fp = Footprint(**{**fp.__dict__, "diagonal": diagonal})
+    fine_fp = dataclasses.replace(fp, diagonal=diagonal)
     idx = [np.array([0, n]) for n in n_fine]
     ends = [diagonal[0, a] * (idx[a] - 0.5) + diagonal[1, a] for a in range(3)]
     nodes = np.stack(np.meshgrid(*ends, indexing="ij"))

@@ -12,6 +12,7 @@ Examples
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -22,9 +23,7 @@ import dask.array as da
 import dask.dataframe as dd
 import numpy as np
 import pandas as pd
-import xarray as xr
 
-from bridge_xr import __version__
 from bridge_xr._constants import SCANNER_RAS
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import Method, density
@@ -105,7 +104,8 @@ def write_on_grid_of(
     return meta
 
 
-def _mask_values(store: Any, mask: str, like: str, label: int | None) -> da.Array:
+def _mask_on_grid(store: Any, mask: str, like: str) -> da.Array:
+    """The mask image's data, refused unless it is on the grid of image ``like``."""
     m = read_image(store, mask)
     ref = read_image(store, like)
     if tuple(m.shape) != tuple(ref.shape):
@@ -113,7 +113,12 @@ def _mask_values(store: Any, mask: str, like: str, label: int | None) -> da.Arra
             f"mask {mask!r} has shape {tuple(m.shape)} but {like!r} has {tuple(ref.shape)}; "
             "make it on that grid with `bridge mask`"
         )
-    return (m.data == label) if label is not None else (m.data > 0)
+    return m.data
+
+
+def _mask_values(store: Any, mask: str, like: str, label: int | None) -> da.Array:
+    data = _mask_on_grid(store, mask, like)
+    return (data == label) if label is not None else (data > 0)
 
 
 def zscore_normalize(
@@ -348,13 +353,7 @@ def extract_table(
     keep = da.ones(ref.shape, dtype=bool, chunks=chunks)
     label = None
     if mask:
-        m = read_image(st, mask)
-        if tuple(m.shape) != tuple(ref.shape):
-            raise InvalidInputError(
-                f"mask {mask!r} has shape {tuple(m.shape)} but {mri!r} has {tuple(ref.shape)}; "
-                "make it on the MRI grid with `bridge mask`"
-            )
-        label = m.data.rechunk(chunks)
+        label = _mask_on_grid(st, mask, mri).rechunk(chunks)
         keep = label > 0
     meta_img = read_subject(st).images.get(mri)
     fixed = {
@@ -367,8 +366,6 @@ def extract_table(
     to_ref = _scanner_um(st, mri)
     offsets = [np.cumsum((0, *c)) for c in chunks]
     parts = []
-    import itertools
-
     for bidx in itertools.product(*(range(len(c)) for c in chunks)):
         off = tuple(int(offsets[a][i]) for a, i in enumerate(bidx))
         cols = {k: v.blocks[bidx] for k, v in columns.items()}
@@ -462,15 +459,3 @@ def read_tables(tables: str | Path) -> pd.DataFrame:
         part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
         frames.append(part)
     return pd.concat(frames, ignore_index=True)
-
-
-def table_provenance(**params: Any) -> dict[str, Any]:
-    """What made a table (written next to it as JSON)."""
-    return {"bridge_xr": __version__, **params}
-
-
-def as_dataset(table: pd.DataFrame, column: str, like: xr.DataArray) -> xr.DataArray:
-    """Put a table column back onto the MRI grid (NaN where the table has no row)."""
-    out = np.full(like.shape, np.nan)
-    out[table["z"].to_numpy(), table["y"].to_numpy(), table["x"].to_numpy()] = table[column]
-    return xr.DataArray(out, dims=("z", "y", "x"))

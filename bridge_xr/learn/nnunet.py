@@ -9,7 +9,6 @@ with nnU-Net's own predictor and tools (``nnUNetv2_predict_from_modelfolder``).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
@@ -243,5 +242,4 @@ def write_fold_table(model: Path, dataset: Path, path: Path) -> dict[str, Any]:
     from bridge_xr.learn.io import write_json
 
     write_json(result, path)
-    _ = json
     return result

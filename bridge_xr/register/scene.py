@@ -446,10 +446,20 @@ def map_points(
     Going against a TPS (moving -> fixed) needs its inverse; where the warp folds there is none:
     such points raise, or become NaN with ``strict=False``.
     """
-    out = np.asarray(points_xyz_um, dtype=np.float64)
-    for rec, forward in path_between(where, src, dst):
-        model = model_from_record(rec)
-        # forward: fixed -> moving (hop from rec.fixed to rec.moving)
+    hops = [(model_from_record(rec), forward) for rec, forward in path_between(where, src, dst)]
+    return apply_hops(hops, np.asarray(points_xyz_um, dtype=np.float64), strict=strict)
+
+
+def apply_hops(
+    hops: list[tuple[Model, bool]], points_xyz_um: np.ndarray, *, strict: bool = False
+) -> np.ndarray:
+    """Points (x, y, z µm) through a chain of models; ``forward`` = fixed -> moving per hop.
+
+    Against a TPS (moving -> fixed) points without an inverse raise, or become NaN when not
+    ``strict``.
+    """
+    out = points_xyz_um
+    for model, forward in hops:
         if forward:
             out = model.forward_points(out)
         elif isinstance(model, ThinPlateSpline):

@@ -25,7 +25,7 @@ from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
 from bridge_xr.model.image import make_image, physical_extent
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.models import LinearModel, Model, ThinPlateSpline
-from bridge_xr.register.scene import P4, model_from_record, path_between
+from bridge_xr.register.scene import P4, apply_hops, model_from_record, path_between
 
 #: exact TPS nodes every this many micrometres inside a block (then trilinear in between)
 COARSE_GRID_UM = 20.0
@@ -191,14 +191,8 @@ def _map_block(
         gz, gy, gx = np.meshgrid(*axes, indexing="ij")
         xyz = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
         coords = model.inverse_points(xyz, strict=False)[:, ::-1].T.reshape(3, *shape)
-    for model, fwd in models[1:]:
-        xyz = coords.reshape(3, -1)[::-1].T
-        if fwd:
-            moved = model.forward_points(xyz)
-        elif isinstance(model, ThinPlateSpline):
-            moved = model.inverse_points(xyz, strict=False)
-        else:
-            moved = model.inverse_points(xyz)
+    if len(models) > 1:
+        moved = apply_hops(models[1:], coords.reshape(3, -1)[::-1].T)
         coords = moved[:, ::-1].T.reshape(3, *shape)
     return coords
 

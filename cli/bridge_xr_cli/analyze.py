@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -386,4 +385,3 @@ def report(
 
     index = write_report(study, output, tables=tables)
     out.print(f"report: {index}")
-    _ = json

@@ -101,15 +101,14 @@ def evaluate(
 
 
 def _spacing_zyx(text: str) -> tuple[float, float, float]:
-    parts = [p.strip() for p in text.split(",") if p.strip()]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
+    from bridge_xr_cli.resample import _spacing
+
+    zyx = _spacing(text)
+    if zyx is None or min(zyx) <= 0:
         raise InvalidInputError(
-            f"--spacing takes x,y,z lengths, e.g. 25um,25um,100um; got {text!r}"
+            f"--spacing takes positive lengths x,y,z, e.g. 25um,25um,100um; got {text!r}"
         )
-    x, y, z = (_length_um(p, "--spacing") for p in parts)
-    return (z, y, x)
+    return zyx
 
 
 @app.command("export")
