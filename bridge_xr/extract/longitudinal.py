@@ -238,11 +238,15 @@ def write_longitudinal(df: pd.DataFrame, output: str | Path, subject: str) -> li
     tmp = root.with_name(root.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     written = []
-    for session, part in df.groupby("session", sort=False):
-        folder = tmp / f"session={session}"
-        folder.mkdir(parents=True)
-        part.drop(columns=["session"]).to_parquet(folder / "part-0.parquet", index=False)
-        written.append(root / f"session={session}" / "part-0.parquet")
+    try:
+        for session, part in df.groupby("session", sort=False):
+            folder = tmp / f"session={session}"
+            folder.mkdir(parents=True)
+            part.drop(columns=["session"]).to_parquet(folder / "part-0.parquet", index=False)
+            written.append(root / f"session={session}" / "part-0.parquet")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
     if root.exists():
         shutil.rmtree(root)
     tmp.rename(root)

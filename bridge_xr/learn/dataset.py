@@ -16,6 +16,7 @@ For every subject store and session with an MRI sequence and a registered micros
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,42 +250,46 @@ def export_dataset(
     if negative_control:
         label_from = _derangement(images, seed)
     tmp = folder.with_name(folder.name + ".tmp")
-    (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
-    for (case, img, _), src in zip(images, label_from, strict=True):
-        lab = images[src][2]
-        _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
-        _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
-    dataset_json = {
-        "channel_names": {"0": mri_sequence},
-        "labels": {"background": 0, "vessel": 1},
-        "numTraining": len(cases),
-        "file_ending": ".nii.gz",
-        "name": name,
-        "description": f"bridge_xr: {mri_sequence} MRI with {truth} microscopy truth "
-        f"(fraction >= {min_fraction}), {tuple(spacing_um)} µm (z, y, x)",
-        "reference": "BRIDGE (bridge_xr export)",
-    }
-    if negative_control:
-        dataset_json["description"] = (
-            f"{dataset_json['description']}; NEGATIVE CONTROL: every image is paired with another "
-            "crop's label (same shape)"
-        )
-    (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-    (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
-    pd.DataFrame(
-        [
-            {
-                "case": c.case,
-                "subject": c.subject,
-                "session": c.session,
-                "store": c.store,
-                **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
-                "label_from": cases[src].case,
-            }
-            for c, src in zip(cases, label_from, strict=True)
-        ]  # fmt: skip
-    ).to_csv(tmp / "cases.csv", index=False)
+    try:
+        (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
+        (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
+        for (case, img, _), src in zip(images, label_from, strict=True):
+            lab = images[src][2]
+            _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
+            _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
+        dataset_json = {
+            "channel_names": {"0": mri_sequence},
+            "labels": {"background": 0, "vessel": 1},
+            "numTraining": len(cases),
+            "file_ending": ".nii.gz",
+            "name": name,
+            "description": f"bridge_xr: {mri_sequence} MRI with {truth} microscopy truth "
+            f"(fraction >= {min_fraction}), {tuple(spacing_um)} µm (z, y, x)",
+            "reference": "BRIDGE (bridge_xr export)",
+        }
+        if negative_control:
+            dataset_json["description"] = (
+                f"{dataset_json['description']}; NEGATIVE CONTROL: every image is paired with another "
+                "crop's label (same shape)"
+            )
+        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+        (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
+        pd.DataFrame(
+            [
+                {
+                    "case": c.case,
+                    "subject": c.subject,
+                    "session": c.session,
+                    "store": c.store,
+                    **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
+                    "label_from": cases[src].case,
+                }
+                for c, src in zip(cases, label_from, strict=True)
+            ]  # fmt: skip
+        ).to_csv(tmp / "cases.csv", index=False)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
+        raise
     tmp.rename(folder)
     return folder
 
