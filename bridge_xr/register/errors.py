@@ -25,17 +25,26 @@ def rmse_um(model: Model, fixed: Array, moving: Array) -> float:
     return float(np.sqrt(np.mean(np.sum(d * d, axis=1))))
 
 
+def loo_residuals_um(
+    model: str, fixed: Array, moving: Array, *, kernel: Kernel = "r", smoothing: float = 0.0
+) -> Array:
+    """Leave-one-out residual vectors (N, 3): landmark i mapped by the fit without it, minus its
+    moving partner (moving space, xyz µm)."""
+    f, m = np.asarray(fixed, dtype=np.float64), np.asarray(moving, dtype=np.float64)
+    out = np.empty_like(f)
+    for i in range(len(f)):
+        keep = np.arange(len(f)) != i
+        sub = fit(model, f[keep], m[keep], kernel=kernel, smoothing=smoothing)
+        out[i] = sub.forward_points(f[i : i + 1])[0] - m[i]
+    return out
+
+
 def loo_tre_um(
     model: str, fixed: Array, moving: Array, *, kernel: Kernel = "r", smoothing: float = 0.0
 ) -> Array:
     """Leave-one-out target registration error of each landmark (moving space), in order."""
-    f, m = np.asarray(fixed, dtype=np.float64), np.asarray(moving, dtype=np.float64)
-    out = np.empty(len(f))
-    for i in range(len(f)):
-        keep = np.arange(len(f)) != i
-        sub = fit(model, f[keep], m[keep], kernel=kernel, smoothing=smoothing)
-        out[i] = np.linalg.norm(sub.forward_points(f[i : i + 1])[0] - m[i])
-    return out
+    res = loo_residuals_um(model, fixed, moving, kernel=kernel, smoothing=smoothing)
+    return np.asarray(np.linalg.norm(res, axis=1))
 
 
 def fitzpatrick_tre_um(fixed: Array, fle_rms_um: float, targets: Array) -> Array:

@@ -4,6 +4,8 @@ For each landmark a cube of ``radius_um`` around it is cut from the fixed image 
 from the moving image (at the pyramid level closest to the fixed voxel size); a rigid or affine
 transform, started from the global affine fit of all landmarks, is optimised for Mattes mutual
 information; the moving landmark moves to where the optimised transform puts the fixed landmark.
+``model="bspline"`` adds a second stage: a cubic B-spline (a ``mesh``³ control grid over the fixed
+cube, L-BFGS-B) on top of the optimised affine, for local deformations an affine cannot follow.
 Moves larger than half the radius are rejected as divergent (the landmark is kept).
 """
 
@@ -53,6 +55,37 @@ def _moving_level(store: Any, moving: str, target_um: float) -> int:
     return best
 
 
+def _bspline_stage(
+    fixed: sitk.Image,
+    moving: sitk.Image,
+    initial: sitk.Transform,
+    *,
+    mesh: int,
+    iterations: int,
+    seed: int,
+) -> sitk.Transform:
+    """A B-spline over the fixed cube on top of ``initial``; returns the composite transform."""
+    bspline = sitk.BSplineTransformInitializer(fixed, [mesh] * 3, order=3)
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=24)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.5, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsLBFGSB(
+        gradientConvergenceTolerance=1e-6,
+        numberOfIterations=iterations,
+        maximumNumberOfCorrections=5,
+        maximumNumberOfFunctionEvaluations=4 * iterations,
+    )
+    reg.SetMovingInitialTransform(initial)
+    reg.SetInitialTransform(bspline, inPlace=True)
+    reg.Execute(fixed, moving)
+    composite = sitk.CompositeTransform(3)
+    composite.AddTransform(initial)
+    composite.AddTransform(bspline)
+    return composite
+
+
 def refine_landmarks(
     where: StoreLike,
     *,
@@ -63,10 +96,11 @@ def refine_landmarks(
     model: str = "affine",
     iterations: int = 100,
     seed: int = 0,
+    mesh: int = 3,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refined landmarks and a table of per-landmark moves (µm, accepted or not)."""
-    if model not in {"rigid", "affine"}:
-        raise InvalidInputError(f"--refine must be rigid or affine; got {model!r}")
+    if model not in {"rigid", "affine", "bspline"}:
+        raise InvalidInputError(f"--refine must be rigid, affine or bspline; got {model!r}")
     store = resolve_store(where)
     df = validate(landmarks, source="landmarks")
     names, f_pts, m_pts = arrays(df)
@@ -87,9 +121,9 @@ def refine_landmarks(
                 {"name": name, "move_um": 0.0, "accepted": False, "reason": "outside image"}
             )
             continue
-        tx = sitk.AffineTransform(3) if model == "affine" else sitk.Euler3DTransform()
+        tx = sitk.Euler3DTransform() if model == "rigid" else sitk.AffineTransform(3)
         tx.SetCenter(tuple(float(v) for v in f))
-        if model == "affine":
+        if model != "rigid":
             tx.SetMatrix(glob.matrix.ravel().tolist())
         tx.SetTranslation(tuple(float(v) for v in (m - f)))
         reg = sitk.ImageRegistrationMethod()
@@ -106,6 +140,8 @@ def refine_landmarks(
         reg.SetInitialTransform(tx, inPlace=False)
         try:
             final = reg.Execute(fc, mc)
+            if model == "bspline":
+                final = _bspline_stage(fc, mc, final, mesh=mesh, iterations=iterations, seed=seed)
         except RuntimeError as exc:
             rows.append(
                 {

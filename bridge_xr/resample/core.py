@@ -220,6 +220,7 @@ def resample(
     level: int | None = None,
     chunks: tuple[int, int, int] = (32, 128, 128),
     max_error_voxels: float = 0.1,
+    nan_outside: bool = False,
 ) -> xr.DataArray:
     """Resample ``moving`` onto ``onto``'s grid (or its extent at ``spacing_um``), lazily."""
     store = resolve_store(where)
@@ -238,6 +239,7 @@ def resample(
         level=level,
         chunks=chunks,
         max_error_voxels=max_error_voxels,
+        nan_outside=nan_outside,
     )
     img.attrs["resample"].update({"onto": onto, "chain": [r.name for r, _ in hops]})
     return img

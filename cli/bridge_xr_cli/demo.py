@@ -137,7 +137,13 @@ def _registration(study: Any, report: Path) -> dict[str, Any]:
     fixed, moving = "invivo_mri/d060/T2w", "twophoton/d060/angiogram"
     raters = [read_csv(p) for p in study.landmark_csvs]
     _, rep = register(
-        study.store, fixed=fixed, moving=moving, landmarks=raters[0], model="tps", name="2p_to_mri"
+        study.store,
+        fixed=fixed,
+        moving=moving,
+        landmarks=raters[0],
+        model="tps",
+        name="2p_to_mri",
+        tre_map=True,
     )
     # the glioma channel shares the angiogram's space: the same landmarks register it (as in the paper)
     register(
@@ -179,7 +185,7 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
     from bridge_xr.io.ome_zarr import read_image
     from bridge_xr.io.scene import add_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.register.qc import qc_figure
+    from bridge_xr.register.qc import registration_qc
     from bridge_xr.resample.core import resample
 
     fixed = "invivo_mri/d060/T2w"
@@ -194,29 +200,11 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
         )
         add_image(study.store, img, meta)
     vessel = read_image(study.store, "registered/d060/angiogram").values.astype(float)
-    mri = read_image(study.store, fixed).values
     vf = study.phantom.vessel_fraction
     covered = vessel > 0
-    mid = int(np.argmax(covered.sum(axis=(1, 2))))
-    qc_figure(
-        mri[mid],
-        vessel[mid],
-        report / "registration_qc.png",
-        title=f"2P angiogram resampled onto T2w through the TPS, slice {mid}",
-    )
-    # a second scale: MRI upsampled in-plane and the 2P angiogram resampled at 5 µm (lazily: one slice)
-    dz = float(read_image(study.store, fixed).attrs["spacing"]["z"]) * 1000
-    mri_up = resample(study.store, moving=fixed, onto=fixed, spacing_um=(dz, 5.0, 5.0))
-    ang_up = resample(
-        study.store, moving="twophoton/d060/angiogram", onto=fixed, spacing_um=(dz, 5.0, 5.0)
-    )
-    qc_figure(
-        mri_up.isel(z=mid).values,
-        ang_up.isel(z=mid).values,
-        report / "registration_qc_5um.png",
-        title=f"same slice at 5 µm: MRI upsampled in-plane, 2P through the TPS (slice {mid})",
-        tiles=10,
-    )
+    # QC: checkerboard/overlay at the MRI grid with leave-one-out residual arrows, the same slice
+    # with the MRI upsampled in-plane, and the bootstrap TRE map (report/registration_*.png)
+    registration_qc(study.store, "2p_to_mri", report / "registration")
     return {"r_vessel_fraction": float(np.corrcoef(vf[covered], vessel[covered])[0, 1])}
 
 

@@ -120,13 +120,20 @@ def register(
     refine: Annotated[
         str | None,
         typer.Option(
-            help="refine landmarks by local mutual-information registration: rigid or affine"
+            help="refine landmarks by local mutual-information registration: rigid, affine or bspline"
         ),
     ] = None,
     refine_radius: Annotated[str, typer.Option(help="half-size of the refinement cube")] = "150um",
     refined_landmarks: Annotated[
         Path | None, typer.Option(help="write the refined landmarks to this CSV")
     ] = None,
+    qc: Annotated[
+        bool,
+        typer.Option(
+            "--qc/--no-qc",
+            help="with --report: QC figures next to it (<report>_qc.png, _qc_fine.png, _tre.png)",
+        ),
+    ] = True,
 ) -> None:
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
     from bridge_xr.model.units import conversion_factor, parse_length
@@ -177,6 +184,10 @@ def register(
         }
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
+        if qc:
+            from bridge_xr.register.qc import registration_qc
+
+            rep["qc_figures"] = registration_qc(store, name, report.with_suffix(""))
         report.write_text(
             json.dumps({"name": name, "fixed": fixed, "moving": moving, **rep}, indent=2)
         )

@@ -249,6 +249,8 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert summary["validation"] == "passed"
     assert summary["nifti_roundtrip"]["data_identical"] is True
     assert (out / "report" / "overview.png").stat().st_size > 10_000
+    for fig in ("registration_qc.png", "registration_qc_fine.png", "registration_tre.png"):
+        assert (out / "report" / fig).stat().st_size > 5_000, fig
     assert "Demo study in" in r.stdout
     corr = summary["correlation"]
     assert corr["voxels"] > 50

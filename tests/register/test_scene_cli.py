@@ -356,6 +356,26 @@ def test_register_writes_a_bootstrap_tre_map(study, tmp_path) -> None:
     assert tre.shape == read_image(str(st.store), FIXED).shape
     assert 0 < float(tre.min()) < float(tre.max())
     assert validate_store(str(st.store)) == []
+    # QC figures next to the report: real PNGs; the landmarks drawn are those near the slice
+    from PIL import Image
+
+    figs = rep["qc_figures"]
+    for key, suffix in (("qc", "r_qc.png"), ("qc_fine", "r_qc_fine.png"), ("tre", "r_tre.png")):
+        assert Path(figs[key]) == tmp_path / suffix
+        with Image.open(figs[key]) as im:
+            assert im.format == "PNG"
+            assert min(im.size) > 200
+    from bridge_xr.register.landmarks import arrays, read_csv
+
+    _, f_pts, _ = arrays(read_csv(st.landmark_csvs[0]))
+    mri = read_image(str(st.store), FIXED)
+    from bridge_xr.model.units import conversion_factor
+
+    fac = conversion_factor("micrometer", mri.attrs["unit"])
+    z_idx = (f_pts[:, 2] * fac - mri.attrs["origin"]["z"]) / mri.attrs["spacing"]["z"]
+    assert figs["slice"] == int(np.rint(np.median(z_idx)))
+    assert figs["landmarks_on_slice"] == int(np.sum(np.abs(z_idx - figs["slice"]) <= 1.5))
+    assert figs["landmarks_on_slice"] > 0
 
 
 def test_register_with_local_refinement_from_the_cli(study, tmp_path) -> None:
@@ -405,9 +425,9 @@ def test_register_with_local_refinement_from_the_cli(study, tmp_path) -> None:
         "--landmarks",
         st.landmark_csvs[0],
         "--refine",
-        "bspline",
+        "spline",
         "--name",
         "x",
     )
     assert r.exit_code == 2
-    assert "rigid or affine" in r.stderr
+    assert "rigid, affine or bspline" in r.stderr
