@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
+import numpy as np
 import typer
 
 from bridge_xr.errors import InvalidInputError
@@ -56,6 +57,7 @@ def resample(
     """Resample an image through the registrations onto another image's grid, block by block."""
     from bridge_xr.io.scene import add_image, read_subject
     from bridge_xr.model.metadata import ImageMetadata, Provenance
+    from bridge_xr.resample.core import block_errors
     from bridge_xr.resample.core import resample as run
 
     if order not in (0, 1, 3):
@@ -69,7 +71,18 @@ def resample(
         labels=labels,
         level=level,
     )
-    src = read_subject(store).images[moving]
+    subject = read_subject(store)
+    src = subject.images[moving]
+    extra: dict[str, Any] = {}
+    if any(subject.registrations[n].model == "tps" for n in img.attrs["resample"]["chain"]):
+        # the certified mapping-error bound of every output block, kept as a small QC image
+        errs = block_errors(store, moving=moving, onto=onto, spacing_um=_spacing(spacing))
+        errs = errs.copy(data=errs.values)
+        err_path = f"qc/{image}/block_error"
+        extra = {
+            "block_error_image": err_path,
+            "certified_max_error_um": float(np.nanmax(errs.values)),
+        }
     meta = ImageMetadata(
         path=image,
         modality="labels" if labels else "derived",
@@ -77,14 +90,36 @@ def resample(
         session=src.session,
         channel_names=src.channel_names,
         source=f"{moving} resampled onto {onto}",
-        provenance=Provenance.now("resample", inputs=(moving, onto), **img.attrs["resample"]),
+        provenance=Provenance.now(
+            "resample", inputs=(moving, onto), **img.attrs["resample"], **extra
+        ),
     )
     with level_progress(f"resampling {moving} -> {image}") as cb:
         add_image(
             store, img, meta, overwrite=overwrite, method="mode" if labels else "mean", progress=cb
         )
+    if extra:  # written after the image itself, so a failed resample leaves nothing behind
+        add_image(
+            store,
+            errs,
+            ImageMetadata(
+                path=err_path,
+                modality="derived",
+                source=f"certified TPS mapping-error bound (µm) per output block of {image}",
+                provenance=Provenance.now("resample block errors", inputs=(moving, onto)),
+            ),
+            overwrite=True,
+            shards=False,
+        )
+    bound = (
+        f"; mapping error ≤ {extra['certified_max_error_um']:.3g} µm per block "
+        f"({extra['block_error_image']})"
+        if extra
+        else ""
+    )
     out.print(
-        f"wrote {image}: {'×'.join(map(str, img.shape))} voxels via {', '.join(img.attrs['resample']['chain'])}"
+        f"wrote {image}: {'×'.join(map(str, img.shape))} voxels via "
+        f"{', '.join(img.attrs['resample']['chain'])}{bound}"
     )
 
 

@@ -96,6 +96,7 @@ def test_resample_cli_writes_a_registered_image_onto_the_mri_grid(study) -> None
     assert out.shape == mri.shape
     np.testing.assert_allclose(out.z.values, mri.z.values)
     assert validate_store(str(study.store)) == []
+
     # the registered angiogram is bright where the MRI's true vessel fraction is high
     vf = study.phantom.vessel_fraction
     v = out.values.astype(float)
@@ -119,3 +120,28 @@ def test_resample_cli_writes_a_registered_image_onto_the_mri_grid(study) -> None
     )
     assert r.exit_code == 2
     assert "unknown unit" in r.stderr
+
+
+def test_resample_cli_stores_the_certified_error_of_every_block(tmp_path) -> None:
+    from bridge_xr.register.scene import register
+
+    st = write_phantom_study(tmp_path, PhantomConfig.tiny())
+    q = np.random.default_rng(3).uniform([5, 20, 20], [55, 220, 220], size=(25, 3))
+    p = st.phantom.truth.inverse(q)  # the phantom's smooth true deformation
+    lm = pd.DataFrame({"name": [f"L{i}" for i in range(25)]})
+    for i, a in enumerate("zyx"):
+        lm[f"moving_{a}"], lm[f"fixed_{a}"] = q[:, i], p[:, i]
+    register(st.store, fixed=FIXED, moving=MOVING, landmarks=lm, model="tps", name="tps_only")
+    args = ["resample", str(st.store), "--moving", MOVING, "--onto", FIXED]
+    r = CliRunner().invoke(app, [*args, "--image", "registered/a", "--spacing", "6um,6um,6um"])
+    assert r.exit_code == 0, r.output
+    errs = read_image(str(st.store), "qc/registered/a/block_error")
+    prov = read_subject(str(st.store)).images["registered/a"].provenance
+    assert prov.parameters["block_error_image"] == "qc/registered/a/block_error"
+    assert 0 < float(errs.max()) <= 0.1 * 6.0
+    assert prov.parameters["certified_max_error_um"] == pytest.approx(float(errs.max()))
+    out = read_image(str(st.store), "registered/a")
+    assert errs.shape == tuple(
+        -(-out.sizes[d] // c) for d, c in zip("zyx", (32, 128, 128), strict=True)
+    )
+    assert validate_store(str(st.store)) == []

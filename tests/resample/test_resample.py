@@ -146,3 +146,49 @@ def test_resampling_an_image_onto_its_own_space_upsamples_it() -> None:
     # linear in x: upsampled values follow the ramp between original voxel centres
     row = up.values[3, 30, 3:57]
     np.testing.assert_allclose(np.diff(row), 1.0 / 3.0, atol=1e-4)
+
+
+def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None:
+    from bridge_xr.resample.core import _map_block, block_errors, target_grid
+
+    store = _store_with(np.zeros((40, 200, 200), np.float32), (2.0, 1.5, 1.5))
+    rng = np.random.default_rng(1)
+    fixed = rng.uniform([20, 20, 10], [280, 280, 70], size=(30, 3))
+    moving = fixed + 15 * np.sin(fixed / 25.0)  # curvy: cells near landmarks get flagged
+    register(
+        store,
+        fixed="mri/T2w",
+        moving="twop/img",
+        landmarks=_landmarks(fixed, moving),
+        model="tps",
+        name="t",
+    )
+    chunks, spacing = (8, 16, 16), (4.0, 4.0, 4.0)
+    errs = block_errors(store, moving="twop/img", onto="mri/T2w", spacing_um=spacing, chunks=chunks)
+    grid = target_grid(read_image_of(store), spacing)
+    n_blocks = tuple(-(-n // c) for n, c in zip(grid.shape, chunks, strict=True))
+    assert errs.shape == n_blocks
+    bound = errs.values
+    assert np.all(bound <= 0.1 * 4.0 + 1e-12)
+    assert bound.max() > 0
+    tps = model_from_record(read_subject(store).registrations["t"])
+    org = np.asarray(grid.origin) * 1000
+    every = list(np.ndindex(*n_blocks))
+    picks = [every[i] for i in rng.choice(len(every), 40, replace=False)]
+    picks.append(tuple(int(v) for v in np.unravel_index(np.argmax(bound), bound.shape)))
+    for b in picks:
+        axes = [
+            org[i] + np.arange(b[i] * chunks[i], min((b[i] + 1) * chunks[i], grid.shape[i])) * 4.0
+            for i in range(3)
+        ]
+        got = _map_block([(tps, True)], axes, 0.4)
+        gz, gy, gx = np.meshgrid(*axes, indexing="ij")
+        exact = tps.forward_points(np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1))
+        dev = np.linalg.norm(got.reshape(3, -1)[::-1].T - exact, axis=1).max()
+        assert dev <= bound[b] + 1e-9, (b, dev, bound[b])
+
+
+def read_image_of(store):
+    from bridge_xr.io.ome_zarr import read_image
+
+    return read_image(store, "mri/T2w")
