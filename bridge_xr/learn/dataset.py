@@ -7,7 +7,9 @@ For every subject store and session with an MRI sequence and a registered micros
 2. the truth microscopy is integrated into that grid (density per voxel, through the
    registrations) and binarised: vessel where at least ``min_fraction`` of the voxel is vessel;
 3. crops are taken from a crop list, or automatically: tiles of ``crop_yx`` voxels (all z) that
-   the microscopy covers completely and that hold at least ``min_vessel`` vessel voxels;
+   the microscopy covers completely and that hold at least ``min_vessel`` vessel voxels; where
+   the registrations carry bootstrap TRE maps (``bridge register --tre-map``), the tiles with the
+   lowest mean registration error go first and tiles above ``max_tre_um`` are left out;
 4. each crop becomes ``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz`` (voxel size in
    mm), with ``dataset.json``, ``splits_final.json`` (folds grouped by subject: crops of one mouse
    are never in both train and validation) and ``cases.csv`` (case -> subject, session, crop).
@@ -47,6 +49,7 @@ class Case:
     session: str
     store: str
     crop: tuple[int, ...]
+    tre_um: float | None = None  # mean bootstrap TRE over the crop, when a TRE map exists
 
 
 def group_splits(
@@ -106,10 +109,16 @@ def _export_grid(
 
 
 def _auto_crops(
-    covered: np.ndarray, label: np.ndarray, crop_yx: int, min_vessel: int
+    covered: np.ndarray,
+    label: np.ndarray,
+    crop_yx: int,
+    min_vessel: int,
+    tre: np.ndarray | None = None,
+    max_tre_um: float | None = None,
 ) -> list[tuple[int, ...]]:
     """Non-overlapping crop_yx x crop_yx tiles, each over the z range where it is fully covered,
-    the best-covered first (a tilted field of view covers fewer slices near its edges)."""
+    the best-covered first (a tilted field of view covers fewer slices near its edges), then the
+    lowest mean registration error (``tre``, µm per voxel, when known), then the most vessel."""
     nz, ny, nx = label.shape
     step = max(1, crop_yx // 4)
     candidates = []
@@ -123,16 +132,59 @@ def _auto_crops(
             if z1 - z0 != len(zs):  # keep a contiguous run only
                 continue
             n_vessel = int(label[z0:z1, window[0], window[1]].sum())
+            err = float(np.mean(tre[z0:z1, window[0], window[1]])) if tre is not None else 0.0
+            if max_tre_um is not None and err > max_tre_um:
+                continue
             if n_vessel >= min_vessel:
-                candidates.append((z1 - z0, n_vessel, (z0, z1, y0, y0 + crop_yx, x0, x0 + crop_yx)))
+                box = (z0, z1, y0, y0 + crop_yx, x0, x0 + crop_yx)
+                candidates.append((z1 - z0, err, n_vessel, box))
     taken = np.zeros((ny, nx), dtype=bool)
     crops: list[tuple[int, ...]] = []
-    for _, _, box in sorted(candidates, key=lambda c: (-c[0], -c[1])):
+    for _, _, _, box in sorted(candidates, key=lambda c: (-c[0], c[1], -c[2])):
         _, _, y0, y1, x0, x1 = box
         if not taken[y0:y1, x0:x1].any():
             taken[y0:y1, x0:x1] = True
             crops.append(box)
     return sorted(crops)
+
+
+def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
+    """Registration error (µm) of the chain from the export ``grid`` to ``microscopy``, per grid
+    voxel: the bootstrap TRE maps (``qc/<registration>/tre_map``) of the hops that have one,
+    sampled (linear) at the voxel centres mapped into each map's space and added in quadrature;
+    None when no hop has a TRE map."""
+    from scipy.ndimage import map_coordinates
+
+    from bridge_xr.model.units import conversion_factor
+    from bridge_xr.register.scene import map_points, path_between
+
+    images = read_subject(st).images
+    g = read_image(st, grid)
+    fac = conversion_factor(g.attrs["unit"], "micrometer")
+    axes = [
+        (g.attrs["origin"][d] + np.arange(g.sizes[d]) * g.attrs["spacing"][d]) * fac for d in "zyx"
+    ]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    pts = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
+    total = None
+    for rec, _ in path_between(st, grid, microscopy):
+        path = f"qc/{rec.name}/tre_map"
+        if path not in images:
+            continue
+        tre = read_image(st, path)
+        tfac = conversion_factor(tre.attrs["unit"], "micrometer")
+        q = map_points(st, pts, grid, rec.fixed, strict=False)  # xyz µm in the map's space
+        idx = [
+            (q[:, 2 - i] / tfac - tre.attrs["origin"][d]) / tre.attrs["spacing"][d]
+            for i, d in enumerate("zyx")
+        ]
+        vals = map_coordinates(
+            np.asarray(tre.values, dtype=np.float64), np.nan_to_num(np.stack(idx)), order=1,
+            mode="nearest",
+        )  # fmt: skip
+        sq = vals.reshape(zz.shape) ** 2
+        total = sq if total is None else total + sq
+    return None if total is None else np.sqrt(total)
 
 
 def _derangement(images: list[tuple[Case, np.ndarray, np.ndarray]], seed: int) -> list[int]:
@@ -183,6 +235,7 @@ def export_dataset(
     method: Method = "resliced",
     negative_control: bool = False,
     seed: int = 0,
+    max_tre_um: float | None = None,
 ) -> Path:
     """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder."""
     if not 1 <= dataset_id <= 999:
@@ -221,6 +274,7 @@ def export_dataset(
             frac = np.nan_to_num(np.asarray(ds["fraction"].values), nan=0.0)
             covered = np.asarray(ds["coverage"].values) >= 0.999
             label = ((frac >= min_fraction) & covered).astype(np.uint8)
+            tre = tre_on_grid(st, grid, truth_path)
             if crops is not None:
                 rows = crops[(crops["subject"].astype(str) == subject)
                              & (crops["session"].astype(str) == session)]  # fmt: skip
@@ -228,7 +282,7 @@ def export_dataset(
                     tuple(int(r[c]) for c in CROP_COLUMNS[2:]) for _, r in rows.iterrows()
                 ]
             else:
-                boxes = _auto_crops(covered, label, crop_yx, min_vessel)
+                boxes = _auto_crops(covered, label, crop_yx, min_vessel, tre, max_tre_um)
             for k, box in enumerate(boxes):
                 z0, z1, y0, y1, x0, x1 = box
                 if not (0 <= z0 < z1 <= label.shape[0] and 0 <= y0 < y1 <= label.shape[1]
@@ -236,14 +290,20 @@ def export_dataset(
                     raise InvalidInputError(
                         f"crop {box} of {subject}/{session} is outside the export grid {label.shape}"
                     )
-                case = Case(f"{subject}_{session}_{k:03d}", subject, session, str(store_path), box)
+                err = float(np.mean(tre[z0:z1, y0:y1, x0:x1])) if tre is not None else None
+                case = Case(
+                    f"{subject}_{session}_{k:03d}", subject, session, str(store_path), box, err
+                )
                 sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
                 cases.append(case)
                 images.append((case, mri_arr[sl], label[sl]))
     if not cases:
         raise InvalidInputError(
             f"no crops: no subject in {str(study)!r} has an MRI {mri_sequence!r} with registered "
-            f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile (try a smaller --crop-size)"
+            f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile"
+            + (f" with mean TRE <= {max_tre_um:g} µm" if max_tre_um is not None else "")
+            + " (try a smaller --crop-size"
+            + (" or a larger --max-tre)" if max_tre_um is not None else ")")
         )
     splits = group_splits(cases, n_folds)
     label_from = list(range(len(images)))
@@ -283,6 +343,7 @@ def export_dataset(
                     "store": c.store,
                     **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
                     "label_from": cases[src].case,
+                    "tre_um": c.tre_um,
                 }
                 for c, src in zip(cases, label_from, strict=True)
             ]  # fmt: skip

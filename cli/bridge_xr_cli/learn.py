@@ -146,13 +146,25 @@ def export(
             help="pair every image with another crop's label (paper's control)",
         ),
     ] = False,
+    max_tre: Annotated[
+        str | None,
+        typer.Option(
+            help="automatic crops: leave out tiles whose mean bootstrap TRE (from "
+            "`bridge register --tre-map`) exceeds this, e.g. 60um"
+        ),
+    ] = None,
 ) -> None:
     """Registered MRI crops + microscopy vessel truth -> an nnU-Net v2 raw dataset."""
     import pandas as pd
 
     from bridge_xr.learn.dataset import export_dataset
     from bridge_xr.learn.dataset import verify as check
+    from bridge_xr.model.units import conversion_factor, parse_length
 
+    max_tre_um = None
+    if max_tre is not None:
+        v, u = parse_length(max_tre, default_unit="um")
+        max_tre_um = v * conversion_factor(u, "micrometer")
     table = None
     if crops is not None:
         if not crops.is_file():
@@ -162,7 +174,7 @@ def export(
         study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=_spacing_zyx(spacing),
         crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
         min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
-        negative_control=negative_control,
+        negative_control=negative_control, max_tre_um=max_tre_um,
     )  # fmt: skip
     if verify:
         check(folder)

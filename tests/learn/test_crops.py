@@ -1,0 +1,86 @@
+"""Automatic crops prefer low registration error (bootstrap TRE maps) and honour --max-tre."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from scipy.interpolate import RegularGridInterpolator
+from typer.testing import CliRunner
+
+from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.learn.dataset import _auto_crops, tre_on_grid
+from bridge_xr.model.units import conversion_factor
+from bridge_xr.register.landmarks import read_csv
+from bridge_xr.register.scene import register
+from bridge_xr.testing.phantom import PhantomConfig
+from bridge_xr.testing.study import write_analysis_study
+from bridge_xr_cli.main import app
+
+
+def test_auto_crops_rank_by_error_and_drop_tiles_above_the_limit() -> None:
+    covered = np.ones((3, 16, 32), dtype=bool)
+    label = np.zeros((3, 16, 32), dtype=np.uint8)
+    label[:, 4:12, :] = 1  # vessel everywhere along x
+    label[:, :, :8] = 0
+    label[:, 4:6, :8] = 1  # ...but the left tile has less of it
+    tre = np.broadcast_to(np.linspace(10.0, 100.0, 32), (3, 16, 32)).copy()  # worse to the right
+    plain = _auto_crops(covered, label, 16, 5)
+    ranked = _auto_crops(covered, label, 16, 5, tre)
+    limited = _auto_crops(covered, label, 16, 5, tre, max_tre_um=40.0)
+    assert plain == [(0, 3, 0, 16, 8, 24)]  # the most vessel first: it blocks both neighbours
+    assert ranked == [(0, 3, 0, 16, 0, 16), (0, 3, 0, 16, 16, 32)]  # lowest error first
+    assert limited == [(0, 3, 0, 16, 0, 16)]  # only the left tile's mean TRE is below 40 µm
+    assert all(float(tre[:, y0:y1, x0:x1].mean()) <= 40.0 for _, _, y0, y1, x0, x1 in limited)
+
+
+def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
+    studies = write_analysis_study(tmp_path, ("M001", "M002"), PhantomConfig.tiny())
+    for sub in studies:
+        register(
+            sub.store,
+            fixed="invivo_mri/d060/T2w",
+            moving="twophoton/d060/angiogram",
+            landmarks=read_csv(sub.landmark_csvs[0]),
+            model="tps",
+            name="angiogram_to_mri",
+            tre_map=True,
+            fle_um=20.0,
+            overwrite=True,
+        )
+    st = studies[0]
+    runner = CliRunner()
+    base = ["learn", "export", str(tmp_path / "study"), "--spacing", "30um,30um,30um",
+            "--crop-size", "4", "--min-vessel", "1", "--no-verify"]  # fmt: skip
+    r = runner.invoke(app, [*base, "--output", str(tmp_path / "all")])
+    assert r.exit_code == 0, r.output
+    cases = pd.read_csv(next((tmp_path / "all").glob("Dataset*/cases.csv")))
+    assert cases["tre_um"].notna().all()
+    # the per-voxel error is the TRE map sampled at the export grid's voxel centres
+    grid = read_image(str(st.store), "learn/d060/T2w_grid")
+    tre_img = read_image(str(st.store), "qc/angiogram_to_mri/tre_map")
+    err = tre_on_grid(str(st.store), "learn/d060/T2w_grid", "twophoton/d060/angiogram")
+    assert err is not None and err.shape == grid.shape
+    axes = [
+        tre_img.attrs["origin"][d] + np.arange(tre_img.sizes[d]) * tre_img.attrs["spacing"][d]
+        for d in "zyx"
+    ]
+    f = conversion_factor(grid.attrs["unit"], tre_img.attrs["unit"])
+    pts = np.stack(
+        np.meshgrid(
+            *[(grid.attrs["origin"][d] + np.arange(grid.sizes[d]) * grid.attrs["spacing"][d]) * f
+              for d in "zyx"], indexing="ij",
+        ), axis=-1,
+    )  # fmt: skip
+    lo = np.array([a[0] for a in axes])
+    hi = np.array([a[-1] for a in axes])
+    ref = RegularGridInterpolator(axes, np.asarray(tre_img.values, float))(np.clip(pts, lo, hi))
+    np.testing.assert_allclose(err, ref, rtol=1e-6, atol=1e-6)
+    # with a limit between the best and the worst crop, only crops under it are exported
+    limit = float(np.median(cases["tre_um"]))
+    r = runner.invoke(app, [*base, "--output", str(tmp_path / "lim"), "--max-tre", f"{limit}um"])
+    assert r.exit_code == 0, r.output
+    kept = pd.read_csv(next((tmp_path / "lim").glob("Dataset*/cases.csv")))
+    assert 0 < len(kept) and (kept["tre_um"] <= limit + 1e-9).all()
+    r = runner.invoke(app, [*base, "--output", str(tmp_path / "none"), "--max-tre", "0.001um"])
+    assert r.exit_code == 2
+    assert "--max-tre" in r.stderr
