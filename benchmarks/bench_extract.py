@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -32,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._peak import peak_rss_mib
 
 SPACING = (3.0, 1.1838, 1.1838)  # z, y, x µm
 MRI_UM = 25.0
@@ -199,17 +200,6 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     }
 
 
-def _peak_rss_mib() -> float:
-    """This process's own high-water mark (VmHWM; ru_maxrss can carry the parent's over fork)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     fn = {
@@ -220,7 +210,7 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
     }[case]
     res = fn(store, out)
     res["case"] = case
-    res["peak_rss_mib"] = _peak_rss_mib()
+    res["peak_rss_mib"] = peak_rss_mib()
     return res
 
 

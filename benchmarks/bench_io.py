@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import sys
 import time
@@ -17,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._peak import peak_rss_mib
 
 CHUNK = (32, 256, 256)
 SHARD = (128, 1024, 1024)
@@ -180,7 +181,7 @@ def run_case(name: str, tiff: Path, out: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     CASES[name](tiff, out)
     wall = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = peak_rss_mib()
     return {"case": name, "wall_s": wall, "peak_rss_mib": peak, "out_bytes": _dir_bytes(out)}
 
 

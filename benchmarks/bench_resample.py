@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from benchmarks._peak import peak_rss_mib
 
 SPACING = (2.0, 1.2, 1.2)  # z, y, x µm
 
@@ -275,7 +276,7 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
     else:
         res = case_sitk(store, out)
     res["case"] = case
-    res["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    res["peak_rss_mib"] = peak_rss_mib()
     return res
 
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,17 +179,14 @@ def predict(
     return np.asarray(seg, dtype=np.uint8)
 
 
-def fold_metrics(model: Path, dataset: Path, dilation_um: float = 50.0) -> list[dict[str, Any]]:
-    """Per validation case of every trained fold: our metrics on nnU-Net's validation output."""
+def _validation_cases(model: Path, dataset: Path) -> Iterator[tuple[int, str, Any, Any, Any, Any]]:
+    """(fold, case, truth, prediction, mri, spacing) of every trained fold's validation output."""
     import nibabel as nib
 
     from bridge_xr.learn.io import read_mask
-    from bridge_xr.learn.metrics import evaluate
 
-    rows = []
     for fold_dir in sorted(model.glob("fold_*")):
-        val = fold_dir / "validation"
-        for pred in sorted(val.glob("*.nii.gz")):
+        for pred in sorted((fold_dir / "validation").glob("*.nii.gz")):
             case = pred.name.removesuffix(".nii.gz")
             truth = dataset / "labelsTr" / pred.name
             if not truth.exists():
@@ -198,21 +195,45 @@ def fold_metrics(model: Path, dataset: Path, dilation_um: float = 50.0) -> list[
             b = np.asarray(nib.load(str(pred)).get_fdata()).transpose(2, 1, 0)  # type: ignore[attr-defined]
             image = dataset / "imagesTr" / f"{case}_0000.nii.gz"
             mri = np.asarray(nib.load(str(image)).get_fdata(), dtype=np.float32).transpose(2, 1, 0)  # type: ignore[attr-defined]
-            r = evaluate(a, b, sp, dilation_um=dilation_um)
-            thr = threshold_baseline(mri, a)
-            base = evaluate(a, thr, sp, dilation_um=dilation_um)
-            rows.append(
-                {
-                    "fold": int(fold_dir.name.split("_")[1]),
-                    "case": case,
-                    **{k: r[k] for k in ("dice", "dilated_dice", "masd_um", "hd95_um")},
-                    "n_truth_voxels": r["n_truth_voxels"],
-                    "n_prediction_voxels": r["n_prediction_voxels"],
-                    "threshold_dilated_dice": base["dilated_dice"],
-                    "threshold_masd_um": base["masd_um"],
-                }
-            )
+            yield int(fold_dir.name.split("_")[1]), case, a, b, mri, sp
+
+
+def fold_metrics(model: Path, dataset: Path, dilation_um: float = 50.0) -> list[dict[str, Any]]:
+    """Per validation case of every trained fold: our metrics on nnU-Net's validation output."""
+    from bridge_xr.learn.metrics import evaluate
+
+    rows = []
+    for fold, case, a, b, mri, sp in _validation_cases(model, dataset):
+        r = evaluate(a, b, sp, dilation_um=dilation_um)
+        base = evaluate(a, threshold_baseline(mri, a), sp, dilation_um=dilation_um)
+        rows.append(
+            {
+                "fold": fold,
+                "case": case,
+                **{k: r[k] for k in ("dice", "dilated_dice", "masd_um", "hd95_um")},
+                "n_truth_voxels": r["n_truth_voxels"],
+                "n_prediction_voxels": r["n_prediction_voxels"],
+                "threshold_dilated_dice": base["dilated_dice"],
+                "threshold_masd_um": base["masd_um"],
+            }
+        )
     return rows
+
+
+def fold_visibility(
+    model: Path, dataset: Path, dilation_um: float = 50.0
+) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
+    """Vessel-wise comparison (Figure 2J-K) pooled over every fold's validation cases: each truth
+    vessel's diameter and the share the model and the thresholded T2w find; per diameter
+    category the pooled counts. Diameters come from the truth on the export grid."""
+    from bridge_xr.learn.vessels import diameter_categories, visibility_by_diameter
+
+    vessels: list[dict[str, object]] = []
+    for fold, case, a, b, mri, sp in _validation_cases(model, dataset):
+        cands = {"model": b > 0, "threshold": threshold_baseline(mri, a)}
+        rows, _ = visibility_by_diameter(a, cands, sp, dilation_um=dilation_um)
+        vessels += [{"fold": fold, "case": case, **r} for r in rows]
+    return vessels, diameter_categories(vessels, ["model", "threshold"])
 
 
 def threshold_baseline(mri: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -236,9 +257,14 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def write_fold_table(model: Path, dataset: Path, path: Path) -> dict[str, Any]:
+def write_fold_table(
+    model: Path, dataset: Path, path: Path, *, visibility: bool = True
+) -> dict[str, Any]:
     rows = fold_metrics(model, dataset)
-    result = {"per_case": rows, "summary": summary(rows)}
+    result: dict[str, Any] = {"per_case": rows, "summary": summary(rows)}
+    if visibility:
+        vessels, categories = fold_visibility(model, dataset)
+        result["visibility"] = {"by_diameter": categories, "per_vessel": vessels}
     from bridge_xr.learn.io import write_json
 
     write_json(result, path)

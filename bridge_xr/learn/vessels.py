@@ -139,6 +139,15 @@ def visibility_by_diameter(
             row[f"{name}_detected"] = share
             row[f"{name}_visibility"] = next(cat for lim, cat in VISIBILITY if share >= lim)
         vessels.append(row)
+    return vessels, diameter_categories(vessels, list(candidates), bins)
+
+
+def diameter_categories(
+    vessels: list[dict[str, object]], names: Sequence[str], bins: Sequence[float] = DIAMETER_BINS
+) -> list[dict[str, object]]:
+    """Per diameter category: vessels, voxels, the voxel share each candidate found, and how many
+    vessels are strongly / barely / not visible to it (rows of :func:`visibility_by_diameter`,
+    possibly pooled over many cases)."""
     categories: list[dict[str, object]] = []
     for lo, hi in zip(bins[:-1], bins[1:], strict=True):
         rows = [v for v in vessels if lo <= float(v["diameter_um"]) < hi]  # type: ignore[arg-type]
@@ -147,7 +156,7 @@ def visibility_by_diameter(
             "vessels": len(rows),
             "voxels": int(sum(int(r["voxels"]) for r in rows)),  # type: ignore[call-overload]
         }
-        for name in candidates:
+        for name in names:
             vox = sum(int(r["voxels"]) * float(r[f"{name}_detected"]) for r in rows)  # type: ignore[call-overload,arg-type]
             cat[f"{name}_detected"] = vox / cat["voxels"] if cat["voxels"] else float("nan")  # type: ignore[operator]
             for _, label in VISIBILITY:
@@ -155,4 +164,4 @@ def visibility_by_diameter(
                     1 for r in rows if r[f"{name}_visibility"] == label
                 )
         categories.append(cat)
-    return vessels, categories
+    return categories

@@ -272,6 +272,10 @@ def evaluate_folds(
     dd = s.get("dilated_dice", {})
     out.print(f"{s['cases']} validation cases: dilated dice median {dd.get('median', float('nan')):.3f} "
               f"(threshold baseline {s.get('threshold_dilated_dice', {}).get('median', float('nan')):.3f})")  # fmt: skip
+    for cat in result.get("visibility", {}).get("by_diameter", []):
+        if cat["vessels"]:
+            out.print(f"  vessels {cat['diameter_um']} µm: {cat['vessels']}, found by the model "
+                      f"{cat['model_detected']:.0%}, by thresholded MRI {cat['threshold_detected']:.0%}")  # fmt: skip
 
 
 @app.command("visibility")

@@ -59,7 +59,8 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     grid = read_image(str(st.store), "learn/d060/T2w_grid")
     tre_img = read_image(str(st.store), "qc/angiogram_to_mri/tre_map")
     err = tre_on_grid(str(st.store), "learn/d060/T2w_grid", "twophoton/d060/angiogram")
-    assert err is not None and err.shape == grid.shape
+    assert err is not None
+    assert err.shape == grid.shape
     axes = [
         tre_img.attrs["origin"][d] + np.arange(tre_img.sizes[d]) * tre_img.attrs["spacing"][d]
         for d in "zyx"
@@ -80,7 +81,8 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     r = runner.invoke(app, [*base, "--output", str(tmp_path / "lim"), "--max-tre", f"{limit}um"])
     assert r.exit_code == 0, r.output
     kept = pd.read_csv(next((tmp_path / "lim").glob("Dataset*/cases.csv")))
-    assert 0 < len(kept) and (kept["tre_um"] <= limit + 1e-9).all()
+    assert len(kept) > 0
+    assert (kept["tre_um"] <= limit + 1e-9).all()
     r = runner.invoke(app, [*base, "--output", str(tmp_path / "none"), "--max-tre", "0.001um"])
     assert r.exit_code == 2
     assert "--max-tre" in r.stderr

@@ -78,6 +78,21 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
         assert case["dice"] > 0.7
         assert case["dilated_dice"] >= case["threshold_dilated_dice"]
         assert case["masd_um"] < case["threshold_masd_um"]
+    # vessel-wise comparison pooled over the validation cases: every truth vessel counted once
+    from scipy import ndimage
+
+    from bridge_xr.learn.io import read_mask
+
+    n_components = 0
+    for case in {c["case"] for c in cv["per_case"]}:
+        truth, _ = read_mask(str(ds / "labelsTr" / f"{case}.nii.gz"))
+        n_components += ndimage.label(truth > 0, structure=np.ones((3, 3, 3)))[1]
+    vis = cv["visibility"]
+    assert len(vis["per_vessel"]) == n_components > 0
+    assert sum(c["vessels"] for c in vis["by_diameter"]) == n_components
+    for row in vis["per_vessel"]:
+        assert 0.0 <= row["model_detected"] <= 1.0
+        assert 0.0 <= row["threshold_detected"] <= 1.0
     # a corrupted checkpoint is one clear error, not a traceback
     bad = tmp_path / "badmodel"
     (bad / "fold_0").mkdir(parents=True)
