@@ -11,7 +11,9 @@ For every subject store and session with an MRI sequence and a registered micros
    the registrations carry bootstrap TRE maps (``bridge register --tre-map``), the tiles with the
    lowest mean registration error go first and tiles above ``max_tre_um`` are left out;
 4. each crop becomes ``imagesTr/<case>_0000.nii.gz`` + ``labelsTr/<case>.nii.gz`` (voxel size in
-   mm), with ``dataset.json``, ``splits_final.json`` (folds grouped by subject: crops of one mouse
+   mm), and ``bridge_xr/diameters/<case>.nii.gz``: per voxel the vessel-weighted mean diameter
+   (µm) of the microscopy vessels inside it, measured at the microscopy's own resolution (local
+   thickness), for the vessel-wise evaluation; with ``dataset.json``, ``splits_final.json`` (folds grouped by subject: crops of one mouse
    are never in both train and validation) and ``cases.csv`` (case -> subject, session, crop).
 """
 
@@ -70,6 +72,69 @@ def group_splits(
     return splits
 
 
+def _link_identity(st: Any, fixed: str, moving: str, name: str) -> None:
+    """A scene edge saying two images share one physical space (identity registration)."""
+    ident = LinearModel("rigid", np.eye(3), np.zeros(3))
+    pts = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], dtype=float)
+    lm = pd.DataFrame(
+        {
+            "name": [f"I{i}" for i in range(4)],
+            **{f"moving_{a}": pts[:, i] for i, a in enumerate("xyz")},
+            **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
+        }
+    )
+    register(st, fixed=fixed, moving=moving, landmarks=lm, model="rigid", name=name,
+             precomputed=(ident, {"model": "identity"}), overwrite=True)  # fmt: skip
+
+
+def microscopy_diameter(st: Any, truth: str, session: str, threshold: float | None) -> str:
+    """The truth microscopy's local vessel diameter (µm, local thickness, at its own resolution)
+    as ``learn/<session>/<name>_diameter``, linked to it by an identity edge; returns the path."""
+    from bridge_xr.learn.vessels import local_diameter
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.units import conversion_factor
+
+    path = f"learn/{session}/{truth.rsplit('/', 1)[-1]}_diameter"
+    if path in read_subject(st).images:
+        return path
+    img = read_image(st, truth)
+    if "c" in img.dims:
+        img = img.isel(c=0)
+    data = img.data
+    if threshold is not None:
+        mask = data > threshold
+    elif np.issubdtype(img.dtype, np.floating):
+        mask = data >= 0.5
+    else:
+        mask = data > 0
+    sp_um = [float(img.attrs["spacing"][d]) for d in "zyx"]
+    fac = conversion_factor(img.attrs["unit"], "micrometer")
+    diam = local_diameter(mask, [s * fac for s in sp_um])
+    out = make_image(
+        diam,
+        dims="zyx",
+        spacing=tuple(sp_um),
+        origin=tuple(float(img.attrs["origin"][d]) for d in "zyx"),
+        unit=img.attrs["unit"],
+    )
+    add_image(
+        st,
+        out,
+        ImageMetadata(
+            path=path,
+            modality="derived",
+            session=session,
+            source=f"local vessel diameter (µm) of {truth}",
+            provenance=Provenance.now(
+                "learn vessel diameter", inputs=(truth,), threshold=threshold
+            ),
+        ),
+        shards=False,
+    )
+    _link_identity(st, path, truth, f"learn_{session}_diameter")
+    return path
+
+
 def _export_grid(
     st: Any, mri: str, session: str, sequence: str, spacing_um: Sequence[float]
 ) -> str:
@@ -93,18 +158,7 @@ def _export_grid(
         ),
         shards=False,
     )
-    ident = LinearModel("rigid", np.eye(3), np.zeros(3))
-    pts = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], dtype=float)
-    lm = pd.DataFrame(
-        {
-            "name": [f"I{i}" for i in range(4)],
-            **{f"moving_{a}": pts[:, i] for i, a in enumerate("xyz")},
-            **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
-        }
-    )
-    register(st, fixed=path, moving=mri, landmarks=lm, model="rigid",
-             name=f"learn_{session}_{sequence}_grid", precomputed=(ident, {"model": "identity"}),
-             overwrite=True)  # fmt: skip
+    _link_identity(st, path, mri, f"learn_{session}_{sequence}_grid")
     return path
 
 
@@ -236,6 +290,7 @@ def export_dataset(
     negative_control: bool = False,
     seed: int = 0,
     max_tre_um: float | None = None,
+    diameters: bool = True,
 ) -> Path:
     """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder."""
     if not 1 <= dataset_id <= 999:
@@ -249,6 +304,7 @@ def export_dataset(
             raise InvalidInputError(f"the crop list lacks columns {sorted(missing)}")
     cases: list[Case] = []
     images: list[tuple[Case, np.ndarray, np.ndarray]] = []
+    diam_crops: dict[str, np.ndarray] = {}
     for store_path in subject_stores(study):
         st = resolve_store(str(store_path))
         meta = read_subject(st)
@@ -274,6 +330,12 @@ def export_dataset(
             frac = np.nan_to_num(np.asarray(ds["fraction"].values), nan=0.0)
             covered = np.asarray(ds["coverage"].values) >= 0.999
             label = ((frac >= min_fraction) & covered).astype(np.uint8)
+            diam = None
+            if diameters:  # vessel-weighted mean microscopy diameter per export voxel
+                dpath = microscopy_diameter(st, truth_path, session, truth_threshold)
+                dd = density(st, microscopy=dpath, mri=grid, threshold=None, method=method)
+                dsum = np.nan_to_num(np.asarray(dd["fraction"].values), nan=0.0)
+                diam = np.where(frac > 0, dsum / np.maximum(frac, 1e-12), 0.0).astype(np.float32)
             tre = tre_on_grid(st, grid, truth_path)
             if crops is not None:
                 rows = crops[(crops["subject"].astype(str) == subject)
@@ -297,6 +359,8 @@ def export_dataset(
                 sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
                 cases.append(case)
                 images.append((case, mri_arr[sl], label[sl]))
+                if diam is not None:
+                    diam_crops[case.case] = diam[sl]
     if not cases:
         raise InvalidInputError(
             f"no crops: no subject in {str(study)!r} has an MRI {mri_sequence!r} with registered "
@@ -317,6 +381,14 @@ def export_dataset(
             lab = images[src][2]
             _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
             _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
+            label_case = images[src][0].case
+            if label_case in diam_crops:  # the microscopy diameters travel with the label
+                (tmp / "bridge_xr" / "diameters").mkdir(parents=True, exist_ok=True)
+                _write_nifti(
+                    tmp / "bridge_xr" / "diameters" / f"{case.case}.nii.gz",
+                    diam_crops[label_case],
+                    spacing_um,
+                )
         dataset_json = {
             "channel_names": {"0": mri_sequence},
             "labels": {"background": 0, "vessel": 1},

@@ -221,17 +221,25 @@ def fold_metrics(model: Path, dataset: Path, dilation_um: float = 50.0) -> list[
 
 
 def fold_visibility(
-    model: Path, dataset: Path, dilation_um: float = 50.0
+    model: Path, dataset: Path, dilation_um: float = 0.0
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
     """Vessel-wise comparison (Figure 2J-K) pooled over every fold's validation cases: each truth
-    vessel's diameter and the share the model and the thresholded T2w find; per diameter
-    category the pooled counts. Diameters come from the truth on the export grid."""
+    calibre segment's diameter and the share of its voxels the model and the thresholded T2w
+    mark (within ``dilation_um``; default 0: the voxel itself); per diameter category the pooled
+    counts. Diameters are the microscopy's (``bridge_xr/diameters`` of the export) where the
+    dataset has them, else the local thickness of the truth on the export grid."""
     from bridge_xr.learn.vessels import diameter_categories, visibility_by_diameter
 
     vessels: list[dict[str, object]] = []
+    from bridge_xr.learn.io import read_mask
+
     for fold, case, a, b, mri, sp in _validation_cases(model, dataset):
         cands = {"model": b > 0, "threshold": threshold_baseline(mri, a)}
-        rows, _ = visibility_by_diameter(a, cands, sp, dilation_um=dilation_um)
+        dfile = dataset / "bridge_xr" / "diameters" / f"{case}.nii.gz"
+        diam = read_mask(str(dfile))[0] if dfile.exists() else None
+        rows, _ = visibility_by_diameter(
+            a, cands, sp, dilation_um=dilation_um, segments=True, diameters=diam
+        )
         vessels += [{"fold": fold, "case": case, **r} for r in rows]
     return vessels, diameter_categories(vessels, ["model", "threshold"])
 

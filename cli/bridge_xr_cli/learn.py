@@ -146,6 +146,13 @@ def export(
             help="pair every image with another crop's label (paper's control)",
         ),
     ] = False,
+    diameters: Annotated[
+        bool,
+        typer.Option(
+            help="also write bridge_xr/diameters/<case>.nii.gz: microscopy vessel diameters "
+            "(local thickness at full resolution) for the vessel-wise evaluation"
+        ),
+    ] = True,
     max_tre: Annotated[
         str | None,
         typer.Option(
@@ -174,7 +181,7 @@ def export(
         study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=_spacing_zyx(spacing),
         crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
         min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
-        negative_control=negative_control, max_tre_um=max_tre_um,
+        negative_control=negative_control, max_tre_um=max_tre_um, diameters=diameters,
     )  # fmt: skip
     if verify:
         check(folder)

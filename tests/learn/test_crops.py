@@ -86,3 +86,31 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     r = runner.invoke(app, [*base, "--output", str(tmp_path / "none"), "--max-tre", "0.001um"])
     assert r.exit_code == 2
     assert "--max-tre" in r.stderr
+
+
+def test_microscopy_diameter_measures_cylinders_in_their_own_space() -> None:
+    from zarr.storage import MemoryStore
+
+    from bridge_xr.io.scene import add_image
+    from bridge_xr.learn.dataset import microscopy_diameter
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.metadata import ImageMetadata, Provenance
+    from bridge_xr.register.scene import map_points
+
+    sp = (3.0, 2.0, 2.0)
+    z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((40, 60, 120), sp, strict=True)],
+                          indexing="ij")  # fmt: skip
+    thin = (z - 60) ** 2 + (x - 60) ** 2 <= 10.0**2  # 20 µm, along y
+    thick = (z - 60) ** 2 + (x - 170) ** 2 <= 30.0**2  # 60 µm
+    data = np.where(thin | thick, 2000, 500).astype(np.uint16)
+    store = MemoryStore()
+    img = make_image(data, dims="zyx", spacing=sp, origin=(10.0, 0.0, 5.0), unit="um")
+    add_image(store, img, ImageMetadata(path="twop/d1/angiogram", modality="twophoton",
+                                        provenance=Provenance.now("t")))  # fmt: skip
+    path = microscopy_diameter(store, "twop/d1/angiogram", "d1", 1000.0)
+    d = np.asarray(read_image(store, path).values)
+    assert np.all(d[~(thin | thick)] == 0)
+    assert abs(np.median(d[thin]) - 20.0) <= 0.15 * 20 + 2 * 2.0
+    assert abs(np.median(d[thick]) - 60.0) <= 0.15 * 60
+    pts = np.array([[10.0, 20.0, 30.0], [200.0, 50.0, 100.0]])
+    np.testing.assert_allclose(map_points(store, pts, path, "twop/d1/angiogram"), pts)

@@ -39,3 +39,24 @@ def test_small_vessels_missed_large_ones_found() -> None:
     diam = sorted(v["diameter_um"] for v in vessels)
     assert abs(diam[1] - 70) < 15
     assert abs(diam[2] - 160) < 25
+
+
+def test_segments_split_a_branching_tree_by_calibre() -> None:
+    shape = (24, 40, 100)
+    z, y, x = np.meshgrid(*[np.arange(n) * 10.0 for n in shape], indexing="ij")
+    trunk = (z - 120) ** 2 + (y - 200) ** 2 <= 45.0**2  # 90 µm along x
+    branch = ((z - 120) ** 2 + (x - 500) ** 2 <= 10.0**2) & (y < 200)  # 20 µm, joins the trunk
+    truth = trunk | branch
+    found = trunk.copy()  # a detector that sees only the trunk
+    bins = (0.0, 50.0, float("inf"))
+    whole, _ = visibility_by_diameter(truth, {"m": found}, SP, dilation_um=0.0, bins=bins)
+    segs, cats = visibility_by_diameter(
+        truth, {"m": found}, SP, dilation_um=0.0, bins=bins, segments=True
+    )
+    assert len(whole) == 1  # one connected tree
+    by_cat = {c["diameter_um"]: c for c in cats}
+    assert by_cat["0-50"]["vessels"] >= 1
+    assert by_cat[">=50"]["vessels"] >= 1
+    assert sum(int(v["voxels"]) for v in segs) == int(truth.sum())
+    assert by_cat[">=50"]["m_detected"] > 0.9
+    assert by_cat["0-50"]["m_detected"] < 0.5
