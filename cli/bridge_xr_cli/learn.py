@@ -299,6 +299,21 @@ def visibility(
     json_out: Annotated[
         Path | None, typer.Option("--json", help="per vessel and per category")
     ] = None,
+    diameters: Annotated[
+        str | None,
+        typer.Option(
+            help="diameter map (µm) on the same grid, e.g. bridge_xr/diameters/<case>.nii.gz of "
+            "an export; default: local thickness of the truth"
+        ),
+    ] = None,
+    segments: Annotated[
+        bool,
+        typer.Option(
+            "--segments/--components",
+            help="count calibre segments (pieces within one diameter category) or whole "
+            "connected vessels",
+        ),
+    ] = True,
 ) -> None:
     """Vessel-wise comparison by diameter category: found by the model vs thresholded MRI."""
     import pandas as pd
@@ -317,8 +332,18 @@ def visibility(
         if m.shape != a.shape:
             raise InvalidInputError(f"MRI {m.shape} is not on the truth's grid {a.shape}")
         candidates["threshold"] = threshold_baseline(m, a > 0)
+    diam = None
+    if diameters:
+        diam, _ = read_mask(diameters)
+        if diam.shape != a.shape:
+            raise InvalidInputError(f"diameters {diam.shape} are not on the truth's grid {a.shape}")
     vessels, cats = visibility_by_diameter(
-        a > 0, candidates, sp, dilation_um=_length_um(dilation, "--dilation")
+        a > 0,
+        candidates,
+        sp,
+        dilation_um=_length_um(dilation, "--dilation"),
+        segments=segments,
+        diameters=diam,
     )
     if json_out:
         write_json({"per_vessel": vessels, "per_diameter": cats, "spacing_um": sp}, json_out)

@@ -96,3 +96,14 @@ def test_visibility_cli_reports_categories(tmp_path) -> None:
     assert row["model_visibility"] == "strongly visible"
     assert row["threshold_detected"] == 1.0
     assert abs(row["diameter_um"] - 80) < 15
+    # a diameter map measured elsewhere (e.g. the 2P's) replaces the truth's local thickness
+    diam = np.where(truth, 12.0, 0.0).astype(np.float32)
+    img = nib.Nifti1Image(np.transpose(diam, (2, 1, 0)), np.diag([0.01] * 3 + [1]))
+    nib.save(img, str(tmp_path / "d.nii.gz"))
+    r = runner.invoke(app, ["learn", "visibility", "--truth", str(tmp_path / "t.nii.gz"),
+                            "--prediction", str(tmp_path / "p.nii.gz"), "--diameters",
+                            str(tmp_path / "d.nii.gz"), "--json", str(tmp_path / "v2.json")])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    v2 = json.loads((tmp_path / "v2.json").read_text())
+    assert v2["per_vessel"][0]["diameter_um"] == 12.0
+    assert {c["diameter_um"]: c["vessels"] for c in v2["per_diameter"]}["0-25"] == 1
