@@ -7,8 +7,11 @@
 * ``local_diameter`` — per voxel, the local thickness (Hildebrand & Rüegsegger 1997; Fiji's
   "Local Thickness"): the diameter of the largest ball inside the mask that contains the voxel,
   i.e. the largest ``d`` for which the voxel survives ``open_by_diameter(d)``. Ball radii are
-  taken at the distance-map values of the centreline, in levels 5 % (at least a quarter of the
-  finest voxel) apart. A thin branch keeps its own calibre where it joins a thick trunk.
+  taken at the distance-map values of the centreline, as bands 10 % (and at least half the
+  finest voxel) wide; per band, a voxel inside the ball of its nearest band centre takes that
+  ball's diameter. The result is a lower bound of the exact local thickness (median 7 % below a
+  brute-force evaluation over all centres in the test), at one distance transform per band.
+  A thin branch keeps its own calibre where it joins a thick trunk.
 
 Both run block-wise with dask (``map_overlap`` with a halo as wide as the operation reaches), so
 memory follows the chunk size.
@@ -80,16 +83,33 @@ def _diameter_block(block: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     dist = ndimage.distance_transform_edt(mask, sampling=spacing)
     skel = skeletonize(mask) > 0
     ridge = dist[skel] if skel.any() else dist[mask]
-    step = min(spacing) / 4.0
+    step = min(spacing) / 2.0
     levels: list[float] = []
     for r in np.sort(np.unique(ridge)):
-        if not levels or r > levels[-1] * 1.05 and r - levels[-1] >= step:
+        if not levels or r > levels[-1] * 1.1 and r - levels[-1] >= step:
             levels.append(float(r))
-    for r in levels:  # ascending: a larger fitting ball overrides a smaller one
-        # centres whose ball of radius ~r fits (the same test as open_by_diameter), then its reach
-        core = dist >= r * (1 - 1e-6)
-        reach = ndimage.distance_transform_edt(~core, sampling=spacing) < r
-        out[mask & reach] = 2.0 * r
+    bounds = [*levels, np.inf]
+    for r, r_next in zip(bounds[:-1], bounds[1:], strict=True):
+        # the band of centres whose inscribed-ball radius lies in [r, r_next); a voxel whose nearest
+        # band centre c holds it inside c's own ball (|x - c| < dist(c)) gets 2 dist(c)
+        core = (dist >= r * (1 - 1e-6)) & (dist < r_next * (1 - 1e-6))
+        if not core.any():
+            continue
+        reach_r = float(dist[core].max())
+        box = []
+        for ax in range(core.ndim):
+            hit_ax = np.nonzero(core.any(axis=tuple(a for a in range(core.ndim) if a != ax)))[0]
+            m = int(np.ceil(reach_r / spacing[ax])) + 1
+            box.append(slice(max(int(hit_ax[0]) - m, 0), int(hit_ax[-1]) + m + 1))
+        sl = tuple(box)
+        near, idx = ndimage.distance_transform_edt(~core[sl], sampling=spacing, return_indices=True)
+        cand = mask[sl] & (near < reach_r)
+        radius = dist[sl][tuple(i[cand] for i in idx)]
+        ok = near[cand] < radius
+        view = out[sl]
+        sel = np.nonzero(cand)
+        sel = tuple(a[ok] for a in sel)
+        view[sel] = np.maximum(view[sel], 2.0 * radius[ok])
     still = mask & (out == 0)  # voxels no ball reaches (thinner than the first level)
     out[still] = 2.0 * dist[still]
     return out

@@ -340,6 +340,8 @@ def _learning(out_dir: Path, seed: int, *, short: bool) -> dict[str, Any]:
         "cases": len(list((ds / "labelsTr").glob("*.nii.gz"))),
         "schedule": {"epochs": epochs, "iterations": iterations, "train_s": train_s},
         "summary": cv["summary"],
+        # vessel-wise (Figure 2J-K): calibre segments by 2P diameter, share found per category
+        "visibility_by_diameter": cv.get("visibility", {}).get("by_diameter", []),
     }
 
 

@@ -260,6 +260,8 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert summary["longitudinal"]["mean_growth_percent_per_day"] > 0
     assert summary["learning"]["cases"] >= 3
     assert summary["learning"]["summary"]["cases"] >= 1
+    vis = summary["learning"]["visibility_by_diameter"]
+    assert sum(c["vessels"] for c in vis) >= 1  # the validation truth, in calibre segments
 
 
 def test_labels_image_converts_with_mode_pyramid_and_validates(tmp_path) -> None:

@@ -76,6 +76,35 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     hi = np.array([a[-1] for a in axes])
     ref = RegularGridInterpolator(axes, np.asarray(tre_img.values, float))(np.clip(pts, lo, hi))
     np.testing.assert_allclose(err, ref, rtol=1e-6, atol=1e-6)
+    # 2P diameters travel with every case; evaluate-folds uses them for the vessel-wise table
+    # (a validation folder holding the truth itself: a perfect "prediction", nnU-Net's layout)
+    import json
+    import shutil
+
+    from bridge_xr.learn.io import read_mask
+
+    ds = next((tmp_path / "all").glob("Dataset*"))
+    val = tmp_path / "model" / "fold_0" / "validation"
+    val.mkdir(parents=True)
+    for case in cases.case:
+        assert (ds / "bridge_xr" / "diameters" / f"{case}.nii.gz").exists()
+        shutil.copy(ds / "labelsTr" / f"{case}.nii.gz", val / f"{case}.nii.gz")
+    cv_path = tmp_path / "cv.json"
+    r = runner.invoke(app, ["learn", "evaluate-folds", str(tmp_path / "model"),
+                            "--dataset", str(ds), "--json", str(cv_path)])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    vis = json.loads(cv_path.read_text())["visibility"]
+    n_truth = 0
+    for case in cases.case:
+        truth, _ = read_mask(str(ds / "labelsTr" / f"{case}.nii.gz"))
+        diam, _ = read_mask(str(ds / "bridge_xr" / "diameters" / f"{case}.nii.gz"))
+        assert np.all(diam[truth > 0] > 0)  # every truth voxel holds 2P vessel
+        lo, hi = diam[truth > 0].min(), diam[truth > 0].max()
+        rows = [v for v in vis["per_vessel"] if v["case"] == case]
+        assert all(lo - 1e-3 <= float(v["diameter_um"]) <= hi + 1e-3 for v in rows)
+        n_truth += int((truth > 0).sum())
+    assert sum(int(v["voxels"]) for v in vis["per_vessel"]) == n_truth  # segments partition it
+    assert all(v["model_detected"] == 1.0 for v in vis["per_vessel"])
     # with a limit between the best and the worst crop, only crops under it are exported
     limit = float(np.median(cases["tre_um"]))
     r = runner.invoke(app, [*base, "--output", str(tmp_path / "lim"), "--max-tre", f"{limit}um"])

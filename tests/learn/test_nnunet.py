@@ -41,10 +41,13 @@ def test_splits_never_put_a_subject_in_train_and_validation() -> None:
 def test_export_train_predict_evaluate(tmp_path) -> None:
     write_analysis_study(tmp_path, ("M001", "M002", "M003"), PhantomConfig.learning())
     raw = tmp_path / "nnunet_raw"
+    # --no-verify: `learn train` plans with nnU-Net's --verify_dataset_integrity, which fails the
+    # training below on any integrity problem (the export's own check would repeat it, 15 s);
+    # --no-diameters: the 2P diameters are tested in test_crops.py (30 s here)
     r = bridge("learn", "export", tmp_path / "study", "--output", raw, "--spacing", "25um",
-               "--crop-size", 24, "--min-vessel", 10, "--truth-threshold", 1000, "--folds", 3)  # fmt: skip
+               "--crop-size", 24, "--min-vessel", 10, "--truth-threshold", 1000, "--folds", 3,
+               "--no-verify", "--no-diameters")  # fmt: skip
     assert r.exit_code == 0, r.output
-    assert "integrity check passed" in r.output
     ds = raw / "Dataset501_BridgeVessel"
     meta = json.loads((ds / "dataset.json").read_text())
     assert meta["labels"] == {"background": 0, "vessel": 1}
@@ -93,20 +96,6 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
     for row in vis["per_vessel"]:
         assert 0.0 <= row["model_detected"] <= 1.0
         assert 0.0 <= row["threshold_detected"] <= 1.0
-    # diameters measured in the 2P at full resolution travel with every case: vessels thinner
-    # than two export voxels (50 µm), which the coarse truth itself could never show, are counted
-    assert {p.name for p in (ds / "bridge_xr" / "diameters").glob("*.nii.gz")} == {
-        f"{c}.nii.gz" for c in cases.case
-    }
-    n_truth = 0
-    for case in {c["case"] for c in cv["per_case"]}:
-        truth, _ = read_mask(str(ds / "labelsTr" / f"{case}.nii.gz"))
-        diam, _ = read_mask(str(ds / "bridge_xr" / "diameters" / f"{case}.nii.gz"))
-        lo, hi = diam[truth > 0].min(), diam[truth > 0].max()
-        rows = [v for v in vis["per_vessel"] if v["case"] == case]
-        assert all(lo - 1e-3 <= float(v["diameter_um"]) <= hi + 1e-3 for v in rows)
-        n_truth += int((truth > 0).sum())
-    assert sum(int(v["voxels"]) for v in vis["per_vessel"]) == n_truth  # segments partition it
     # a corrupted checkpoint is one clear error, not a traceback
     bad = tmp_path / "badmodel"
     (bad / "fold_0").mkdir(parents=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dask.array as da
 import numpy as np
+from scipy import ndimage
 
 from bridge_xr.learn.vessels import local_diameter, open_by_diameter
 
@@ -52,3 +53,31 @@ def test_local_diameter_of_cylinders() -> None:
         med = float(np.median(ld[labels == i]))
         assert abs(med - d) <= 0.15 * d + 2 * SP[2], (d, med)
     assert (ld[labels == 0] == 0).all()
+
+
+def test_local_diameter_is_close_below_the_brute_force_local_thickness() -> None:
+    from bridge_xr.learn.vessels import local_diameter
+
+    rng = np.random.default_rng(4)
+    sp = (3.0, 2.0, 2.0)
+    shape = (20, 32, 32)
+    grid = np.stack(np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, sp, strict=True)],
+                                indexing="ij"), axis=-1)  # fmt: skip
+    mask = np.zeros(shape, dtype=bool)
+    for _ in range(6):  # random capsules of 6-30 µm diameter
+        a, b = rng.uniform([0, 0, 0], [60, 64, 64], size=(2, 3))
+        r = rng.uniform(3, 15)
+        ab = b - a
+        t = np.clip(((grid - a) @ ab) / (ab @ ab), 0, 1)
+        mask |= np.linalg.norm(grid - (a + t[..., None] * ab), axis=-1) <= r
+    got = np.asarray(local_diameter(mask, sp))[mask]
+    dist = ndimage.distance_transform_edt(mask, sampling=sp)[mask]
+    pts = grid[mask]
+    exact = np.empty(len(pts))
+    for i in range(0, len(pts), 512):  # max over all inscribed balls (centre c, radius dist(c))
+        d = np.linalg.norm(pts[i : i + 512, None, :] - pts[None, :, :], axis=-1)
+        exact[i : i + 512] = 2 * np.max(np.where(d < dist[None, :], dist[None, :], 0), axis=1)
+    rel = (got - exact) / exact
+    assert rel.max() <= 1e-6  # a lower bound: every value is an inscribed ball through the voxel
+    assert np.median(rel) > -0.1  # measured -0.067 (10 % radius bands)
+    assert np.percentile(rel, 10) > -0.2  # measured -0.138
