@@ -38,8 +38,12 @@ from bridge_xr.io._store import resolve_store
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.scene import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance
+from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.models import LinearModel
 from bridge_xr.register.scene import register
+
+#: how microscopy diameters are measured (kept in provenance; a stored map made otherwise is redone)
+DIAMETER_METHOD = "local thickness, 10 % radius bands"
 
 CROP_COLUMNS = ("subject", "session", "z0", "z1", "y0", "y1", "x0", "x1")
 
@@ -92,11 +96,14 @@ def microscopy_diameter(st: Any, truth: str, session: str, threshold: float | No
     as ``learn/<session>/<name>_diameter``, linked to it by an identity edge; returns the path."""
     from bridge_xr.learn.vessels import local_diameter
     from bridge_xr.model.image import make_image
-    from bridge_xr.model.units import conversion_factor
 
     path = f"learn/{session}/{truth.rsplit('/', 1)[-1]}_diameter"
-    if path in read_subject(st).images:
-        return path
+    known = read_subject(st).images.get(path)
+    params = {"threshold": threshold, "method": DIAMETER_METHOD}
+    if known is not None and all(
+        known.provenance.parameters.get(k) == v for k, v in params.items()
+    ):
+        return path  # made before from the same truth, threshold and method
     img = read_image(st, truth)
     if "c" in img.dims:
         img = img.isel(c=0)
@@ -142,9 +149,13 @@ def _export_grid(
     from bridge_xr.resample.core import resample
 
     path = f"learn/{session}/{sequence}_grid"
-    meta = read_subject(st)
-    if path in meta.images:
-        return path
+    known = read_subject(st).images.get(path)
+    if known is not None:
+        have = read_image(st, path)
+        fac = conversion_factor(have.attrs["unit"], "micrometer")
+        sp = [float(have.attrs["spacing"][d]) * fac for d in "zyx"]
+        if np.allclose(sp, spacing_um, rtol=1e-6):
+            return path  # made before at this spacing
     img = resample(st, moving=mri, onto=mri, spacing_um=tuple(spacing_um), order=1)  # type: ignore[arg-type]
     add_image(
         st,
@@ -157,6 +168,7 @@ def _export_grid(
             provenance=Provenance.now("learn export grid", **img.attrs["resample"]),
         ),
         shards=False,
+        overwrite=known is not None,
     )
     _link_identity(st, path, mri, f"learn_{session}_{sequence}_grid")
     return path
@@ -209,7 +221,6 @@ def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
     None when no hop has a TRE map."""
     from scipy.ndimage import map_coordinates
 
-    from bridge_xr.model.units import conversion_factor
     from bridge_xr.register.scene import map_points, path_between
 
     images = read_subject(st).images

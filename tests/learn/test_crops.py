@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.interpolate import RegularGridInterpolator
 from typer.testing import CliRunner
 
@@ -115,6 +116,18 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     r = runner.invoke(app, [*base, "--output", str(tmp_path / "none"), "--max-tre", "0.001um"])
     assert r.exit_code == 2
     assert "--max-tre" in r.stderr
+    # exporting again at another spacing remakes the export grid instead of reusing the old one
+    other = [a if a != "30um,30um,30um" else "20um,20um,20um" for a in base]
+    r = runner.invoke(app, [*other, "--output", str(tmp_path / "coarse")])
+    assert r.exit_code == 0, r.output
+    grid = read_image(str(st.store), "learn/d060/T2w_grid")
+    assert grid.attrs["spacing"]["x"] * conversion_factor(
+        grid.attrs["unit"], "um"
+    ) == pytest.approx(20.0)
+    import nibabel as nib
+
+    img = nib.load(next((tmp_path / "coarse").glob("Dataset*/imagesTr/*.nii.gz")))
+    np.testing.assert_allclose(img.header.get_zooms(), (0.02, 0.02, 0.02), rtol=1e-6)
 
 
 def test_microscopy_diameter_measures_cylinders_in_their_own_space() -> None:
