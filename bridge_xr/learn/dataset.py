@@ -132,9 +132,7 @@ def microscopy_diameter(st: Any, truth: str, session: str, threshold: float | No
             modality="derived",
             session=session,
             source=f"local vessel diameter (µm) of {truth}",
-            provenance=Provenance.now(
-                "learn vessel diameter", inputs=(truth,), threshold=threshold
-            ),
+            provenance=Provenance.now("learn vessel diameter", inputs=(truth,), **params),
         ),
         shards=False,
     )
