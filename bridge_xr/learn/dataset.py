@@ -135,6 +135,7 @@ def microscopy_diameter(st: Any, truth: str, session: str, threshold: float | No
             provenance=Provenance.now("learn vessel diameter", inputs=(truth,), **params),
         ),
         shards=False,
+        overwrite=known is not None,
     )
     _link_identity(st, path, truth, f"learn_{session}_diameter")
     return path

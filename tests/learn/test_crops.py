@@ -154,5 +154,8 @@ def test_microscopy_diameter_measures_cylinders_in_their_own_space() -> None:
     assert np.all(d[~(thin | thick)] == 0)
     assert abs(np.median(d[thin]) - 20.0) <= 0.15 * 20 + 2 * 2.0
     assert abs(np.median(d[thick]) - 60.0) <= 0.15 * 60
+    # asked again with another threshold, the stored map is remade (not silently reused)
+    assert microscopy_diameter(store, "twop/d1/angiogram", "d1", 2500.0) == path
+    assert not np.asarray(read_image(store, path).values).any()  # nothing above 2500
     pts = np.array([[10.0, 20.0, 30.0], [200.0, 50.0, 100.0]])
     np.testing.assert_allclose(map_points(store, pts, path, "twop/d1/angiogram"), pts)
