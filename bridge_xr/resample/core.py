@@ -417,12 +417,12 @@ def resample_through(
                 sub[c].astype(np.float32),
                 coords,
                 order=interp_order,
-                mode="constant",
-                cval=0.0,
+                # the image extends half a voxel beyond its outer voxel centres: sample that rim
+                # like ITK does (nearest edge value), and give 0 only outside the image
+                mode="nearest",
                 prefilter=interp_order > 1,
             )
-            if finite is not None:
-                vals[~finite] = 0
+            vals[~inside] = 0
             if np.issubdtype(out.dtype, np.integer):
                 info_i = np.iinfo(out.dtype)
                 vals = np.clip(np.round(vals), info_i.min, info_i.max)

@@ -146,6 +146,15 @@ def test_resampling_an_image_onto_its_own_space_upsamples_it() -> None:
     # linear in x: upsampled values follow the ramp between original voxel centres
     row = up.values[3, 30, 3:57]
     np.testing.assert_allclose(np.diff(row), 1.0 / 3.0, atol=1e-4)
+    # the outer half voxel belongs to the image: no dark rim at the edges (as ITK samples it)
+    np.testing.assert_allclose(up.values[3, 31, :2], data[3, 10, 0])  # y 300 µm = row 10
+    np.testing.assert_allclose(up.values[3, 31, -2:], data[3, 10, -1])
+    ref = sitk.GetImageFromArray(data)
+    ref.SetSpacing((30.0, 30.0, 30.0))
+    ref.SetOrigin((0.0, 0.0, 0.0))
+    out = sitk.Resample(ref, [60, 60, 8], sitk.Transform(), sitk.sitkLinear,
+                        (-10.0, -10.0, 0.0), (10.0, 10.0, 30.0), ref.GetDirection(), -1.0)  # fmt: skip
+    np.testing.assert_allclose(up.values, sitk.GetArrayFromImage(out), rtol=1e-5, atol=1e-3)
 
 
 def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None:
