@@ -269,7 +269,12 @@ def write_fold_table(
     model: Path, dataset: Path, path: Path, *, visibility: bool = True
 ) -> dict[str, Any]:
     rows = fold_metrics(model, dataset)
-    result: dict[str, Any] = {"per_case": rows, "summary": summary(rows)}
+    folds = sorted({int(r["fold"]) for r in rows})
+    result: dict[str, Any] = {
+        "per_case": rows,
+        "per_fold": {str(f): summary([r for r in rows if r["fold"] == f]) for f in folds},
+        "summary": summary(rows),
+    }
     if visibility:
         vessels, categories = fold_visibility(model, dataset)
         result["visibility"] = {"by_diameter": categories, "per_vessel": vessels}

@@ -266,8 +266,8 @@ def evaluate_folds(
     dataset: Annotated[Path, typer.Option(help="the raw dataset it was trained on")],
     json_out: Annotated[Path, typer.Option("--json", help="per-case metrics and summary")],
 ) -> None:
-    """The paper's cross-validation table: metrics per validation case, median and IQR, and the
-    thresholded-T2w baseline."""
+    """The paper's cross-validation table: metrics per validation case, per fold and overall
+    (median and IQR), the thresholded-T2w baseline, and the vessel-wise comparison."""
     from bridge_xr.learn import nnunet
 
     result = nnunet.write_fold_table(model, dataset, json_out)

@@ -74,6 +74,8 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
     assert r.exit_code == 0, r.output
     cv = json.loads((tmp_path / "cv.json").read_text())
     assert cv["summary"]["cases"] >= 1
+    assert list(cv["per_fold"]) == ["0"]  # only fold 0 was trained
+    assert cv["per_fold"]["0"]["cases"] == cv["summary"]["cases"]
     assert {"dice", "dilated_dice", "masd_um"} <= set(cv["per_case"][0])
     # the model beats thresholded T2w (whose threshold even knows the true vessel share), which
     # the phantom's coil bias field misleads
