@@ -19,6 +19,8 @@ import json
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -95,17 +97,25 @@ def build(workdir: Path, size_gib: float) -> Path:
     return store
 
 
-def _resampled(store: Path, name: str) -> Any:
-    """The lazy resample of twop/img through registration ``name`` onto a same-size grid."""
+@contextmanager
+def _only(store: Path, name: str) -> Iterator[Any]:
+    """bridge_xr.resample.core with the registration graph reduced to registration ``name``."""
     from bridge_xr.io.scene import read_subject
     from bridge_xr.resample import core
 
-    subject = read_subject(str(store))
-    # keep only the wanted registration in the graph
+    rec = read_subject(str(store)).registrations[name]
     orig = core.path_between
-    core.path_between = lambda w, a, b: [(subject.registrations[name], True)]  # type: ignore[assignment]
+    core.path_between = lambda w, a, b: [(rec, True)]  # type: ignore[assignment]
     try:
-        img = core.resample(
+        yield core
+    finally:
+        core.path_between = orig  # type: ignore[assignment]
+
+
+def _resampled(store: Path, name: str) -> Any:
+    """The lazy resample of twop/img through registration ``name`` onto a same-size grid."""
+    with _only(store, name) as core:
+        return core.resample(
             str(store),
             moving="twop/img",
             onto="fixed/img",
@@ -113,9 +123,6 @@ def _resampled(store: Path, name: str) -> Any:
             level=0,
             chunks=(32, 256, 256),
         )
-    finally:
-        core.path_between = orig  # type: ignore[assignment]
-    return img
 
 
 def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
@@ -138,12 +145,8 @@ def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
         da.store(img.data.rechunk((32, 512, 512)), target, lock=False)
     res: dict[str, Any] = {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(img.shape))}
     if name == "tps":  # the per-block certified error map `bridge resample` stores beside it
-        from bridge_xr.resample import core
-
-        orig = core.path_between
-        core.path_between = lambda w, a, b: [(_registration(store, name), True)]  # type: ignore[assignment]
-        try:
-            t1 = time.perf_counter()
+        t1 = time.perf_counter()
+        with _only(store, name) as core:
             errs = core.block_errors(
                 str(store),
                 moving="twop/img",
@@ -151,17 +154,9 @@ def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
                 spacing_um=SPACING,
                 chunks=(32, 256, 256),
             ).values
-        finally:
-            core.path_between = orig  # type: ignore[assignment]
         res["block_error_s"] = time.perf_counter() - t1
         res["certified_max_error_um"] = float(np.nanmax(errs))
     return res
-
-
-def _registration(store: Path, name: str) -> Any:
-    from bridge_xr.io.scene import read_subject
-
-    return read_subject(str(store)).registrations[name]
 
 
 def case_exact(store: Path, out: Path, n_blocks: int = 4) -> dict[str, Any]:

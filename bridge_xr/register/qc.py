@@ -103,7 +103,8 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     from bridge_xr.resample.core import resample
 
     store = resolve_store(where)
-    rec = read_subject(store).registrations[name]
+    subject = read_subject(store)
+    rec = subject.registrations[name]
     fimg = read_image(store, rec.fixed)
     fac = conversion_factor(fimg.attrs["unit"], "micrometer")
     sp = np.array([fimg.attrs["spacing"][d] for d in "zyx"], float) * fac
@@ -156,7 +157,7 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
         )
     )
     tre_path = f"qc/{name}/tre_map"
-    if tre_path in read_subject(store).images:
+    if tre_path in subject.images:
         tre = read_image(store, tre_path)
         tfac = conversion_factor(tre.attrs["unit"], "micrometer")
         zc = (org[0] + z * sp[0]) / tfac

@@ -55,6 +55,16 @@ def _moving_level(store: Any, moving: str, target_um: float) -> int:
     return best
 
 
+def _mi_registration(seed: int) -> sitk.ImageRegistrationMethod:
+    """Mattes mutual information on a seeded random half of the voxels, linear interpolation."""
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=24)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.5, seed)
+    reg.SetInterpolator(sitk.sitkLinear)
+    return reg
+
+
 def _bspline_stage(
     fixed: sitk.Image,
     moving: sitk.Image,
@@ -66,11 +76,7 @@ def _bspline_stage(
 ) -> sitk.Transform:
     """A B-spline over the fixed cube on top of ``initial``; returns the composite transform."""
     bspline = sitk.BSplineTransformInitializer(fixed, [mesh] * 3, order=3)
-    reg = sitk.ImageRegistrationMethod()
-    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=24)
-    reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.5, seed)
-    reg.SetInterpolator(sitk.sitkLinear)
+    reg = _mi_registration(seed)
     reg.SetOptimizerAsLBFGSB(
         gradientConvergenceTolerance=1e-6,
         numberOfIterations=iterations,
@@ -126,11 +132,7 @@ def refine_landmarks(
         if model != "rigid":
             tx.SetMatrix(glob.matrix.ravel().tolist())
         tx.SetTranslation(tuple(float(v) for v in (m - f)))
-        reg = sitk.ImageRegistrationMethod()
-        reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=24)
-        reg.SetMetricSamplingStrategy(reg.RANDOM)
-        reg.SetMetricSamplingPercentage(0.5, seed)
-        reg.SetInterpolator(sitk.sitkLinear)
+        reg = _mi_registration(seed)
         reg.SetOptimizerAsRegularStepGradientDescent(
             learningRate=min(f_sp, radius_um / 10),
             minStep=1e-3 * f_sp,
