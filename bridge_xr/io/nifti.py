@@ -54,11 +54,30 @@ def read_nifti(
     if not isinstance(img, nib.Nifti1Image | nib.Nifti2Image):
         raise InvalidInputError(f"{str(p)!r} is not a NIfTI-1/2 image")
     hdr = img.header
-    if data.ndim not in (3, 4) or (data.ndim == 4 and data.shape[3] == 1):
-        data = data.reshape(data.shape[:3]) if data.ndim == 4 else data
+    header_shape = tuple(int(n) for n in data.shape)
+    while data.ndim > 3 and data.shape[-1] == 1:  # trailing singleton axes come back on export
+        data = data.reshape(data.shape[:-1])
     if data.ndim not in (3, 4):
-        msg = f"{str(p)!r} has {data.ndim} dimensions; bridge_xr reads 3D and 4D (x, y, z, t) NIfTI"
+        msg = (
+            f"{str(p)!r} has shape {header_shape}; bridge_xr reads 3D and 4D (x, y, z, t) NIfTI "
+            "(trailing axes of length 1 are fine)"
+        )
         raise InvalidInputError(msg)
+    raw_dtype = data.dtype
+    # nibabel moves scl_slope/scl_inter from the header into the array proxy on load
+    slope = float(getattr(img.dataobj, "slope", 1.0))
+    inter = float(getattr(img.dataobj, "inter", 0.0))
+    if slope == 1.0 and inter == 0.0:
+        slope_opt: float | None = None
+        inter_opt: float | None = None
+    else:
+        slope_opt, inter_opt = slope, inter
+    if slope_opt is not None:
+        # the values the file means (nibabel get_fdata, FSL, ITK): raw * scl_slope + scl_inter
+        wide = raw_dtype.kind == "f" and raw_dtype.itemsize >= 8
+        wide |= raw_dtype.kind in "iu" and raw_dtype.itemsize >= 4
+        out_dtype = np.float64 if wide else np.float32
+        data = (data.astype(np.float64) * slope + inter).astype(out_dtype)
     zooms = tuple(float(z) for z in hdr.get_zooms()[:3])
     unit = _NIFTI_UNITS.get(hdr.get_xyzt_units()[0], "millimeter")
     dims: tuple[str, ...]
@@ -68,7 +87,6 @@ def read_nifti(
         arr, dims = np.transpose(data, (3, 2, 1, 0)), ("t", "z", "y", "x")
     image = make_image(arr, dims=dims, spacing=zooms[::-1], unit=unit)
     m = nifti_to_scanner(img.affine, zooms)
-    slope, inter = hdr.get_slope_inter()
     raw = hdr.binaryblock
     info = NiftiInfo(
         header_b64=base64.b64encode(raw).decode("ascii"),
@@ -76,11 +94,26 @@ def read_nifti(
         sform_code=int(hdr["sform_code"]),
         qform=_rows(hdr.get_qform()),
         qform_code=int(hdr["qform_code"]),
-        scl_slope=None if slope is None else float(slope),
-        scl_inter=None if inter is None else float(inter),
+        scl_slope=slope_opt,
+        scl_inter=inter_opt,
+        shape=header_shape,
+        raw_dtype=str(raw_dtype),
     )
     ras = spatial_system(SCANNER_RAS, unit, RAS_ORIENTATION)
     return image, info, [(ras, Affine.from_matrix(m, name="nifti_affine"))]
+
+
+def _unscale(values: np.ndarray[Any, Any], nifti: NiftiInfo) -> np.ndarray[Any, Any]:
+    """The raw on-disk values of scaled ones: (v - scl_inter) / scl_slope in the raw dtype."""
+    slope, inter = nifti.scl_slope, nifti.scl_inter or 0.0
+    if slope is None or (slope == 1.0 and inter == 0.0) or nifti.raw_dtype is None:
+        return values
+    raw_dtype = np.dtype(nifti.raw_dtype)
+    raw = (np.asarray(values, dtype=np.float64) - inter) / slope
+    if raw_dtype.kind in "iu":
+        info = np.iinfo(raw_dtype)
+        raw = np.clip(np.rint(raw), info.min, info.max)
+    return raw.astype(raw_dtype)
 
 
 def write_nifti(
@@ -106,6 +139,9 @@ def write_nifti(
         klass = nib.Nifti2Header if len(raw) >= 540 else nib.Nifti1Header
         hdr = klass.from_fileobj(io.BytesIO(raw))
         img_cls = nib.Nifti2Image if klass is nib.Nifti2Header else nib.Nifti1Image
+        xyz = _unscale(xyz, nifti)
+        if nifti.shape is not None and int(np.prod(nifti.shape)) == xyz.size:
+            xyz = xyz.reshape(nifti.shape)  # the header's trailing singleton axes
         img = img_cls(xyz, None, header=hdr)
         img.set_sform(np.asarray(nifti.sform), code=nifti.sform_code)
         img.set_qform(np.asarray(nifti.qform), code=nifti.qform_code)

@@ -220,7 +220,7 @@ def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
     None when no hop has a TRE map."""
     from scipy.ndimage import map_coordinates
 
-    from bridge_xr.register.scene import map_points, path_between
+    from bridge_xr.register.scene import apply_hops, model_from_record, path_between
 
     images = read_subject(st).images
     g = read_image(st, grid)
@@ -231,23 +231,27 @@ def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")
     pts = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
     total = None
-    for rec, _ in path_between(st, grid, microscopy):
+    q = pts  # xyz µm, walked hop by hop along the chain
+    for rec, forward in path_between(st, grid, microscopy):
+        step = [(model_from_record(rec), forward)]
+        if not forward:  # the map lives in the fixed image: after walking moving -> fixed
+            q = apply_hops(step, q, strict=False)
         path = f"qc/{rec.name}/tre_map"
-        if path not in images:
-            continue
-        tre = read_image(st, path)
-        tfac = conversion_factor(tre.attrs["unit"], "micrometer")
-        q = map_points(st, pts, grid, rec.fixed, strict=False)  # xyz µm in the map's space
-        idx = [
-            (q[:, 2 - i] / tfac - tre.attrs["origin"][d]) / tre.attrs["spacing"][d]
-            for i, d in enumerate("zyx")
-        ]
-        vals = map_coordinates(
-            np.asarray(tre.values, dtype=np.float64), np.nan_to_num(np.stack(idx)), order=1,
-            mode="nearest",
-        )  # fmt: skip
-        sq = vals.reshape(zz.shape) ** 2
-        total = sq if total is None else total + sq
+        if path in images:
+            tre = read_image(st, path)
+            tfac = conversion_factor(tre.attrs["unit"], "micrometer")
+            idx = [
+                (q[:, 2 - i] / tfac - tre.attrs["origin"][d]) / tre.attrs["spacing"][d]
+                for i, d in enumerate("zyx")
+            ]
+            vals = map_coordinates(
+                np.asarray(tre.values, dtype=np.float64), np.nan_to_num(np.stack(idx)), order=1,
+                mode="nearest",
+            )  # fmt: skip
+            sq = vals.reshape(zz.shape) ** 2
+            total = sq if total is None else total + sq
+        if forward:
+            q = apply_hops(step, q, strict=False)
     return None if total is None else np.sqrt(total)
 
 

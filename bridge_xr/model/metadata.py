@@ -74,6 +74,12 @@ class NiftiInfo(_Frozen):
     qform_code: int
     scl_slope: float | None = None
     scl_inter: float | None = None
+    shape: tuple[int, ...] | None = Field(
+        default=None, description="the header's data shape (trailing singleton axes included)"
+    )
+    raw_dtype: str | None = Field(
+        default=None, description="on-disk dtype before scl_slope/scl_inter were applied"
+    )
 
 
 class ImageMetadata(_Frozen):
@@ -150,6 +156,11 @@ class SubjectMetadata(_Frozen):
     images: dict[str, ImageMetadata] = Field(default_factory=dict)
     landmarks: dict[str, LandmarkSet] = Field(default_factory=dict)
     registrations: dict[str, Registration] = Field(default_factory=dict)
+    current_registrations: tuple[str, ...] = Field(
+        default=(),
+        description="registrations marked current for their image pair (at most one per pair); "
+        "an ambiguous chain uses them instead of refusing",
+    )
     provenance: tuple[Provenance, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)

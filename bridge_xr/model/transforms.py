@@ -24,7 +24,15 @@ from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, TypeAdapter, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from bridge_xr.errors import InvalidInputError, NoAffineError, NotInvertibleError
 
@@ -167,14 +175,25 @@ class Affine(_Base):
     """Affine map stored inline as M x (N+1) rows (no homogeneous row), as OME-Zarr 0.6 says."""
 
     type: Literal["affine"] = "affine"
-    affine: tuple[tuple[float, ...], ...]
+    affine: tuple[tuple[float, ...], ...] = ()
+    path: str | None = Field(default=None, description="zarr array holding the matrix instead")
 
     @model_validator(mode="after")
     def _shape(self) -> Affine:
+        if not self.affine:
+            if self.path is None:
+                raise ValueError("`affine` needs the matrix rows or a `path` to a zarr array")
+            return self
         rows = {len(r) for r in self.affine}
         if len(rows) != 1 or rows.pop() != len(self.affine) + 1:
             raise ValueError("`affine` must have N rows of N+1 numbers (M x (N+1), no last row)")
         return self
+
+    def _need_matrix(self) -> None:
+        if not self.affine:
+            raise InvalidInputError(
+                f"affine stored at {self.path!r} is not loaded; read it with the scene first"
+            )
 
     @classmethod
     def from_matrix(cls, matrix: Any, **kwargs: Any) -> Affine:
@@ -187,6 +206,7 @@ class Affine(_Base):
     @property
     def matrix(self) -> FloatArray:
         """Homogeneous (N+1)x(N+1) matrix."""
+        self._need_matrix()
         n = len(self.affine)
         m = np.eye(n + 1)
         m[:-1] = np.asarray(self.affine)
@@ -211,10 +231,15 @@ class Rotation(_Base):
     """Rotation about the origin, an orthonormal N x N matrix with determinant +1."""
 
     type: Literal["rotation"] = "rotation"
-    rotation: tuple[tuple[float, ...], ...]
+    rotation: tuple[tuple[float, ...], ...] = ()
+    path: str | None = Field(default=None, description="zarr array holding the matrix instead")
 
     @model_validator(mode="after")
     def _orthonormal(self) -> Rotation:
+        if not self.rotation:
+            if self.path is None:
+                raise ValueError("`rotation` needs the matrix rows or a `path` to a zarr array")
+            return self
         r = np.asarray(self.rotation, dtype=np.float64)
         if r.ndim != 2 or r.shape[0] != r.shape[1]:
             raise ValueError("`rotation` must be a square N x N matrix")
@@ -298,6 +323,132 @@ class Displacements(_Base):
         return p + disp
 
 
+class Coordinates(_Base):
+    """A coordinate field (an OME-Zarr multiscale image at ``path``): ``x' = c(x)``.
+
+    Bound to its data with :meth:`bind` (shape (D_out, *grid)); no closed-form inverse.
+    """
+
+    type: Literal["coordinates"] = "coordinates"
+    path: str
+    interpolation: Literal["nearest", "linear", "cubic"] = "linear"
+    _field: FloatArray | None = PrivateAttr(default=None)
+    _scale: FloatArray | None = PrivateAttr(default=None)
+    _origin: FloatArray | None = PrivateAttr(default=None)
+
+    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Coordinates:
+        """Attach field data of shape (D_out, *grid) whose voxel centres sit at origin + i*spacing."""
+        out = self.model_copy()
+        out._field = np.asarray(field, dtype=np.float64)
+        out._scale = np.asarray(spacing, dtype=np.float64)
+        out._origin = np.asarray(origin, dtype=np.float64)
+        return out
+
+    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+        from scipy.ndimage import map_coordinates
+
+        if self._field is None or self._scale is None or self._origin is None:
+            msg = f"coordinate field {self.path!r} is not loaded; read it with the scene first"
+            raise InvalidInputError(msg)
+        p = _as_points(points, self._field.ndim - 1)
+        idx = ((p - self._origin) / self._scale).T
+        order = {"nearest": 0, "linear": 1, "cubic": 3}[self.interpolation]
+        return np.stack(
+            [map_coordinates(c, idx, order=order, mode="nearest") for c in self._field], axis=1
+        )
+
+
+class ProjectAxis(_Base):
+    """Drop input axes (``droppedInputs``) and/or insert zero axes (``createdOutputs``)."""
+
+    type: Literal["projectAxis"] = "projectAxis"
+    droppedInputs: tuple[int, ...] = ()
+    createdOutputs: tuple[int, ...] = ()
+
+    @model_validator(mode="after")
+    def _some(self) -> ProjectAxis:
+        if not (self.droppedInputs or self.createdOutputs):
+            raise ValueError("projectAxis needs droppedInputs and/or createdOutputs")
+        return self
+
+    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+        p = np.asarray(points, dtype=np.float64)
+        if p.ndim != 2:
+            raise InvalidInputError(f"points must have shape (N, D); got {p.shape}")
+        if any(i >= p.shape[1] for i in self.droppedInputs):
+            raise InvalidInputError(
+                f"projectAxis drops input axes {list(self.droppedInputs)} of {p.shape[1]}"
+            )
+        kept = [i for i in range(p.shape[1]) if i not in set(self.droppedInputs)]
+        out = p[:, kept]
+        for i in sorted(self.createdOutputs):
+            out = np.insert(out, min(i, out.shape[1]), 0.0, axis=1)
+        return out
+
+
+class _DimPart(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    transformation: Transform
+    inputAxes: tuple[int, ...]
+    outputAxes: tuple[int, ...]
+
+
+class ByDimension(_Base):
+    """Independent transforms on subsets of axes: ``out[outputAxes] = t(in[inputAxes])``."""
+
+    type: Literal["byDimension"] = "byDimension"
+    transformations: tuple[_DimPart, ...]
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> ByDimension:
+        outs = [a for part in self.transformations for a in part.outputAxes]
+        if len(set(outs)) != len(outs):
+            raise ValueError("byDimension writes one output axis more than once")
+        if sorted(outs) != list(range(len(outs))):
+            raise ValueError(f"byDimension output axes {sorted(outs)} must cover 0..N-1")
+        return self
+
+    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+        p = np.asarray(points, dtype=np.float64)
+        n_out = sum(len(part.outputAxes) for part in self.transformations)
+        out = np.zeros((p.shape[0], n_out))
+        for part in self.transformations:
+            if any(i >= p.shape[1] for i in part.inputAxes):
+                raise InvalidInputError(
+                    f"byDimension reads input axes {list(part.inputAxes)} of {p.shape[1]}"
+                )
+            out[:, list(part.outputAxes)] = part.transformation.transform_points(
+                p[:, list(part.inputAxes)]
+            )
+        return out
+
+    def inverse(self) -> Transform:  # noqa: D102
+        parts = tuple(
+            _DimPart(
+                transformation=part.transformation.inverse(),
+                inputAxes=part.outputAxes,
+                outputAxes=part.inputAxes,
+            )
+            for part in self.transformations
+        )
+        return ByDimension(transformations=parts, **self._swapped())
+
+    def to_affine(self, ndim: int | None = None) -> FloatArray:  # noqa: D102
+        n_out = sum(len(part.outputAxes) for part in self.transformations)
+        n_in = max((max(part.inputAxes, default=-1) for part in self.transformations), default=-1)
+        m = np.zeros((n_out + 1, n_in + 2))
+        m[-1, -1] = 1.0
+        for part in self.transformations:
+            a = part.transformation.to_affine(len(part.inputAxes))
+            for r, o in enumerate(part.outputAxes):
+                for c, i in enumerate(part.inputAxes):
+                    m[o, i] = a[r, c]
+                m[o, -1] = a[r, -1]
+        if m.shape[0] != m.shape[1]:
+            raise NoAffineError("byDimension changes the number of axes")
+        return m
+
+
 class Sequence(_Base):
     """Transforms applied in order (first element first)."""
 
@@ -351,20 +502,40 @@ Transform = Annotated[
     | Rotation
     | MapAxis
     | Displacements
+    | Coordinates
+    | ProjectAxis
+    | ByDimension
     | Sequence
     | Bijection,
     Field(discriminator="type"),
 ]
 
+_DimPart.model_rebuild()
+ByDimension.model_rebuild()
 Sequence.model_rebuild()
 Bijection.model_rebuild()
 
 _ADAPTER: TypeAdapter[Transform] = TypeAdapter(Transform)
 
 
-def parse_transform(data: dict[str, Any]) -> Transform:
-    """Parse one transform from its OME-Zarr JSON (0.6 form)."""
-    return _ADAPTER.validate_python(data)
+def parse_transform(data: dict[str, Any], *, where: str = "") -> Transform:
+    """Parse one transform from its OME-Zarr JSON (0.6 form); a malformed one is one clear line.
+
+    ``where`` says where it was found (e.g. ``"scene of M001.ome.zarr"``) for the message.
+    """
+    try:
+        return _ADAPTER.validate_python(data)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        loc = ".".join(str(p) for p in err.get("loc", ()) if not str(p).startswith("function-"))
+        name = data.get("name") if isinstance(data, dict) else None
+        kind = data.get("type") if isinstance(data, dict) else None
+        at = f" in {where}" if where else ""
+        label = f"{kind!r} transform" + (f" {name!r}" if name else "")
+        raise InvalidInputError(
+            f"malformed {label}{at}: {loc or 'value'}: {err.get('msg', 'invalid')}; "
+            "see the OME-Zarr 0.6 coordinateTransformations specification"
+        ) from None
 
 
 def simplify(t: Transform, ndim: int = 3) -> Transform:

@@ -136,9 +136,46 @@ def write_bigwarp_csv(df: pd.DataFrame, path: Path) -> Path:
     return path
 
 
+def strip_json_comments(text: str) -> str:
+    """JSON with ``/* ... */``, ``//`` and ``#`` comments outside strings (as BigWarp's lenient
+    Gson reader accepts them) -> plain JSON."""
+    out: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == '"':
+            j = i + 1
+            while j < n and text[j] != '"':
+                j += 2 if text[j] == "\\" else 1
+            out.append(text[i : j + 1])
+            i = j + 1
+        elif text.startswith("/*", i):
+            end = text.find("*/", i + 2)
+            if end < 0:
+                raise InvalidInputError("unterminated /* comment in a JSON file")
+            i = end + 2
+        elif text.startswith("//", i) or c == "#":
+            end = text.find("\n", i)
+            i = n if end < 0 else end
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def load_json(path: Path) -> Any:
+    """A JSON document, comments allowed (BigWarp settings files may start with one)."""
+    try:
+        return json.loads(strip_json_comments(path.read_text()))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{str(path)!r} is not valid JSON ({exc})") from exc
+
+
 def read_bigwarp_json(path: Path) -> pd.DataFrame:
     """BigWarp landmarks JSON (``type: BigWarpLandmarks``), alone or inside a settings file."""
-    data = json.loads(path.read_text())
+    data = load_json(path)
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{str(path)!r} is not a 3D BigWarpLandmarks JSON")
     if "Transform" in data:
         data = data["Transform"].get("landmarks", {})
     if data.get("type") != "BigWarpLandmarks" or data.get("numDimensions") != 3:
@@ -179,10 +216,30 @@ def _to_ras_um(points: np.ndarray, system: str, unit: str) -> np.ndarray:
     return p * factor
 
 
+def is_slicer_json(doc: Any) -> bool:
+    """A Slicer markups document, recognised by content (``@schema`` or ``markups``)."""
+    if not isinstance(doc, dict):
+        return False
+    return "markups-schema" in str(doc.get("@schema", "")) or isinstance(doc.get("markups"), list)
+
+
+#: Slicer 3 fiducial lists (``# Fiducial List file``, ``# numPoints = ``): label first, RAS.
+_SLICER3_COLUMNS = ["label", "x", "y", "z", "sel", "vis"]
+_SLICER4_COLUMNS = ["id", "x", "y", "z", "ow", "ox", "oy", "oz", "vis", "sel", "lock", "label"]
+
+
 def read_slicer_points(path: Path) -> dict[str, np.ndarray]:
-    """Label -> point (RAS µm) from a Slicer ``.fcsv`` (4.x/5.x) or ``.mrk.json`` file."""
-    if path.name.endswith(".json"):
-        doc = json.loads(path.read_text())
+    """Label -> point (RAS µm) from a Slicer ``.fcsv`` (3.x, 4.x, 5.x) or markups JSON file.
+
+    Coordinate system as Slicer reads it: ``# CoordinateSystem = LPS|RAS|0|1`` when given;
+    otherwise RAS (files before Slicer 4.11 and Slicer 3 lists were RAS). Markups JSON defaults to
+    LPS (its schema's default).
+    """
+    text = path.read_text()
+    if text.lstrip().startswith("{"):
+        doc = json.loads(strip_json_comments(text))
+        if not is_slicer_json(doc):
+            raise InvalidInputError(f"{str(path)!r} is JSON but not a Slicer markups file")
         try:
             mk = doc["markups"][0]
         except (KeyError, IndexError) as exc:
@@ -195,36 +252,37 @@ def read_slicer_points(path: Path) -> dict[str, np.ndarray]:
         arr = np.array([cp["position"] for cp in pts], dtype=float).reshape(-1, 3)
         ras = _to_ras_um(arr, mk.get("coordinateSystem", "LPS"), mk.get("coordinateUnits", "mm"))
         return {str(cp["label"]): ras[i] for i, cp in enumerate(pts)}
-    system, labels, coords = "LPS", [], []
+    system, labels, coords = "RAS", [], []
     header_cols: list[str] | None = None
-    for row in csv.reader(io.StringIO(path.read_text())):
-        if not row:
+    slicer3 = False
+    for row in csv.reader(io.StringIO(text)):
+        if not row or not "".join(row).strip():
             continue
-        if row[0].startswith("#"):
-            text = ",".join(row)
-            if "CoordinateSystem" in text:
-                system = text.split("=", 1)[1].strip()
-                system = {"0": "RAS", "1": "LPS"}.get(system, system)
-            if "columns" in text:
-                header_cols = [c.strip() for c in text.split("=", 1)[1].split(",")]
+        if row[0].lstrip().startswith("#"):
+            line = ",".join(row)
+            key, _, value = line.lstrip("# ").partition("=")
+            key = key.strip().lower()
+            if key == "coordinatesystem":
+                system = {"0": "RAS", "1": "LPS"}.get(value.strip(), value.strip())
+            elif key == "columns":
+                header_cols = [c.strip() for c in value.split(",")]
+            elif (
+                key in {"numpoints", "symbolscale", "textscale"}
+                or "fiducial list file" in line.lower()
+            ):
+                slicer3 = True
             continue
-        cols = header_cols or [
-            "id",
-            "x",
-            "y",
-            "z",
-            "ow",
-            "ox",
-            "oy",
-            "oz",
-            "vis",
-            "sel",
-            "lock",
-            "label",
-        ]
+        cols = header_cols or (_SLICER3_COLUMNS if slicer3 else _SLICER4_COLUMNS)
         rec = dict(zip(cols, row, strict=False))  # Slicer 5 appends undeclared trailing columns
-        labels.append(rec.get("label") or rec["id"])
-        coords.append([float(rec["x"]), float(rec["y"]), float(rec["z"])])
+        labels.append(rec.get("label") or rec.get("id") or str(len(labels)))
+        try:
+            coords.append([float(rec["x"]), float(rec["y"]), float(rec["z"])])
+        except (KeyError, ValueError):
+            raise InvalidInputError(
+                f"{str(path)!r}: row {row!r} has no numeric x, y, z; is it a Slicer .fcsv?"
+            ) from None
+    if system.upper() not in {"RAS", "LPS"}:
+        raise InvalidInputError(f"{str(path)!r}: unknown CoordinateSystem {system!r} (RAS or LPS)")
     ras = _to_ras_um(np.array(coords).reshape(-1, 3), system, "mm")
     return dict(zip(labels, ras, strict=True))
 
@@ -287,7 +345,7 @@ def import_landmarks(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
     for p in ps:
         if not p.is_file():
             raise InvalidInputError(f"no such landmark file: {str(p)!r}")
-    slicer = [p for p in ps if p.name.endswith((".fcsv", ".mrk.json"))]
+    slicer = [p for p in ps if _is_slicer_file(p)]
     if slicer:
         if len(ps) != 2 or len(slicer) != 2:
             raise InvalidInputError(
@@ -299,12 +357,26 @@ def import_landmarks(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
             "give one BigWarp CSV/JSON file, or two Slicer files (moving, fixed)"
         )
     p = ps[0]
-    if p.suffix == ".json":
+    head = p.read_text()[:4096].lstrip() if p.stat().st_size else ""
+    if head.startswith(("{", "/*", "//")):
         return read_bigwarp_json(p)
-    first = p.read_text().splitlines()[0] if p.stat().st_size else ""
+    first = head.splitlines()[0] if head else ""
     if first.startswith("name,"):
         return read_csv(p)
     return read_bigwarp_csv(p)
+
+
+def _is_slicer_file(p: Path) -> bool:
+    """Slicer lists by suffix (.fcsv) or, for JSON of any suffix, by content."""
+    if p.name.endswith(".fcsv"):
+        return True
+    head = p.read_text()[:4096].lstrip() if p.stat().st_size else ""
+    if not head.startswith(("{", "/*", "//")):
+        return head.startswith("# Markups fiducial file") or head.startswith("# Fiducial List")
+    try:
+        return is_slicer_json(json.loads(strip_json_comments(p.read_text())))
+    except (json.JSONDecodeError, InvalidInputError):
+        return False
 
 
 def export_landmarks(df: pd.DataFrame, fmt: str, output: str | os.PathLike[str]) -> list[Path]:

@@ -114,7 +114,7 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     idx = (f_pts[:, ::-1] - org) / sp  # zyx voxel index of every fixed landmark
     nz = int(fimg.sizes["z"])
     z = int(np.clip(np.rint(np.median(idx[:, 0])), 0, nz - 1)) if len(idx) else nz // 2
-    moved = resample(store, moving=rec.moving, onto=rec.fixed, nan_outside=True)
+    moved = resample(store, moving=rec.moving, onto=rec.fixed, nan_outside=True, via=[name])
     fixed_slice = _plane(fimg, z)
     moving_slice = _plane(moved, z)
     near = np.abs(idx[:, 0] - z) <= 1.5
@@ -146,7 +146,9 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     factor = int(max(1, min(4, 2048 // max(fixed_slice.shape))))
     fine = (float(sp[0]), float(sp[1] / factor), float(sp[2] / factor))
     f_fine = resample(store, moving=rec.fixed, onto=rec.fixed, spacing_um=fine)
-    m_fine = resample(store, moving=rec.moving, onto=rec.fixed, spacing_um=fine, nan_outside=True)
+    m_fine = resample(
+        store, moving=rec.moving, onto=rec.fixed, spacing_um=fine, nan_outside=True, via=[name]
+    )
     out["qc_fine"] = str(
         qc_figure(
             _plane(f_fine, z),

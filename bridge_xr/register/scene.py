@@ -13,7 +13,6 @@ A registration of ``moving`` onto ``fixed`` is kept twice:
 from __future__ import annotations
 
 import re
-from collections import deque
 from typing import Any
 
 import numpy as np
@@ -38,6 +37,7 @@ from bridge_xr.model.transforms import (
 )
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.errors import registration_report
+from bridge_xr.register.graph import Via, resolve_chain
 from bridge_xr.register.landmarks import arrays, validate
 from bridge_xr.register.models import Kernel, LinearModel, Model, ThinPlateSpline
 
@@ -185,10 +185,12 @@ def register(
     precomputed: tuple[Model, dict[str, Any]] | None = None,
     tre_map: bool = False,
     fle_um: float | None = None,
+    current: bool = False,
 ) -> tuple[Registration, dict[str, Any]]:
     """Fit ``model`` from landmarks and store it as a scene edge plus its exact definition.
 
     ``precomputed`` stores a given ``(model, report)`` instead (reslicing, slice grouping).
+    ``current`` marks it as the one to use for its image pair when several join them.
     """
     store = resolve_store(where)
     subject = read_subject(store)
@@ -342,15 +344,45 @@ def register(
     regs[name] = rec
     lms = dict(subject.landmarks)
     lms[name] = lset
+    marked = tuple(
+        n
+        for n in subject.current_registrations
+        if n != name and n in regs and not (current and _same_pair(regs[n], rec))
+    )
     subject = subject.model_copy(
         update={
             "registrations": regs,
             "landmarks": lms,
+            "current_registrations": (*marked, name) if current else marked,
             "provenance": (*subject.provenance, rec.provenance),
         }
     )
     publish_subject(store, subject, edges, scene_systems(store))
     return rec, report
+
+
+def _same_pair(a: Registration, b: Registration) -> bool:
+    return {a.fixed, a.moving} == {b.fixed, b.moving}
+
+
+def set_current(where: StoreLike, name: str) -> Registration:
+    """Mark registration ``name`` current for its image pair (unmarking any other of the pair)."""
+    store = resolve_store(where)
+    subject = read_subject(store)
+    if name not in subject.registrations:
+        known = ", ".join(sorted(subject.registrations)) or "none"
+        raise InvalidInputError(
+            f"no registration {name!r} in {describe_store(store)}; known: {known}"
+        )
+    rec = subject.registrations[name]
+    marked = tuple(
+        n
+        for n in subject.current_registrations
+        if n in subject.registrations and not _same_pair(subject.registrations[n], rec)
+    )
+    subject = subject.model_copy(update={"current_registrations": (*marked, name)})
+    publish_subject(store, subject, scene_transforms(store), scene_systems(store))
+    return rec
 
 
 def _write_tre_map(
@@ -407,46 +439,34 @@ def _write_tre_map(
     }
 
 
-def path_between(where: StoreLike, src: str, dst: str) -> list[tuple[Registration, bool]]:
-    """Registrations leading from image ``src`` to ``dst``: ``(record, forward?)`` per hop."""
-    subject = read_subject(resolve_store(where))
-    for p in (src, dst):
-        if p not in subject.images:
-            raise InvalidInputError(f"no image {p!r} in the store; `bridge info` lists them")
-    adj: dict[str, list[tuple[str, Registration, bool]]] = {}
-    for rec in subject.registrations.values():
-        adj.setdefault(rec.fixed, []).append((rec.moving, rec, True))
-        adj.setdefault(rec.moving, []).append((rec.fixed, rec, False))
-    prev: dict[str, tuple[str, Registration, bool] | None] = {src: None}
-    queue = deque([src])
-    while queue:
-        node = queue.popleft()
-        for nxt, rec, fwd in adj.get(node, []):
-            if nxt not in prev:
-                prev[nxt] = (node, rec, fwd)
-                queue.append(nxt)
-    if dst not in prev:
-        raise InvalidInputError(
-            f"no chain of registrations connects {src!r} to {dst!r}; run `bridge register`"
-        )
-    hops: list[tuple[Registration, bool]] = []
-    node = dst
-    while prev[node] is not None:
-        before, rec, fwd = prev[node]  # type: ignore[misc]
-        hops.append((rec, fwd))
-        node = before
-    return hops[::-1]
+def path_between(
+    where: StoreLike, src: str, dst: str, *, via: Via = None
+) -> list[tuple[Registration, bool]]:
+    """Registrations leading from image ``src`` to ``dst``: ``(record, forward?)`` per hop.
+
+    Ambiguous chains (two registrations of one pair, two routes) need ``via`` (registration
+    names in chain order) or a registration marked current; see :mod:`bridge_xr.register.graph`.
+    """
+    return resolve_chain(read_subject(resolve_store(where)), src, dst, via=via)
 
 
 def map_points(
-    where: StoreLike, points_xyz_um: np.ndarray, src: str, dst: str, *, strict: bool = True
+    where: StoreLike,
+    points_xyz_um: np.ndarray,
+    src: str,
+    dst: str,
+    *,
+    strict: bool = True,
+    via: Via = None,
 ) -> np.ndarray:
     """Map points (x, y, z µm, ``src`` intrinsic) into ``dst``'s intrinsic space, exactly.
 
     Going against a TPS (moving -> fixed) needs its inverse; where the warp folds there is none:
     such points raise, or become NaN with ``strict=False``.
     """
-    hops = [(model_from_record(rec), forward) for rec, forward in path_between(where, src, dst)]
+    hops = [
+        (model_from_record(rec), forward) for rec, forward in path_between(where, src, dst, via=via)
+    ]
     return apply_hops(hops, np.asarray(points_xyz_um, dtype=np.float64), strict=strict)
 
 

@@ -24,6 +24,7 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
 from bridge_xr.model.image import make_image, physical_extent
 from bridge_xr.model.units import conversion_factor
+from bridge_xr.register.graph import Via
 from bridge_xr.register.models import LinearModel, Model, ThinPlateSpline
 from bridge_xr.register.scene import P4, apply_hops, model_from_record, path_between
 
@@ -244,9 +245,11 @@ def _pick_level(info: Any, unit: str, out_spacing_um: float, level: int | None) 
     return best
 
 
-def _chain(store: Any, onto: str, moving: str) -> tuple[list[Any], list[tuple[Model, bool]]]:
+def _chain(
+    store: Any, onto: str, moving: str, via: Via = None
+) -> tuple[list[Any], list[tuple[Model, bool]]]:
     """The registrations from ``onto`` to ``moving`` and their models (identity for one image)."""
-    hops = path_between(store, onto, moving) if onto != moving else []
+    hops = path_between(store, onto, moving, via=via) if onto != moving else []
     models: list[tuple[Model, bool]] = [(model_from_record(r), fwd) for r, fwd in hops]
     if not models:  # resampling an image onto its own space (e.g. MRI upsampled in-plane)
         models = [(LinearModel("rigid", np.eye(3), np.zeros(3)), True)]
@@ -261,6 +264,7 @@ def block_errors(
     spacing_um: tuple[float, float, float] | None = None,
     chunks: tuple[int, int, int] = (32, 128, 128),
     max_error_voxels: float | None = 0.1,
+    via: Via = None,
 ) -> xr.DataArray:
     """The certified mapping-error bound (µm) of every output block of :func:`resample`, lazily.
 
@@ -270,7 +274,7 @@ def block_errors(
     ``max_error_voxels``, this map says how far below that bound each block actually is.
     """
     store = resolve_store(where)
-    _, models = _chain(store, onto, moving)
+    _, models = _chain(store, onto, moving, via)
     grid = target_grid(read_image(store, onto), spacing_um)
     fac = conversion_factor(grid.unit, "micrometer")
     sp_um = np.asarray(grid.spacing) * fac
@@ -312,10 +316,14 @@ def resample(
     chunks: tuple[int, int, int] = (32, 128, 128),
     max_error_voxels: float = 0.1,
     nan_outside: bool = False,
+    via: Via = None,
 ) -> xr.DataArray:
-    """Resample ``moving`` onto ``onto``'s grid (or its extent at ``spacing_um``), lazily."""
+    """Resample ``moving`` onto ``onto``'s grid (or its extent at ``spacing_um``), lazily.
+
+    ``via``: registration names in chain order, needed when several chains join the images.
+    """
     store = resolve_store(where)
-    hops, models = _chain(store, onto, moving)
+    hops, models = _chain(store, onto, moving, via)
     grid = target_grid(read_image(store, onto), spacing_um)
     img = resample_through(
         store,

@@ -7,7 +7,7 @@ import functools
 import os
 import sys
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -16,6 +16,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from bridge_xr.errors import BridgeXRError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+#: ``--via``: which registrations to map through when several join the same images.
+Via = Annotated[
+    str | None,
+    typer.Option(
+        "--via",
+        help="registration names in chain order (NAME[,NAME...]) when several join the images",
+    ),
+]
 console = Console(stderr=True)
 out = Console()
 

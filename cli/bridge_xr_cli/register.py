@@ -134,6 +134,12 @@ def register(
             help="with --report: QC figures next to it (<report>_qc.png, _qc_fine.png, _tre.png)",
         ),
     ] = True,
+    current: Annotated[
+        bool,
+        typer.Option(
+            "--current", help="use this one for the image pair when several registrations join it"
+        ),
+    ] = False,
 ) -> None:
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
     from bridge_xr.model.units import conversion_factor, parse_length
@@ -174,6 +180,7 @@ def register(
         overwrite=overwrite,
         tre_map=tre_map,
         fle_um=fle,
+        current=current,
     )
     if moves is not None:
         rep["refinement"] = {
@@ -200,6 +207,18 @@ def register(
         f"{rec.name}: {model} from {rep['n_landmarks']} landmarks, RMSE {rep['rmse_um']:.3g} µm, "
         f"LOO TRE RMS {rep['loo_tre_rms_um']:.3g} µm{extra}"
     )
+
+
+@handle_errors
+def set_current(
+    store: Store,
+    name: Annotated[str, typer.Argument(help="registration to mark current for its image pair")],
+) -> None:
+    """Mark a registration current: chains through its image pair use it without --via."""
+    from bridge_xr.register.scene import set_current as run
+
+    rec = run(store, name)
+    out.print(f"{name} is now current for {rec.moving} -> {rec.fixed}")
 
 
 @handle_errors
@@ -246,9 +265,22 @@ def transform_points(
     src: Annotated[str, typer.Option("--from", help="image the points are in")],
     dst: Annotated[str, typer.Option("--to", help="image to map them into")],
     output: Annotated[Path, typer.Option("--output", help="output CSV")],
+    via: Annotated[
+        str | None,
+        typer.Option(
+            "--via",
+            "--transform",
+            help="registration names in chain order (NAME[,NAME...]) when several join the images",
+        ),
+    ] = None,
 ) -> None:
-    """Map points (cells, centrelines ...) between images through the registrations, exactly."""
-    from bridge_xr.register.scene import map_points
+    """Map points (cells, centrelines ...) between images through the registrations, exactly.
+
+    ``--from``/``--to`` name images (their intrinsic space) or coordinate systems
+    (``IMAGE#SYSTEM``, or a scene system's name); transforms authored by other tools in the
+    scene are followed too.
+    """
+    from bridge_xr.register.transform_graph import map_points_any
 
     if not points.is_file():
         raise InvalidInputError(f"no such points file: {str(points)!r}")
@@ -256,7 +288,7 @@ def transform_points(
     missing = [c for c in ("x", "y", "z") if c not in df.columns]
     if missing:
         raise InvalidInputError(f"{str(points)!r} lacks columns {missing}; points need x,y,z in µm")
-    mapped = map_points(store, df[["x", "y", "z"]].to_numpy(float), src, dst, strict=False)
+    mapped, chain = map_points_any(store, df[["x", "y", "z"]].to_numpy(float), src, dst, via=via)
     lost = int(np.isnan(mapped).any(axis=1).sum())
     if lost:
         typer.echo(
@@ -267,7 +299,9 @@ def transform_points(
     res[["x", "y", "z"]] = mapped
     output.parent.mkdir(parents=True, exist_ok=True)
     res.to_csv(output, index=False, float_format="%.10g")
-    out.print(f"mapped {len(res)} points from {src} to {dst} -> {output}")
+    out.print(
+        f"mapped {len(res)} points from {src} to {dst} via {','.join(chain) or 'identity'} -> {output}"
+    )
 
 
 @handle_errors

@@ -13,18 +13,13 @@ import SimpleITK as sitk
 from bridge_xr.io.convert import convert_mri, describe, export_nifti
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.validate import validate_store
+from bridge_xr.testing.formats import rotation as _rotation
+from bridge_xr.testing.formats import write_dicom_series
 
 MNI = (
     Path(__import__("nilearn").__file__).parent
     / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 )
-
-
-def _rotation(deg_x: float, deg_z: float) -> np.ndarray:
-    a, c = np.deg2rad(deg_x), np.deg2rad(deg_z)
-    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
-    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
-    return rz @ rx
 
 
 def _oblique_nifti(path: Path) -> nib.Nifti1Image:
@@ -103,37 +98,6 @@ def test_voxel_corners_agree_with_simpleitk_for_nifti(tmp_path) -> None:
         read_image(str(tmp_path / "s.ome.zarr"), "invivo_mri/d1/T2w").values,
         sitk.GetArrayFromImage(ref),
     )
-
-
-def write_dicom_series(folder: Path, *, oblique: bool = True, n_slices: int = 6) -> sitk.Image:
-    """A DICOM MR series made with SimpleITK (one file per slice, oblique geometry)."""
-    rng = np.random.default_rng(2)
-    arr = rng.integers(0, 4000, size=(n_slices, 16, 20)).astype(np.int16)
-    vol = sitk.GetImageFromArray(arr)
-    vol.SetSpacing((0.08, 0.1, 0.4))
-    vol.SetOrigin((-5.5, 3.25, 12.0))
-    d = _rotation(12.0, 30.0) if oblique else np.eye(3)
-    vol.SetDirection(tuple(d.ravel()))
-    folder.mkdir(parents=True, exist_ok=True)
-    writer = sitk.ImageFileWriter()
-    writer.KeepOriginalImageUIDOn()
-    series_uid = "1.2.826.0.1.3680043.2.1125.1.1234567"
-    for k in range(n_slices):
-        sl = vol[:, :, k]
-        sl.SetMetaData("0008|0060", "MR")
-        sl.SetMetaData("0020|000e", series_uid)
-        sl.SetMetaData("0020|000d", series_uid + ".9")
-        sl.SetMetaData("0008|0018", f"{series_uid}.{k + 1}")
-        sl.SetMetaData("0020|0013", str(k + 1))
-        sl.SetMetaData("0018|0087", "9.4")
-        sl.SetMetaData("0018|0081", "33")
-        sl.SetMetaData("0020|0037", "\\".join(f"{v:.10f}" for v in (*d[:, 0], *d[:, 1])))
-        pos = vol.TransformIndexToPhysicalPoint((0, 0, k))
-        sl.SetMetaData("0020|0032", "\\".join(f"{v:.10f}" for v in pos))
-        sl.SetMetaData("0018|0050", "0.4")
-        writer.SetFileName(str(folder / f"slice{k:03d}.dcm"))
-        writer.Execute(sl)
-    return vol
 
 
 def test_dicom_series_geometry_and_tags(tmp_path) -> None:

@@ -225,3 +225,60 @@ def test_slicer_world_points_map_to_intrinsic_through_the_scanner_affine(tmp_pat
     np.testing.assert_allclose(
         got["moving_z"].to_numpy(), [0.0, 1.0, 2.0], atol=1e-9
     )  # µm, no affine
+
+
+def _fcsv_rows_ras_mm(points, *, label_first=False) -> list[str]:
+    rows = []
+    for i, (lab, p) in enumerate(points.items()):
+        x, y, z = (p[0] / 1000, p[1] / 1000, p[2] / 1000)
+        rows.append(
+            f"{lab},{x},{y},{z},1,1" if label_first else f"id{i},{x},{y},{z},0,0,0,1,1,1,0,{lab}"
+        )
+    return rows
+
+
+@pytest.mark.parametrize("variant", ["no_system_line", "no_header_at_all", "slicer3"])
+def test_old_slicer_fcsv_without_coordinate_system_is_ras(tmp_path, variant) -> None:
+    # Slicer reads a list without "# CoordinateSystem" as RAS (files before 4.11, Slicer 3)
+    for name, pts in (("m", MOVING), ("f", FIXED)):
+        if variant == "slicer3":
+            head = ["# Fiducial List file m.fcsv", "# name = m", "# numPoints = 3",
+                    "# symbolScale = 5", "# visibility = 1"]  # fmt: skip
+            rows = _fcsv_rows_ras_mm(pts, label_first=True)
+        elif variant == "no_system_line":
+            head = ["# Markups fiducial file version = 4.4",
+                    "# columns = id,x,y,z,ow,ox,oy,oz,vis,sel,lock,label"]  # fmt: skip
+            rows = _fcsv_rows_ras_mm(pts)
+        else:
+            head, rows = [], _fcsv_rows_ras_mm(pts)
+        (tmp_path / f"{name}.fcsv").write_text("\n".join(head + rows) + "\n")
+    _same(import_landmarks([tmp_path / "m.fcsv", tmp_path / "f.fcsv"]))
+
+
+def test_slicer_markups_json_recognised_by_content(tmp_path) -> None:
+    # a plain .json (no .mrk) is still a Slicer list when its content says so
+    (tmp_path / "moving.json").write_text(_mrk_json(MOVING))
+    (tmp_path / "fixed.json").write_text(_mrk_json(FIXED))
+    _same(import_landmarks([tmp_path / "moving.json", tmp_path / "fixed.json"]))
+    ras = json.loads(_mrk_json(MOVING))
+    ras["markups"][0]["coordinateSystem"] = "RAS"
+    for cp in ras["markups"][0]["controlPoints"][:3]:
+        cp["position"] = [v / 1000 for v in MOVING[cp["label"]]]
+    (tmp_path / "moving_ras.json").write_text(json.dumps(ras))
+    _same(import_landmarks([tmp_path / "moving_ras.json", tmp_path / "fixed.json"]))
+
+
+def test_bigwarp_json_with_leading_comment(tmp_path) -> None:
+    doc = {
+        "type": "BigWarpLandmarks",
+        "numDimensions": 3,
+        "movingPoints": [list(MOVING[k]) for k in MOVING],
+        "fixedPoints": [list(FIXED[k]) for k in MOVING],
+        "active": [True] * 3,
+        "names": list(MOVING),
+    }
+    text = '/* BigWarp settings\n   written by Fiji, "quoted" */\n' + json.dumps(
+        {"Transform": {"landmarks": doc, "note": "a /* not a comment */ string"}}
+    )
+    (tmp_path / "settings.bigwarp.json").write_text(text)
+    _same(import_landmarks([tmp_path / "settings.bigwarp.json"]))

@@ -157,17 +157,16 @@ def test_transform_points_round_trip_and_accuracy(study, tmp_path) -> None:
     q = np.random.default_rng(9).uniform([10, 40, 40], [50, 200, 200], size=(50, 3))
     pts = pd.DataFrame({"x": q[:, 2], "y": q[:, 1], "z": q[:, 0], "cell_id": np.arange(50)})
     pts.to_csv(tmp_path / "cells.csv", index=False)
-    r = bridge(
-        "transform-points",
-        st.store,
-        tmp_path / "cells.csv",
-        "--from",
-        MOVING,
-        "--to",
-        FIXED,
-        "--output",
-        tmp_path / "cells_mri.csv",
-    )
+    alt = ("register", st.store, "--fixed", FIXED, "--moving", MOVING, "--landmarks", csv)
+    assert bridge(*alt, "--model", "affine", "--name", "2p_alt", "--overwrite").exit_code == 0
+    args = ("transform-points", st.store, tmp_path / "cells.csv", "--from", MOVING, "--to", FIXED)
+    r = bridge(*args, "--output", tmp_path / "cells_mri.csv")
+    # several registrations join the pair: refused, naming the candidates
+    assert r.exit_code == 2
+    assert "--via" in r.output
+    assert "2p_to_mri" in r.output
+    assert not (tmp_path / "cells_mri.csv").exists()
+    r = bridge(*args, "--output", tmp_path / "cells_mri.csv", "--transform", "2p_to_mri")
     assert r.exit_code == 0, r.output
     mri = pd.read_csv(tmp_path / "cells_mri.csv")
     assert mri["cell_id"].tolist() == list(range(50))  # extra columns pass through
@@ -184,6 +183,8 @@ def test_transform_points_round_trip_and_accuracy(study, tmp_path) -> None:
         MOVING,
         "--output",
         tmp_path / "back.csv",
+        "--via",
+        "2p_to_mri",
     )
     assert r.exit_code == 0, r.output
     back = pd.read_csv(tmp_path / "back.csv")

@@ -1,0 +1,209 @@
+"""Which registrations join two images: every chain, chosen explicitly, never by list order.
+
+A subject's registrations form an undirected multigraph over its images (one edge per
+registration, walked forwards fixed -> moving or backwards). Two registrations of the same pair
+(a model comparison, a re-registration under a new name) or two routes through other images give
+two different answers; :func:`resolve_chain` refuses such a choice unless it is made:
+
+* ``via=["a", "b"]``: for every image pair a named registration joins, only the named one is
+  used, and the chain must pass through the named registrations in that order;
+* otherwise a registration marked current for its pair (``bridge register --current``) stands
+  for the pair;
+* otherwise a pair with several registrations, or several routes, is an error that lists the
+  candidate chains.
+
+Examples
+--------
+>>> from bridge_xr.model.metadata import SubjectMetadata
+>>> resolve_chain(SubjectMetadata(), "a", "a")
+[]
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterable, Iterator, Sequence
+from contextvars import ContextVar
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.model.metadata import Registration, SubjectMetadata
+
+Hop = tuple[Registration, bool]  # (registration, walked forwards fixed -> moving?)
+Via = Sequence[str] | str | None  # registration names in chain order ("a,b" or ["a", "b"])
+
+#: Enumeration stops after this many chains (the error lists the first few anyway).
+_MAX_CHAINS = 64
+
+
+def _pair(rec: Registration) -> frozenset[str]:
+    return frozenset((rec.fixed, rec.moving))
+
+
+def parse_via(via: Via) -> list[str] | None:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``; empty -> ``None``."""
+    if via is None:
+        return None
+    items = via.split(",") if isinstance(via, str) else [p for v in via for p in v.split(",")]
+    names = [v.strip() for v in items if v.strip()]
+    return names or None
+
+
+def current_for_pair(subject: SubjectMetadata, a: str, b: str) -> str | None:
+    """The registration marked current for the image pair ``{a, b}``, if any."""
+    pair = frozenset((a, b))
+    for name in subject.current_registrations:
+        rec = subject.registrations.get(name)
+        if rec is not None and _pair(rec) == pair:
+            return name
+    return None
+
+
+def registrations_between(subject: SubjectMetadata, a: str, b: str) -> list[Registration]:
+    """Registrations that join images ``a`` and ``b`` directly (either direction)."""
+    pair = frozenset((a, b))
+    return [r for r in subject.registrations.values() if _pair(r) == pair]
+
+
+def _eligible(subject: SubjectMetadata, via: list[str] | None) -> list[Registration]:
+    regs = list(subject.registrations.values())
+    if via:
+        unknown = [v for v in via if v not in subject.registrations]
+        if unknown:
+            known = ", ".join(sorted(subject.registrations)) or "none"
+            raise InvalidInputError(
+                f"--via names unknown registration(s) {', '.join(unknown)}; known: {known}"
+            )
+        chosen = {_pair(subject.registrations[v]): v for v in via}
+        regs = [r for r in regs if _pair(r) not in chosen or chosen[_pair(r)] == r.name]
+    by_pair: dict[frozenset[str], list[Registration]] = {}
+    for r in regs:
+        by_pair.setdefault(_pair(r), []).append(r)
+    out: list[Registration] = []
+    current = set(subject.current_registrations)
+    for group in by_pair.values():
+        marked = [r for r in group if r.name in current]
+        out.extend(marked if len(group) > 1 and len(marked) == 1 else group)
+    return out
+
+
+def _simple_paths(regs: Iterable[Registration], src: str, dst: str) -> list[list[Hop]]:
+    adj: dict[str, list[tuple[str, Registration, bool]]] = {}
+    for rec in regs:
+        adj.setdefault(rec.fixed, []).append((rec.moving, rec, True))
+        adj.setdefault(rec.moving, []).append((rec.fixed, rec, False))
+    found: list[list[Hop]] = []
+
+    def walk(node: str, seen: set[str], hops: list[Hop]) -> None:
+        if len(found) >= _MAX_CHAINS:
+            return
+        if node == dst:
+            found.append(list(hops))
+            return
+        for nxt, rec, fwd in adj.get(node, []):
+            if nxt not in seen:
+                hops.append((rec, fwd))
+                seen.add(nxt)
+                walk(nxt, seen, hops)
+                seen.discard(nxt)
+                hops.pop()
+
+    walk(src, {src}, [])
+    return found
+
+
+def _describe(chain: list[Hop]) -> str:
+    return "[" + ",".join(r.name for r, _ in chain) + "]"
+
+
+def _in_order(chain: list[Hop], via: list[str]) -> bool:
+    names = iter(r.name for r, _ in chain)
+    return all(v in names for v in via)
+
+
+def candidate_chains(
+    subject: SubjectMetadata, src: str, dst: str, *, via: Via = None
+) -> list[list[Hop]]:
+    """Every chain of registrations from ``src`` to ``dst`` that the rules above leave open."""
+    names = parse_via(via)
+    if src == dst:
+        return [[]]
+    chains = _simple_paths(_eligible(subject, names), src, dst)
+    if names:
+        chains = [c for c in chains if _in_order(c, names)]
+    return chains
+
+
+_PREFERRED: ContextVar[tuple[list[str], list[str]] | None] = ContextVar("via", default=None)
+
+
+@contextlib.contextmanager
+def using(via: Via) -> Iterator[list[str]]:
+    """Within the block, chains resolved without an explicit ``via`` prefer these registrations.
+
+    For operations that resolve several chains (extraction over channels, study exports): a name
+    applies to the chains it can lie on and is ignored by the others. Yields the list of
+    registration names the resolved chains used (in order of first use), for provenance.
+    """
+    names = parse_via(via)
+    outer = _PREFERRED.get()
+    used: list[str] = outer[1] if outer is not None else []
+    token = _PREFERRED.set((names if names is not None else (outer[0] if outer else []), used))
+    try:
+        yield used
+    finally:
+        _PREFERRED.reset(token)
+
+
+def _record(chain: list[Hop]) -> list[Hop]:
+    ctx = _PREFERRED.get()
+    if ctx is not None:
+        for r, _ in chain:
+            if r.name not in ctx[1]:
+                ctx[1].append(r.name)
+    return chain
+
+
+def resolve_chain(
+    subject: SubjectMetadata,
+    src: str,
+    dst: str,
+    *,
+    via: Via = None,
+    what: str = "store",
+) -> list[Hop]:
+    """The one chain of registrations from image ``src`` to image ``dst``, or a clear error."""
+    names = parse_via(via)
+    for p in (src, dst):
+        if p not in subject.images:
+            raise InvalidInputError(f"no image {p!r} in the {what}; `bridge info` lists them")
+    if src == dst:
+        return []
+    ctx = _PREFERRED.get()
+    if names is None and ctx is not None and ctx[0]:
+        on_some_chain = {
+            r.name for c in _simple_paths(subject.registrations.values(), src, dst) for r, _ in c
+        }
+        names = [n for n in ctx[0] if n in on_some_chain] or None
+    chains = candidate_chains(subject, src, dst, via=names)
+    if len(chains) == 1:
+        return _record(chains[0])
+    if not chains:
+        if names and _simple_paths(subject.registrations.values(), src, dst):
+            raise InvalidInputError(
+                f"no chain of registrations from {src!r} to {dst!r} goes through "
+                f"{','.join(names)} in that order; `bridge info` lists the registrations"
+            )
+        raise InvalidInputError(
+            f"no chain of registrations connects {src!r} to {dst!r}; run `bridge register`"
+        )
+    listed = "; ".join(_describe(c) for c in chains[:8])
+    more = f" (and {len(chains) - 8} more)" if len(chains) > 8 else ""
+    raise InvalidInputError(
+        f"{len(chains)} chains of registrations join {src!r} and {dst!r}: {listed}{more}; "
+        "choose one with --via NAME[,NAME...] or mark one current with `bridge register --current`"
+    )
+
+
+def chain_names(chain: Sequence[Hop]) -> list[str]:
+    """Registration names of a chain, in order (for provenance)."""
+    return [r.name for r, _ in chain]

@@ -1,0 +1,388 @@
+"""Mapping points through every coordinate transformation of a scene, whoever authored it.
+
+The nodes are coordinate systems: each image's own systems (``intrinsic``, ``scanner_ras``, ...)
+and the scene's (``reference``, a stitching ``world``). The edges are
+
+* the transformations inside each image's ``multiscales`` (intrinsic -> its other systems);
+* the scene's ``coordinateTransformations`` (between systems of different images or of the
+  scene), as OME-Zarr 0.6 defines them: forward *point* maps from ``input`` to ``output``, walked
+  backwards only where an inverse exists (closed form or ``bijection``);
+* bridge_xr's own registrations, which replace their rasterised scene edge by the exact model.
+
+Points travel as vectors in each system's own axis order and units; at the two ends the
+``x, y, z`` micrometre columns of a point table are matched to the space axes by name.
+Ambiguous routes are refused as for registrations (:mod:`bridge_xr.register.graph`): pass
+``via`` (edge names in chain order).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import zarr
+
+from bridge_xr._constants import INTRINSIC
+from bridge_xr.errors import BridgeXRError, InvalidInputError
+from bridge_xr.io._store import StoreLike, describe_store, resolve_store
+from bridge_xr.io.ome_zarr import _legacy_io, _pick_intrinsic, ome_block
+from bridge_xr.io.scene import _root_attrs, read_subject
+from bridge_xr.model.coords import CoordinateSystem
+from bridge_xr.model.metadata import SubjectMetadata
+from bridge_xr.model.transforms import (
+    Affine,
+    Bijection,
+    ByDimension,
+    Coordinates,
+    Displacements,
+    Rotation,
+    Sequence,
+    Transform,
+    parse_transform,
+)
+from bridge_xr.model.units import conversion_factor
+from bridge_xr.register.graph import current_for_pair, parse_via
+from bridge_xr.register.scene import apply_hops, model_from_record
+
+Node = tuple[str, str]  # (image path, or "" for a scene system; system name)
+PointMap = Callable[[np.ndarray], np.ndarray]
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One transformation between two coordinate systems."""
+
+    name: str
+    src: Node
+    dst: Node
+    forward: PointMap
+    backward: PointMap | None
+    registration: str | None = None  # a bridge_xr registration (exact model)
+
+
+def _node_label(n: Node) -> str:
+    return n[1] if not n[0] else f"{n[0]}#{n[1]}"
+
+
+class SceneGraph:
+    """Coordinate systems and transformations of one store, read once."""
+
+    def __init__(self, where: StoreLike) -> None:
+        self.store = resolve_store(where)
+        self.where = describe_store(self.store)
+        self.subject: SubjectMetadata = read_subject(self.store)
+        attrs = _root_attrs(self.store)
+        self.systems: dict[Node, CoordinateSystem] = {}
+        self.intrinsic: dict[str, str] = {}
+        self.edges: list[Edge] = []
+        scene: dict[str, Any] = {}
+        if "ome" in attrs:
+            block, _ = ome_block(attrs)
+            scene = dict(block.get("scene") or {})
+        for cs in scene.get("coordinateSystems", []) or []:
+            sysm = self._system(cs, f"scene of {self.where}")
+            self.systems[("", sysm.name)] = sysm
+        raw = list(scene.get("coordinateTransformations", []) or [])
+        parsed = [
+            parse_transform(_legacy_io(t), where=f"the scene of {self.where}")
+            for t in raw
+            if isinstance(t, dict)
+        ]
+        if len(parsed) != len(raw):
+            raise InvalidInputError(
+                f"the scene of {self.where} has a coordinateTransformation that is not an object"
+            )
+        paths = set(self.subject.images)
+        for t in parsed:
+            for ref in (t.input, t.output):
+                if ref is not None and ref.path:
+                    paths.add(ref.path)
+        for p in sorted(paths):
+            self._read_image(p)
+        regs = self.subject.registrations
+        for k, t in enumerate(parsed):
+            if t.name in regs:
+                continue  # replaced by the exact model below
+            self._add_transform(t, f"scene transform #{k}")
+        for rec in regs.values():
+            self._add_registration(rec.name)
+
+    # -- reading -----------------------------------------------------------------------------
+    def _system(self, cs: Any, where: str) -> CoordinateSystem:
+        try:
+            return CoordinateSystem.model_validate(cs)
+        except (ValueError, BridgeXRError) as exc:
+            name = cs.get("name") if isinstance(cs, dict) else None
+            raise InvalidInputError(
+                f"malformed coordinate system {name!r} in {where}: {str(exc).splitlines()[0]}"
+            ) from None
+
+    def _read_image(self, path: str) -> None:
+        try:
+            group = zarr.open_group(self.store, path=path, mode="r")
+            attrs = group.attrs.asdict()
+        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            raise InvalidInputError(
+                f"the scene of {self.where} refers to image {path!r}, which is not in the store"
+            ) from None
+        block, version = ome_block(attrs)
+        ms = (block.get("multiscales") or [{}])[0]
+        where = f"image {path!r} of {self.where}"
+        if version != "0.6" or "coordinateSystems" not in ms:
+            axes = ms.get("axes") or [{"name": n, "type": "space"} for n in "zyx"]
+            axes = [{"name": a, "type": "space"} if isinstance(a, str) else a for a in axes]
+            cs = {"name": INTRINSIC, "axes": axes}
+            self.systems[(path, INTRINSIC)] = self._system(cs, where)
+            self.intrinsic[path] = INTRINSIC
+            return
+        for cs in ms["coordinateSystems"]:
+            sysm = self._system(cs, where)
+            self.systems[(path, sysm.name)] = sysm
+        self.intrinsic[path] = str(_pick_intrinsic(ms)["name"])
+        for k, t in enumerate(ms.get("coordinateTransformations", []) or []):
+            parsed = parse_transform(_legacy_io(t), where=where)
+            self._add_transform(parsed, f"{path} transform #{k}", default_path=path)
+
+    def _bind(self, t: Transform) -> Transform:
+        """Load what a transform keeps in arrays (fields, matrices by path)."""
+        from bridge_xr.io.ome_zarr import read_image
+
+        if isinstance(t, Displacements | Coordinates):
+            img = read_image(self.store, t.path)
+            sp = [img.attrs["spacing"][d] for d in img.dims if d in img.attrs["spacing"]]
+            org = [img.attrs["origin"][d] for d in img.dims if d in img.attrs["origin"]]
+            return t.bind(np.asarray(img.values, dtype=np.float64), spacing=sp, origin=org)
+        if isinstance(t, Affine | Rotation) and t.path is not None and not getattr(t, t.type):
+            try:
+                arr = np.asarray(zarr.open_array(self.store, path=t.path, mode="r")[...])
+            except (FileNotFoundError, KeyError, ValueError, zarr.errors.ArrayNotFoundError):
+                raise InvalidInputError(
+                    f"{t.type} of {self.where} points to array {t.path!r}, which is not there"
+                ) from None
+            rows = tuple(tuple(float(v) for v in r) for r in arr)
+            update = {"affine": rows} if isinstance(t, Affine) else {"rotation": rows}
+            return type(t).model_validate({**t.model_dump(by_alias=True), **update, "path": None})
+        if isinstance(t, Sequence):
+            return t.model_copy(
+                update={"transformations": tuple(self._bind(x) for x in t.transformations)}
+            )
+        if isinstance(t, Bijection):
+            return t.model_copy(
+                update={"forward": self._bind(t.forward), "inverse_": self._bind(t.inverse_)}
+            )
+        if isinstance(t, ByDimension):
+            parts = tuple(
+                p.model_copy(update={"transformation": self._bind(p.transformation)})
+                for p in t.transformations
+            )
+            return t.model_copy(update={"transformations": parts})
+        return t
+
+    def _add_transform(self, t: Transform, label: str, *, default_path: str = "") -> None:
+        if t.input is None or t.output is None:
+            raise InvalidInputError(f"{label} of {self.where} lacks its input or output system")
+
+        def node(ref: Any) -> Node:
+            path = ref.path if ref.path is not None else default_path
+            name = ref.name if ref.name else self.intrinsic.get(path, INTRINSIC)
+            return (path, name)
+
+        src, dst = node(t.input), node(t.output)
+        for n in (src, dst):
+            if n not in self.systems:
+                raise InvalidInputError(
+                    f"{label} of {self.where} refers to coordinate system "
+                    f"{_node_label(n)!r}, which is not defined"
+                )
+        bound = self._bind(t)
+        try:
+            inv = bound.inverse()
+            backward: PointMap | None = inv.transform_points
+        except BridgeXRError:
+            backward = None
+        name = t.name or f"{_node_label(src)}->{_node_label(dst)}"
+        self.edges.append(Edge(name, src, dst, bound.transform_points, backward))
+
+    def _add_registration(self, name: str) -> None:
+        rec = self.subject.registrations[name]
+        model = model_from_record(rec)
+        fi = (rec.fixed, self.intrinsic.get(rec.fixed, INTRINSIC))
+        mi = (rec.moving, self.intrinsic.get(rec.moving, INTRINSIC))
+
+        def fwd(p: np.ndarray) -> np.ndarray:
+            out = apply_hops([(model, True)], self._to_xyz_um(fi, p), strict=False)
+            return self._from_xyz_um(mi, out)
+
+        def bwd(p: np.ndarray) -> np.ndarray:
+            out = apply_hops([(model, False)], self._to_xyz_um(mi, p), strict=False)
+            return self._from_xyz_um(fi, out)
+
+        self.edges.append(Edge(name, fi, mi, fwd, bwd, registration=name))
+
+    # -- points at the ends ------------------------------------------------------------------
+    def _space_axes(self, n: Node) -> tuple[CoordinateSystem, dict[str, int], float]:
+        cs = self.systems[n]
+        idx: dict[str, int] = {}
+        for i, a in enumerate(cs.axes):
+            if a.type == "space":
+                key = a.name.lower()
+                if key not in ("x", "y", "z"):
+                    names = ", ".join(x.name for x in cs.axes if x.type == "space")
+                    raise InvalidInputError(
+                        f"coordinate system {_node_label(n)!r} of {self.where} has space axes "
+                        f"({names}); bridge_xr maps point tables (x, y, z) only onto axes named "
+                        "x, y, z: add a mapAxis transform to such a system, or name the axes"
+                    )
+                idx[key] = i
+        if not idx:
+            raise InvalidInputError(
+                f"coordinate system {_node_label(n)!r} of {self.where} has no space axes"
+            )
+        fac = conversion_factor(cs.spatial_unit or "micrometer", "micrometer")
+        return cs, idx, fac
+
+    def _from_xyz_um(self, n: Node, xyz: np.ndarray) -> np.ndarray:
+        cs, idx, fac = self._space_axes(n)
+        out = np.zeros((len(xyz), len(cs.axes)))
+        for k, name in enumerate("xyz"):
+            if name in idx:
+                out[:, idx[name]] = xyz[:, k] / fac
+        return out
+
+    def _to_xyz_um(self, n: Node, vec: np.ndarray) -> np.ndarray:
+        _, idx, fac = self._space_axes(n)
+        out = np.zeros((len(vec), 3))
+        for k, name in enumerate("xyz"):
+            if name in idx:
+                out[:, k] = vec[:, idx[name]] * fac
+        return out
+
+    # -- routes ------------------------------------------------------------------------------
+    def node(self, spec: str) -> Node:
+        """``IMAGE`` (its intrinsic system), ``IMAGE#SYSTEM``, or a scene system's name."""
+        path, sep, name = spec.partition("#")
+        if sep:
+            n = (path.strip("/"), name)
+            if n not in self.systems:
+                have = sorted(s for p, s in self.systems if p == n[0])
+                raise InvalidInputError(
+                    f"no coordinate system {name!r} in image {n[0]!r} of {self.where}; "
+                    f"it has {have or 'none (no such image)'}"
+                )
+            return n
+        p = spec.strip("/")
+        if p in self.intrinsic:
+            return (p, self.intrinsic[p])
+        if ("", spec) in self.systems:
+            return ("", spec)
+        raise InvalidInputError(
+            f"no image or scene coordinate system {spec!r} in {self.where}; `bridge info` lists them"
+        )
+
+    def _eligible(self, via: list[str] | None) -> list[Edge]:
+        edges = self.edges
+        names = {e.name for e in edges}
+        if via:
+            unknown = [v for v in via if v not in names]
+            if unknown:
+                raise InvalidInputError(
+                    f"--via names unknown transformation(s) {', '.join(unknown)}; known: "
+                    f"{', '.join(sorted(names)) or 'none'}"
+                )
+            chosen = {frozenset((e.src, e.dst)): e.name for e in edges if e.name in via}
+            edges = [e for e in edges if chosen.get(frozenset((e.src, e.dst)), e.name) == e.name]
+        out = []
+        for e in edges:
+            if e.registration is not None and not via:
+                rec = self.subject.registrations[e.registration]
+                cur = current_for_pair(self.subject, rec.fixed, rec.moving)
+                if cur is not None and cur != e.name:
+                    continue
+            out.append(e)
+        return out
+
+    def chains(self, src: Node, dst: Node, via: list[str] | None) -> list[list[tuple[Edge, bool]]]:
+        """Every simple route from ``src`` to ``dst`` (edge, walked forwards?)."""
+        adj: dict[Node, list[tuple[Node, Edge, bool]]] = {}
+        for e in self._eligible(via):
+            adj.setdefault(e.src, []).append((e.dst, e, True))
+            if e.backward is not None:
+                adj.setdefault(e.dst, []).append((e.src, e, False))
+        found: list[list[tuple[Edge, bool]]] = []
+
+        def walk(n: Node, seen: set[Node], hops: list[tuple[Edge, bool]]) -> None:
+            if len(found) >= 64:
+                return
+            if n == dst:
+                found.append(list(hops))
+                return
+            for nxt, e, fwd in adj.get(n, []):
+                if nxt not in seen:
+                    seen.add(nxt)
+                    hops.append((e, fwd))
+                    walk(nxt, seen, hops)
+                    hops.pop()
+                    seen.discard(nxt)
+
+        walk(src, {src}, [])
+        if via:
+
+            def in_order(c: list[tuple[Edge, bool]]) -> bool:
+                it = iter(e.name for e, _ in c)
+                return all(v in it for v in via)
+
+            found = [c for c in found if in_order(c)]
+        return found
+
+    def resolve(self, src: str, dst: str, *, via: Any = None) -> list[tuple[Edge, bool]]:
+        """The one route between two systems (see :meth:`node`), or a clear error."""
+        a, b = self.node(src), self.node(dst)
+        names = parse_via(via)
+        if a == b:
+            return []
+        found = self.chains(a, b, names)
+        if len(found) == 1:
+            return found[0]
+        if not found:
+            one_way = [e.name for e in self.edges if e.backward is None]
+            hint = (
+                f" ({', '.join(one_way)} cannot be walked backwards: no inverse)" if one_way else ""
+            )
+            extra = f" through {','.join(names)} in that order" if names else ""
+            raise InvalidInputError(
+                f"no chain of transformations from {src!r} to {dst!r}{extra} in {self.where}{hint}"
+            )
+        listed = "; ".join("[" + ",".join(e.name for e, _ in c) + "]" for c in found[:8])
+        raise InvalidInputError(
+            f"{len(found)} chains of transformations join {src!r} and {dst!r}: {listed}; "
+            "choose one with --via NAME[,NAME...] or mark one current with `bridge register --current`"
+        )
+
+    def map_points(
+        self, points_xyz_um: np.ndarray, src: str, dst: str, *, via: Any = None
+    ) -> tuple[np.ndarray, list[str]]:
+        """Points (x, y, z µm in ``src``) in ``dst``, and the names of the edges used."""
+        route = self.resolve(src, dst, via=via)
+        a, b = self.node(src), self.node(dst)
+        vec = self._from_xyz_um(a, np.asarray(points_xyz_um, dtype=np.float64))
+        for e, fwd in route:
+            fn = e.forward if fwd else e.backward
+            assert fn is not None  # noqa: S101 - the route walks only invertible edges backwards
+            vec = fn(vec)
+        return self._to_xyz_um(b, vec), [e.name for e, _ in route]
+
+
+def map_points_any(
+    where: StoreLike, points_xyz_um: np.ndarray, src: str, dst: str, *, via: Any = None
+) -> tuple[np.ndarray, list[str]]:
+    """Map points between any two coordinate systems of a scene (see :class:`SceneGraph`).
+
+    Between two images joined only by bridge_xr registrations this is
+    :func:`bridge_xr.register.scene.map_points` (exact models; NaN where a TPS has no inverse).
+    """
+    return SceneGraph(where).map_points(points_xyz_um, src, dst, via=via)
+
+
+__all__ = ["Edge", "SceneGraph", "map_points_any"]
