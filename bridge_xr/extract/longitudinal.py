@@ -29,6 +29,7 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.scene import read_subject
 from bridge_xr.model.units import conversion_factor
+from bridge_xr.register.graph import Via, using
 from bridge_xr.register.models import LinearModel
 from bridge_xr.register.scene import register
 
@@ -263,14 +264,19 @@ def run_longitudinal(
     growth_channel: str = "glioma",
     growth_bins: Sequence[float] = GROWTH_BINS,
     overwrite: bool = False,
+    via: Via = None,
 ) -> tuple[pd.DataFrame, list[dict[str, Any]], list[Path]]:
-    """Register sessions to the first, build the longitudinal table, write it."""
+    """Register sessions to the first, build the longitudinal table, write it.
+
+    ``via``: registration names preferred where several chains join an image to an MRI.
+    """
     plans = sorted(plan_subject(str(store)), key=lambda p: session_day(p.session, days))
     if len(plans) < 2:
         raise InvalidInputError(
             f"{store} has {len(plans)} session(s) with registered microscopy; need at least 2"
         )
     regs = register_sessions(store, plans, metric=metric, overwrite=overwrite)
-    df = longitudinal_table(store, plans, days=days, thresholds=thresholds,
-                            growth_channel=growth_channel, growth_bins=growth_bins)  # fmt: skip
+    with using(via):
+        df = longitudinal_table(store, plans, days=days, thresholds=thresholds,
+                                growth_channel=growth_channel, growth_bins=growth_bins)  # fmt: skip
     return df, regs, write_longitudinal(df, output, plans[0].subject)

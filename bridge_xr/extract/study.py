@@ -21,6 +21,7 @@ from bridge_xr.extract.footprint import Method
 from bridge_xr.extract.tables import DENSITY_BINS, extract_table, subject_name, write_table
 from bridge_xr.io._store import resolve_store
 from bridge_xr.io.scene import read_subject
+from bridge_xr.register.graph import Via, using
 
 
 @dataclass(frozen=True)
@@ -87,26 +88,33 @@ def extract_study(
     method: Method = "exact",
     bins: Sequence[float] = DENSITY_BINS,
     overwrite: bool = False,
+    via: Via = None,
 ) -> tuple[list[SessionPlan], list[Path]]:
-    """Extract every subject and session of a study into ``output`` (Parquet, partitioned)."""
+    """Extract every subject and session of a study into ``output`` (Parquet, partitioned).
+
+    ``via``: registration names preferred where several chains join an image to its MRI (each
+    name applies to the chains it lies on); the names used go into the tables' provenance.
+    """
     plans = [p for s in subject_stores(study) for p in plan_subject(s)]
     if not plans:
         raise InvalidInputError(
             f"no MRI image in {str(study)!r} has registered microscopy; run `bridge register` first"
         )
-    tables = [
-        extract_table(
-            p.store,
-            mri=p.mri,
-            microscopy=p.microscopy,
-            mask=p.mask,
-            mri_z=p.mri_z,
-            thresholds=thresholds,
-            method=method,
-            subject=p.subject,
-            session=p.session,
-            bins=bins,
-        )
-        for p in plans
-    ]
-    return plans, write_table(dd.concat(tables), output, overwrite=overwrite)
+    with using(via) as used:
+        tables = [
+            extract_table(
+                p.store,
+                mri=p.mri,
+                microscopy=p.microscopy,
+                mask=p.mask,
+                mri_z=p.mri_z,
+                thresholds=thresholds,
+                method=method,
+                subject=p.subject,
+                session=p.session,
+                bins=bins,
+            )
+            for p in plans
+        ]
+    prov = {"study": str(study), "registrations": list(used)}
+    return plans, write_table(dd.concat(tables), output, overwrite=overwrite, provenance=prov)

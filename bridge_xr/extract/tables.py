@@ -32,6 +32,7 @@ from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
 from bridge_xr.io.scene import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
+from bridge_xr.register.graph import Via, using
 
 #: the paper's density categories (Figure 4J-K): upper edges of 0-5, 5-25, 25-50, 50-75, 75-100 %
 DENSITY_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
@@ -180,13 +181,41 @@ def analysis_mask(
     nagm_output: str | None = None,
     overwrite: bool = False,
     method: Method = "exact",
+    via: Via = None,
 ) -> dict[str, int]:
     """Label image on the MRI grid: 0 excluded, 1 normal-appearing grey matter, 2 glioma.
 
     A voxel is kept when the microscopy covers it (``min_coverage``), its vessel volume fraction
     is at most ``vessel_max`` and no artefact label touches it; it is glioma when its tumour
-    fraction is above 0.
+    fraction is above 0. ``via``: registrations to map through where several chains join an
+    image to the MRI (recorded in the mask's provenance with every registration used).
     """
+    with using(via) as used:
+        return _analysis_mask(
+            store, mri=mri, output=output, vessels=vessels, vessel_threshold=vessel_threshold,
+            vessel_max=vessel_max, tumour=tumour, tumour_threshold=tumour_threshold,
+            artefacts=artefacts, min_coverage=min_coverage, nagm_output=nagm_output,
+            overwrite=overwrite, method=method, used=used,
+        )  # fmt: skip
+
+
+def _analysis_mask(
+    store: StoreLike,
+    *,
+    mri: str,
+    output: str,
+    vessels: str | None,
+    vessel_threshold: float | None,
+    vessel_max: float,
+    tumour: str | None,
+    tumour_threshold: float | None,
+    artefacts: Sequence[str],
+    min_coverage: float,
+    nagm_output: str | None,
+    overwrite: bool,
+    method: Method,
+    used: list[str],
+) -> dict[str, int]:
     st = resolve_store(store)
     ref = read_image(st, mri)
     keep = da.ones(ref.shape, dtype=bool, chunks=ref.data.chunks)
@@ -220,6 +249,7 @@ def analysis_mask(
         "artefacts": list(artefacts),
         "min_coverage": min_coverage,
         "method": method,
+        "registrations": list(used),
     }
     write_on_grid_of(
         st,
@@ -315,12 +345,38 @@ def extract_table(
     subject: str | None = None,
     session: str | None = None,
     bins: Sequence[float] = DENSITY_BINS,
+    via: Via = None,
 ) -> dd.DataFrame:
     """The per-voxel table of one MRI image and its microscopy, as a lazy dask DataFrame.
 
     ``mri_z`` is an already normalised image on the MRI grid; with ``reference_mask`` instead,
-    the MRI is z-normalised on the fly (mean and SD over that mask's voxels).
+    the MRI is z-normalised on the fly (mean and SD over that mask's voxels). ``via`` names the
+    registrations to use where several chains join a microscopy image to the MRI; inside
+    ``with bridge_xr.register.graph.using(via) as used:`` the names used are collected, for
+    :func:`write_table`'s ``provenance``.
     """
+    with using(via):
+        return _extract_table(
+            store, mri=mri, microscopy=microscopy, mask=mask, mri_z=mri_z,
+            reference_mask=reference_mask, thresholds=thresholds, method=method,
+            subject=subject, session=session, bins=bins,
+        )  # fmt: skip
+
+
+def _extract_table(
+    store: StoreLike,
+    *,
+    mri: str,
+    microscopy: Sequence[str],
+    mask: str | None,
+    mri_z: str | None,
+    reference_mask: str | None,
+    thresholds: Mapping[str, float] | None,
+    method: Method,
+    subject: str | None,
+    session: str | None,
+    bins: Sequence[float],
+) -> dd.DataFrame:
     st = resolve_store(store)
     ref = read_image(st, mri)
     thresholds = dict(thresholds or {})
@@ -403,11 +459,19 @@ def _is_analysis(store: Any, mask: str) -> bool:
     return bool(m and m.provenance.operation == "mask (analysis)")
 
 
-def write_table(table: dd.DataFrame, output: str | Path, *, overwrite: bool = False) -> list[Path]:
+def write_table(
+    table: dd.DataFrame,
+    output: str | Path,
+    *,
+    overwrite: bool = False,
+    provenance: Mapping[str, Any] | None = None,
+) -> list[Path]:
     """Parquet partitioned by subject and session (hive style: ``subject=M001/session=d060``).
 
     Written by dask block by block into a hidden folder, then each (subject, session) partition
     is moved into place as a whole; partitions of other subjects and sessions are left alone.
+    ``provenance`` (e.g. the registrations used) goes to ``_provenance.json`` in every partition
+    (Parquet readers skip files whose names start with ``_``).
     """
     import shutil
     import uuid
@@ -432,7 +496,9 @@ def write_table(table: dd.DataFrame, output: str | Path, *, overwrite: bool = Fa
                     f"{dest} already exists; pass --overwrite to replace that subject/session"
                 )
         written = []
+        stamp = Provenance.now("extract", **dict(provenance or {}))
         for part in parts:
+            (part / "_provenance.json").write_text(stamp.model_dump_json(indent=2))
             dest = out / part.parent.name / part.name
             dest.parent.mkdir(parents=True, exist_ok=True)
             if dest.exists():

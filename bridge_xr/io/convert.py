@@ -236,7 +236,38 @@ def describe(where: StoreLike, *, storage_options: dict[str, Any] | None = None)
         "reference_image": subject.reference_image,
         "images": images,
         "scene_transforms": [t.to_ome() for t in scene_transforms(store)],
+        "registrations": registration_pairs(subject),
     }
+
+
+def registration_pairs(subject: Any) -> list[dict[str, Any]]:
+    """For every pair of registered images: the chains that join them and which one is used.
+
+    ``used`` is the chain every command takes without ``--via`` (the only one, or the one made
+    of registrations marked current); ``None`` when the pair is ambiguous (commands then refuse
+    and list ``chains``).
+    """
+    from bridge_xr.register.graph import candidate_chains, chain_names
+
+    regs = subject.registrations
+    nodes = sorted({p for r in regs.values() for p in (r.fixed, r.moving)})
+    out: list[dict[str, Any]] = []
+    for i, a in enumerate(nodes):
+        for b in nodes[i + 1 :]:
+            every = candidate_chains(subject.model_copy(update={"current_registrations": ()}), a, b)
+            if not every:
+                continue
+            left = candidate_chains(subject, a, b)
+            out.append(
+                {
+                    "images": [a, b],
+                    "chains": [chain_names(c) for c in every],
+                    "current": [n for c in every for n in chain_names(c)
+                                if n in subject.current_registrations],
+                    "used": chain_names(left[0]) if len(left) == 1 else None,
+                }
+            )  # fmt: skip
+    return out
 
 
 def _discover(store: Any) -> list[str]:

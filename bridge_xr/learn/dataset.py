@@ -39,6 +39,7 @@ from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.scene import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.model.units import conversion_factor
+from bridge_xr.register.graph import Via, using
 from bridge_xr.register.models import LinearModel
 from bridge_xr.register.scene import register
 
@@ -305,8 +306,46 @@ def export_dataset(
     seed: int = 0,
     max_tre_um: float | None = None,
     diameters: bool = True,
+    via: Via = None,
 ) -> Path:
-    """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder."""
+    """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder.
+
+    ``via``: registration names preferred where several chains join an MRI and its microscopy
+    (each name applies to the chains it lies on); ``bridge_xr/provenance.json`` records the
+    registrations used.
+    """
+    with using(via) as used:
+        return _export_dataset(
+            study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=spacing_um,
+            crops=crops, dataset_id=dataset_id, name=name, truth_threshold=truth_threshold,
+            min_fraction=min_fraction, crop_yx=crop_yx, min_vessel=min_vessel, n_folds=n_folds,
+            method=method, negative_control=negative_control, seed=seed, max_tre_um=max_tre_um,
+            diameters=diameters, used=used,
+        )  # fmt: skip
+
+
+def _export_dataset(
+    study: str | Path,
+    output: str | Path,
+    *,
+    mri_sequence: str,
+    truth: str,
+    spacing_um: Sequence[float],
+    crops: pd.DataFrame | None,
+    dataset_id: int,
+    name: str,
+    truth_threshold: float | None,
+    min_fraction: float,
+    crop_yx: int,
+    min_vessel: int,
+    n_folds: int,
+    method: Method,
+    negative_control: bool,
+    seed: int,
+    max_tre_um: float | None,
+    diameters: bool,
+    used: list[str],
+) -> Path:
     if not 1 <= dataset_id <= 999:
         raise InvalidInputError(f"--dataset-id must be 1..999; got {dataset_id}")
     folder = Path(output) / f"Dataset{dataset_id:03d}_{name}"
@@ -434,6 +473,12 @@ def export_dataset(
                 for c, src in zip(cases, label_from, strict=True)
             ]  # fmt: skip
         ).to_csv(tmp / "cases.csv", index=False)
+        (tmp / "bridge_xr").mkdir(exist_ok=True)
+        prov = Provenance.now(
+            "learn export", inputs=(str(study),), mri_sequence=mri_sequence, truth=truth,
+            spacing_um=list(spacing_um), registrations=list(used),
+        )  # fmt: skip
+        (tmp / "bridge_xr" / "provenance.json").write_text(prov.model_dump_json(indent=2))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise

@@ -252,7 +252,9 @@ def read_slicer_points(path: Path) -> dict[str, np.ndarray]:
         arr = np.array([cp["position"] for cp in pts], dtype=float).reshape(-1, 3)
         ras = _to_ras_um(arr, mk.get("coordinateSystem", "LPS"), mk.get("coordinateUnits", "mm"))
         return {str(cp["label"]): ras[i] for i, cp in enumerate(pts)}
-    system, labels, coords = "RAS", [], []
+    system = "RAS"
+    labels: list[str] = []
+    coords: list[list[float]] = []
     header_cols: list[str] | None = None
     slicer3 = False
     for row in csv.reader(io.StringIO(text)):

@@ -31,7 +31,10 @@ out = Console()
 
 def fail(message: str) -> typer.Exit:
     """Print one clear line to stderr and return the exit (status 2) to raise."""
-    console.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: messages name things like "[reg_a]" that rich would take for markup tags
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
     return typer.Exit(code=2)
 
 

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import console, handle_errors, out
+from bridge_xr_cli._common import Via, console, handle_errors, out
 
 
 def parse_thresholds(items: list[str] | None) -> dict[str, float]:
@@ -103,6 +103,7 @@ def mask(
         str, typer.Option(help="density: exact (footprint) or resliced (fast)")
     ] = "exact",
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    via: Via = None,
 ) -> None:
     """Analysis mask on the MRI grid from microscopy: 0 excluded, 1 NAGM (w/o glioma), 2 glioma."""
     from bridge_xr.extract.tables import analysis_mask
@@ -121,6 +122,7 @@ def mask(
         nagm_output=nagm_output,
         overwrite=overwrite,
         method=_method(method),  # type: ignore[arg-type]
+        via=via,
     )
     out.print(
         f"{output}: {counts['nagm']} NAGM, {counts['glioma']} glioma, "
@@ -154,25 +156,30 @@ def extract(
     subject: Annotated[str | None, typer.Option(help="subject name (default: store name)")] = None,
     session: Annotated[str | None, typer.Option(help="session (default: the MRI's)")] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    via: Via = None,
 ) -> None:
     """Per-voxel table: MRI, normalised MRI, microscopy density per MRI voxel (Parquet)."""
     from bridge_xr.extract.tables import extract_table, write_table
+    from bridge_xr.register.graph import using
 
-    table = extract_table(
-        store,
-        mri=mri,
-        microscopy=microscopy,
-        mask=mask,
-        mri_z=mri_z,
-        reference_mask=reference_mask,
-        thresholds=parse_thresholds(threshold),
-        method=_method(method),  # type: ignore[arg-type]
-        subject=subject,
-        session=session,
-        bins=parse_bins(bins) or [],
-    )
+    with using(via) as used:
+        table = extract_table(
+            store,
+            mri=mri,
+            microscopy=microscopy,
+            mask=mask,
+            mri_z=mri_z,
+            reference_mask=reference_mask,
+            thresholds=parse_thresholds(threshold),
+            method=_method(method),  # type: ignore[arg-type]
+            subject=subject,
+            session=session,
+            bins=parse_bins(bins) or [],
+            via=via,
+        )
+    prov = {"mri": mri, "microscopy": list(microscopy), "registrations": list(used)}
     with console.status("extracting voxels"):
-        written = write_table(table, output, overwrite=overwrite)
+        written = write_table(table, output, overwrite=overwrite, provenance=prov)
     import pandas as pd
 
     n = sum(len(pd.read_parquet(p)) for p in written)
@@ -197,6 +204,7 @@ def extract_study(
         int, typer.Option(help="start a local dask-distributed cluster with this many processes")
     ] = 0,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    via: Via = None,
 ) -> None:
     """Every subject and session of a study into one partitioned table (dask, or a cluster)."""
     from bridge_xr.extract.study import extract_study as run
@@ -216,6 +224,7 @@ def extract_study(
                 method=_method(method),  # type: ignore[arg-type]
                 bins=parse_bins(bins) or [],
                 overwrite=overwrite,
+                via=via,
             )
     finally:
         if client is not None:
@@ -262,6 +271,7 @@ def longitudinal(
     reregister: Annotated[
         bool, typer.Option("--reregister", help="redo the session registrations")
     ] = False,
+    via: Via = None,
 ) -> None:
     """Sessions onto the first: rigid MRI registration, overlapping masks, change per day."""
     from bridge_xr.extract.longitudinal import run_longitudinal
@@ -280,6 +290,7 @@ def longitudinal(
             growth_channel=growth_channel,
             growth_bins=parse_bins(growth_bins) or [],
             overwrite=reregister,
+            via=via,
         )
     for r in regs:
         out.print(

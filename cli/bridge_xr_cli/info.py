@@ -48,6 +48,19 @@ def main(
     out.print(table)
     for t in d["scene_transforms"]:
         out.print(f"edge {t.get('name', '')}: {t['type']} {t['input']} -> {t['output']}")
+    if d["registrations"]:
+        regs = Table(title="registrations joining images", show_lines=False)
+        for col in ("images", "chains", "used without --via"):
+            regs.add_column(col, overflow="fold")
+        for pair in d["registrations"]:
+            chains = "\n".join(
+                " -> ".join(f"{n}*" if n in pair["current"] else n for n in c)
+                for c in pair["chains"]
+            )
+            used = " -> ".join(pair["used"]) if pair["used"] else "[red]ambiguous: needs --via[/]"
+            regs.add_row("\n".join(pair["images"]), chains, used)
+        out.print(regs)
+        out.print("[dim]* marked current (`bridge register --current`, `bridge set-current`)[/]")
     for path, im in d["images"].items():
         prov: dict[str, Any] | None = im["provenance"]
         if prov:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import handle_errors, out
+from bridge_xr_cli._common import Via, handle_errors, out
 
 app = typer.Typer(help="Microscopy-trained MRI vessel segmentation: filter, evaluate.")
 
@@ -160,6 +160,7 @@ def export(
             "`bridge register --tre-map`) exceeds this, e.g. 60um"
         ),
     ] = None,
+    via: Via = None,
 ) -> None:
     """Registered MRI crops + microscopy vessel truth -> an nnU-Net v2 raw dataset."""
     import pandas as pd
@@ -181,7 +182,7 @@ def export(
         study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=_spacing_zyx(spacing),
         crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
         min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
-        negative_control=negative_control, max_tre_um=max_tre_um, diameters=diameters,
+        negative_control=negative_control, max_tre_um=max_tre_um, diameters=diameters, via=via,
     )  # fmt: skip
     if verify:
         check(folder)

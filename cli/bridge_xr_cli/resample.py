@@ -9,7 +9,7 @@ import numpy as np
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import handle_errors, level_progress, out
+from bridge_xr_cli._common import Via, handle_errors, level_progress, out
 
 
 def _spacing(text: str | None) -> tuple[float, float, float] | None:
@@ -53,6 +53,7 @@ def resample(
         int | None, typer.Option(help="moving pyramid level (default: coarsest adequate)")
     ] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    via: Via = None,
 ) -> None:
     """Resample an image through the registrations onto another image's grid, block by block."""
     from bridge_xr.io.scene import add_image, read_subject
@@ -70,13 +71,14 @@ def resample(
         order=order,
         labels=labels,
         level=level,
+        via=via,
     )
     subject = read_subject(store)
     src = subject.images[moving]
     extra: dict[str, Any] = {}
     if any(subject.registrations[n].model == "tps" for n in img.attrs["resample"]["chain"]):
         # the certified mapping-error bound of every output block, kept as a small QC image
-        errs = block_errors(store, moving=moving, onto=onto, spacing_um=_spacing(spacing))
+        errs = block_errors(store, moving=moving, onto=onto, spacing_um=_spacing(spacing), via=via)
         errs = errs.copy(data=errs.values)
         err_path = f"qc/{image}/block_error"
         extra = {
