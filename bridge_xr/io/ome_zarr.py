@@ -596,7 +596,7 @@ def read_multiscale_info(group: zarr.Group) -> MultiscaleInfo:
     else:
         axes = ms.get("axes") or [{"name": n, "type": "space"} for n in ("z", "y", "x")]
         axes = [{"name": a, "type": "space"} if isinstance(a, str) else a for a in axes]
-    dims = tuple(a["name"] for a in axes)
+    dims = _canonical_names(axes, where=group.path or "/")
     units = {a.get("unit") for a in axes if a.get("type") == "space" and a.get("unit")}
     unit = canonical_unit(units.pop()) if len(units) == 1 else None
     paths, scales, trans = [], [], []
@@ -636,6 +636,40 @@ def read_multiscale_info(group: zarr.Group) -> MultiscaleInfo:
     )
 
 
+_CANONICAL = ("t", "c", "z", "y", "x")
+
+
+def _canonical_names(axes: Sequence[dict[str, Any]], *, where: str) -> tuple[str, ...]:
+    """Axis names mapped onto t, c, z, y, x by type and name, or one clear refusal.
+
+    Space axes must be named x, y, z (any case, any order); one ``time`` axis is ``t`` and one
+    ``channel`` axis is ``c`` whatever their names.
+    """
+    names: list[str] = []
+    for a in axes:
+        kind, name = a.get("type"), str(a.get("name", ""))
+        if kind == "space" or (kind is None and name.lower() in ("x", "y", "z")):
+            if name.lower() not in ("x", "y", "z"):
+                space = ", ".join(str(b.get("name")) for b in axes if b.get("type") == "space")
+                raise InvalidInputError(
+                    f"image {where!r} has space axes ({space}); bridge_xr needs them named "
+                    "x, y, z (any order): rename the axes in its metadata"
+                )
+            names.append(name.lower())
+        elif kind == "time" or name == "t":
+            names.append("t")
+        elif kind == "channel" or name == "c":
+            names.append("c")
+        else:
+            raise InvalidInputError(
+                f"image {where!r} has an axis {name!r} of type {kind!r}; bridge_xr reads "
+                "space (x, y, z), time and channel axes"
+            )
+    if len(set(names)) != len(names):
+        raise InvalidInputError(f"image {where!r} has repeated axes {names}")
+    return tuple(names)
+
+
 def _pick_intrinsic(ms: dict[str, Any]) -> dict[str, Any]:
     systems = ms["coordinateSystems"]
     outputs = set()
@@ -671,13 +705,17 @@ def read_image(store: Store | str, path: str, *, level: int = 0) -> xr.DataArray
     arr = group[info.level_paths[level]]
     assert isinstance(arr, zarr.Array)  # noqa: S101 - metadata guarantees it
     data = da.from_zarr(arr, chunks=arr.shards or arr.chunks)
-    sdims = spatial_dims(info.dims)
+    order = sorted(range(len(info.dims)), key=lambda i: _CANONICAL.index(info.dims[i]))
+    dims = tuple(info.dims[i] for i in order)
+    if dims != info.dims:  # stored e.g. x, y, z: the same voxels, seen as z, y, x
+        data = data.transpose(order)
+    sdims = spatial_dims(dims)
     scale = dict(zip(info.dims, info.level_scale[level], strict=True))
     trans = dict(zip(info.dims, info.level_translation[level], strict=True))
     channel_names = info.bridge.get("channel_names")
     img = make_image(
         data,
-        dims=info.dims,
+        dims=dims,
         spacing={d: scale[d] for d in sdims},
         origin={d: trans[d] for d in sdims},
         unit=info.unit or "micrometer",
