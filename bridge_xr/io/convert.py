@@ -67,7 +67,12 @@ def convert_mri(
     storage_options: dict[str, Any] | None = None,
     progress: Any = None,
 ) -> ImageMetadata:
-    """Convert a NIfTI file or a DICOM series folder into the subject store at ``image_path``."""
+    """Convert a NIfTI file, a DICOM series folder or a Bruker ParaVision study/scan folder.
+
+    ``series``: the DICOM SeriesInstanceUID, or the ParaVision scan ``E/P`` (scan/reconstruction)
+    when the folder holds several.
+    """
+    from bridge_xr.io.bruker import is_paravision, read_paravision
     from bridge_xr.io.dicom import read_dicom_series
     from bridge_xr.io.nifti import read_nifti
 
@@ -79,7 +84,17 @@ def convert_mri(
     _guard_target(store, path, overwrite)
     nifti: NiftiInfo | None = None
     dicom: dict[str, str] | None = None
-    if src.is_dir():
+    if src.is_dir() and is_paravision(src):
+        image, pv, systems = read_paravision(src, scan=series)
+        acq = Acquisition(
+            field_strength_T=pv["field_strength_T"],
+            echo_time_ms=pv["echo_time_ms"],
+            repetition_time_ms=pv["repetition_time_ms"],
+            sequence=pv["sequence"],
+            extra={k: pv[k] for k in ("echo_times_ms", "protocol", "reconstruction") if pv[k]},
+        )
+        fmt = "paravision"
+    elif src.is_dir():
         image, dicom, systems = read_dicom_series(src, series_uid=series)
         acq = Acquisition(
             field_strength_T=_float(dicom, "field_strength_T"),
@@ -93,7 +108,10 @@ def convert_mri(
         acq = Acquisition()
         fmt = "nifti"
     else:
-        msg = f"{str(src)!r} is neither a NIfTI file (.nii, .nii.gz) nor a DICOM folder"
+        msg = (
+            f"{str(src)!r} is neither a NIfTI file (.nii, .nii.gz), a DICOM folder nor a "
+            "ParaVision study/scan folder"
+        )
         raise InvalidInputError(msg)
     meta = ImageMetadata(
         path=path,

@@ -27,12 +27,19 @@ Overwrite = Annotated[
 @handle_errors
 def mri(
     source: Annotated[
-        Path, typer.Argument(help="NIfTI file (.nii/.nii.gz) or a DICOM series folder")
+        Path,
+        typer.Argument(
+            help="NIfTI file (.nii/.nii.gz), DICOM series folder, or Bruker ParaVision "
+            "study/scan/pdata folder (2dseq + visu_pars)"
+        ),
     ],
     store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
     image: ImageOpt,
     series: Annotated[
-        str | None, typer.Option(help="DICOM SeriesInstanceUID when the folder has several")
+        str | None,
+        typer.Option(
+            help="DICOM SeriesInstanceUID, or ParaVision scan E/P, when the folder has several"
+        ),
     ] = None,
     overwrite: Overwrite = False,
 ) -> None:
