@@ -130,3 +130,126 @@ def write_paravision(
     ]
     (rec / "visu_pars").write_text("\n".join(lines) + "\n", encoding="latin-1")
     return rec
+
+
+# ------------------------------------------------------------------------------------ Zeiss CZI
+def _segment(sid: str, data: bytes) -> bytes:
+    """A ZISRAW segment: 16-byte id, allocated and used size, data padded to 32 bytes."""
+    import struct
+
+    alloc = -(-len(data) // 32) * 32
+    return (
+        struct.pack("<16sqq", sid.encode(), alloc, len(data)) + data + b"\0" * (alloc - len(data))
+    )
+
+
+def _czi_entry(pixel_type: int, position: int, compression: int, dims: list[tuple]) -> bytes:
+    import struct
+
+    head = struct.pack("<2siqiiBB4si", b"DV", pixel_type, position, 0, compression, 0, 0,
+                       b"\0" * 4, len(dims))  # fmt: skip
+    # dimension entries are stored innermost (X) first
+    body = b"".join(struct.pack("<4siifi", d.encode(), start, size, float(start), size)
+                    for d, start, size in reversed(dims))  # fmt: skip
+    return head + body
+
+
+def _zstd1(raw: bytes, itemsize: int) -> bytes:
+    """ZEN's "zstd1" subblock compression: a header (size 3, chunk 1 = hi/lo byte packing) and
+    zstd of the (optionally byte-plane separated) data."""
+    from numcodecs import Zstd
+
+    if itemsize == 2:
+        a = np.frombuffer(raw, dtype="<u2")
+        raw = (a & 0xFF).astype(np.uint8).tobytes() + (a >> 8).astype(np.uint8).tobytes()
+        return bytes([3, 1, 1]) + Zstd(level=3).encode(raw)
+    return bytes([1]) + Zstd(level=3).encode(raw)
+
+
+def write_czi(
+    path: Path,
+    data: np.ndarray,
+    *,
+    pixel_size_um: tuple[float, float, float] | None,
+    channel_names: tuple[str, ...] = (),
+    scene_names: tuple[str, ...] = (),
+    compression: str = "none",
+    tiles: int = 1,
+    objective: str = "Plan-Apochromat 10x/0.45 M27",
+) -> Path:
+    """A Zeiss CZI (ZISRAW) file by its documented segment layout (czifile's reading of it).
+
+    ``data`` is (scene, c, z, y, x) uint16/uint8/float32; one subblock per (scene, c, z) plane,
+    scene ``s`` placed at x offset ``s * 2 * X`` in the global pixel grid. ``pixel_size_um`` is
+    (x, y, z) or None (no Scaling block). ``compression``: ``none``, ``zstd0`` or ``zstd1``.
+    ``tiles`` > 1 writes every plane as that many mosaic tiles (M), side by side in x.
+    """
+    import struct
+    import uuid
+
+    from numcodecs import Zstd
+
+    n_s, n_c, n_z, ny, nx = data.shape
+    pixel_type = {np.dtype("uint8"): 0, np.dtype("uint16"): 1, np.dtype("float32"): 2}[data.dtype]
+    code = {"none": 0, "zstd0": 5, "zstd1": 6}[compression]
+    names = channel_names or tuple(f"Ch{c + 1}" for c in range(n_c))
+    ch_xml = "".join(
+        f'<Channel Id="Channel:{c}" Name="{n}"><ExcitationWavelength>{488 + 100 * c}'
+        "</ExcitationWavelength></Channel>"
+        for c, n in enumerate(names)
+    )
+    sc_xml = "".join(f'<Scene Index="{s}" Name="{n}"/>' for s, n in enumerate(scene_names))
+    scaling = ""
+    if pixel_size_um is not None:
+        scaling = (
+            "<Scaling><Items>"
+            + "".join(
+                f'<Distance Id="{a}"><Value>{v * 1e-6!r}</Value><DefaultUnitFormat>µm'
+                "</DefaultUnitFormat></Distance>"
+                for a, v in zip("XYZ", pixel_size_um, strict=True)
+            )
+            + "</Items></Scaling>"
+        )
+    xml = (
+        "<ImageDocument><Metadata><Information><Image>"
+        f"<SizeX>{nx}</SizeX><SizeY>{ny}</SizeY><SizeZ>{n_z}</SizeZ><SizeC>{n_c}</SizeC>"
+        f"<Dimensions><Channels>{ch_xml}</Channels><S><Scenes>{sc_xml}</Scenes></S></Dimensions>"
+        '</Image><Instrument><Microscopes><Microscope Name="LSM 980"/></Microscopes>'
+        f'<Objectives><Objective Name="{objective}"/></Objectives></Instrument></Information>'
+        f"{scaling}</Metadata></ImageDocument>"
+    ).encode()
+    header_size = 32 + 512
+    meta_seg = _segment("ZISRAWMETADATA", struct.pack("<ii", len(xml), 0) + b"\0" * 248 + xml)
+    blocks: list[bytes] = []
+    entries: list[bytes] = []
+    pos = header_size + len(meta_seg)
+    tw = nx // tiles
+    for s in range(n_s):
+        for c in range(n_c):
+            for z in range(n_z):
+                for m in range(tiles):
+                    plane = np.ascontiguousarray(data[s, c, z][:, m * tw : (m + 1) * tw])
+                    raw = plane.tobytes()
+                    if code == 5:
+                        raw = Zstd(level=3).encode(raw)
+                    elif code == 6:
+                        raw = _zstd1(raw, plane.dtype.itemsize)
+                    dims = [("S", s, 1), ("C", c, 1), ("Z", z, 1), ("Y", 0, ny),
+                            ("X", s * 2 * nx + m * tw, tw)]  # fmt: skip
+                    if tiles > 1:
+                        dims.insert(0, ("M", m, 1))
+                    entry = _czi_entry(pixel_type, pos, code, dims)
+                    fixed = struct.pack("<iiq", 0, 0, len(raw)) + entry
+                    fixed += b"\0" * max(256 - len(fixed), 0)
+                    seg = _segment("ZISRAWSUBBLOCK", fixed + raw)
+                    blocks.append(seg)
+                    entries.append(entry)
+                    pos += len(seg)
+    directory = _segment(
+        "ZISRAWDIRECTORY", struct.pack("<i", len(entries)) + b"\0" * 124 + b"".join(entries)
+    )
+    g = uuid.UUID(int=12345).bytes
+    file_header = struct.pack("<iiii16s16siqqiq", 1, 0, 0, 0, g, g, 0, pos, header_size, 0, 0)
+    head = struct.pack("<16sqq", b"ZISRAWFILE", 512, 512) + file_header.ljust(512, b"\0")
+    path.write_bytes(head + meta_seg + b"".join(blocks) + directory)
+    return path

@@ -88,6 +88,8 @@ def test_resample_cli_writes_a_registered_image_onto_the_mri_grid(study) -> None
             FIXED,
             "--image",
             "registered/d060/angiogram",
+            "--via",
+            "tps",  # the study holds an affine and a TPS registration of the pair
         ],
     )
     assert r.exit_code == 0, r.output
@@ -114,6 +116,8 @@ def test_resample_cli_writes_a_registered_image_onto_the_mri_grid(study) -> None
             FIXED,
             "--image",
             "registered/d060/x",
+            "--via",
+            "tps",
             "--spacing",
             "10 bananas",
         ],
