@@ -137,6 +137,27 @@ def convert_mri(
     return meta
 
 
+def _read_vendor(
+    src: Path,
+    *,
+    scene: int | None,
+    pixel_size_um: float | None,
+    z_step_um: float | None,
+    channel_names: tuple[str, ...] | None,
+) -> tuple[Any, Any]:
+    from bridge_xr.io.czi import read_czi
+    from bridge_xr.io.lif import read_lif
+
+    reader = read_czi if src.suffix.lower() == ".czi" else read_lif
+    return reader(
+        src,
+        scene=scene,
+        pixel_size_um=pixel_size_um,
+        z_step_um=z_step_um,
+        channel_names=channel_names,
+    )
+
+
 def convert_microscopy(
     source: str | os.PathLike[str],
     where: StoreLike,
@@ -153,8 +174,12 @@ def convert_microscopy(
     compressor: str = "blosc-zstd",
     storage_options: dict[str, Any] | None = None,
     progress: Any = None,
+    scene: int | None = None,
 ) -> ImageMetadata:
-    """Convert a TIFF/OME-TIFF stack into the subject store (lazily, shard by shard)."""
+    """Convert a TIFF/OME-TIFF stack, a Zeiss CZI or a Leica LIF into the store, lazily.
+
+    ``scene``: the CZI scene or LIF image (series) index when the file holds several.
+    """
     from bridge_xr.io.ome_zarr import plan_storage
     from bridge_xr.io.tiff import read_tiff
 
@@ -168,7 +193,15 @@ def convert_microscopy(
     src = Path(source)
     store = resolve_store(where, storage_options=storage_options)
     _guard_target(store, path, overwrite)
-    image, cal = read_tiff(src, pixel_size_um=px_um, z_step_um=zs_um, channel_names=channel_names)
+    vendor = src.suffix.lower() in (".czi", ".lif")
+    if vendor:
+        image, cal = _read_vendor(
+            src, scene=scene, pixel_size_um=px_um, z_step_um=zs_um, channel_names=channel_names
+        )
+    else:
+        image, cal = read_tiff(
+            src, pixel_size_um=px_um, z_step_um=zs_um, channel_names=channel_names
+        )
     plan = plan_storage(
         image.shape,
         tuple(str(d) for d in image.dims),
@@ -178,13 +211,16 @@ def convert_microscopy(
         shards=shards,
     )
     grid = plan.levels[0].shards or plan.levels[0].chunks
-    image, _ = read_tiff(
-        src,
-        pixel_size_um=px_um,
-        z_step_um=zs_um,
-        channel_names=channel_names,
-        chunks=dict(zip(image.dims, grid, strict=True)),  # type: ignore[arg-type]
-    )
+    if vendor:  # one task per plane: merge planes up to the write grid
+        image = image.chunk(dict(zip(image.dims, grid, strict=True)))
+    else:
+        image, _ = read_tiff(
+            src,
+            pixel_size_um=px_um,
+            z_step_um=zs_um,
+            channel_names=channel_names,
+            chunks=dict(zip(image.dims, grid, strict=True)),  # type: ignore[arg-type]
+        )
     mod = modality or ("labels" if labels else _MODALITY_BY_PREFIX.get(path.split("/")[0], "other"))
     names = (
         tuple(str(v) for v in image.c.values) if "c" in image.dims and "c" in image.coords else None
@@ -198,12 +234,16 @@ def convert_microscopy(
         channel_names=names,
         acquisition=Acquisition(
             pixel_size_um=tuple(image.attrs["spacing"][d] for d in spatial_dims(image.dims)),  # type: ignore[arg-type]
+            objective=getattr(cal, "objective", None),
+            excitation_nm=getattr(cal, "excitation_nm", None),
+            extra=dict(getattr(cal, "extra", {}) or {}),
         ),
         provenance=Provenance.now(
             "convert microscopy",
             inputs=(str(src),),
             image=path,
             calibration_source="options" if px else cal.source,
+            **({"scene": scene} if scene is not None else {}),
         ),
     )
     add_image(

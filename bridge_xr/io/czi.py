@@ -118,6 +118,15 @@ class CziInfo:
     offset_px: tuple[int, int] = (0, 0)  # the scene's (y, x) start in the file's pixel grid
     source: str = "czi"
 
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Acquisition details for the image metadata."""
+        return {
+            "microscope": self.microscope,
+            "scenes": list(self.scenes),
+            "scene_offset_px_yx": list(self.offset_px),
+        }
+
 
 def read_czi(
     path: str | os.PathLike[str],

@@ -253,3 +253,71 @@ def write_czi(
     head = struct.pack("<16sqq", b"ZISRAWFILE", 512, 512) + file_header.ljust(512, b"\0")
     path.write_bytes(head + meta_seg + b"".join(blocks) + directory)
     return path
+
+
+# ---------------------------------------------------------------------------------- Leica LIF
+def _lif_chunk(payload: bytes) -> bytes:
+    import struct
+
+    return (
+        struct.pack("<IIBI", 0x70, 2 * (len(payload) // 2) + 5, 0x2A, len(payload) // 2) + payload
+    )
+
+
+def write_lif(
+    path: Path,
+    images: list[tuple[str, np.ndarray, tuple[float, float, float] | None]],
+    *,
+    channel_luts: tuple[str, ...] = ("Green", "Red", "Blue", "Gray"),
+) -> Path:
+    """A Leica LIF (version 2) file by its documented layout: a UTF-16 XML header, then one
+    memory block per image. ``images``: ``(name, data (c, z, y, x), voxel (x, y, z) µm or None)``;
+    channels are stored one whole volume after the other, x fastest."""
+    import struct
+
+    children, blocks = [], []
+    for k, (name, data, voxel) in enumerate(images):
+        n_c, n_z, ny, nx = data.shape
+        item = data.dtype.itemsize
+        kind = 1 if data.dtype.kind == "f" else 0
+        chans = "".join(
+            f'<ChannelDescription DataType="{kind}" ChannelTag="0" Resolution="{8 * item}" '
+            f'NameOfMeasuredQuantity="" Min="0" Max="{2 ** (8 * item) - 1}" Unit="" '
+            f'LUTName="{channel_luts[c % len(channel_luts)]}" IsLUTInverted="0" '
+            f'BytesInc="{c * nx * ny * n_z * item}" BitInc="0"/>'
+            for c in range(n_c)
+        )
+        dims = []
+        for dim_id, n, inc, i in (
+            (1, nx, item, 0),
+            (2, ny, nx * item, 1),
+            (3, n_z, nx * ny * item, 2),
+        ):
+            if n == 1 and dim_id == 3:
+                continue
+            length = 0.0 if voxel is None else voxel[i] * 1e-6 * (n - 1)
+            dims.append(
+                f'<DimensionDescription DimID="{dim_id}" NumberOfElements="{n}" Origin="0" '
+                f'Length="{length!r}" Unit="m" BitInc="0" BytesInc="{inc}"/>'
+            )
+        raw = np.ascontiguousarray(data).tobytes()
+        mid = f"MemBlock_{k + 1}"
+        children.append(
+            f'<Element Name="{name}" Visibility="1" UniqueID="{k + 1}"><Data><Image>'
+            f"<ImageDescription><Channels>{chans}</Channels><Dimensions>{''.join(dims)}"
+            f"</Dimensions></ImageDescription></Image></Data>"
+            f'<Memory Size="{len(raw)}" MemoryBlockID="{mid}"/><Children/></Element>'
+        )
+        ident = mid.encode("utf-16-le")
+        blocks.append(struct.pack("<IIBQBI", 0x70, 0, 0x2A, len(raw), 0x2A, len(ident) // 2)
+                      + ident + raw)  # fmt: skip
+    xml = (
+        '<LMSDataContainerHeader Version="2"><Element Name="project" Visibility="1" '
+        'UniqueID="0"><Data><Experiment Path=""/></Data>'
+        '<Memory Size="0" MemoryBlockID="MemBlock_0"/>'
+        f"<Children>{''.join(children)}</Children></Element></LMSDataContainerHeader>"
+    )
+    empty = "MemBlock_0".encode("utf-16-le")
+    head_block = struct.pack("<IIBQBI", 0x70, 0, 0x2A, 0, 0x2A, len(empty) // 2) + empty
+    path.write_bytes(_lif_chunk(xml.encode("utf-16-le")) + head_block + b"".join(blocks))
+    return path

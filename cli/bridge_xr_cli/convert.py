@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from bridge_xr.errors import InvalidInputError
 from bridge_xr.io.convert import convert_microscopy, convert_mri
 from bridge_xr_cli._common import handle_errors, level_progress, out
 
@@ -52,7 +53,9 @@ def mri(
 @app.command("microscopy")
 @handle_errors
 def microscopy(
-    source: Annotated[Path, typer.Argument(help="TIFF / OME-TIFF / ImageJ stack")],
+    source: Annotated[
+        Path, typer.Argument(help="TIFF / OME-TIFF / ImageJ stack, Zeiss .czi or Leica .lif")
+    ],
     store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
     image: ImageOpt,
     pixel_size: Annotated[
@@ -71,8 +74,16 @@ def microscopy(
         str, typer.Option(help="zstd, blosc-zstd, blosc-lz4 or none")
     ] = "blosc-zstd",
     overwrite: Overwrite = False,
+    scene: Annotated[
+        int | None, typer.Option(help="CZI scene index (0-based) when the file holds several")
+    ] = None,
+    series: Annotated[
+        int | None, typer.Option(help="LIF image (series) index (0-based) when it holds several")
+    ] = None,
 ) -> None:
     """Convert a microscopy stack lazily into a sharded multiscale image."""
+    if scene is not None and series is not None:
+        raise InvalidInputError("give --scene (CZI) or --series (LIF), not both")
     names = tuple(n.strip() for n in channel_names.split(",")) if channel_names else None
     with level_progress(f"writing {image}") as cb:
         meta = convert_microscopy(
@@ -86,6 +97,7 @@ def microscopy(
             overwrite=overwrite,
             compressor=compressor,
             progress=cb,
+            scene=scene if scene is not None else series,
         )
     px = meta.acquisition.pixel_size_um
     out.print(f"wrote {meta.path} (voxel {px} µm) to {store}")
