@@ -286,21 +286,20 @@ class MapAxis(_Base):
         return m
 
 
-class Displacements(_Base):
-    """A displacement field (an OME-Zarr multiscale image at ``path``): ``x' = x + d(x)``.
+class _Field(_Base):
+    """A transformation stored as a vector field (an OME-Zarr multiscale image at ``path``).
 
-    The field is bound to its data with :meth:`bind` before points can be mapped; its vector
-    components are ordered like the output axes and given in output units.
+    Bound to its data with :meth:`bind` (shape (D_out, *grid), voxel centres at
+    ``origin + i * spacing``) before points can be mapped.
     """
 
-    type: Literal["displacements"] = "displacements"
     path: str
     interpolation: Literal["nearest", "linear", "cubic"] = "linear"
     _field: FloatArray | None = PrivateAttr(default=None)
     _scale: FloatArray | None = PrivateAttr(default=None)
     _origin: FloatArray | None = PrivateAttr(default=None)
 
-    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Displacements:
+    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Any:
         """Attach field data of shape (D, *grid) whose voxel centres sit at origin + i*spacing."""
         out = self.model_copy()
         out._field = np.asarray(field, dtype=np.float64)
@@ -308,54 +307,40 @@ class Displacements(_Base):
         out._origin = np.asarray(origin, dtype=np.float64)
         return out
 
-    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+    def _sample(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """``(points, field values at the points)``, both (N, D)."""
         from scipy.ndimage import map_coordinates
 
         if self._field is None or self._scale is None or self._origin is None:
-            msg = f"displacement field {self.path!r} is not loaded; read it with the scene first"
-            raise InvalidInputError(msg)
-        p = _as_points(points, self._field.shape[0])
-        idx = ((p - self._origin) / self._scale).T
-        order = {"nearest": 0, "linear": 1, "cubic": 3}[self.interpolation]
-        disp = np.stack(
-            [map_coordinates(c, idx, order=order, mode="nearest") for c in self._field], axis=1
-        )
-        return p + disp
-
-
-class Coordinates(_Base):
-    """A coordinate field (an OME-Zarr multiscale image at ``path``): ``x' = c(x)``.
-
-    Bound to its data with :meth:`bind` (shape (D_out, *grid)); no closed-form inverse.
-    """
-
-    type: Literal["coordinates"] = "coordinates"
-    path: str
-    interpolation: Literal["nearest", "linear", "cubic"] = "linear"
-    _field: FloatArray | None = PrivateAttr(default=None)
-    _scale: FloatArray | None = PrivateAttr(default=None)
-    _origin: FloatArray | None = PrivateAttr(default=None)
-
-    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Coordinates:
-        """Attach field data of shape (D_out, *grid) whose voxel centres sit at origin + i*spacing."""
-        out = self.model_copy()
-        out._field = np.asarray(field, dtype=np.float64)
-        out._scale = np.asarray(spacing, dtype=np.float64)
-        out._origin = np.asarray(origin, dtype=np.float64)
-        return out
-
-    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
-        from scipy.ndimage import map_coordinates
-
-        if self._field is None or self._scale is None or self._origin is None:
-            msg = f"coordinate field {self.path!r} is not loaded; read it with the scene first"
+            msg = f"{self.type} field {self.path!r} is not loaded; read it with the scene first"  # type: ignore[attr-defined]
             raise InvalidInputError(msg)
         p = _as_points(points, self._field.ndim - 1)
         idx = ((p - self._origin) / self._scale).T
         order = {"nearest": 0, "linear": 1, "cubic": 3}[self.interpolation]
-        return np.stack(
+        vals = np.stack(
             [map_coordinates(c, idx, order=order, mode="nearest") for c in self._field], axis=1
         )
+        return p, vals
+
+
+class Displacements(_Field):
+    """A displacement field: ``x' = x + d(x)``; components ordered like the output axes, in
+    output units."""
+
+    type: Literal["displacements"] = "displacements"
+
+    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+        p, disp = self._sample(points)
+        return p + disp
+
+
+class Coordinates(_Field):
+    """A coordinate field: ``x' = c(x)``; no closed-form inverse."""
+
+    type: Literal["coordinates"] = "coordinates"
+
+    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
+        return self._sample(points)[1]
 
 
 class ProjectAxis(_Base):

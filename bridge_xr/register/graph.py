@@ -22,8 +22,9 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.model.metadata import Registration, SubjectMetadata
@@ -86,29 +87,37 @@ def _eligible(subject: SubjectMetadata, via: list[str] | None) -> list[Registrat
     return out
 
 
-def _simple_paths(regs: Iterable[Registration], src: str, dst: str) -> list[list[Hop]]:
-    adj: dict[str, list[tuple[str, Registration, bool]]] = {}
-    for rec in regs:
-        adj.setdefault(rec.fixed, []).append((rec.moving, rec, True))
-        adj.setdefault(rec.moving, []).append((rec.fixed, rec, False))
-    found: list[list[Hop]] = []
+def simple_paths(
+    adj: Mapping[Any, Sequence[tuple[Any, Any]]], src: Any, dst: Any, *, limit: int = _MAX_CHAINS
+) -> list[list[Any]]:
+    """Every simple path from ``src`` to ``dst`` as its list of edges (``adj``: node ->
+    ``(next node, edge)``), depth first, at most ``limit`` paths."""
+    found: list[list[Any]] = []
 
-    def walk(node: str, seen: set[str], hops: list[Hop]) -> None:
-        if len(found) >= _MAX_CHAINS:
+    def walk(node: Any, seen: set[Any], edges: list[Any]) -> None:
+        if len(found) >= limit:
             return
         if node == dst:
-            found.append(list(hops))
+            found.append(list(edges))
             return
-        for nxt, rec, fwd in adj.get(node, []):
+        for nxt, edge in adj.get(node, ()):
             if nxt not in seen:
-                hops.append((rec, fwd))
                 seen.add(nxt)
-                walk(nxt, seen, hops)
+                edges.append(edge)
+                walk(nxt, seen, edges)
+                edges.pop()
                 seen.discard(nxt)
-                hops.pop()
 
     walk(src, {src}, [])
     return found
+
+
+def _simple_paths(regs: Iterable[Registration], src: str, dst: str) -> list[list[Hop]]:
+    adj: dict[str, list[tuple[str, Hop]]] = {}
+    for rec in regs:
+        adj.setdefault(rec.fixed, []).append((rec.moving, (rec, True)))
+        adj.setdefault(rec.moving, []).append((rec.fixed, (rec, False)))
+    return simple_paths(adj, src, dst)
 
 
 def _describe(chain: list[Hop]) -> str:

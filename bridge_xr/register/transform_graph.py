@@ -43,7 +43,7 @@ from bridge_xr.model.transforms import (
     parse_transform,
 )
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.graph import current_for_pair, parse_via
+from bridge_xr.register.graph import current_for_pair, parse_via, simple_paths
 from bridge_xr.register.scene import apply_hops, model_from_record
 
 Node = tuple[str, str]  # (image path, or "" for a scene system; system name)
@@ -305,28 +305,12 @@ class SceneGraph:
 
     def chains(self, src: Node, dst: Node, via: list[str] | None) -> list[list[tuple[Edge, bool]]]:
         """Every simple route from ``src`` to ``dst`` (edge, walked forwards?)."""
-        adj: dict[Node, list[tuple[Node, Edge, bool]]] = {}
+        adj: dict[Node, list[tuple[Node, tuple[Edge, bool]]]] = {}
         for e in self._eligible(via):
-            adj.setdefault(e.src, []).append((e.dst, e, True))
+            adj.setdefault(e.src, []).append((e.dst, (e, True)))
             if e.backward is not None:
-                adj.setdefault(e.dst, []).append((e.src, e, False))
-        found: list[list[tuple[Edge, bool]]] = []
-
-        def walk(n: Node, seen: set[Node], hops: list[tuple[Edge, bool]]) -> None:
-            if len(found) >= 64:
-                return
-            if n == dst:
-                found.append(list(hops))
-                return
-            for nxt, e, fwd in adj.get(n, []):
-                if nxt not in seen:
-                    seen.add(nxt)
-                    hops.append((e, fwd))
-                    walk(nxt, seen, hops)
-                    hops.pop()
-                    seen.discard(nxt)
-
-        walk(src, {src}, [])
+                adj.setdefault(e.dst, []).append((e.src, (e, False)))
+        found: list[list[tuple[Edge, bool]]] = simple_paths(adj, src, dst)
         if via:
 
             def in_order(c: list[tuple[Edge, bool]]) -> bool:
