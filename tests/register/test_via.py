@@ -138,3 +138,16 @@ def test_resample_and_extract_record_the_registrations_used(store, tmp_path) -> 
     (prov_file,) = out.glob("subject=*/session=*/_provenance.json")
     assert json.loads(prov_file.read_text())["parameters"]["registrations"] == ["reg_a"]
     assert len(pd.read_parquet(out)) > 0  # the sidecar does not disturb Parquet readers
+
+
+def test_mask_needs_via_and_records_it(store) -> None:
+    args = ("mask", store, "--mri", MRI, "--vessels", TWOP, "--vessel-threshold", "0.5",
+            "--vessel-max", "1.0", "--min-coverage", "0", "--output", "masks/d1/analysis")  # fmt: skip
+    r = bridge(*args)
+    assert r.exit_code == 2
+    assert "--via" in r.output
+    assert "masks/d1/analysis" not in read_subject(store).images
+    r = bridge(*args, "--via", "reg_b")
+    assert r.exit_code == 0, r.output
+    prov = read_subject(store).images["masks/d1/analysis"].provenance
+    assert prov.parameters["registrations"] == ["reg_b"]
