@@ -643,7 +643,7 @@ def _canonical_names(axes: Sequence[dict[str, Any]], *, where: str) -> tuple[str
     """Axis names mapped onto t, c, z, y, x by type and name, or one clear refusal.
 
     Space axes must be named x, y, z (any case, any order); one ``time`` axis is ``t`` and one
-    ``channel`` axis is ``c`` whatever their names.
+    ``channel`` (or vector: ``displacement``, ``coordinate``) axis is ``c`` whatever their names.
     """
     names: list[str] = []
     for a in axes:
@@ -658,7 +658,7 @@ def _canonical_names(axes: Sequence[dict[str, Any]], *, where: str) -> tuple[str
             names.append(name.lower())
         elif kind == "time" or name == "t":
             names.append("t")
-        elif kind == "channel" or name == "c":
+        elif kind in ("channel", "displacement", "coordinate") or name == "c":
             names.append("c")
         else:
             raise InvalidInputError(
