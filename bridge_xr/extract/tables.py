@@ -32,7 +32,7 @@ from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
 from bridge_xr.io.scene import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.graph import Via, using
+from bridge_xr.register.graph import Via, used_registrations, with_via
 
 #: the paper's density categories (Figure 4J-K): upper edges of 0-5, 5-25, 25-50, 50-75, 75-100 %
 DENSITY_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
@@ -166,6 +166,7 @@ def zscore_normalize(
     return stats
 
 
+@with_via
 def analysis_mask(
     store: StoreLike,
     *,
@@ -190,32 +191,6 @@ def analysis_mask(
     fraction is above 0. ``via``: registrations to map through where several chains join an
     image to the MRI (recorded in the mask's provenance with every registration used).
     """
-    with using(via) as used:
-        return _analysis_mask(
-            store, mri=mri, output=output, vessels=vessels, vessel_threshold=vessel_threshold,
-            vessel_max=vessel_max, tumour=tumour, tumour_threshold=tumour_threshold,
-            artefacts=artefacts, min_coverage=min_coverage, nagm_output=nagm_output,
-            overwrite=overwrite, method=method, used=used,
-        )  # fmt: skip
-
-
-def _analysis_mask(
-    store: StoreLike,
-    *,
-    mri: str,
-    output: str,
-    vessels: str | None,
-    vessel_threshold: float | None,
-    vessel_max: float,
-    tumour: str | None,
-    tumour_threshold: float | None,
-    artefacts: Sequence[str],
-    min_coverage: float,
-    nagm_output: str | None,
-    overwrite: bool,
-    method: Method,
-    used: list[str],
-) -> dict[str, int]:
     st = resolve_store(store)
     ref = read_image(st, mri)
     keep = da.ones(ref.shape, dtype=bool, chunks=ref.data.chunks)
@@ -249,7 +224,7 @@ def _analysis_mask(
         "artefacts": list(artefacts),
         "min_coverage": min_coverage,
         "method": method,
-        "registrations": list(used),
+        "registrations": used_registrations(),
     }
     write_on_grid_of(
         st,
@@ -332,6 +307,7 @@ def _block_table(
     return pd.DataFrame(frame)
 
 
+@with_via
 def extract_table(
     store: StoreLike,
     *,
@@ -355,28 +331,6 @@ def extract_table(
     ``with bridge_xr.register.graph.using(via) as used:`` the names used are collected, for
     :func:`write_table`'s ``provenance``.
     """
-    with using(via):
-        return _extract_table(
-            store, mri=mri, microscopy=microscopy, mask=mask, mri_z=mri_z,
-            reference_mask=reference_mask, thresholds=thresholds, method=method,
-            subject=subject, session=session, bins=bins,
-        )  # fmt: skip
-
-
-def _extract_table(
-    store: StoreLike,
-    *,
-    mri: str,
-    microscopy: Sequence[str],
-    mask: str | None,
-    mri_z: str | None,
-    reference_mask: str | None,
-    thresholds: Mapping[str, float] | None,
-    method: Method,
-    subject: str | None,
-    session: str | None,
-    bins: Sequence[float],
-) -> dd.DataFrame:
     st = resolve_store(store)
     ref = read_image(st, mri)
     thresholds = dict(thresholds or {})

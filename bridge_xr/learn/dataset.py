@@ -39,7 +39,7 @@ from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.io.scene import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.graph import Via, using
+from bridge_xr.register.graph import Via, used_registrations, with_via
 from bridge_xr.register.models import LinearModel
 from bridge_xr.register.scene import register
 
@@ -286,6 +286,7 @@ def _write_nifti(path: Path, data: np.ndarray, spacing_um: Sequence[float]) -> N
     nib.save(img, str(path))
 
 
+@with_via
 def export_dataset(
     study: str | Path,
     output: str | Path,
@@ -314,38 +315,6 @@ def export_dataset(
     (each name applies to the chains it lies on); ``bridge_xr/provenance.json`` records the
     registrations used.
     """
-    with using(via) as used:
-        return _export_dataset(
-            study, output, mri_sequence=mri_sequence, truth=truth, spacing_um=spacing_um,
-            crops=crops, dataset_id=dataset_id, name=name, truth_threshold=truth_threshold,
-            min_fraction=min_fraction, crop_yx=crop_yx, min_vessel=min_vessel, n_folds=n_folds,
-            method=method, negative_control=negative_control, seed=seed, max_tre_um=max_tre_um,
-            diameters=diameters, used=used,
-        )  # fmt: skip
-
-
-def _export_dataset(
-    study: str | Path,
-    output: str | Path,
-    *,
-    mri_sequence: str,
-    truth: str,
-    spacing_um: Sequence[float],
-    crops: pd.DataFrame | None,
-    dataset_id: int,
-    name: str,
-    truth_threshold: float | None,
-    min_fraction: float,
-    crop_yx: int,
-    min_vessel: int,
-    n_folds: int,
-    method: Method,
-    negative_control: bool,
-    seed: int,
-    max_tre_um: float | None,
-    diameters: bool,
-    used: list[str],
-) -> Path:
     if not 1 <= dataset_id <= 999:
         raise InvalidInputError(f"--dataset-id must be 1..999; got {dataset_id}")
     folder = Path(output) / f"Dataset{dataset_id:03d}_{name}"
@@ -476,7 +445,7 @@ def _export_dataset(
         (tmp / "bridge_xr").mkdir(exist_ok=True)
         prov = Provenance.now(
             "learn export", inputs=(str(study),), mri_sequence=mri_sequence, truth=truth,
-            spacing_um=list(spacing_um), registrations=list(used),
+            spacing_um=list(spacing_um), registrations=used_registrations(),
         )  # fmt: skip
         (tmp / "bridge_xr" / "provenance.json").write_text(prov.model_dump_json(indent=2))
     except BaseException:

@@ -20,7 +20,7 @@ True
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import numpy as np
 from numpy.typing import NDArray
@@ -299,7 +299,7 @@ class _Field(_Base):
     _scale: FloatArray | None = PrivateAttr(default=None)
     _origin: FloatArray | None = PrivateAttr(default=None)
 
-    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Any:
+    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Self:
         """Attach field data of shape (D, *grid) whose voxel centres sit at origin + i*spacing."""
         out = self.model_copy()
         out._field = np.asarray(field, dtype=np.float64)

@@ -22,9 +22,10 @@ Examples
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+import functools
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.model.metadata import Registration, SubjectMetadata
@@ -161,6 +162,28 @@ def using(via: Via) -> Iterator[list[str]]:
         yield used
     finally:
         _PREFERRED.reset(token)
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def with_via(func: Callable[P, R]) -> Callable[P, R]:
+    """Run ``func`` inside :func:`using` of its own ``via=`` keyword (the function declares
+    ``via`` for its signature and reads the names used with :func:`used_registrations`)."""
+
+    @functools.wraps(func)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        with using(kwargs.get("via")):  # type: ignore[arg-type]
+            return func(*args, **kwargs)
+
+    return wrapper
+
+
+def used_registrations() -> list[str]:
+    """Registration names the chains resolved in the current :func:`using` block went through."""
+    ctx = _PREFERRED.get()
+    return list(ctx[1]) if ctx is not None else []
 
 
 def _record(chain: list[Hop]) -> list[Hop]:

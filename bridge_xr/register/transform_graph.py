@@ -322,7 +322,9 @@ class SceneGraph:
 
     def resolve(self, src: str, dst: str, *, via: Any = None) -> list[tuple[Edge, bool]]:
         """The one route between two systems (see :meth:`node`), or a clear error."""
-        a, b = self.node(src), self.node(dst)
+        return self._route(src, dst, self.node(src), self.node(dst), via)
+
+    def _route(self, src: str, dst: str, a: Node, b: Node, via: Any) -> list[tuple[Edge, bool]]:
         names = parse_via(via)
         if a == b:
             return []
@@ -348,8 +350,8 @@ class SceneGraph:
         self, points_xyz_um: np.ndarray, src: str, dst: str, *, via: Any = None
     ) -> tuple[np.ndarray, list[str]]:
         """Points (x, y, z µm in ``src``) in ``dst``, and the names of the edges used."""
-        route = self.resolve(src, dst, via=via)
         a, b = self.node(src), self.node(dst)
+        route = self._route(src, dst, a, b, via)
         vec = self._from_xyz_um(a, np.asarray(points_xyz_um, dtype=np.float64))
         for e, fwd in route:
             fn = e.forward if fwd else e.backward
