@@ -57,11 +57,11 @@ def build(workdir: Path, size_gib: float) -> Path:
     import dask.array as da
     import pandas as pd
 
-    from bridge_xr.io.scene import add_image
+    from bridge_xr.io.subject import add_image
     from bridge_xr.model.image import make_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.register.models import LinearModel
-    from bridge_xr.register.scene import register
+    from bridge_xr.model.pointmaps import LinearModel
+    from bridge_xr.register.registration import register
 
     store = workdir / f"extract_{size_gib:g}GiB.ome.zarr"
     if (store / "zarr.json").exists():

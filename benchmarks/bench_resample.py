@@ -40,10 +40,10 @@ def build(workdir: Path, size_gib: float) -> Path:
     """A store with a small fixed image covering the extent and a 2P-like moving volume."""
     import dask.array as da
 
-    from bridge_xr.io.scene import add_image
+    from bridge_xr.io.subject import add_image
     from bridge_xr.model.image import make_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.register.scene import register
+    from bridge_xr.register.registration import register
 
     store = workdir / f"resample_{size_gib:g}GiB.ome.zarr"
     if (store / "zarr.json").exists():
@@ -99,9 +99,9 @@ def build(workdir: Path, size_gib: float) -> Path:
 
 @contextmanager
 def _only(store: Path, name: str) -> Iterator[Any]:
-    """bridge_xr.resample.core with the registration graph reduced to registration ``name``."""
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.resample import core
+    """bridge_xr.resampling.resample with the registration graph reduced to registration ``name``."""
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.resampling import resample as core
 
     rec = read_subject(str(store)).registrations[name]
     orig = core.path_between
@@ -164,8 +164,8 @@ def case_exact(store: Path, out: Path, n_blocks: int = 4) -> dict[str, Any]:
     import zarr
     from scipy.ndimage import map_coordinates
 
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.register.scene import model_from_record
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.scene.chains import model_from_record
 
     tps = model_from_record(read_subject(str(store)).registrations["tps"])
     arr = zarr.open_array(str(store / "twop/img/s0"), mode="r")
@@ -197,8 +197,8 @@ def case_sitk(store: Path, out: Path, slabs: int = 2) -> dict[str, Any]:
     import SimpleITK as sitk
     import zarr
 
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.register.scene import model_from_record
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.scene.chains import model_from_record
 
     tps = model_from_record(read_subject(str(store)).registrations["tps"])
     arr = zarr.open_array(str(store / "twop/img/s0"), mode="r")
@@ -236,9 +236,9 @@ def case_sitk(store: Path, out: Path, slabs: int = 2) -> dict[str, Any]:
 
 def max_deviation_voxels(store: Path, n_blocks: int = 6) -> float:
     """Largest |mapped position - exact TPS| over whole blocks, in output voxels."""
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.register.scene import model_from_record
-    from bridge_xr.resample.core import _tps_block
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.resampling.blocks import _tps_block
+    from bridge_xr.scene.chains import model_from_record
 
     tps = model_from_record(read_subject(str(store)).registrations["tps"])
     shape = _shape(float(store.name.split("_")[1].removesuffix("GiB.ome.zarr")))

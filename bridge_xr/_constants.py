@@ -20,3 +20,40 @@ REFERENCE = "reference"
 SPATIAL_AXES = ("z", "y", "x")
 #: Pyramid level path prefix (``s0``, ``s1`` ...).
 LEVEL_PREFIX = "s"
+#: Group of the rasterised fields of registrations (``coordinateTransformations/<name>``).
+FIELDS_GROUP = "coordinateTransformations"
+#: Group of quality-control images (``qc/<name>/tre_map``, ``qc/<image>/block_error``).
+QC_GROUP = "qc"
+
+
+def field_path(registration: str, *, inverse: bool = False) -> str:
+    """Where the rasterised (inverse) field of ``registration`` lives in the store.
+
+    Examples
+    --------
+    >>> field_path("2p_to_mri", inverse=True)
+    'coordinateTransformations/2p_to_mri_inverse'
+    """
+    return f"{FIELDS_GROUP}/{registration}{'_inverse' if inverse else ''}"
+
+
+def tre_map_path(registration: str) -> str:
+    """Where the bootstrap TRE map of ``registration`` lives.
+
+    Examples
+    --------
+    >>> tre_map_path("2p_to_mri")
+    'qc/2p_to_mri/tre_map'
+    """
+    return f"{QC_GROUP}/{registration}/tre_map"
+
+
+def block_error_path(image: str) -> str:
+    """Where the per-block mapping-error bound of a resampled ``image`` lives.
+
+    Examples
+    --------
+    >>> block_error_path("registered/d060/angiogram")
+    'qc/registered/d060/angiogram/block_error'
+    """
+    return f"{QC_GROUP}/{image}/block_error"

@@ -29,3 +29,7 @@ class NotInvertibleError(BridgeXRError, NotImplementedError):
 
 class NoAffineError(BridgeXRError, TypeError):
     """A transform is not affine and cannot be written as a matrix."""
+
+
+class EstimationError(InvalidInputError):
+    """Landmarks cannot determine the requested model (too few, degenerate, singular)."""

@@ -45,9 +45,10 @@ from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.model.image import make_image
+from bridge_xr.model.pointmaps import LinearModel, Model
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.models import LinearModel, Model
-from bridge_xr.register.scene import P4, apply_hops, model_from_record, path_between
+from bridge_xr.scene.chains import apply_hops, models_of
+from bridge_xr.scene.graph import graph_of
 
 Method = Literal["exact", "resliced", "bilinear"]
 
@@ -92,8 +93,7 @@ class Footprint:
 
 
 def _chain(store: Any, microscopy: str, mri: str) -> list[tuple[Model, bool]]:
-    hops = path_between(store, microscopy, mri)
-    return [(model_from_record(r), fwd) for r, fwd in hops]
+    return models_of(graph_of(store).chain(microscopy, mri))
 
 
 def _composite_linear(models: list[tuple[Model, bool]]) -> np.ndarray | None:
@@ -102,9 +102,8 @@ def _composite_linear(models: list[tuple[Model, bool]]) -> np.ndarray | None:
     for model, fwd in models:
         if not isinstance(model, LinearModel):
             return None
-        h = model.homogeneous()
-        total = (h if fwd else np.linalg.inv(h)) @ total
-    return P4 @ total @ P4
+        total = (model if fwd else model.inverse()).to_affine() @ total
+    return total
 
 
 def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
@@ -147,8 +146,8 @@ def corner_nodes(
     idx = [np.unique(np.r_[np.arange(0, n + 1, s), n]) for n, s in zip(shape, steps, strict=True)]
     axes_um = [fp.mic_origin_um[i] + (idx[i] - 0.5) * fp.mic_spacing_um[i] for i in range(3)]
     gz, gy, gx = np.meshgrid(*axes_um, indexing="ij")
-    xyz = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-    mapped = apply_hops(fp.models, xyz)[:, ::-1]  # zyx µm in the MRI
+    zyx = np.stack([gz.ravel(), gy.ravel(), gx.ravel()], axis=1)
+    mapped = apply_hops(fp.models, zyx)  # zyx µm in the MRI
     mri_idx = (mapped - fp.mri_origin_um) / fp.mri_spacing_um + 0.5
     return idx, mri_idx.T.reshape(3, *gz.shape)
 
@@ -668,7 +667,8 @@ def resliced_sums(
     reslicing, so the error per MRI voxel is of the order of one microscopy voxel layer along
     structure boundaries (microscopy voxel / MRI voxel), with no bias.
     """
-    from bridge_xr.resample.core import Grid, resample_through
+    from bridge_xr.model.grid import Grid
+    from bridge_xr.resampling.resample import resample_through
 
     st = resolve_store(store)
     fp = plan_footprint(st, microscopy, mri)
@@ -688,9 +688,7 @@ def resliced_sums(
         tuple(float(v) * to_unit for v in origin_um),  # type: ignore[arg-type]
         mr.attrs["unit"],
     )
-    models = [(m, not f) for m, f in fp.models[::-1]] or [
-        (LinearModel("rigid", np.eye(3), np.zeros(3)), True)
-    ]
+    models = [(m, not f) for m, f in fp.models[::-1]] or [(LinearModel.identity(), True)]
     # nearest-neighbour reslicing already rounds positions by up to half a voxel: the TPS is
     # mapped by exact nodes every 5 µm + trilinear, without the resampler's certification
     img = resample_through(
@@ -783,7 +781,7 @@ def _bilinear(
     st: Any, microscopy: str, mri: str, channel: str | int | None, threshold: float | None
 ) -> tuple[da.Array, da.Array]:
     """The paper's way: trilinear samples of the microscopy at the MRI voxel centres."""
-    from bridge_xr.resample.core import _map_block
+    from bridge_xr.resampling.blocks import map_block
 
     fp = plan_footprint(st, microscopy, mri)
     mic = read_image(st, microscopy)
@@ -796,9 +794,7 @@ def _bilinear(
     mr = read_image(st, mri)
     src = mic.data
     n_mic = np.array(src.shape)
-    inv = [(m, not f) for m, f in fp.models[::-1]] or [
-        (LinearModel("rigid", np.eye(3), np.zeros(3)), True)
-    ]
+    inv = [(m, not f) for m, f in fp.models[::-1]] or [(LinearModel.identity(), True)]
 
     def sample(block: np.ndarray, block_info: Any = None) -> np.ndarray:
         from scipy.ndimage import map_coordinates
@@ -808,7 +804,7 @@ def _bilinear(
             fp.mri_origin_um[i] + np.arange(a, b) * fp.mri_spacing_um[i]
             for i, (a, b) in enumerate(loc)
         ]
-        coords = _map_block(inv, axes, 0.01)
+        coords = map_block(inv, axes, 0.01)
         idx = [(coords[i] - fp.mic_origin_um[i]) / fp.mic_spacing_um[i] for i in range(3)]
         ok = np.ones(block.shape, dtype=bool)
         for i in range(3):

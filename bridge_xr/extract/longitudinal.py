@@ -24,14 +24,15 @@ import SimpleITK as sitk
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import density
 from bridge_xr.extract.study import SessionPlan, plan_subject
-from bridge_xr.extract.tables import channel_name, density_category
+from bridge_xr.extract.tables import channel_name
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import read_subject
+from bridge_xr.io.subject import read_subject
+from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.graph import Via, using
-from bridge_xr.register.models import LinearModel
-from bridge_xr.register.scene import register
+from bridge_xr.register.registration import register
+from bridge_xr.scene.chains import Via, using
+from bridge_xr.stats.categories import density_category
 
 #: growth-rate categories of Figure 4P-Q, in percentage points of glioma density per day
 GROWTH_BINS = (-2.0, 1.0, 4.0, 7.0)
@@ -157,7 +158,7 @@ def longitudinal_table(
     growth_bins: Sequence[float] = GROWTH_BINS,
 ) -> pd.DataFrame:
     """Per-voxel values of every session on the first session's grid, with changes per day."""
-    from bridge_xr.resample.core import resample
+    from bridge_xr.resampling.resample import resample
 
     st = resolve_store(store)
     thresholds = dict(thresholds or {})

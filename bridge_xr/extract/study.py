@@ -18,10 +18,12 @@ import dask.dataframe as dd
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import Method
-from bridge_xr.extract.tables import DENSITY_BINS, extract_table, subject_name, write_table
+from bridge_xr.extract.tables import extract_table, write_table
 from bridge_xr.io._store import resolve_store
-from bridge_xr.io.scene import read_subject
-from bridge_xr.register.graph import Via, using
+from bridge_xr.io.study import subject_name, subject_stores
+from bridge_xr.io.subject import read_subject
+from bridge_xr.scene.chains import Via, using
+from bridge_xr.stats.categories import DENSITY_BINS
 
 
 @dataclass(frozen=True)
@@ -36,17 +38,6 @@ class SessionPlan:
     mask: str | None = None
     mri_z: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def subject_stores(study: str | Path) -> list[Path]:
-    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted."""
-    root = Path(study)
-    if not root.is_dir():
-        raise InvalidInputError(f"study folder {str(root)!r} does not exist")
-    stores = sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".zarr"))
-    if not stores:
-        raise InvalidInputError(f"no subject stores (*.ome.zarr) in {str(root)!r}")
-    return stores
 
 
 def plan_subject(store_path: str | Path) -> list[SessionPlan]:

@@ -29,29 +29,14 @@ from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import Method, density
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
-from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.io.study import subject_name
+from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.graph import Via, used_registrations, with_via
+from bridge_xr.scene.chains import Via, used_registrations, with_via
+from bridge_xr.stats.categories import DENSITY_BINS, density_category
 
-#: the paper's density categories (Figure 4J-K): upper edges of 0-5, 5-25, 25-50, 50-75, 75-100 %
-DENSITY_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
 NAGM, GLIOMA = 1, 2
-
-
-def density_category(fraction: np.ndarray, bins: Sequence[float] = DENSITY_BINS) -> pd.Categorical:
-    """``w/o`` for exactly 0, then ``a-b%`` for ``(a, b]``; NaN stays missing."""
-    edges = [float(b) for b in bins]
-    labels = ["w/o"] + [
-        f"{edges[i] * 100:g}-{edges[i + 1] * 100:g}%" for i in range(len(edges) - 1)
-    ]
-    f = np.asarray(fraction, dtype=np.float64)
-    code = np.full(f.shape, -1, dtype=np.int64)
-    code[f <= edges[0]] = 0
-    for i in range(len(edges) - 1):
-        code[(f > edges[i]) & (f <= edges[i + 1] + 1e-12)] = i + 1
-    code[~np.isfinite(f)] = -1
-    return pd.Categorical.from_codes(code, categories=labels, ordered=True)
 
 
 def _same_space(store: Any, path: str) -> list[tuple[Any, Any]]:
@@ -251,15 +236,6 @@ def analysis_mask(
     return {"excluded": int(counts[0]), "nagm": int(counts[NAGM]), "glioma": int(counts[GLIOMA])}
 
 
-def subject_name(store: Any, where: StoreLike) -> str:
-    """The subject's name: its metadata, else the store's file name without ``.ome.zarr``."""
-    meta = read_subject(store)
-    if meta.subject:
-        return meta.subject
-    name = str(where).rstrip("/").rsplit("/", 1)[-1]
-    return re.sub(r"(\.ome)?\.zarr$", "", name)
-
-
 def channel_name(path: str) -> str:
     """``twophoton/d060/glioma`` -> ``glioma`` (a column-safe name)."""
     return re.sub(r"[^0-9A-Za-z_]", "_", path.rstrip("/").rsplit("/", 1)[-1])
@@ -328,7 +304,7 @@ def extract_table(
     ``mri_z`` is an already normalised image on the MRI grid; with ``reference_mask`` instead,
     the MRI is z-normalised on the fly (mean and SD over that mask's voxels). ``via`` names the
     registrations to use where several chains join a microscopy image to the MRI; inside
-    ``with bridge_xr.register.graph.using(via) as used:`` the names used are collected, for
+    ``with bridge_xr.scene.chains.using(via) as used:`` the names used are collected, for
     :func:`write_table`'s ``provenance``.
     """
     st = resolve_store(store)

@@ -13,8 +13,10 @@ True
 from __future__ import annotations
 
 import os
+import weakref
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from zarr.abc.store import Store
 from zarr.core.sync import sync
@@ -22,7 +24,49 @@ from zarr.storage import FsspecStore, LocalStore, MemoryStore
 
 from bridge_xr.errors import InvalidInputError
 
-StoreLike = str | os.PathLike[str] | Store
+
+@runtime_checkable
+class HasStore(Protocol):
+    """Anything that holds an open subject store (a :class:`bridge_xr.Scene`)."""
+
+    @property
+    def store(self) -> Store:
+        """The zarr store."""
+        ...
+
+
+StoreLike = str | os.PathLike[str] | Store | HasStore
+T = TypeVar("T")
+
+#: Metadata caches of the stores a Scene holds open, by ``id(store)``. A store not held by a
+#: Scene (a path given to a function) is read afresh every time; every write through bridge_xr
+#: empties its store's cache.
+_CACHES: dict[int, dict[Any, Any]] = {}
+
+
+def hold_cache(store: Store) -> None:
+    """Cache metadata reads of ``store`` until it is garbage-collected (see :func:`cached`)."""
+    if id(store) not in _CACHES:
+        _CACHES[id(store)] = {}
+        weakref.finalize(store, _CACHES.pop, id(store), None)
+
+
+def cached(store: Store, key: Any, make: Callable[[], T]) -> T:
+    """``make()``, remembered under ``key`` while a Scene holds ``store``."""
+    cache = _CACHES.get(id(store))
+    if cache is None:
+        return make()
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]  # type: ignore[no-any-return]
+
+
+def invalidate(store: Store) -> None:
+    """Forget every cached read of ``store`` (called by every write)."""
+    cache = _CACHES.get(id(store))
+    if cache is not None:
+        cache.clear()
+
 
 _ENDPOINT_VARS = ("BRIDGE_XR_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 
@@ -53,6 +97,8 @@ def resolve_store(
         Passed to fsspec for URLs. For ``s3://`` the endpoint is taken from
         ``BRIDGE_XR_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL`` when not given.
     """
+    if isinstance(where, HasStore) and not isinstance(where, Store):
+        return where.store  # a Scene: its own store (and metadata cache), as it was opened
     if isinstance(where, Store):
         return where.with_read_only(True) if read_only and not where.read_only else where
     text = os.fspath(where)
@@ -97,6 +143,7 @@ def delete_prefix(store: Store, prefix: str) -> None:
     """Delete every key under ``prefix`` ('' = the whole store), where the store allows it."""
     if not store.supports_deletes:
         return
+    invalidate(store)
     if isinstance(store, LocalStore) and prefix == "":
         import shutil
 

@@ -11,6 +11,7 @@ Reading accepts 0.4 (Zarr v2), 0.5 and 0.6 (and the 0.6 dev/rc tags, spatialdata
 
 from __future__ import annotations
 
+import copy
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -26,6 +27,7 @@ from zarr.codecs import BloscCodec, ZstdCodec
 
 from bridge_xr._constants import ATTRS_KEY, INTRINSIC, LEVEL_PREFIX, OME_VERSION, SPATIAL_AXES
 from bridge_xr.errors import FormatVersionError, InvalidInputError
+from bridge_xr.io._store import StoreLike, cached, invalidate, resolve_store
 from bridge_xr.model.coords import Axis, CoordinateSystem
 from bridge_xr.model.image import make_image, spatial_dims
 from bridge_xr.model.transforms import (
@@ -414,7 +416,7 @@ def multiscales_attrs(
 
 
 def write_multiscale(
-    store: Store,
+    store: StoreLike,
     path: str,
     data: da.Array | np.ndarray[Any, Any],
     *,
@@ -437,6 +439,8 @@ def write_multiscale(
 
     ``progress`` is an optional callable ``progress(level_index, n_levels)``.
     """
+    store = resolve_store(store)
+    invalidate(store)
     dims_t = tuple(dims)
     unit = canonical_unit(unit)
     if not isinstance(data, da.Array):
@@ -504,6 +508,7 @@ def _exists(store: Store, key: str) -> bool:
 
 def _publish_group_attrs(store: Store, path: str, attrs: dict[str, Any]) -> None:
     """Write a group's attributes (replacing them), creating the group if needed."""
+    invalidate(store)
     group = zarr.open_group(store, path=path or None, mode="a", zarr_format=3)
     group.attrs.put(attrs)
 
@@ -695,8 +700,44 @@ def open_group(where: Store | str, path: str) -> zarr.Group:
         raise InvalidInputError(msg) from exc
 
 
-def read_image(store: Store | str, path: str, *, level: int = 0) -> xr.DataArray:
-    """Read one pyramid level of an image as a lazy, calibrated :class:`xarray.DataArray`."""
+def read_image(where: StoreLike, path: str, *, level: int = 0) -> xr.DataArray:
+    """Read one pyramid level of an image as a lazy, calibrated :class:`xarray.DataArray`.
+
+    Parameters
+    ----------
+    where : str, path, zarr store or Scene
+        The store (a Scene's store is read once and cached until the next write).
+    path : str
+        Image path in the store, e.g. ``invivo_mri/d060/T2w``.
+    level : int
+        Pyramid level (0: full resolution).
+
+    Returns
+    -------
+    xarray.DataArray
+        Dask-backed, dims a subset of ``t, c, z, y, x``, coordinates in ``attrs["unit"]``;
+        ``attrs`` holds ``spacing``, ``origin``, ``transforms`` and the ``bridge_xr`` block.
+
+    Raises
+    ------
+    InvalidInputError
+        No such image or level.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> img = read_image(tiny_scene(), "mri")
+    >>> img.dims, img.attrs["unit"]
+    (('z', 'y', 'x'), 'micrometer')
+    """
+    store = resolve_store(where)
+    img = cached(store, ("image", path.strip("/"), level), lambda: _read_image(store, path, level))
+    out = img.copy(deep=False)
+    out.attrs = copy.deepcopy(img.attrs)
+    return out
+
+
+def _read_image(store: Store, path: str, level: int) -> xr.DataArray:
     group = open_group(store, path)
     info = read_multiscale_info(group)
     if not 0 <= level < len(info.level_paths):

@@ -14,7 +14,7 @@ from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.convert import _discover
 from bridge_xr.io.ome_zarr import ome_block
-from bridge_xr.io.scene import read_subject
+from bridge_xr.io.subject import read_subject
 
 
 def _validators() -> tuple[Any, Any]:

@@ -19,6 +19,8 @@ For every subject store and session with an MRI sequence and a registered micros
 
 from __future__ import annotations
 
+from bridge_xr._constants import tre_map_path
+
 import json
 import shutil
 from collections.abc import Sequence
@@ -32,16 +34,15 @@ import pandas as pd
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import Method, density
-from bridge_xr.extract.study import subject_stores
-from bridge_xr.extract.tables import subject_name
 from bridge_xr.io._store import resolve_store
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.io.study import subject_name, subject_stores
+from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance
+from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.graph import Via, used_registrations, with_via
-from bridge_xr.register.models import LinearModel
-from bridge_xr.register.scene import register
+from bridge_xr.register.registration import register
+from bridge_xr.scene.chains import Via, used_registrations, with_via
 
 #: how microscopy diameters are measured (kept in provenance; a stored map made otherwise is redone)
 DIAMETER_METHOD = "local thickness, 10 % radius bands"
@@ -79,7 +80,7 @@ def group_splits(
 
 def _link_identity(st: Any, fixed: str, moving: str, name: str) -> None:
     """A scene edge saying two images share one physical space (identity registration)."""
-    ident = LinearModel("rigid", np.eye(3), np.zeros(3))
+    ident = LinearModel.identity()
     pts = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], dtype=float)
     lm = pd.DataFrame(
         {
@@ -146,7 +147,7 @@ def _export_grid(
     st: Any, mri: str, session: str, sequence: str, spacing_um: Sequence[float]
 ) -> str:
     """Resample the MRI onto the export grid once; link it to the MRI by an identity edge."""
-    from bridge_xr.resample.core import resample
+    from bridge_xr.resampling.resample import resample
 
     path = f"learn/{session}/{sequence}_grid"
     known = read_subject(st).images.get(path)
@@ -221,7 +222,8 @@ def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
     None when no hop has a TRE map."""
     from scipy.ndimage import map_coordinates
 
-    from bridge_xr.register.scene import apply_hops, model_from_record, path_between
+    from bridge_xr.scene.chains import apply_hops, model_from_record
+    from bridge_xr.scene.graph import graph_of
 
     images = read_subject(st).images
     g = read_image(st, grid)
@@ -230,19 +232,18 @@ def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
         (g.attrs["origin"][d] + np.arange(g.sizes[d]) * g.attrs["spacing"][d]) * fac for d in "zyx"
     ]
     zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    pts = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=1)
+    q = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)  # zyx µm, hop by hop
     total = None
-    q = pts  # xyz µm, walked hop by hop along the chain
-    for rec, forward in path_between(st, grid, microscopy):
+    for rec, forward in graph_of(st).chain(grid, microscopy):
         step = [(model_from_record(rec), forward)]
         if not forward:  # the map lives in the fixed image: after walking moving -> fixed
             q = apply_hops(step, q, strict=False)
-        path = f"qc/{rec.name}/tre_map"
+        path = tre_map_path(rec.name)
         if path in images:
             tre = read_image(st, path)
             tfac = conversion_factor(tre.attrs["unit"], "micrometer")
             idx = [
-                (q[:, 2 - i] / tfac - tre.attrs["origin"][d]) / tre.attrs["spacing"][d]
+                (q[:, i] / tfac - tre.attrs["origin"][d]) / tre.attrs["spacing"][d]
                 for i, d in enumerate("zyx")
             ]
             vals = map_coordinates(

@@ -183,7 +183,7 @@ def _validation_cases(model: Path, dataset: Path) -> Iterator[tuple[int, str, An
     """(fold, case, truth, prediction, mri, spacing) of every trained fold's validation output."""
     import nibabel as nib
 
-    from bridge_xr.learn.io import read_mask
+    from bridge_xr.learn.masks import read_mask
 
     for fold_dir in sorted(model.glob("fold_*")):
         for pred in sorted((fold_dir / "validation").glob("*.nii.gz")):
@@ -231,7 +231,7 @@ def fold_visibility(
     from bridge_xr.learn.vessels import diameter_categories, visibility_by_diameter
 
     vessels: list[dict[str, object]] = []
-    from bridge_xr.learn.io import read_mask
+    from bridge_xr.learn.masks import read_mask
 
     for fold, case, a, b, mri, sp in _validation_cases(model, dataset):
         cands = {"model": b > 0, "threshold": threshold_baseline(mri, a)}
@@ -278,7 +278,7 @@ def write_fold_table(
     if visibility:
         vessels, categories = fold_visibility(model, dataset)
         result["visibility"] = {"by_diameter": categories, "per_vessel": vessels}
-    from bridge_xr.learn.io import write_json
+    from bridge_xr.learn.masks import write_json
 
     write_json(result, path)
     return result

@@ -25,7 +25,7 @@ import xarray as xr
 
 from bridge_xr._constants import SPATIAL_AXES
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.model.units import canonical_unit
+from bridge_xr.model.units import canonical_unit, conversion_factor
 
 ALLOWED_DIMS = ("t", "c", "z", "y", "x")
 
@@ -119,3 +119,43 @@ def physical_extent(img: xr.DataArray) -> dict[str, tuple[float, float]]:
         s, o, n = img.attrs["spacing"][d], img.attrs["origin"][d], img.sizes[d]
         out[d] = (o - s / 2, o + (n - 0.5) * s)
     return out
+
+
+def um_factor(img: xr.DataArray) -> float:
+    """Micrometres per unit of ``img``'s spatial axes.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> um_factor(make_image(np.zeros((2, 2, 2)), dims="zyx", spacing=(1, 1, 1), unit="millimeter"))
+    1000.0
+    """
+    return float(conversion_factor(img.attrs["unit"], "micrometer"))
+
+
+def spacing_um(img: xr.DataArray) -> np.ndarray:
+    """Voxel size of ``img`` in micrometres, z, y, x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spacing_um(make_image(np.zeros((2, 2, 2)), dims="zyx", spacing=(0.1, 0.05, 0.05), unit="mm")).tolist()
+    [100.0, 50.0, 50.0]
+    """
+    return np.array([img.attrs["spacing"][d] for d in SPATIAL_AXES], dtype=np.float64) * um_factor(
+        img
+    )
+
+
+def origin_um(img: xr.DataArray) -> np.ndarray:
+    """Centre of ``img``'s first voxel in micrometres, z, y, x.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> origin_um(make_image(np.zeros((2, 2, 2)), dims="zyx", spacing=(1, 1, 1), origin=(1, 2, 3), unit="mm")).tolist()
+    [1000.0, 2000.0, 3000.0]
+    """
+    return np.array([img.attrs["origin"][d] for d in SPATIAL_AXES], dtype=np.float64) * um_factor(
+        img
+    )

@@ -18,9 +18,9 @@ import SimpleITK as sitk
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import read_subject
-from bridge_xr.register.models import LinearModel
-from bridge_xr.register.scene import model_from_record
+from bridge_xr.io.subject import read_subject
+from bridge_xr.model.pointmaps import LinearModel
+from bridge_xr.scene.chains import model_from_record
 
 
 def export_itk(where: StoreLike, name: str, output: str | os.PathLike[str]) -> Path:

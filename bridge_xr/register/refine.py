@@ -20,9 +20,9 @@ import SimpleITK as sitk
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.model.pointmaps import LinearModel, fit
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.landmarks import arrays, validate
-from bridge_xr.register.models import LinearModel, fit
 
 
 def _crop(img: Any, centre_xyz_um: np.ndarray, radius_um: float) -> sitk.Image | None:

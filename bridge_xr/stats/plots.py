@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.tables import DENSITY_BINS, density_category
+from bridge_xr.stats.categories import DENSITY_BINS, density_category
 
 KINDS = ("box", "heatmap", "timeline")
 

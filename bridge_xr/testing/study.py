@@ -108,7 +108,7 @@ def write_analysis_study(
     session: str = "d060",
 ) -> list[PhantomStudy]:
     """Subjects (seeds 0, 1, ...) converted and TPS-registered (angiogram and glioma channels)."""
-    from bridge_xr.register.scene import register
+    from bridge_xr.register.registration import register
 
     cfg = config or PhantomConfig.small()
     out = []
@@ -171,7 +171,7 @@ def write_longitudinal_study(
 
     from scipy.ndimage import affine_transform
 
-    from bridge_xr.register.scene import register
+    from bridge_xr.register.registration import register
 
     cfg = config or PhantomConfig.small()
     store = root / "study" / f"{subject}.ome.zarr"

@@ -160,7 +160,7 @@ def extract(
 ) -> None:
     """Per-voxel table: MRI, normalised MRI, microscopy density per MRI voxel (Parquet)."""
     from bridge_xr.extract.tables import extract_table, write_table
-    from bridge_xr.register.graph import using
+    from bridge_xr.scene.chains import using
 
     with using(via) as used:
         table = extract_table(
@@ -275,7 +275,7 @@ def longitudinal(
 ) -> None:
     """Sessions onto the first: rigid MRI registration, overlapping masks, change per day."""
     from bridge_xr.extract.longitudinal import run_longitudinal
-    from bridge_xr.extract.study import subject_stores
+    from bridge_xr.io.study import subject_stores
 
     stores = {s.name.split(".")[0]: s for s in subject_stores(study)}
     if subject not in stores:
@@ -323,7 +323,7 @@ def stats(
 ) -> None:
     """Group comparisons as tidy tables (test, n per group, statistic, p, effect size)."""
     from bridge_xr.extract.tables import read_tables
-    from bridge_xr.stats.tests import run_test
+    from bridge_xr.stats.group_tests import run_test
 
     df = read_tables(tables)
     if where:
@@ -359,8 +359,9 @@ def plot(
     where: Annotated[str | None, typer.Option(help="pandas query to select rows")] = None,
 ) -> None:
     """Figures of the tables: box plots per category with n, heatmaps, per-voxel timelines."""
-    from bridge_xr.extract.tables import DENSITY_BINS, read_tables
+    from bridge_xr.extract.tables import read_tables
     from bridge_xr.stats import plots
+    from bridge_xr.stats.categories import DENSITY_BINS
 
     df = read_tables(tables)
     if where:
@@ -392,7 +393,7 @@ def report(
     ] = None,
 ) -> None:
     """HTML report of a study: registrations, tables, statistics, figures and provenance."""
-    from bridge_xr.stats.report import write_report
+    from bridge_xr.report.study import write_report
 
     index = write_report(study, output, tables=tables)
     out.print(f"report: {index}")

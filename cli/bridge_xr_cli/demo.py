@@ -24,7 +24,8 @@ def main(
     seed: Annotated[int, typer.Option(help="phantom random seed")] = 0,
 ) -> None:
     """Build a synthetic study (phantom), convert it, check it, and summarise."""
-    from bridge_xr.io.convert import describe, export_nifti, export_ome_zarr_05
+    from bridge_xr.io.convert import export_nifti, export_ome_zarr_05
+    from bridge_xr.scene.describe import describe
     from bridge_xr.testing.phantom import PhantomConfig, phantom_summary
     from bridge_xr.testing.study import write_phantom_study
 
@@ -128,11 +129,12 @@ def main(
 
 
 def _registration(study: Any, report: Path) -> dict[str, Any]:
-    from bridge_xr.register.compare import compare_models, plot_comparison
-    from bridge_xr.register.errors import grid_points, inter_rater_rmse_um
+    from bridge_xr.model.pointmaps import fit
+    from bridge_xr.register.accuracy import grid_points, inter_rater_rmse_um
     from bridge_xr.register.landmarks import arrays, read_csv
-    from bridge_xr.register.models import fit
-    from bridge_xr.register.scene import map_points, register
+    from bridge_xr.register.registration import register
+    from bridge_xr.report.compare import compare_models, plot_comparison
+    from bridge_xr.scene.graph import map_points
 
     fixed, moving = "invivo_mri/d060/T2w", "twophoton/d060/angiogram"
     raters = [read_csv(p) for p in study.landmark_csvs]
@@ -168,7 +170,7 @@ def _registration(study: Any, report: Path) -> dict[str, Any]:
     )
     q = np.random.default_rng(0).uniform(0.15 * fov, 0.85 * fov, size=(500, 3))  # 2P zyx µm
     truth_fixed = study.phantom.truth.inverse(q)  # exact MRI positions of 2P points
-    mapped = map_points(study.store, truth_fixed[:, ::-1], fixed, moving)[:, ::-1]  # TPS forward
+    mapped = map_points(study.store, truth_fixed, fixed, moving)  # TPS forward
     truth = q
     best = per_ds.groupby("model")["loo_tre_rms_um"].mean().idxmin()
     return {
@@ -183,10 +185,10 @@ def _registration(study: Any, report: Path) -> dict[str, Any]:
 
 def _resample(study: Any, report: Path) -> dict[str, Any]:
     from bridge_xr.io.ome_zarr import read_image
-    from bridge_xr.io.scene import add_image
+    from bridge_xr.io.subject import add_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.register.qc import registration_qc
-    from bridge_xr.resample.core import resample
+    from bridge_xr.report.registration_qc import registration_qc
+    from bridge_xr.resampling.resample import resample
 
     fixed = "invivo_mri/d060/T2w"
     for ch in ("angiogram", "glioma"):
@@ -213,13 +215,9 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     2P through the TPS, then exact integration); on the tiny phantom also the ``exact`` footprint
     integration of the angiogram, to show how close the two are."""
     from bridge_xr.extract.study import extract_study
-    from bridge_xr.extract.tables import (
-        DENSITY_BINS,
-        analysis_mask,
-        read_tables,
-        zscore_normalize,
-    )
-    from bridge_xr.stats.report import write_report
+    from bridge_xr.extract.tables import analysis_mask, read_tables, zscore_normalize
+    from bridge_xr.report.study import write_report
+    from bridge_xr.stats.categories import DENSITY_BINS
 
     mri = "invivo_mri/d060/T2w"
     thresholds = {"angiogram": 1000.0, "glioma": 900.0}
@@ -245,7 +243,7 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     df = read_tables(tables)
     full = df[df["coverage_angiogram"] > 0.999]
     truth = study.phantom.vessel_fraction[full.z, full.y, full.x]
-    from bridge_xr.stats.tests import run_test
+    from bridge_xr.stats.group_tests import run_test
 
     ch = summary["channels"]
     # glioma against T2w where vessels do not confound it (< 5 % vessel volume), as the paper's
@@ -282,8 +280,8 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
 
 def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
     from bridge_xr.extract.longitudinal import run_longitudinal
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.register.scene import model_from_record
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.scene.chains import model_from_record
     from bridge_xr.testing.phantom import PhantomConfig
     from bridge_xr.testing.study import write_longitudinal_study
 
@@ -295,7 +293,7 @@ def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
     rec = read_subject(str(ls.store)).registrations[regs[0]["name"]]
     rot, t = ls.motions[1]
     p = np.random.default_rng(0).uniform([0, 0, 0], [180, 380, 380], size=(500, 3))
-    got = model_from_record(rec).forward_points(p[:, ::-1])[:, ::-1]
+    got = model_from_record(rec).transform_points(p)
     err = np.linalg.norm(got - (p - t) @ rot, axis=1)
     later = df[df["session"] == ls.sessions[1]]
     return {

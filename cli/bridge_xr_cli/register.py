@@ -11,7 +11,7 @@ import pandas as pd
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.register.models import Kernel
+from bridge_xr.model.pointmaps import Kernel
 from bridge_xr_cli._common import handle_errors, out
 
 landmarks_app = typer.Typer(help="Import and export landmark sets.", no_args_is_help=True)
@@ -144,7 +144,7 @@ def register(
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
     from bridge_xr.model.units import conversion_factor, parse_length
     from bridge_xr.register.landmarks import read_csv
-    from bridge_xr.register.scene import register as do_register
+    from bridge_xr.register.registration import register as do_register
 
     spacing = None
     if field_spacing:
@@ -192,7 +192,7 @@ def register(
     if report is not None:
         report.parent.mkdir(parents=True, exist_ok=True)
         if qc:
-            from bridge_xr.register.qc import registration_qc
+            from bridge_xr.report.registration_qc import registration_qc
 
             rep["qc_figures"] = registration_qc(store, name, report.with_suffix(""))
         report.write_text(
@@ -215,7 +215,7 @@ def set_current(
     name: Annotated[str, typer.Argument(help="registration to mark current for its image pair")],
 ) -> None:
     """Mark a registration current: chains through its image pair use it without --via."""
-    from bridge_xr.register.scene import set_current as run
+    from bridge_xr.scene.edges import set_current as run
 
     rec = run(store, name)
     out.print(f"{name} is now current for {rec.moving} -> {rec.fixed}")
@@ -236,10 +236,10 @@ def compare_models(
     ] = Path("model-comparison"),
 ) -> None:
     """Compare rigid, similarity, affine and TPS (LOO TRE; Kruskal-Wallis + Dunn-Bonferroni)."""
-    from bridge_xr.io.scene import read_subject
-    from bridge_xr.register.compare import compare_models as run
-    from bridge_xr.register.compare import plot_comparison
+    from bridge_xr.io.subject import read_subject
     from bridge_xr.register.landmarks import read_csv
+    from bridge_xr.report.compare import compare_models as run
+    from bridge_xr.report.compare import plot_comparison
 
     subject = read_subject(store)
     for p in (fixed, moving):
@@ -280,7 +280,7 @@ def transform_points(
     (``IMAGE#SYSTEM``, or a scene system's name); transforms authored by other tools in the
     scene are followed too.
     """
-    from bridge_xr.register.transform_graph import map_points_any
+    from bridge_xr.scene.graph import map_points_any
 
     if not points.is_file():
         raise InvalidInputError(f"no such points file: {str(points)!r}")
@@ -317,10 +317,10 @@ def inter_rater(
     """Distance between two raters' registrations on the paper's 50x50-per-slice grid and a dense grid."""
     from bridge_xr.io.ome_zarr import read_image
     from bridge_xr.model.image import physical_extent
+    from bridge_xr.model.pointmaps import fit
     from bridge_xr.model.units import conversion_factor
-    from bridge_xr.register.errors import grid_points, inter_rater_rmse_um
+    from bridge_xr.register.accuracy import grid_points, inter_rater_rmse_um
     from bridge_xr.register.landmarks import arrays, read_csv
-    from bridge_xr.register.models import fit
 
     if len(landmarks) != 2:
         raise InvalidInputError("inter-rater needs exactly two --landmarks files (one per rater)")

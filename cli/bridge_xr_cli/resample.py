@@ -56,10 +56,10 @@ def resample(
     via: Via = None,
 ) -> None:
     """Resample an image through the registrations onto another image's grid, block by block."""
-    from bridge_xr.io.scene import add_image, read_subject
+    from bridge_xr.io.subject import add_image, read_subject
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.resample.core import block_errors
-    from bridge_xr.resample.core import resample as run
+    from bridge_xr.resampling.resample import block_errors
+    from bridge_xr.resampling.resample import resample as run
 
     if order not in (0, 1, 3):
         raise InvalidInputError(f"--order must be 0, 1 or 3; got {order}")
@@ -157,7 +157,7 @@ def reslice(
     """Reslice an image parallel to a plane (e.g. the cranial window) given by >= 3 points."""
     import pandas as pd
 
-    from bridge_xr.register.preprocess import reslice as run
+    from bridge_xr.resampling.reslice import reslice as run
 
     if not plane.is_file():
         raise InvalidInputError(f"no such plane file: {str(plane)!r}")
@@ -190,7 +190,7 @@ def group_slices(
 ) -> None:
     """Average consecutive z-slices to an MRI slice thickness (the paper's 2P grouping step)."""
     from bridge_xr.model.units import conversion_factor, parse_length
-    from bridge_xr.register.preprocess import group_slices as run
+    from bridge_xr.resampling.reslice import group_slices as run
 
     v, u = parse_length(thickness, default_unit="um")
     rep = run(

@@ -11,11 +11,11 @@ from scipy.spatial.transform import Rotation
 from zarr.storage import MemoryStore
 
 from bridge_xr.extract.footprint import _KUHN, clip_tets, density
-from bridge_xr.io.scene import add_image
+from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.models import LinearModel
-from bridge_xr.register.scene import register
+from bridge_xr.model.pointmaps import LinearModel
+from bridge_xr.register.registration import register
 
 MRI_SP_MM = 0.025
 MRI_SHAPE = (6, 8, 8)

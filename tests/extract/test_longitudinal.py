@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge_xr.extract.tables import read_tables
-from bridge_xr.io.scene import read_subject
-from bridge_xr.register.scene import model_from_record
+from bridge_xr.io.subject import read_subject
+from bridge_xr.scene.chains import model_from_record
 from bridge_xr.testing.study import write_longitudinal_study
 from bridge_xr_cli.main import app
 

@@ -10,14 +10,14 @@ from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import key_exists, resolve_store
-from bridge_xr.io.convert import describe
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import add_image, read_subject, scene_transforms
+from bridge_xr.io.subject import add_image, read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.coords import RAS_ORIENTATION, spatial_system
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.model.transforms import Affine
+from bridge_xr.scene.describe import describe
 
 rng = np.random.default_rng(3)
 
@@ -208,7 +208,7 @@ def test_a_write_killed_before_publishing_leaves_no_store_that_looks_complete(
     tmp_path, monkeypatch
 ):
     """Simulate a hard kill (no cleanup runs) right before the root metadata is published."""
-    import bridge_xr.io.scene as scene
+    import bridge_xr.io.subject as scene
 
     def killed(*args, **kwargs):
         raise SystemExit("killed")

@@ -12,7 +12,7 @@ from bridge_xr.io.ome_zarr import read_image
 from bridge_xr.learn.dataset import _auto_crops, tre_on_grid
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.landmarks import read_csv
-from bridge_xr.register.scene import register
+from bridge_xr.register.registration import register
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_analysis_study
 from bridge_xr_cli.main import app
@@ -82,7 +82,7 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
     import json
     import shutil
 
-    from bridge_xr.learn.io import read_mask
+    from bridge_xr.learn.masks import read_mask
 
     ds = next((tmp_path / "all").glob("Dataset*"))
     val = tmp_path / "model" / "fold_0" / "validation"
@@ -133,11 +133,11 @@ def test_export_uses_the_tre_map_of_the_registration(tmp_path) -> None:
 def test_microscopy_diameter_measures_cylinders_in_their_own_space() -> None:
     from zarr.storage import MemoryStore
 
-    from bridge_xr.io.scene import add_image
+    from bridge_xr.io.subject import add_image
     from bridge_xr.learn.dataset import microscopy_diameter
     from bridge_xr.model.image import make_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.register.scene import map_points
+    from bridge_xr.scene.graph import map_points
 
     sp = (3.0, 2.0, 2.0)
     z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((40, 60, 120), sp, strict=True)],

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from zarr.storage import LocalStore
 
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import add_image
+from bridge_xr.io.subject import add_image
 from bridge_xr.learn.metrics import evaluate
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import read_subject
+from bridge_xr.io.subject import read_subject
 from bridge_xr.learn.dataset import Case, group_splits
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_analysis_study
@@ -86,7 +86,7 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
     # vessel-wise comparison pooled over the validation cases: every truth voxel in one segment
     from scipy import ndimage
 
-    from bridge_xr.learn.io import read_mask
+    from bridge_xr.learn.masks import read_mask
 
     n_components = 0
     for case in {c["case"] for c in cv["per_case"]}:

@@ -12,7 +12,7 @@ import zarr
 from typer.testing import CliRunner
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.register.transform_graph import SceneGraph
+from bridge_xr.scene.graph import SceneGraph
 from bridge_xr_cli.main import app
 
 runner = CliRunner()

@@ -191,7 +191,7 @@ def test_slicer_world_points_map_to_intrinsic_through_the_scanner_affine(tmp_pat
         _fcsv({n: tuple(p * 1000) for n, p in zip(names, world_ras_mm, strict=True)})
     )
     (tmp_path / "m.fcsv").write_text(_fcsv({n: (1.0, 2.0, float(i)) for i, n in enumerate(names)}))
-    from bridge_xr.io.scene import add_image
+    from bridge_xr.io.subject import add_image
     from bridge_xr.model.image import make_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
 

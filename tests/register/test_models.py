@@ -7,14 +7,14 @@ import pytest
 from scipy.interpolate import RBFInterpolator
 from scipy.spatial.transform import Rotation
 
-from bridge_xr.register.errors import (
+from bridge_xr.model.pointmaps import EstimationError, ThinPlateSpline, fit, folding
+from bridge_xr.register.accuracy import (
     fitzpatrick_tre_um,
     inter_rater_rmse_um,
     loo_tre_um,
     registration_report,
     rmse_um,
 )
-from bridge_xr.register.models import EstimationError, ThinPlateSpline, fit, folding
 
 rng = np.random.default_rng(21)
 FIXED = rng.uniform([0, 0, 0], [4000, 3000, 1000], size=(30, 3))
@@ -172,7 +172,7 @@ def test_tps_beats_affine_on_the_phantom(tiny_phantom) -> None:
 
 
 def test_smoothing_chosen_by_leave_one_out_beats_interpolation_on_noisy_landmarks() -> None:
-    from bridge_xr.register.errors import choose_smoothing
+    from bridge_xr.register.accuracy import choose_smoothing
 
     truth = FIXED + 30 * np.sin(FIXED / 800.0)
     noisy = truth + np.random.default_rng(7).normal(0, 25, FIXED.shape)
@@ -186,7 +186,7 @@ def test_smoothing_chosen_by_leave_one_out_beats_interpolation_on_noisy_landmark
 
 
 def test_bootstrap_tre_map_scales_with_fle_and_grows_away_from_landmarks() -> None:
-    from bridge_xr.register.errors import bootstrap_tre_map
+    from bridge_xr.register.accuracy import bootstrap_tre_map
 
     fixed = FIXED[:15]
     moving = fixed * 1.01 + 5

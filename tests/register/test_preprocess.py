@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 from zarr.storage import LocalStore
 
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import add_image
+from bridge_xr.io.subject import add_image
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.preprocess import plane_frame
-from bridge_xr.register.scene import map_points
+from bridge_xr.resampling.reslice import plane_frame
+from bridge_xr.scene.graph import map_points
 from bridge_xr_cli.main import app
 
 

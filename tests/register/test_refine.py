@@ -7,7 +7,7 @@ import pandas as pd
 from scipy import ndimage
 from zarr.storage import MemoryStore
 
-from bridge_xr.io.scene import add_image
+from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.register.refine import refine_landmarks

@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import read_subject, scene_transforms
+from bridge_xr.io.subject import read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.image import physical_extent
-from bridge_xr.register.scene import model_from_record
+from bridge_xr.scene.chains import model_from_record
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_phantom_study
 from bridge_xr_cli.main import app

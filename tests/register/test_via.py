@@ -11,11 +11,12 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.io.convert import describe
-from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.scene import map_points, path_between, register
+from bridge_xr.register.registration import register
+from bridge_xr.scene.describe import describe
+from bridge_xr.scene.graph import map_points, path_between
 from bridge_xr_cli.main import app
 
 runner = CliRunner()
@@ -61,7 +62,8 @@ def test_two_registrations_of_one_pair_are_refused_and_chosen_by_via(store) -> N
         path_between(store, TWOP, MRI)
     pts = np.array([[50.0, 60.0, 20.0], [120.0, 10.0, 30.0]])
     for name, shift in (("reg_a", SHIFT_A), ("reg_b", SHIFT_B)):
-        got = map_points(store, pts, TWOP, MRI, via=name)  # moving -> fixed subtracts the shift
+        # points are z, y, x in the library; the shifts are landmark (x, y, z) shifts
+        got = map_points(store, pts[:, ::-1], TWOP, MRI, via=name)[:, ::-1]  # moving -> fixed
         np.testing.assert_allclose(got, pts - np.asarray(shift), atol=1e-6)
     with pytest.raises(InvalidInputError, match="unknown registration"):
         path_between(store, TWOP, MRI, via="reg_c")
@@ -100,10 +102,10 @@ def test_current_registration_is_used_shown_and_switched(store) -> None:
     register(store, fixed=MRI, moving=TWOP, landmarks=_landmarks(SHIFT_A), model="rigid",
              name="reg_c", current=True)  # fmt: skip
     assert read_subject(store).current_registrations == ("reg_c",)
-    got = map_points(store, np.array([[0.0, 0.0, 0.0]]), TWOP, MRI)
+    got = map_points(store, np.array([[0.0, 0.0, 0.0]]), TWOP, MRI)[:, ::-1]
     np.testing.assert_allclose(got[0], -np.asarray(SHIFT_A), atol=1e-6)
     # --via still overrides the current mark
-    got = map_points(store, np.array([[0.0, 0.0, 0.0]]), TWOP, MRI, via=["reg_b"])
+    got = map_points(store, np.array([[0.0, 0.0, 0.0]]), TWOP, MRI, via=["reg_b"])[:, ::-1]
     np.testing.assert_allclose(got[0], -np.asarray(SHIFT_B), atol=1e-6)
 
 

@@ -9,9 +9,9 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from bridge_xr.io.ome_zarr import read_image
-from bridge_xr.io.scene import read_subject
+from bridge_xr.io.subject import read_subject
 from bridge_xr.io.validate import validate_store
-from bridge_xr.register.scene import model_from_record
+from bridge_xr.scene.chains import model_from_record
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_phantom_study
 from bridge_xr_cli.main import app
@@ -127,7 +127,7 @@ def test_resample_cli_writes_a_registered_image_onto_the_mri_grid(study) -> None
 
 
 def test_resample_cli_stores_the_certified_error_of_every_block(tmp_path) -> None:
-    from bridge_xr.register.scene import register
+    from bridge_xr.register.registration import register
 
     st = write_phantom_study(tmp_path, PhantomConfig.tiny())
     q = np.random.default_rng(3).uniform([5, 20, 20], [55, 220, 220], size=(25, 3))

@@ -9,11 +9,12 @@ import pytest
 import SimpleITK as sitk
 from zarr.storage import MemoryStore
 
-from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.register.scene import model_from_record, register
-from bridge_xr.resample.core import resample
+from bridge_xr.register.registration import register
+from bridge_xr.resampling.resample import resample
+from bridge_xr.scene.chains import model_from_record
 
 
 def _meta(path, modality="mri"):
@@ -133,7 +134,7 @@ def test_affine_resample_agrees_with_simpleitk() -> None:
 def test_resampling_an_image_onto_its_own_space_upsamples_it() -> None:
     data = np.arange(8 * 20 * 20, dtype=np.float32).reshape(8, 20, 20)
     store = _store_with(np.zeros((4, 8, 8), np.float32), (1.0, 1.0, 1.0), fixed_shape=(8, 20, 20))
-    from bridge_xr.io.scene import add_image as add
+    from bridge_xr.io.subject import add_image as add
 
     add(
         store,
@@ -158,7 +159,9 @@ def test_resampling_an_image_onto_its_own_space_upsamples_it() -> None:
 
 
 def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None:
-    from bridge_xr.resample.core import _map_block, block_errors, target_grid
+    from bridge_xr.model.grid import target_grid
+    from bridge_xr.resampling.blocks import map_block
+    from bridge_xr.resampling.resample import block_errors
 
     store = _store_with(np.zeros((40, 200, 200), np.float32), (2.0, 1.5, 1.5))
     rng = np.random.default_rng(1)
@@ -190,7 +193,7 @@ def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None
             org[i] + np.arange(b[i] * chunks[i], min((b[i] + 1) * chunks[i], grid.shape[i])) * 4.0
             for i in range(3)
         ]
-        got = _map_block([(tps, True)], axes, 0.4)
+        got = map_block([(tps, True)], axes, 0.4)
         gz, gy, gx = np.meshgrid(*axes, indexing="ij")
         exact = tps.forward_points(np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1))
         dev = np.linalg.norm(got.reshape(3, -1)[::-1].T - exact, axis=1).max()

@@ -4,7 +4,7 @@ import pytest
 import scikit_posthocs as sp
 from scipy import stats
 
-from bridge_xr.stats.tests import (
+from bridge_xr.stats.group_tests import (
     anova_tukey,
     equivalence,
     kruskal_dunn,

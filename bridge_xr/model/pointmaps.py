@@ -27,18 +27,68 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge_xr.errors import InvalidInputError
+from bridge_xr.errors import EstimationError, NoAffineError, NotInvertibleError
 
 Array = NDArray[Any]
+
+#: The one place where x, y, z (landmark CSV, stored definitions) meets z, y, x (arrays):
+#: a homogeneous 4x4 permutation, its own inverse.
+SWAP_XYZ_ZYX = np.eye(4)
+SWAP_XYZ_ZYX[:3, :3] = np.eye(3)[::-1]
+
+
+def swap_xyz_zyx(points: Array) -> Array:
+    """``(N, 3)`` points x, y, z <-> z, y, x (the same permutation both ways).
+
+    Examples
+    --------
+    >>> swap_xyz_zyx(np.array([[1.0, 2.0, 3.0]])).tolist()
+    [[3.0, 2.0, 1.0]]
+    """
+    return np.asarray(points)[:, ::-1]
+
+
+class _ZyxMap:
+    """The transform protocol of :mod:`bridge_xr.model.transforms`, in z, y, x, for fitted maps.
+
+    Fitted models keep their parameters in x, y, z (the landmark order); inside the library
+    every caller uses :meth:`transform_points` on ``(N, 3)`` z, y, x points.
+    """
+
+    def forward_points(self, fixed: Array) -> Array:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def inverse_points(self, moving: Array) -> Array:  # pragma: no cover - defined by subclasses
+        raise NotImplementedError
+
+    def transform_points(
+        self, points: Array, *, inverse: bool = False, strict: bool = True
+    ) -> Array:
+        """Map ``(N, 3)`` z, y, x µm points fixed -> moving (or moving -> fixed with ``inverse``).
+
+        Against a TPS, points without an inverse (folds) raise, or are NaN when not ``strict``.
+
+        Examples
+        --------
+        >>> m = LinearModel("rigid", np.eye(3), np.array([1.0, 0.0, 0.0]))  # +1 µm in x
+        >>> m.transform_points(np.zeros((1, 3))).tolist()
+        [[0.0, 0.0, 1.0]]
+        >>> m.transform_points(np.zeros((1, 3)), inverse=True).tolist()
+        [[0.0, 0.0, -1.0]]
+        """
+        xyz = swap_xyz_zyx(np.asarray(points, dtype=np.float64))
+        if not inverse:
+            return swap_xyz_zyx(self.forward_points(xyz))
+        if isinstance(self, ThinPlateSpline):
+            return swap_xyz_zyx(self.inverse_points(xyz, strict=strict))
+        return swap_xyz_zyx(self.inverse_points(xyz))
+
+
 ModelName = Literal["rigid", "similarity", "affine", "tps"]
 Kernel = Literal["r", "r2logr"]
 
 #: fewest landmarks each model needs
 MIN_POINTS = {"rigid": 3, "similarity": 3, "affine": 4, "tps": 5}
-
-
-class EstimationError(InvalidInputError):
-    """Landmarks cannot determine the requested model (too few, degenerate, singular)."""
 
 
 def _check_points(fixed: Array, moving: Array, model: str) -> tuple[Array, Array]:
@@ -71,7 +121,7 @@ def _check_points(fixed: Array, moving: Array, model: str) -> tuple[Array, Array
 
 
 @dataclass(frozen=True)
-class LinearModel:
+class LinearModel(_ZyxMap):
     """``moving = A @ fixed + t`` (rigid, similarity or affine)."""
 
     kind: ModelName
@@ -104,6 +154,40 @@ class LinearModel:
             "matrix": self.matrix.tolist(),
             "translation": self.translation.tolist(),
         }
+
+    @classmethod
+    def identity(cls) -> LinearModel:
+        """The identity map (an image resampled onto its own space).
+
+        Examples
+        --------
+        >>> LinearModel.identity().to_affine()[:3, 3].tolist()
+        [0.0, 0.0, 0.0]
+        """
+        return cls("rigid", np.eye(3), np.zeros(3))
+
+    def inverse(self) -> LinearModel:
+        """The exact inverse map (moving -> fixed), as a model of the same kind.
+
+        Examples
+        --------
+        >>> m = LinearModel("affine", np.diag([2.0, 1.0, 1.0]), np.array([1.0, 0.0, 0.0]))
+        >>> m.inverse().forward_points(m.forward_points(np.ones((1, 3)))).round(6).tolist()
+        [[1.0, 1.0, 1.0]]
+        """
+        inv = np.linalg.inv(self.matrix)
+        return LinearModel(self.kind, inv, -inv @ self.translation)
+
+    def to_affine(self) -> Array:
+        """The 4x4 homogeneous matrix of the forward map in **z, y, x** order.
+
+        Examples
+        --------
+        >>> m = LinearModel("rigid", np.eye(3), np.array([1.0, 2.0, 3.0]))  # x, y, z
+        >>> m.to_affine()[:3, 3].tolist()  # z, y, x
+        [3.0, 2.0, 1.0]
+        """
+        return SWAP_XYZ_ZYX @ self.homogeneous() @ SWAP_XYZ_ZYX
 
 
 def _procrustes(f: Array, m: Array, *, scale: bool) -> tuple[Array, Array]:
@@ -138,7 +222,7 @@ def _kernel_grad_factor(r: Array, kernel: Kernel) -> Array:
 
 
 @dataclass(frozen=True)
-class ThinPlateSpline:
+class ThinPlateSpline(_ZyxMap):
     """``moving = a0 + A fixed + sum_i w_i U(|fixed - c_i|)`` with centres ``c_i`` = fixed landmarks."""
 
     centres: Array  # (N, 3) fixed landmarks
@@ -240,6 +324,16 @@ class ThinPlateSpline:
                 raise EstimationError(msg)
             x[bad] = np.nan
         return x
+
+    def to_affine(self) -> Array:
+        """A TPS is not affine: always raises :class:`~bridge_xr.errors.NoAffineError`."""
+        msg = "a thin-plate spline is not affine; use `transform_points` or its field"
+        raise NoAffineError(msg)
+
+    def inverse(self) -> ThinPlateSpline:
+        """A TPS has no closed-form inverse: raises; use ``transform_points(..., inverse=True)``."""
+        msg = "a thin-plate spline has no closed-form inverse; use `transform_points(inverse=True)`"
+        raise NotInvertibleError(msg)
 
     def describe(self) -> dict[str, Any]:
         """Exact definition (JSON): centres, weights, affine, kernel, smoothing, direction."""

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge_xr.register.models import EstimationError, Kernel, Model, ThinPlateSpline, fit, folding
+from bridge_xr.model.pointmaps import EstimationError, Kernel, Model, ThinPlateSpline, fit, folding
 
 Array = NDArray[Any]
 

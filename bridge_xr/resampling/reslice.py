@@ -14,13 +14,14 @@ import pandas as pd
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.ome_zarr import _downsample, read_image
-from bridge_xr.io.scene import add_image, read_subject
+from bridge_xr.io.subject import add_image, read_subject
+from bridge_xr.model.grid import Grid
 from bridge_xr.model.image import make_image, physical_extent
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance
+from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.models import LinearModel
-from bridge_xr.register.scene import register
-from bridge_xr.resample.core import Grid, resample_through
+from bridge_xr.register.registration import register
+from bridge_xr.resampling.resample import resample_through
 
 _NO_LANDMARKS = pd.DataFrame(
     columns=["name", "moving_x", "moving_y", "moving_z", "fixed_x", "fixed_y", "fixed_z"]
@@ -130,7 +131,7 @@ def group_slices(
         store, image, image_out, "group-slices", slices_per_group=n, thickness_um=n * dz
     )
     add_image(store, out, meta, overwrite=overwrite)
-    ident = LinearModel("rigid", np.eye(3), np.zeros(3))
+    ident = LinearModel.identity()
     report = {
         "model": "rigid",
         "n_landmarks": 0,

@@ -96,11 +96,11 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
 
     from bridge_xr.io._store import resolve_store
     from bridge_xr.io.ome_zarr import read_image
-    from bridge_xr.io.scene import read_subject
+    from bridge_xr.io.subject import read_subject
     from bridge_xr.model.image import physical_extent
     from bridge_xr.model.units import conversion_factor
-    from bridge_xr.register.errors import loo_residuals_um
-    from bridge_xr.resample.core import resample
+    from bridge_xr.register.accuracy import loo_residuals_um
+    from bridge_xr.resampling.resample import resample
 
     store = resolve_store(where)
     subject = read_subject(store)

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bridge_xr.register.errors import loo_tre_um
+from bridge_xr.model.pointmaps import EstimationError, Kernel, fit
+from bridge_xr.register.accuracy import loo_tre_um
 from bridge_xr.register.landmarks import arrays
-from bridge_xr.register.models import EstimationError, Kernel, fit
-from bridge_xr.stats.tests import kruskal_dunn
+from bridge_xr.stats.group_tests import kruskal_dunn
 
 MODELS = ("rigid", "similarity", "affine", "tps")
 

@@ -326,7 +326,7 @@ def run_test(
     bins: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group ``response`` by ``by`` (binned into density categories when ``bins`` given)."""
-    from bridge_xr.extract.tables import density_category
+    from bridge_xr.stats.categories import density_category
 
     if test not in TESTS:
         raise InvalidInputError(f"unknown test {test!r}; choose one of {', '.join(TESTS)}")

@@ -13,9 +13,10 @@ import pandas as pd
 
 from bridge_xr import __version__
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.tables import DENSITY_BINS, read_tables
+from bridge_xr.extract.tables import read_tables
 from bridge_xr.stats import plots
-from bridge_xr.stats.tests import run_test, spearman
+from bridge_xr.stats.categories import DENSITY_BINS
+from bridge_xr.stats.group_tests import run_test, spearman
 
 
 def _table(df: pd.DataFrame, digits: int = 4) -> str:
@@ -23,8 +24,8 @@ def _table(df: pd.DataFrame, digits: int = 4) -> str:
 
 
 def _subjects(study: Path) -> list[dict[str, Any]]:
-    from bridge_xr.extract.study import subject_stores
-    from bridge_xr.io.scene import read_subject
+    from bridge_xr.io.study import subject_stores
+    from bridge_xr.io.subject import read_subject
 
     rows = []
     for store in subject_stores(study):

@@ -13,6 +13,7 @@ image by an explicit edge (a ``scale`` when the units differ), so it is valid fr
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,7 +23,14 @@ from zarr.abc.store import Store
 
 from bridge_xr._constants import ATTRS_KEY, INTRINSIC, OME_VERSION, REFERENCE, SCANNER_RAS
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.io._store import StoreLike, delete_prefix, describe_store, key_exists, resolve_store
+from bridge_xr.io._store import (
+    StoreLike,
+    cached,
+    delete_prefix,
+    describe_store,
+    key_exists,
+    resolve_store,
+)
 from bridge_xr.io.ome_zarr import Method, _publish_group_attrs, ome_block, write_multiscale
 from bridge_xr.model.coords import CoordinateSystem, check_edge_units, spatial_system
 from bridge_xr.model.image import spatial_dims
@@ -41,6 +49,10 @@ _IMAGE_PATH_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ
 
 def _root_attrs(where: StoreLike) -> dict[str, Any]:
     store = resolve_store(where)
+    return copy.deepcopy(cached(store, "root attrs", lambda: _read_root_attrs(store)))
+
+
+def _read_root_attrs(store: Store) -> dict[str, Any]:
     if not key_exists(store, "zarr.json"):
         return {}
     try:

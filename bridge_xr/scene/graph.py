@@ -11,7 +11,7 @@ and the scene's (``reference``, a stitching ``world``). The edges are
 
 Points travel as vectors in each system's own axis order and units; at the two ends the
 ``x, y, z`` micrometre columns of a point table are matched to the space axes by name.
-Ambiguous routes are refused as for registrations (:mod:`bridge_xr.register.graph`): pass
+Ambiguous routes are refused as for registrations (:mod:`bridge_xr.scene.chains`): pass
 ``via`` (edge names in chain order).
 """
 
@@ -28,9 +28,10 @@ from bridge_xr._constants import INTRINSIC
 from bridge_xr.errors import BridgeXRError, InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
 from bridge_xr.io.ome_zarr import _legacy_io, _pick_intrinsic, ome_block
-from bridge_xr.io.scene import _root_attrs, read_subject
+from bridge_xr.io.subject import _root_attrs, read_subject
 from bridge_xr.model.coords import CoordinateSystem
-from bridge_xr.model.metadata import SubjectMetadata
+from bridge_xr.model.metadata import Registration, SubjectMetadata
+from bridge_xr.model.pointmaps import Model
 from bridge_xr.model.transforms import (
     Affine,
     Bijection,
@@ -43,8 +44,17 @@ from bridge_xr.model.transforms import (
     parse_transform,
 )
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.graph import current_for_pair, parse_via, simple_paths
-from bridge_xr.register.scene import apply_hops, model_from_record
+from bridge_xr.scene.chains import (
+    Hop,
+    Via,
+    apply_hops,
+    current_for_pair,
+    model_from_record,
+    models_of,
+    parse_via,
+    resolve_chain,
+    simple_paths,
+)
 
 Node = tuple[str, str]  # (image path, or "" for a scene system; system name)
 PointMap = Callable[[np.ndarray], np.ndarray]
@@ -61,29 +71,81 @@ class Edge:
     backward: PointMap | None
     registration: str | None = None  # a bridge_xr registration (exact model)
 
+    def __repr__(self) -> str:
+        return f"Edge({self.name!r}: {_node_label(self.src)} -> {_node_label(self.dst)})"
+
 
 def _node_label(n: Node) -> str:
     return n[1] if not n[0] else f"{n[0]}#{n[1]}"
 
 
-class SceneGraph:
-    """Coordinate systems and transformations of one store, read once."""
+class TransformGraph:
+    """The one transform graph of a subject store: every coordinate system and transformation.
+
+    Two views of one graph:
+
+    * :meth:`chain` / :meth:`models`: the bridge_xr registrations joining two *images*, as exact
+      models (what resampling, footprints and tables use); reads only the subject metadata;
+    * :meth:`path` / :meth:`map_points`: routes between any two coordinate systems through every
+      edge of the scene, whoever authored it (built on first use).
+
+    Ambiguous routes are refused unless ``via`` names the edges in order, or a registration is
+    marked current for its pair (:mod:`bridge_xr.scene.chains`).
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> g = tiny_scene(registered=True).graph
+    >>> [(rec.name, forward) for rec, forward in g.chain("micro", "mri")]
+    [('micro_to_mri', False)]
+    >>> [e.name for e, _ in g.path("mri", "micro")]
+    ['micro_to_mri']
+    """
 
     def __init__(self, where: StoreLike) -> None:
         self.store = resolve_store(where)
         self.where = describe_store(self.store)
         self.subject: SubjectMetadata = read_subject(self.store)
-        attrs = _root_attrs(self.store)
-        self.systems: dict[Node, CoordinateSystem] = {}
+        self._systems: dict[Node, CoordinateSystem] | None = None
         self.intrinsic: dict[str, str] = {}
-        self.edges: list[Edge] = []
+        self._edges: list[Edge] = []
+
+    # -- registrations (exact models) ----------------------------------------------------------
+    def chain(self, src: str, dst: str, *, via: Via = None) -> list[Hop]:
+        """The registrations from image ``src`` to image ``dst``: ``(record, forward?)`` per hop.
+
+        ``forward`` means walked fixed -> moving. Empty for ``src == dst``.
+        """
+        return resolve_chain(self.subject, src, dst, via=via) if src != dst else []
+
+    def models(self, src: str, dst: str, *, via: Via = None) -> list[tuple[Model, bool]]:
+        """The exact models of :meth:`chain` (one identity hop for ``src == dst``)."""
+        return models_of(self.chain(src, dst, via=via))
+
+    # -- every edge ------------------------------------------------------------------------------
+    @property
+    def systems(self) -> dict[Node, CoordinateSystem]:
+        """Every coordinate system, by ``(image path or "", name)``."""
+        if self._systems is None:
+            self._systems = {}
+            self._build()
+        return self._systems
+
+    @property
+    def edges(self) -> list[Edge]:
+        """Every transformation of the scene (registrations as exact models)."""
+        _ = self.systems
+        return self._edges
+
+    def _build(self) -> None:
+        attrs = _root_attrs(self.store)
         scene: dict[str, Any] = {}
         if "ome" in attrs:
             block, _ = ome_block(attrs)
             scene = dict(block.get("scene") or {})
         for cs in scene.get("coordinateSystems", []) or []:
             sysm = self._system(cs, f"scene of {self.where}")
-            self.systems[("", sysm.name)] = sysm
+            self._systems[("", sysm.name)] = sysm
         raw = list(scene.get("coordinateTransformations", []) or [])
         parsed = [
             parse_transform(_legacy_io(t), where=f"the scene of {self.where}")
@@ -134,12 +196,12 @@ class SceneGraph:
             axes = ms.get("axes") or [{"name": n, "type": "space"} for n in "zyx"]
             axes = [{"name": a, "type": "space"} if isinstance(a, str) else a for a in axes]
             cs = {"name": INTRINSIC, "axes": axes}
-            self.systems[(path, INTRINSIC)] = self._system(cs, where)
+            self._systems[(path, INTRINSIC)] = self._system(cs, where)
             self.intrinsic[path] = INTRINSIC
             return
         for cs in ms["coordinateSystems"]:
             sysm = self._system(cs, where)
-            self.systems[(path, sysm.name)] = sysm
+            self._systems[(path, sysm.name)] = sysm
         self.intrinsic[path] = str(_pick_intrinsic(ms)["name"])
         for k, t in enumerate(ms.get("coordinateTransformations", []) or []):
             parsed = parse_transform(_legacy_io(t), where=where)
@@ -203,7 +265,7 @@ class SceneGraph:
         except BridgeXRError:
             backward = None
         name = t.name or f"{_node_label(src)}->{_node_label(dst)}"
-        self.edges.append(Edge(name, src, dst, bound.transform_points, backward))
+        self._edges.append(Edge(name, src, dst, bound.transform_points, backward))
 
     def _add_registration(self, name: str) -> None:
         rec = self.subject.registrations[name]
@@ -212,14 +274,14 @@ class SceneGraph:
         mi = (rec.moving, self.intrinsic.get(rec.moving, INTRINSIC))
 
         def fwd(p: np.ndarray) -> np.ndarray:
-            out = apply_hops([(model, True)], self._to_xyz_um(fi, p), strict=False)
-            return self._from_xyz_um(mi, out)
+            out = apply_hops([(model, True)], self._to_xyz_um(fi, p)[:, ::-1], strict=False)
+            return self._from_xyz_um(mi, out[:, ::-1])
 
         def bwd(p: np.ndarray) -> np.ndarray:
-            out = apply_hops([(model, False)], self._to_xyz_um(mi, p), strict=False)
-            return self._from_xyz_um(fi, out)
+            out = apply_hops([(model, False)], self._to_xyz_um(mi, p)[:, ::-1], strict=False)
+            return self._from_xyz_um(fi, out[:, ::-1])
 
-        self.edges.append(Edge(name, fi, mi, fwd, bwd, registration=name))
+        self._edges.append(Edge(name, fi, mi, fwd, bwd, registration=name))
 
     # -- points at the ends ------------------------------------------------------------------
     def _space_axes(self, n: Node) -> tuple[CoordinateSystem, dict[str, int], float]:
@@ -262,6 +324,7 @@ class SceneGraph:
     # -- routes ------------------------------------------------------------------------------
     def node(self, spec: str) -> Node:
         """``IMAGE`` (its intrinsic system), ``IMAGE#SYSTEM``, or a scene system's name."""
+        _ = self.systems
         path, sep, name = spec.partition("#")
         if sep:
             n = (path.strip("/"), name)
@@ -320,9 +383,15 @@ class SceneGraph:
             found = [c for c in found if in_order(c)]
         return found
 
-    def resolve(self, src: str, dst: str, *, via: Any = None) -> list[tuple[Edge, bool]]:
-        """The one route between two systems (see :meth:`node`), or a clear error."""
+    def path(self, src: str, dst: str, *, via: Via = None) -> list[tuple[Edge, bool]]:
+        """The one route between two systems (see :meth:`node`): ``(edge, forward?)`` per step.
+
+        Raises :class:`~bridge_xr.errors.InvalidInputError` when there is none, or several and
+        ``via`` does not choose.
+        """
         return self._route(src, dst, self.node(src), self.node(dst), via)
+
+    resolve = path
 
     def _route(self, src: str, dst: str, a: Node, b: Node, via: Any) -> list[tuple[Edge, bool]]:
         names = parse_via(via)
@@ -363,12 +432,58 @@ class SceneGraph:
 def map_points_any(
     where: StoreLike, points_xyz_um: np.ndarray, src: str, dst: str, *, via: Any = None
 ) -> tuple[np.ndarray, list[str]]:
-    """Map points between any two coordinate systems of a scene (see :class:`SceneGraph`).
+    """Map points between any two coordinate systems of a scene (see :class:`TransformGraph`).
 
     Between two images joined only by bridge_xr registrations this is
-    :func:`bridge_xr.register.scene.map_points` (exact models; NaN where a TPS has no inverse).
+    :func:`bridge_xr.register.registration.map_points` (exact models; NaN where a TPS has no inverse).
     """
-    return SceneGraph(where).map_points(points_xyz_um, src, dst, via=via)
+    return graph_of(where).map_points(points_xyz_um, src, dst, via=via)
 
 
-__all__ = ["Edge", "SceneGraph", "map_points_any"]
+def graph_of(where: StoreLike) -> TransformGraph:
+    """The transform graph of a Scene (built once), or of a store (built now)."""
+    graph = getattr(where, "graph", None)
+    return graph if isinstance(graph, TransformGraph) else TransformGraph(where)
+
+
+#: the name used before the graph took over registration chains too
+SceneGraph = TransformGraph
+
+__all__ = ["Edge", "TransformGraph", "graph_of", "map_points", "map_points_any", "path_between"]
+
+
+def path_between(
+    where: StoreLike, src: str, dst: str, *, via: Via = None
+) -> list[tuple[Registration, bool]]:
+    """Registrations leading from image ``src`` to ``dst``: ``(record, forward?)`` per hop.
+
+    Ambiguous chains (two registrations of one pair, two routes) need ``via`` (registration
+    names in chain order) or a registration marked current; see :mod:`bridge_xr.scene.chains`.
+    """
+    return graph_of(where).chain(src, dst, via=via)
+
+
+def map_points(
+    where: StoreLike,
+    points_zyx_um: np.ndarray,
+    src: str,
+    dst: str,
+    *,
+    strict: bool = True,
+    via: Via = None,
+) -> np.ndarray:
+    """Map ``(N, 3)`` points (z, y, x µm, ``src`` intrinsic) into ``dst``'s intrinsic space.
+
+    Exact models all the way. Going against a TPS (moving -> fixed) needs its inverse; where the
+    warp folds there is none: such points raise, or become NaN with ``strict=False``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bridge_xr.testing import tiny_scene
+    >>> scene = tiny_scene(registered=True)  # micro = mri shifted by +5 µm in x
+    >>> map_points(scene, np.zeros((1, 3)), "mri", "micro").round(6).tolist()
+    [[0.0, 0.0, 5.0]]
+    """
+    hops = graph_of(where).models(src, dst, via=via)
+    return apply_hops(hops, np.asarray(points_zyx_um, dtype=np.float64), strict=strict)

@@ -27,8 +27,14 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any, ParamSpec, TypeVar
 
+import numpy as np
+
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.model.metadata import Registration, SubjectMetadata
+from bridge_xr.model.metadata import (
+    Registration,
+    SubjectMetadata,
+)
+from bridge_xr.model.pointmaps import LinearModel, Model, ThinPlateSpline
 
 Hop = tuple[Registration, bool]  # (registration, walked forwards fixed -> moving?)
 Via = Sequence[str] | str | None  # registration names in chain order ("a,b" or ["a", "b"])
@@ -239,3 +245,34 @@ def resolve_chain(
 def chain_names(chain: Sequence[Hop]) -> list[str]:
     """Registration names of a chain, in order (for provenance)."""
     return [r.name for r, _ in chain]
+
+
+def model_from_record(rec: Registration) -> Model:
+    """The exact model of a stored registration."""
+    d = rec.definition
+    if rec.model == "tps":
+        return ThinPlateSpline.from_description(d)
+    return LinearModel(rec.model, np.asarray(d["matrix"]), np.asarray(d["translation"]))
+
+
+def models_of(chain: Sequence[Hop]) -> list[tuple[Model, bool]]:
+    """The exact models of a chain's registrations, with their directions.
+
+    An empty chain (an image onto its own space) is one identity hop.
+    """
+    models = [(model_from_record(rec), forward) for rec, forward in chain]
+    return models or [(LinearModel.identity(), True)]
+
+
+def apply_hops(
+    hops: Sequence[tuple[Model, bool]], points_zyx_um: np.ndarray, *, strict: bool = False
+) -> np.ndarray:
+    """``(N, 3)`` points (z, y, x µm) through a chain of models; ``forward``: fixed -> moving.
+
+    Against a TPS (moving -> fixed) points without an inverse raise, or become NaN when not
+    ``strict``.
+    """
+    out = np.asarray(points_zyx_um, dtype=np.float64)
+    for model, forward in hops:
+        out = model.transform_points(out, inverse=not forward, strict=strict)
+    return out

@@ -1,0 +1,31 @@
+"""Study layout: the subject stores of a study folder, and one rule for a subject's name."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._store import StoreLike
+from bridge_xr.io.subject import read_subject
+
+
+def subject_name(store: Any, where: StoreLike) -> str:
+    """The subject's name: its metadata, else the store's file name without ``.ome.zarr``."""
+    meta = read_subject(store)
+    if meta.subject:
+        return meta.subject
+    name = str(where).rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"(\.ome)?\.zarr$", "", name)
+
+
+def subject_stores(study: str | Path) -> list[Path]:
+    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted."""
+    root = Path(study)
+    if not root.is_dir():
+        raise InvalidInputError(f"study folder {str(root)!r} does not exist")
+    stores = sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".zarr"))
+    if not stores:
+        raise InvalidInputError(f"no subject stores (*.ome.zarr) in {str(root)!r}")
+    return stores

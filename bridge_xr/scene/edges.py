@@ -1,0 +1,388 @@
+"""Registrations as OME-Zarr 0.6 scene edges: rasterised fields, edges, the current mark.
+
+A registration of ``moving`` onto ``fixed`` is kept twice:
+
+* exactly, under ``bridge_xr.registrations[name]`` (model, landmarks, TPS centres and weights,
+  direction fixed -> moving, µm, x/y/z) - this is what point mapping uses;
+* as one OME-Zarr 0.6 scene edge from ``fixed``'s ``intrinsic`` system to ``moving``'s (a forward
+  point map in the resampling direction): a ``bijection`` of affines for linear models, or a
+  ``bijection`` of ``sequence``s with rasterised ``displacements`` fields for the TPS, whose
+  certified maximum deviation from the exact TPS is recorded.
+
+:func:`add_registration` writes both for a fitted model; fitting from landmarks is
+:func:`bridge_xr.register.register`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from bridge_xr._constants import INTRINSIC, field_path
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._store import StoreLike, describe_store, resolve_store
+from bridge_xr.io.ome_zarr import intrinsic_system, read_image, write_multiscale
+from bridge_xr.io.subject import publish_subject, read_subject, scene_systems, scene_transforms
+from bridge_xr.model.coords import check_edge_units
+from bridge_xr.model.image import physical_extent, spatial_dims, um_factor
+from bridge_xr.model.metadata import LandmarkSet, Provenance, Registration, SubjectMetadata
+from bridge_xr.model.pointmaps import Model, ThinPlateSpline, swap_xyz_zyx
+from bridge_xr.model.transforms import (
+    Affine,
+    Bijection,
+    CoordinateSystemRef,
+    Displacements,
+    Scale,
+    Sequence,
+    Transform,
+)
+
+__all__ = [
+    "add_registration",
+    "default_field_spacing",
+    "rasterise_tps",
+    "rasterise_tps_inverse",
+    "set_current",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9_.-]+$")
+
+
+def _intrinsic_of(img: xr.DataArray) -> Any:
+    dims = tuple(str(d) for d in img.dims)
+    return intrinsic_system(spatial_dims(dims), img.attrs["unit"])
+
+
+def _wrap(parts: list[Transform]) -> Transform:
+    return parts[0] if len(parts) == 1 else Sequence(transformations=tuple(parts))
+
+
+def _scaled(core: Transform, f_in: float, f_out: float) -> Transform:
+    """``core`` (µm -> µm) between systems in units ``f_in``/``f_out`` µm per unit."""
+    parts: list[Transform] = []
+    if f_in != 1.0:
+        parts.append(Scale(scale=(f_in,) * 3))
+    parts.append(core)
+    if f_out != 1.0:
+        parts.append(Scale(scale=(1.0 / f_out,) * 3))
+    return _wrap(parts)
+
+
+def _linear_edge(model: Model, f_fixed: float, f_moving: float) -> Transform:
+    fwd = _scaled(Affine.from_matrix(model.to_affine()), f_fixed, f_moving)
+    return Bijection(forward=fwd, inverse=fwd.inverse())  # type: ignore[call-arg]
+
+
+def default_field_spacing(
+    extent: dict[str, tuple[float, float]], voxel_um: float, *, max_points: float = 8e6
+) -> float:
+    """Half the fixed voxel size, coarsened until the field has at most ``max_points`` points."""
+    spacing = voxel_um / 2
+    span = np.array([hi - lo for lo, hi in extent.values()])
+    while np.prod(np.ceil(span / spacing) + 1) > max_points:
+        spacing *= 1.25
+    return float(spacing)
+
+
+def rasterise_tps_inverse(
+    tps: ThinPlateSpline,
+    extent_zyx_um: dict[str, tuple[float, float]],
+    spacing_um: float,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float, int]:
+    """Inverse (moving -> fixed) displacements on a grid over the moving image, by Newton inversion.
+
+    Grid points where a folded TPS has no inverse take the nearest valid value and are counted.
+    Returns ``(field, origin_zyx, max_error_um, n_without_inverse)``; the error is the largest
+    ``|TPS(field-mapped probe) - probe|`` at random probes away from folds.
+    """
+    from scipy.ndimage import distance_transform_edt, map_coordinates
+
+    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
+    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
+    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
+    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    q = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    p = tps.transform_points(q, inverse=True, strict=False)
+    disp = (p - q).T.reshape(3, *shape)
+    bad = ~np.isfinite(disp).all(axis=0)
+    n_bad = int(bad.sum())
+    if n_bad:
+        if n_bad == bad.size:
+            raise InvalidInputError("the TPS has no inverse anywhere on the moving image")
+        _, idx = distance_transform_edt(bad, return_indices=True)
+        disp = disp[(slice(None), *idx)]
+    field = disp.astype(np.float32)
+    rng = np.random.default_rng(seed)
+    probe = lo + rng.uniform(0, 1, size=(4000, 3)) * (shape - 1) * spacing_um
+    pidx = ((probe - lo) / spacing_um).T
+    near_bad = map_coordinates(bad.astype(np.float32), pidx, order=1) > 0
+    inv = probe + np.stack(
+        [map_coordinates(c.astype(np.float64), pidx, order=1) for c in field], axis=1
+    )
+    back = tps.transform_points(inv)
+    err = np.linalg.norm(back - probe, axis=1)[~near_bad]
+    return field, lo, float(err.max(initial=0.0)), n_bad
+
+
+def rasterise_tps(
+    tps: ThinPlateSpline,
+    extent_zyx_um: dict[str, tuple[float, float]],
+    spacing_um: float,
+    *,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Exact TPS displacements (zyx µm, float32) on a grid covering ``extent``; certified error.
+
+    Returns ``(field (3, nz, ny, nx), origin_zyx, max_error_um)``; the error is the largest
+    deviation between trilinear interpolation of the stored field and the exact TPS at random
+    points plus points around every landmark.
+    """
+    from scipy.ndimage import map_coordinates
+
+    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
+    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
+    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
+    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    pts_zyx = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    moved = tps.transform_points(pts_zyx)
+    field = (moved - pts_zyx).T.reshape(3, *shape).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    span = (shape - 1) * spacing_um
+    probe = lo + rng.uniform(0, 1, size=(4000, 3)) * span
+    near = swap_xyz_zyx(tps.centres)[:, None, :] + rng.normal(
+        0, spacing_um, size=(len(tps.centres), 20, 3)
+    )
+    probe = np.vstack([probe, np.clip(near.reshape(-1, 3), lo, lo + span)])
+    idx = ((probe - lo) / spacing_um).T
+    interp = np.stack([map_coordinates(c.astype(np.float64), idx, order=1) for c in field], axis=1)
+    exact = tps.transform_points(probe) - probe
+    err = float(np.linalg.norm(interp - exact, axis=1).max())
+    return field, lo, err
+
+
+def _write_field(
+    store: Any, path: str, field: np.ndarray, origin: np.ndarray, spacing: float
+) -> None:
+    write_multiscale(
+        store,
+        path,
+        field,
+        dims="czyx",
+        spacing=dict.fromkeys("zyx", spacing),
+        origin=dict(zip("zyx", origin, strict=True)),
+        unit="micrometer",
+        kind="displacements",
+        levels=1,
+        shards=False,
+        compressor="zstd",
+    )
+
+
+def _tps_edge(
+    store: Any,
+    tps: ThinPlateSpline,
+    name: str,
+    images: tuple[xr.DataArray, xr.DataArray],
+    field_spacing_um: float | None,
+) -> tuple[Transform, dict[str, Any]]:
+    """Write the forward and inverse fields of ``tps``; the edge and the fields' figures."""
+    fimg, mimg = images
+    f_fac, m_fac = um_factor(fimg), um_factor(mimg)
+    ext = {d: (lo * f_fac, hi * f_fac) for d, (lo, hi) in physical_extent(fimg).items()}
+    if field_spacing_um is None:
+        field_spacing_um = default_field_spacing(ext, min(fimg.attrs["spacing"].values()) * f_fac)
+    field, origin, cert = rasterise_tps(tps, ext, field_spacing_um)
+    fwd_path = field_path(name)
+    _write_field(store, fwd_path, field, origin, field_spacing_um)
+    m_ext = {d: (lo * m_fac, hi * m_fac) for d, (lo, hi) in physical_extent(mimg).items()}
+    inv_spacing = max(
+        field_spacing_um, default_field_spacing(m_ext, field_spacing_um, max_points=1e6)
+    )
+    inv_field, inv_origin, inv_cert, n_folded = rasterise_tps_inverse(tps, m_ext, inv_spacing)
+    inv_path = field_path(name, inverse=True)
+    _write_field(store, inv_path, inv_field, inv_origin, inv_spacing)
+    edge = Bijection(  # type: ignore[call-arg]
+        forward=_scaled(Displacements(path=fwd_path, interpolation="linear"), f_fac, m_fac),
+        inverse=_scaled(Displacements(path=inv_path, interpolation="linear"), m_fac, f_fac),
+    )
+    figures = {
+        "field_path": fwd_path,
+        "field_spacing_um": field_spacing_um,
+        "certified_max_error_um": cert,
+        "inverse_field": {
+            "path": inv_path,
+            "spacing_um": inv_spacing,
+            "max_error_um": inv_cert,
+            "points_without_inverse": n_folded,
+        },
+    }
+    return edge, figures
+
+
+def check_new_registration(
+    subject: SubjectMetadata, *, fixed: str, moving: str, name: str, overwrite: bool, where: str
+) -> None:
+    """Refuse unknown images, a malformed ``name``, or an existing one without ``overwrite``."""
+    for p in (fixed, moving):
+        if p not in subject.images:
+            raise InvalidInputError(f"no image {p!r} in {where}; `bridge info` lists them")
+    if not _NAME.match(name):
+        raise InvalidInputError(
+            f"registration `name` {name!r} may use letters, digits, '_', '-', '.'"
+        )
+    if name in subject.registrations and not overwrite:
+        raise InvalidInputError(
+            f"registration {name!r} exists in {where}; choose another `name` or pass `overwrite`"
+        )
+
+
+def add_registration(
+    where: StoreLike,
+    model: Model,
+    *,
+    fixed: str,
+    moving: str,
+    name: str,
+    landmarks: LandmarkSet,
+    report: dict[str, Any] | None = None,
+    field_spacing_um: float | None = None,
+    overwrite: bool = False,
+    current: bool = False,
+    provenance: Provenance | None = None,
+) -> Registration:
+    """Store a fitted ``model`` (fixed -> moving) as an exact record plus a scene edge.
+
+    Parameters
+    ----------
+    where : str, path or zarr store
+        The subject store.
+    model : LinearModel or ThinPlateSpline
+        The fitted map from ``fixed`` points to ``moving`` points (µm, intrinsic spaces).
+    fixed, moving : str
+        Image paths in the store.
+    name : str
+        Registration name (letters, digits, ``_ - .``).
+    landmarks : LandmarkSet
+        The landmarks it was fitted from (kept with it; may be empty).
+    report : dict, optional
+        Accuracy figures to keep with it (RMSE, TRE ...); the field figures are added.
+    field_spacing_um : float, optional
+        Spacing of the rasterised TPS field (default: half the fixed voxel, coarsened to at most
+        8 M points).
+    overwrite : bool
+        Replace a registration of the same name.
+    current : bool
+        Mark it as the one to use for its image pair when several join them.
+    provenance : Provenance, optional
+        How it was made (default: a ``register`` record).
+
+    Returns
+    -------
+    Registration
+        The stored record.
+
+    Raises
+    ------
+    InvalidInputError
+        Unknown images, a bad or taken ``name``, or units the edge cannot join.
+
+    Examples
+    --------
+    >>> import numpy as np, bridge_xr as bx
+    >>> from bridge_xr.testing import tiny_scene
+    >>> scene = tiny_scene()
+    >>> m = bx.register.fit("rigid", np.eye(3) * 100, np.eye(3) * 100 + 5.0)
+    >>> lms = bx.register.landmark_set(np.eye(3) * 100, np.eye(3) * 100 + 5.0, fixed="mri", moving="micro")
+    >>> add_registration(scene, m, fixed="mri", moving="micro", name="shift", landmarks=lms).model
+    'rigid'
+    """
+    store = resolve_store(where)
+    subject = read_subject(store)
+    label = describe_store(store)
+    check_new_registration(
+        subject, fixed=fixed, moving=moving, name=name, overwrite=overwrite, where=label
+    )
+    images = (read_image(store, fixed), read_image(store, moving))
+    report = dict(report or {})
+    figures: dict[str, Any] = {}
+    if isinstance(model, ThinPlateSpline):
+        edge, figures = _tps_edge(store, model, name, images, field_spacing_um)
+        report.update({k: v for k, v in figures.items() if k != "field_path"})
+    else:
+        edge = _linear_edge(model, um_factor(images[0]), um_factor(images[1]))
+    edge = edge.with_io(
+        CoordinateSystemRef(path=fixed, name=INTRINSIC),
+        CoordinateSystemRef(path=moving, name=INTRINSIC),
+    ).model_copy(update={"name": name})
+    check_edge_units(edge, _intrinsic_of(images[0]), _intrinsic_of(images[1]))
+    spacing = figures.get("field_spacing_um")
+    rec = Registration(
+        name=name,
+        fixed=fixed,
+        moving=moving,
+        model=model.kind,
+        kernel=model.kernel if isinstance(model, ThinPlateSpline) else None,
+        smoothing=report.get("smoothing"),
+        definition=model.describe(),
+        landmarks=landmarks,
+        field_path=figures.get("field_path"),
+        field_spacing_um=(spacing,) * 3 if spacing else None,
+        certified_max_error_um=figures.get("certified_max_error_um"),
+        report=report,
+        provenance=provenance
+        or Provenance.now("register", inputs=(fixed, moving), model=model.kind),
+    )
+    _publish(store, rec, edge, current=current)
+    return rec
+
+
+def _publish(store: Any, rec: Registration, edge: Transform, *, current: bool) -> None:
+    subject = read_subject(store)
+    edges = [t for t in scene_transforms(store) if t.name != rec.name]
+    edges.append(edge)
+    regs = {**subject.registrations, rec.name: rec}
+    marked = tuple(
+        n
+        for n in subject.current_registrations
+        if n != rec.name and n in regs and not (current and _same_pair(regs[n], rec))
+    )
+    subject = subject.model_copy(
+        update={
+            "registrations": regs,
+            "landmarks": {**subject.landmarks, rec.name: rec.landmarks},
+            "current_registrations": (*marked, rec.name) if current else marked,
+            "provenance": (*subject.provenance, rec.provenance),
+        }
+    )
+    publish_subject(store, subject, edges, scene_systems(store))
+
+
+def _same_pair(a: Registration, b: Registration) -> bool:
+    return {a.fixed, a.moving} == {b.fixed, b.moving}
+
+
+def set_current(where: StoreLike, name: str) -> Registration:
+    """Mark registration ``name`` current for its image pair (unmarking any other of the pair)."""
+    store = resolve_store(where)
+    subject = read_subject(store)
+    if name not in subject.registrations:
+        known = ", ".join(sorted(subject.registrations)) or "none"
+        raise InvalidInputError(
+            f"no registration {name!r} in {describe_store(store)}; known: {known}"
+        )
+    rec = subject.registrations[name]
+    marked = tuple(
+        n
+        for n in subject.current_registrations
+        if n in subject.registrations and not _same_pair(subject.registrations[n], rec)
+    )
+    subject = subject.model_copy(update={"current_registrations": (*marked, name)})
+    publish_subject(store, subject, scene_transforms(store), scene_systems(store))
+    return rec
