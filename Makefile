@@ -26,6 +26,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check bridge_xr cli tests benchmarks
 	$(VENV)/bin/ruff format --check bridge_xr cli tests benchmarks
 	$(VENV)/bin/ruff check --show-settings bridge_xr/__init__.py > /dev/null
+	# the layers import one way (pyproject.toml [tool.importlinter])
+	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy

@@ -1,0 +1,26 @@
+"""Per-voxel extraction: microscopy density in every MRI voxel, tables, longitudinal change.
+
+Examples
+--------
+>>> from bridge_xr import extract
+>>> "density" in extract.__all__
+True
+"""
+
+from __future__ import annotations
+
+from bridge_xr._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "density": "footprint",
+        "table": "tables",
+        "extract_table": "tables",
+        "write_table": "tables",
+        "read_tables": "tables",
+        "analysis_mask": "tables",
+        "extract_study": "study",
+        "longitudinal_table": "longitudinal",
+    },
+)

@@ -455,3 +455,7 @@ def read_tables(tables: str | Path) -> pd.DataFrame:
         part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
         frames.append(part)
     return pd.concat(frames, ignore_index=True)
+
+
+#: the name the Python API uses: ``bx.extract.table(scene, mri=..., microscopy=[...])``
+table = extract_table

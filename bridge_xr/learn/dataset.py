@@ -19,8 +19,6 @@ For every subject store and session with an MRI sequence and a registered micros
 
 from __future__ import annotations
 
-from bridge_xr._constants import tre_map_path
-
 import json
 import shutil
 from collections.abc import Sequence
@@ -32,6 +30,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 
+from bridge_xr._constants import tre_map_path
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.footprint import Method, density
 from bridge_xr.io._store import resolve_store

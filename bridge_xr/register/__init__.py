@@ -1,1 +1,29 @@
-"""Landmark registration: landmark sets, linear and thin-plate-spline models, error figures."""
+"""Landmark registration: fit models, store them, measure their accuracy, export them.
+
+Examples
+--------
+>>> from bridge_xr import register
+>>> "fit" in register.__all__
+True
+"""
+
+from __future__ import annotations
+
+from bridge_xr._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "fit": "registration",
+        "landmark_set": "registration",
+        "register": "registration",
+        "import_landmarks": "landmarks",
+        "export_landmarks": "landmarks",
+        "registration_report": "accuracy",
+        "rmse_um": "accuracy",
+        "loo_tre_um": "accuracy",
+        "inter_rater": "raters",
+        "refine_landmarks": "refine",
+        "export_itk": "itk",
+    },
+)

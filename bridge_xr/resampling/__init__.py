@@ -1,1 +1,24 @@
-"""Lazy resampling of images through the registration graph."""
+"""Lazy, block-wise resampling through the transform graph, and writing the result.
+
+Examples
+--------
+>>> from bridge_xr import resampling
+>>> "resample" in resampling.__all__
+True
+"""
+
+from __future__ import annotations
+
+from bridge_xr._lazy import attach
+
+__getattr__, __dir__, __all__ = attach(
+    __name__,
+    {
+        "resample": "resample",
+        "resample_through": "resample",
+        "block_errors": "resample",
+        "resample_into": "write",
+        "reslice": "reslice",
+        "group_slices": "reslice",
+    },
+)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
@@ -17,15 +16,11 @@ from bridge_xr.io.ome_zarr import _downsample, read_image
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.grid import Grid
 from bridge_xr.model.image import make_image, physical_extent
-from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance
+from bridge_xr.model.metadata import Acquisition, ImageMetadata, LandmarkSet, Provenance
 from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.registration import register
 from bridge_xr.resampling.resample import resample_through
-
-_NO_LANDMARKS = pd.DataFrame(
-    columns=["name", "moving_x", "moving_y", "moving_z", "fixed_x", "fixed_y", "fixed_z"]
-)
+from bridge_xr.scene.edges import add_registration
 
 
 def plane_frame(points_xyz_um: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -149,15 +144,16 @@ def _link(
 ) -> None:
     """Store the rigid edge image_out -> image so both stay connected in the registration graph."""
     name = f"{kind}.{image_out.replace('/', '.')}"
-    register(
+    add_registration(
         store,
+        model,
         fixed=image_out,
         moving=image,
-        landmarks=_NO_LANDMARKS,
-        model="rigid",
         name=name,
+        landmarks=LandmarkSet(fixed=image_out, moving=image, landmarks=()),
+        report=report,
         overwrite=True,
-        precomputed=(model, report),
+        provenance=Provenance.now(kind, inputs=(image_out, image), model="rigid"),
     )
 
 

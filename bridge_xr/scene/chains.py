@@ -14,9 +14,9 @@ two different answers; :func:`resolve_chain` refuses such a choice unless it is 
 
 Examples
 --------
->>> from bridge_xr.model.metadata import SubjectMetadata
->>> resolve_chain(SubjectMetadata(), "a", "a")
-[]
+>>> from bridge_xr.testing import tiny_scene
+>>> [(rec.name, forward) for rec, forward in resolve_chain(tiny_scene(registered=True).subject, "mri", "micro")]
+[('micro_to_mri', True)]
 """
 
 from __future__ import annotations

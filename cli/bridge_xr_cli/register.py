@@ -315,34 +315,16 @@ def inter_rater(
     report: Annotated[Path | None, typer.Option("--report")] = None,
 ) -> None:
     """Distance between two raters' registrations on the paper's 50x50-per-slice grid and a dense grid."""
-    from bridge_xr.io.ome_zarr import read_image
-    from bridge_xr.model.image import physical_extent
-    from bridge_xr.model.pointmaps import fit
-    from bridge_xr.model.units import conversion_factor
-    from bridge_xr.register.accuracy import grid_points, inter_rater_rmse_um
-    from bridge_xr.register.landmarks import arrays, read_csv
+    from bridge_xr.register import inter_rater as run
+    from bridge_xr.register.landmarks import read_csv
 
     if len(landmarks) != 2:
         raise InvalidInputError("inter-rater needs exactly two --landmarks files (one per rater)")
-    models = []
-    for p in landmarks:
-        _, f, m = arrays(read_csv(p))
-        models.append(fit(model, f, m, kernel=_kernel(kernel)))  # type: ignore[arg-type]
-    img = read_image(store, moving)
-    fac = conversion_factor(img.attrs["unit"], "micrometer")
-    ext = physical_extent(img)
-    e = np.array([[ext[d][0] * fac, ext[d][1] * fac] for d in ("x", "y", "z")])
-    zs = img["z"].values * fac if "z" in img.dims else None
-    paper = inter_rater_rmse_um(models[0], models[1], grid_points(e, 50, per_slice_z=zs))
-    dense = inter_rater_rmse_um(
-        models[0], models[1], grid_points(e, 100, per_slice_z=np.linspace(e[2, 0], e[2, 1], 20))
-    )
-    result = {
-        "model": model,
-        "rmse_um": paper["rmse_um"],
-        "grid_50x50_per_slice": paper,
-        "dense_grid": dense,
-    }
+    result = run(
+        store, moving=moving, landmark_sets=[read_csv(p) for p in landmarks],
+        model=model, kernel=_kernel(kernel),  # type: ignore[arg-type]
+    )  # fmt: skip
+    paper, dense = result["grid_50x50_per_slice"], result["dense_grid"]
     if report is not None:
         report.write_text(json.dumps(result, indent=2))
     out.print(

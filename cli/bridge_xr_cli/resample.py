@@ -56,73 +56,24 @@ def resample(
     via: Via = None,
 ) -> None:
     """Resample an image through the registrations onto another image's grid, block by block."""
-    from bridge_xr.io.subject import add_image, read_subject
-    from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.resampling.resample import block_errors
-    from bridge_xr.resampling.resample import resample as run
+    from bridge_xr.resampling import resample_into
 
     if order not in (0, 1, 3):
         raise InvalidInputError(f"--order must be 0, 1 or 3; got {order}")
-    img = run(
-        store,
-        moving=moving,
-        onto=onto,
-        spacing_um=_spacing(spacing),
-        order=order,
-        labels=labels,
-        level=level,
-        via=via,
-    )
-    subject = read_subject(store)
-    src = subject.images[moving]
-    extra: dict[str, Any] = {}
-    if any(subject.registrations[n].model == "tps" for n in img.attrs["resample"]["chain"]):
-        # the certified mapping-error bound of every output block, kept as a small QC image
-        errs = block_errors(store, moving=moving, onto=onto, spacing_um=_spacing(spacing), via=via)
-        errs = errs.copy(data=errs.values)
-        err_path = f"qc/{image}/block_error"
-        extra = {
-            "block_error_image": err_path,
-            "certified_max_error_um": float(np.nanmax(errs.values)),
-        }
-    meta = ImageMetadata(
-        path=image,
-        modality="labels" if labels else "derived",
-        kind="labels" if labels else "image",
-        session=src.session,
-        channel_names=src.channel_names,
-        source=f"{moving} resampled onto {onto}",
-        provenance=Provenance.now(
-            "resample", inputs=(moving, onto), **img.attrs["resample"], **extra
-        ),
-    )
     with level_progress(f"resampling {moving} -> {image}") as cb:
-        add_image(
-            store, img, meta, overwrite=overwrite, method="mode" if labels else "mean", progress=cb
-        )
-    if extra:  # written after the image itself, so a failed resample leaves nothing behind
-        add_image(
-            store,
-            errs,
-            ImageMetadata(
-                path=err_path,
-                modality="derived",
-                source=f"certified TPS mapping-error bound (µm) per output block of {image}",
-                provenance=Provenance.now("resample block errors", inputs=(moving, onto)),
-            ),
-            overwrite=True,
-            shards=False,
-        )
+        meta = resample_into(
+            store, moving=moving, onto=onto, image=image, spacing_um=_spacing(spacing),
+            order=order, labels=labels, level=level, overwrite=overwrite, via=via, progress=cb,
+        )  # fmt: skip
+    par = meta.provenance.parameters
     bound = (
-        f"; mapping error ≤ {extra['certified_max_error_um']:.3g} µm per block "
-        f"({extra['block_error_image']})"
-        if extra
+        f"; mapping error ≤ {par['certified_max_error_um']:.3g} µm per block "
+        f"({par['block_error_image']})"
+        if "block_error_image" in par
         else ""
     )
-    out.print(
-        f"wrote {image}: {'×'.join(map(str, img.shape))} voxels via "
-        f"{', '.join(img.attrs['resample']['chain'])}{bound}"
-    )
+    shape = "×".join(str(n) for n in par["shape"]) if "shape" in par else ""
+    out.print(f"wrote {image}: {shape} voxels via {', '.join(par['chain'])}{bound}")
 
 
 @handle_errors
