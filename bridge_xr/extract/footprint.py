@@ -526,7 +526,7 @@ def footprint_sums(
     if "c" in mic.dims:
         if channel is None:
             raise InvalidInputError(
-                f"{microscopy!r} has channels {list(mic.c.values)}; choose one with --channel"
+                f"{microscopy!r} has channels {list(mic.c.values)}; choose one with `channel`"
             )
         names = [str(v) for v in mic.c.values]
         if not isinstance(channel, int) and str(channel) not in names:
@@ -698,7 +698,7 @@ def resliced_sums(
     if "c" in img.dims:
         if channel is None:
             raise InvalidInputError(
-                f"{microscopy!r} has channels {list(img.c.values)}; choose one with --channel"
+                f"{microscopy!r} has channels {list(img.c.values)}; choose one with `channel`"
             )
         img = img.isel(c=channel) if isinstance(channel, int) else img.sel(c=str(channel))
     v = img.data
@@ -788,7 +788,7 @@ def _bilinear(
     if "c" in mic.dims:
         if channel is None:
             raise InvalidInputError(
-                f"{microscopy!r} has channels {list(mic.c.values)}; choose one with --channel"
+                f"{microscopy!r} has channels {list(mic.c.values)}; choose one with `channel`"
             )
         mic = mic.isel(c=channel) if isinstance(channel, int) else mic.sel(c=str(channel))
     mr = read_image(st, mri)

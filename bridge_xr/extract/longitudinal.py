@@ -45,7 +45,7 @@ def session_day(session: str, days: Mapping[str, float] | None = None) -> float:
     m = re.search(r"(\d+(?:\.\d+)?)", session)
     if not m:
         raise InvalidInputError(
-            f"cannot read a day from session {session!r}; pass --days {session}=N"
+            f"cannot read a day from session {session!r}; pass `days` ({session}=N)"
         )
     return float(m.group(1))
 
@@ -76,7 +76,7 @@ def rigid_register(
     elif metric == "cc":
         reg.SetMetricAsCorrelation()
     else:
-        raise InvalidInputError(f"--metric is mi, ms or cc; got {metric!r}")
+        raise InvalidInputError(f"`metric` is mi, ms or cc; got {metric!r}")
     reg.SetMetricSamplingStrategy(reg.NONE)
     reg.SetInterpolator(sitk.sitkLinear)
     reg.SetOptimizerAsRegularStepGradientDescent(

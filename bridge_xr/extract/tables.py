@@ -182,7 +182,7 @@ def analysis_mask(
     glioma = da.zeros(ref.shape, dtype=bool, chunks=ref.data.chunks)
     sources = [p for p in (vessels, tumour) if p]
     if not sources:
-        raise InvalidInputError("give --vessels and/or --tumour: the mask is built from microscopy")
+        raise InvalidInputError("give `vessels` and/or `tumour`: the mask is built from microscopy")
     for path, thr in ((vessels, vessel_threshold), (tumour, tumour_threshold)):
         if not path:
             continue
@@ -418,12 +418,12 @@ def write_table(
         table.to_parquet(tmp, partition_on=["subject", "session"], write_index=False)
         parts = sorted(p for p in tmp.glob("subject=*/session=*") if p.is_dir())
         if not parts:
-            raise InvalidInputError("the table is empty: the mask keeps no voxel; check --mask")
+            raise InvalidInputError("the table is empty: the mask keeps no voxel; check `mask`")
         for part in parts:
             dest = out / part.parent.name / part.name
             if dest.exists() and not overwrite:
                 raise InvalidInputError(
-                    f"{dest} already exists; pass --overwrite to replace that subject/session"
+                    f"{dest} already exists; pass `overwrite` to replace that subject/session"
                 )
         written = []
         stamp = Provenance.now("extract", **dict(provenance or {}))

@@ -112,7 +112,7 @@ def find_reconstruction(folder: Path, scan: str | None = None) -> Path:
     ]
     raise InvalidInputError(
         f"{str(folder)!r} holds {len(found)} reconstructions ({', '.join(names)}); "
-        "choose one with --series E/P (scan/reconstruction), e.g. --series " + names[0]
+        "choose one with `series` (E/P: scan/reconstruction), e.g. " + names[0]
     )
 
 

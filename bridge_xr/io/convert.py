@@ -45,7 +45,7 @@ def _guard_target(store: Any, path: str, overwrite: bool) -> None:
     if (path in subject.images or key_exists(store, f"{path}/zarr.json")) and not overwrite:
         msg = (
             f"image {path!r} already exists in {describe_store(store)}; "
-            "choose another --image or pass --overwrite"
+            "choose another path or pass `overwrite`"
         )
         raise InvalidInputError(msg)
 
@@ -290,7 +290,7 @@ def export_nifti(
 
     out = Path(output)
     if not out.name.endswith((".nii", ".nii.gz")):
-        raise InvalidInputError(f"--output {str(out)!r} must end in .nii or .nii.gz")
+        raise InvalidInputError(f"`output` {str(out)!r} must end in .nii or .nii.gz")
     store = resolve_store(where, read_only=True, storage_options=storage_options)
     path = check_image_path(image_path)
     img = read_image(store, path)
@@ -327,7 +327,7 @@ def export_ome_zarr_05(
     src = resolve_store(where, read_only=True, storage_options=storage_options)
     dst = resolve_store(output, storage_options=storage_options)
     if key_exists(dst, "zarr.json"):
-        raise InvalidInputError(f"{describe_store(dst)} already exists; choose a new --output")
+        raise InvalidInputError(f"{describe_store(dst)} already exists; choose a new `output`")
     path = check_image_path(image_path)
     info = read_multiscale_info(open_group(src, path))
     scanner = info.transforms.get(SCANNER_RAS)

@@ -181,11 +181,11 @@ def read_czi(
         if len(scene_ids) > 1:
             listed = ", ".join(f"{i}: {n}" for i, n in enumerate(labels))
             raise InvalidInputError(
-                f"{where} holds {len(scene_ids)} scenes ({listed}); choose one with --scene N"
+                f"{where} holds {len(scene_ids)} scenes ({listed}); choose one with `scene` (N)"
             )
         scene = 0
     if not 0 <= scene < len(scene_ids):
-        raise InvalidInputError(f"{where} has scenes 0..{len(scene_ids) - 1}; got --scene {scene}")
+        raise InvalidInputError(f"{where} has scenes 0..{len(scene_ids) - 1}; got `scene` {scene}")
     chosen = planes[scene_ids[scene]]
     if len({d.get("M", (0, 1))[0] for d, *_ in chosen}) > 1:
         n = len({d.get("M", (0, 1))[0] for d, *_ in chosen})
@@ -238,11 +238,11 @@ def read_czi(
     zs = z_step_um if z_step_um is not None else zs_file
     if px is None:
         raise InvalidInputError(
-            f"{where} has no Scaling in its metadata; pass --pixel-size (e.g. 1.1838um)"
+            f"{where} has no Scaling in its metadata; pass `pixel_size` (e.g. 1.1838um)"
             + (" and --z-step" if len(z_ids) > 1 else "")
         )
     if len(z_ids) > 1 and zs is None:
-        raise InvalidInputError(f"{where} has no z scaling; pass --z-step (e.g. 5um)")
+        raise InvalidInputError(f"{where} has no z scaling; pass `z_step` (e.g. 5um)")
     py = pixel_size_um if pixel_size_um is not None else (py_file or px)
     xml_names = tuple(
         ch.get("Name") or f"C{i}"

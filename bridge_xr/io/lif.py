@@ -87,7 +87,7 @@ def read_lif(
                 if len(images) > 1:
                     listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
                     raise InvalidInputError(
-                        f"{where} holds {len(images)} images ({listed}); choose one with --series N"
+                        f"{where} holds {len(images)} images ({listed}); choose one with `series` (N)"
                     )
                 scene = 0
             if not 0 <= scene < len(images):
@@ -139,10 +139,10 @@ def read_lif(
     zs = z_step_um if z_step_um is not None else zs_file
     if px is None or py is None:
         raise InvalidInputError(
-            f"{where} image {names[scene]!r} has no voxel size; pass --pixel-size (e.g. 1.1838um)"
+            f"{where} image {names[scene]!r} has no voxel size; pass `pixel_size` (e.g. 1.1838um)"
         )
     if shape[1] > 1 and zs is None:
-        raise InvalidInputError(f"{where} has no z step; pass --z-step (e.g. 5um)")
+        raise InvalidInputError(f"{where} has no z step; pass `z_step` (e.g. 5um)")
     # LAS X keeps no channel name in the image description: the measured quantity, else the LUT
     luts = tuple(
         getattr(c, "name_of_measured_quantity", "") or getattr(c, "lut_name", "") or f"C{k}"

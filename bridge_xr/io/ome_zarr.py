@@ -688,13 +688,17 @@ def _pick_intrinsic(ms: dict[str, Any]) -> dict[str, Any]:
     return dict(systems[-1])
 
 
-def open_group(where: Store | str, path: str) -> zarr.Group:
+def open_group(where: StoreLike, path: str) -> zarr.Group:
     """Open an existing group read-only with a clear error when it is not there."""
-    from bridge_xr.io._store import resolve_store
 
     store = resolve_store(where)
+    key = path.strip("/")
+    return cached(store, ("group", key), lambda: _open_group(store, key))
+
+
+def _open_group(store: Store, path: str) -> zarr.Group:
     try:
-        return zarr.open_group(store, path=path.strip("/") or None, mode="r")
+        return zarr.open_group(store, path=path or None, mode="r")
     except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError) as exc:
         msg = f"no image group {path!r} in the store; `bridge info` lists the images"
         raise InvalidInputError(msg) from exc

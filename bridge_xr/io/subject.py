@@ -169,7 +169,7 @@ def add_image(
     if (path in subject.images or key_exists(store, f"{path}/zarr.json")) and not overwrite:
         msg = (
             f"image {path!r} already exists in {describe_store(store)}; "
-            "choose another --image or pass --overwrite"
+            "choose another path or pass `overwrite`"
         )
         raise InvalidInputError(msg)
     try:

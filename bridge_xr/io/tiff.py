@@ -165,13 +165,13 @@ def read_tiff(
     zs = z_step_um if z_step_um is not None else cal.z_step_um
     has_z = "z" in dims and shape[dims.index("z")] > 1
     if px is None:
-        msg = f"{str(p)!r} has no pixel size in its metadata; pass --pixel-size (e.g. 1.1838um)" + (
+        msg = f"{str(p)!r} has no pixel size in its metadata; pass `pixel_size` (e.g. 1.1838um)" + (
             " and --z-step (e.g. 5um)" if has_z else ""
         )
         raise InvalidInputError(msg)
     if has_z and zs is None:
         raise InvalidInputError(
-            f"{str(p)!r} has no z step in its metadata; pass --z-step (e.g. 5um)"
+            f"{str(p)!r} has no z step in its metadata; pass `z_step` (e.g. 5um)"
         )
     reader = _RegionReader(str(p), 0, shape, dtype)
     want = dict(chunks or {})

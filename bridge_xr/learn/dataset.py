@@ -316,10 +316,10 @@ def export_dataset(
     registrations used.
     """
     if not 1 <= dataset_id <= 999:
-        raise InvalidInputError(f"--dataset-id must be 1..999; got {dataset_id}")
+        raise InvalidInputError(f"`dataset_id` must be 1..999; got {dataset_id}")
     folder = Path(output) / f"Dataset{dataset_id:03d}_{name}"
     if folder.exists():
-        raise InvalidInputError(f"{folder} exists; remove it or choose another --dataset-id")
+        raise InvalidInputError(f"{folder} exists; remove it or choose another `dataset_id`")
     if crops is not None:
         missing = set(CROP_COLUMNS) - set(crops.columns)
         if missing:
@@ -389,7 +389,7 @@ def export_dataset(
             f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile"
             + (f" with mean TRE <= {max_tre_um:g} µm" if max_tre_um is not None else "")
             + " (try a smaller --crop-size"
-            + (" or a larger --max-tre)" if max_tre_um is not None else ")")
+            + (" or a larger `max_tre_um`)" if max_tre_um is not None else ")")
         )
     splits = group_splits(cases, n_folds)
     label_from = list(range(len(images)))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,22 +44,3 @@ def read_mask(text: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     fac = conversion_factor(img.attrs["unit"], "micrometer")
     spacing = tuple(float(img.attrs["spacing"][d]) * fac for d in ("z", "y", "x"))
     return np.asarray(img.values), spacing  # type: ignore[return-value]
-
-
-def write_json(data: Any, path: Path) -> Path:
-    """JSON with NaN written as null (strict JSON readers reject NaN)."""
-    import json
-    import math
-
-    def clean(v: Any) -> Any:
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list | tuple):
-            return [clean(x) for x in v]
-        return v
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(data), indent=2), encoding="utf-8")
-    return path

@@ -91,7 +91,7 @@ def train(
     """Train one fold; returns the fold folder (checkpoints, log, validation)."""
     did = _dataset_id(dataset)
     if device not in ("cpu", "cuda", "mps"):
-        raise InvalidInputError(f"--device is cpu, cuda or mps; got {device!r}")
+        raise InvalidInputError(f"`device` is cpu, cuda or mps; got {device!r}")
     env = environment(dataset, work, augment_workers=0 if device == "cpu" else 4)
     _run(
         [sys.executable, "-m", "bridge_xr.learn._train_worker", str(did), str(fold), device,
@@ -278,7 +278,7 @@ def write_fold_table(
     if visibility:
         vessels, categories = fold_visibility(model, dataset)
         result["visibility"] = {"by_diameter": categories, "per_vessel": vessels}
-    from bridge_xr.learn.masks import write_json
+    from bridge_xr.io.jsonio import write_json
 
     write_json(result, path)
     return result

@@ -109,3 +109,35 @@ def parse_length(text: str, *, default_unit: str | None = None) -> tuple[float, 
         msg = f"length {text!r} must be positive"
         raise UnitError(msg)
     return value, unit
+
+
+def parse_length_um(text: str, *, default_unit: str = "um") -> float:
+    """A length written with its unit, in micrometres (a bare number is in ``default_unit``).
+
+    Examples
+    --------
+    >>> parse_length_um("0.1 mm"), parse_length_um("12.5")
+    (100.0, 12.5)
+    """
+    value, unit = parse_length(text, default_unit=default_unit)
+    return float(value * conversion_factor(unit, "micrometer"))
+
+
+def parse_spacing_um(text: str, *, default_unit: str = "um") -> tuple[float, float, float]:
+    """``'25um,25um,100um'`` (x, y, z; or one length for all three) -> (z, y, x) µm.
+
+    Examples
+    --------
+    >>> parse_spacing_um("25um,25um,100um")
+    (100.0, 25.0, 25.0)
+    >>> parse_spacing_um("10")
+    (10.0, 10.0, 10.0)
+    """
+    parts = [p for p in text.split(",") if p.strip()]
+    if len(parts) == 1:
+        parts = parts * 3
+    if len(parts) != 3:
+        msg = f"a spacing is one or three lengths (x,y,z), e.g. 25um,25um,100um; got {text!r}"
+        raise UnitError(msg)
+    x, y, z = (parse_length_um(p, default_unit=default_unit) for p in parts)
+    return (z, y, x)

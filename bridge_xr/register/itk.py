@@ -36,7 +36,7 @@ def export_itk(where: StoreLike, name: str, output: str | os.PathLike[str]) -> P
     if isinstance(model, LinearModel):
         if not out.name.endswith((".tfm", ".txt", ".mat", ".h5")):
             raise InvalidInputError(
-                f"--output {str(out)!r}: use .tfm, .txt, .mat or .h5 for a linear transform"
+                f"`output` {str(out)!r}: use .tfm, .txt, .mat or .h5 for a linear transform"
             )
         tx = sitk.AffineTransform(3)
         tx.SetMatrix(model.matrix.ravel().tolist())
@@ -44,7 +44,7 @@ def export_itk(where: StoreLike, name: str, output: str | os.PathLike[str]) -> P
         sitk.WriteTransform(tx, str(out))
         return out
     if not out.name.endswith((".h5", ".hdf5", ".nii.gz", ".nii", ".nrrd")):
-        raise InvalidInputError(f"--output {str(out)!r}: use .h5 for a TPS (displacement field)")
+        raise InvalidInputError(f"`output` {str(out)!r}: use .h5 for a TPS (displacement field)")
     assert rec.field_path is not None  # noqa: S101 - TPS registrations always have a field
     grid = read_image(store, rec.field_path)
     sp = [grid.attrs["spacing"][d] for d in "xyz"]

@@ -106,7 +106,7 @@ def refine_landmarks(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Refined landmarks and a table of per-landmark moves (µm, accepted or not)."""
     if model not in {"rigid", "affine", "bspline"}:
-        raise InvalidInputError(f"--refine must be rigid, affine or bspline; got {model!r}")
+        raise InvalidInputError(f"`model` must be rigid, affine or bspline; got {model!r}")
     store = resolve_store(where)
     df = validate(landmarks, source="landmarks")
     names, f_pts, m_pts = arrays(df)

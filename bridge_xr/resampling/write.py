@@ -93,8 +93,9 @@ def resample_into(
             "resample", inputs=(moving, onto), shape=list(img.shape), **img.attrs["resample"], **qc
         ),
     )
-    method = "mode" if labels else "mean"
-    add_image(where, img, meta, overwrite=overwrite, method=method, progress=progress)
+    add_image(
+        where, img, meta, overwrite=overwrite, method="mode" if labels else "mean", progress=progress
+    )
     if errs is not None:
         add_image(
             where,

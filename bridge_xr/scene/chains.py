@@ -79,7 +79,7 @@ def _eligible(subject: SubjectMetadata, via: list[str] | None) -> list[Registrat
         if unknown:
             known = ", ".join(sorted(subject.registrations)) or "none"
             raise InvalidInputError(
-                f"--via names unknown registration(s) {', '.join(unknown)}; known: {known}"
+                f"`via` names unknown registration(s) {', '.join(unknown)}; known: {known}"
             )
         chosen = {_pair(subject.registrations[v]): v for v in via}
         regs = [r for r in regs if _pair(r) not in chosen or chosen[_pair(r)] == r.name]
@@ -238,7 +238,7 @@ def resolve_chain(
     more = f" (and {len(chains) - 8} more)" if len(chains) > 8 else ""
     raise InvalidInputError(
         f"{len(chains)} chains of registrations join {src!r} and {dst!r}: {listed}{more}; "
-        "choose one with --via NAME[,NAME...] or mark one current with `bridge register --current`"
+        "choose one with `via` (names in chain order) or mark one current (`current=True`)"
     )
 
 

@@ -266,7 +266,7 @@ class Scene(Mapping[str, xr.DataArray]):
             rows.append(
                 (
                     path,
-                    f"{meta.modality} {'(' + ','.join(img.dims) + ')'}",
+                    f"{meta.modality} {'(' + ','.join(map(str, img.dims)) + ')'}",
                     shape,
                     f"{spacing} {img.attrs['unit']}",
                 )

@@ -27,7 +27,7 @@ import zarr
 from bridge_xr._constants import INTRINSIC
 from bridge_xr.errors import BridgeXRError, InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
-from bridge_xr.io.ome_zarr import _legacy_io, _pick_intrinsic, ome_block
+from bridge_xr.io.ome_zarr import _legacy_io, _pick_intrinsic, ome_block, open_group
 from bridge_xr.io.subject import _root_attrs, read_subject
 from bridge_xr.model.coords import CoordinateSystem
 from bridge_xr.model.metadata import Registration, SubjectMetadata
@@ -107,6 +107,7 @@ class TransformGraph:
         self.where = describe_store(self.store)
         self.subject: SubjectMetadata = read_subject(self.store)
         self._systems: dict[Node, CoordinateSystem] | None = None
+        self._sys: dict[Node, CoordinateSystem] = {}
         self.intrinsic: dict[str, str] = {}
         self._edges: list[Edge] = []
 
@@ -127,7 +128,7 @@ class TransformGraph:
     def systems(self) -> dict[Node, CoordinateSystem]:
         """Every coordinate system, by ``(image path or "", name)``."""
         if self._systems is None:
-            self._systems = {}
+            self._systems = self._sys = {}
             self._build()
         return self._systems
 
@@ -145,7 +146,7 @@ class TransformGraph:
             scene = dict(block.get("scene") or {})
         for cs in scene.get("coordinateSystems", []) or []:
             sysm = self._system(cs, f"scene of {self.where}")
-            self._systems[("", sysm.name)] = sysm
+            self._sys[("", sysm.name)] = sysm
         raw = list(scene.get("coordinateTransformations", []) or [])
         parsed = [
             parse_transform(_legacy_io(t), where=f"the scene of {self.where}")
@@ -183,9 +184,8 @@ class TransformGraph:
 
     def _read_image(self, path: str) -> None:
         try:
-            group = zarr.open_group(self.store, path=path, mode="r")
-            attrs = group.attrs.asdict()
-        except (FileNotFoundError, KeyError, zarr.errors.GroupNotFoundError):
+            attrs = open_group(self.store, path).attrs.asdict()
+        except InvalidInputError:
             raise InvalidInputError(
                 f"the scene of {self.where} refers to image {path!r}, which is not in the store"
             ) from None
@@ -196,12 +196,12 @@ class TransformGraph:
             axes = ms.get("axes") or [{"name": n, "type": "space"} for n in "zyx"]
             axes = [{"name": a, "type": "space"} if isinstance(a, str) else a for a in axes]
             cs = {"name": INTRINSIC, "axes": axes}
-            self._systems[(path, INTRINSIC)] = self._system(cs, where)
+            self._sys[(path, INTRINSIC)] = self._system(cs, where)
             self.intrinsic[path] = INTRINSIC
             return
         for cs in ms["coordinateSystems"]:
             sysm = self._system(cs, where)
-            self._systems[(path, sysm.name)] = sysm
+            self._sys[(path, sysm.name)] = sysm
         self.intrinsic[path] = str(_pick_intrinsic(ms)["name"])
         for k, t in enumerate(ms.get("coordinateTransformations", []) or []):
             parsed = parse_transform(_legacy_io(t), where=where)
@@ -351,7 +351,7 @@ class TransformGraph:
             unknown = [v for v in via if v not in names]
             if unknown:
                 raise InvalidInputError(
-                    f"--via names unknown transformation(s) {', '.join(unknown)}; known: "
+                    f"`via` names unknown transformation(s) {', '.join(unknown)}; known: "
                     f"{', '.join(sorted(names)) or 'none'}"
                 )
             chosen = {frozenset((e.src, e.dst)): e.name for e in edges if e.name in via}
@@ -412,7 +412,7 @@ class TransformGraph:
         listed = "; ".join("[" + ",".join(e.name for e, _ in c) + "]" for c in found[:8])
         raise InvalidInputError(
             f"{len(found)} chains of transformations join {src!r} and {dst!r}: {listed}; "
-            "choose one with --via NAME[,NAME...] or mark one current with `bridge register --current`"
+            "choose one with `via` (names in chain order) or mark one current (`current=True`)"
         )
 
     def map_points(

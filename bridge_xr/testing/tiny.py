@@ -33,7 +33,7 @@ def tiny_landmarks() -> pd.DataFrame:
         [[10, 10, 5], [70, 10, 5], [10, 70, 5], [10, 10, 35], [60, 60, 30.0]], dtype=np.float64
     )
     moving = fixed + [SHIFT_X_UM, 0.0, 0.0]
-    frame = {"name": [f"L{i + 1}" for i in range(len(fixed))]}
+    frame: dict[str, object] = {"name": [f"L{i + 1}" for i in range(len(fixed))]}
     for side, pts in (("fixed", fixed), ("moving", moving)):
         for k, axis in enumerate("xyz"):
             frame[f"{side}_{axis}"] = pts[:, k]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable, Iterator
+from enum import StrEnum
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -25,13 +27,93 @@ Via = Annotated[
         help="registration names in chain order (NAME[,NAME...]) when several join the images",
     ),
 ]
+
+
+# -- closed choices: typer validates them (the library's Literal types, as enums) -------------
+class ModelChoice(StrEnum):
+    """``bridge_xr.model.pointmaps.ModelName``."""
+
+    rigid = "rigid"
+    similarity = "similarity"
+    affine = "affine"
+    tps = "tps"
+
+
+class KernelChoice(StrEnum):
+    """``bridge_xr.model.pointmaps.Kernel``: r (3D Slicer) or r2logr (BigWarp)."""
+
+    r = "r"
+    r2logr = "r2logr"
+
+
+class MethodChoice(StrEnum):
+    """``bridge_xr.extract.footprint.Method``."""
+
+    exact = "exact"
+    resliced = "resliced"
+    bilinear = "bilinear"
+
+
+# -- options shared by many commands ----------------------------------------------------------
+StoreArg = Annotated[str, typer.Argument(help="subject store")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace what is there")]
+Fixed = Annotated[str, typer.Option("--fixed", help="fixed image (e.g. invivo_mri/d060/T2w)")]
+Moving = Annotated[
+    str, typer.Option("--moving", help="moving image (e.g. twophoton/d060/angiogram)")
+]
+KernelOpt = Annotated[
+    KernelChoice, typer.Option("--kernel", help="TPS kernel: r (3D Slicer) or r2logr (BigWarp)")
+]
+ModelOpt = Annotated[ModelChoice, typer.Option("--model", help="rigid, similarity, affine or tps")]
+MethodOpt = Annotated[
+    MethodChoice,
+    typer.Option(help="exact (footprint integral), resliced (fast, near-exact) or bilinear"),
+]
+
 console = Console(stderr=True)
 out = Console()
+
+
+#: library messages name Python parameters in backticks; on the command line they are options
+_FLAGS = {
+    "via": "--via",
+    "current=True": "`bridge register --current`",
+    "overwrite": "--overwrite",
+    "series": "--series",
+    "scene": "--scene",
+    "pixel_size": "--pixel-size",
+    "z_step": "--z-step",
+    "days": "--days",
+    "metric": "--metric",
+    "vessels": "--vessels",
+    "tumour": "--tumour",
+    "mask": "--mask",
+    "output": "--output",
+    "dataset_id": "--dataset-id",
+    "max_tre_um": "--max-tre",
+    "device": "--device",
+    "kernel": "--kernel",
+    "name": "--name",
+}
+_PARAM = re.compile(r"`([a-z_]+(?:=True)?)`")
+
+
+def cli_message(message: str) -> str:
+    """A library message with its backticked parameter names as the options that set them.
+
+    Examples
+    --------
+    >>> cli_message("choose one with `via` or pass `overwrite`")
+    'choose one with --via or pass --overwrite'
+    """
+    return _PARAM.sub(lambda m: _FLAGS.get(m.group(1), m.group(0)), message)
 
 
 def fail(message: str) -> typer.Exit:
     """Print one clear line to stderr and return the exit (status 2) to raise."""
     from rich.markup import escape
+
+    message = cli_message(message)
 
     # escaped: messages name things like "[reg_a]" that rich would take for markup tags
     console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import Via, console, handle_errors, out
+from bridge_xr_cli._common import MethodChoice, MethodOpt, Via, console, handle_errors, out
 
 
 def parse_thresholds(items: list[str] | None) -> dict[str, float]:
@@ -36,12 +36,6 @@ def parse_bins(text: str | None) -> list[float] | None:
     if len(bins) < 2 or any(b <= a for a, b in zip(bins, bins[1:], strict=False)):
         raise InvalidInputError(f"--bins must be at least two increasing numbers; got {text!r}")
     return bins
-
-
-def _method(text: str) -> str:
-    if text not in ("exact", "resliced", "bilinear"):
-        raise InvalidInputError(f"--method is exact, resliced or bilinear; got {text!r}")
-    return text
 
 
 @handle_errors
@@ -99,9 +93,7 @@ def mask(
     nagm_output: Annotated[
         str | None, typer.Option(help="also write the normal-appearing grey matter mask here")
     ] = None,
-    method: Annotated[
-        str, typer.Option(help="density: exact (footprint) or resliced (fast)")
-    ] = "exact",
+    method: MethodOpt = MethodChoice.exact,
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
     via: Via = None,
 ) -> None:
@@ -121,7 +113,7 @@ def mask(
         min_coverage=min_coverage,
         nagm_output=nagm_output,
         overwrite=overwrite,
-        method=_method(method),  # type: ignore[arg-type]
+        method=method.value,
         via=via,
     )
     out.print(
@@ -146,12 +138,7 @@ def extract(
     threshold: Annotated[
         list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
     ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="exact (footprint), resliced (fast, nearest reslice + exact) or bilinear (paper)"
-        ),
-    ] = "exact",
+    method: MethodOpt = MethodChoice.exact,
     bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
     subject: Annotated[str | None, typer.Option(help="subject name (default: store name)")] = None,
     session: Annotated[str | None, typer.Option(help="session (default: the MRI's)")] = None,
@@ -171,7 +158,7 @@ def extract(
             mri_z=mri_z,
             reference_mask=reference_mask,
             thresholds=parse_thresholds(threshold),
-            method=_method(method),  # type: ignore[arg-type]
+            method=method.value,
             subject=subject,
             session=session,
             bins=parse_bins(bins) or [],
@@ -193,12 +180,7 @@ def extract_study(
     threshold: Annotated[
         list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
     ] = None,
-    method: Annotated[
-        str,
-        typer.Option(
-            help="exact (footprint), resliced (fast, nearest reslice + exact) or bilinear (paper)"
-        ),
-    ] = "exact",
+    method: MethodOpt = MethodChoice.exact,
     bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
     workers: Annotated[
         int, typer.Option(help="start a local dask-distributed cluster with this many processes")
@@ -221,7 +203,7 @@ def extract_study(
                 study,
                 output,
                 thresholds=parse_thresholds(threshold),
-                method=_method(method),  # type: ignore[arg-type]
+                method=method.value,
                 bins=parse_bins(bins) or [],
                 overwrite=overwrite,
                 via=via,

@@ -77,7 +77,8 @@ def evaluate(
     json_out: Annotated[Path | None, typer.Option("--json", help="write the metrics here")] = None,
 ) -> None:
     """Dice, Dilated Dice (paper), MASD and HD95 in µm between two masks on one grid."""
-    from bridge_xr.learn.masks import read_mask, write_json
+    from bridge_xr.io.jsonio import write_json
+    from bridge_xr.learn.masks import read_mask
     from bridge_xr.learn.metrics import evaluate as run
 
     a, sa = read_mask(truth)
@@ -319,7 +320,8 @@ def visibility(
     """Vessel-wise comparison by diameter category: found by the model vs thresholded MRI."""
     import pandas as pd
 
-    from bridge_xr.learn.masks import read_mask, write_json
+    from bridge_xr.io.jsonio import write_json
+    from bridge_xr.learn.masks import read_mask
     from bridge_xr.learn.nnunet import threshold_baseline
     from bridge_xr.learn.vessels import visibility_by_diameter
 

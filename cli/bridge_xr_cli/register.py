@@ -4,38 +4,34 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, cast
+from typing import Annotated
 
 import numpy as np
 import pandas as pd
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.model.pointmaps import Kernel
-from bridge_xr_cli._common import handle_errors, out
+from bridge_xr_cli._common import (
+    Fixed,
+    KernelChoice,
+    KernelOpt,
+    ModelChoice,
+    ModelOpt,
+    Moving,
+    StoreArg,
+    handle_errors,
+    out,
+)
 
 landmarks_app = typer.Typer(help="Import and export landmark sets.", no_args_is_help=True)
 
-Store = Annotated[str, typer.Argument(help="subject store")]
-Fixed = Annotated[str, typer.Option("--fixed", help="fixed image (e.g. invivo_mri/d060/T2w)")]
-Moving = Annotated[
-    str, typer.Option("--moving", help="moving image (e.g. twophoton/d060/angiogram)")
-]
-KernelOpt = Annotated[
-    str, typer.Option("--kernel", help="TPS kernel: r (3D Slicer) or r2logr (BigWarp)")
-]
+Store = StoreArg
 Smooth = Annotated[
     float,
     typer.Option(
         "--smoothing", help="TPS smoothing λ (0 = interpolating; -1 = choose by leave-one-out)"
     ),
 ]
-
-
-def _kernel(k: str) -> Kernel:
-    if k not in {"r", "r2logr"}:
-        raise InvalidInputError(f"--kernel must be r or r2logr; got {k!r}")
-    return cast(Kernel, k)
 
 
 @landmarks_app.command("import")
@@ -95,11 +91,11 @@ def register(
     fixed: Fixed,
     moving: Moving,
     landmarks: Annotated[Path, typer.Option("--landmarks", help="canonical landmark CSV")],
-    model: Annotated[str, typer.Option("--model", help="rigid, similarity, affine or tps")] = "tps",
+    model: ModelOpt = ModelChoice.tps,
     name: Annotated[
         str, typer.Option("--name", help="registration (scene edge) name")
     ] = "registration",
-    kernel: KernelOpt = "r",
+    kernel: KernelOpt = KernelChoice.r,
     smoothing: Smooth = 0.0,
     field_spacing: Annotated[
         str | None, typer.Option(help="TPS field grid spacing, e.g. 12.5um")
@@ -142,62 +138,21 @@ def register(
     ] = False,
 ) -> None:
     """Fit a landmark registration (moving onto fixed) and store it as a scene edge."""
-    from bridge_xr.model.units import conversion_factor, parse_length
+    from bridge_xr.model.units import parse_length_um
     from bridge_xr.register.landmarks import read_csv
-    from bridge_xr.register.registration import register as do_register
+    from bridge_xr.report.registration_run import Refinement, register_with_report
 
-    spacing = None
-    if field_spacing:
-        v, u = parse_length(field_spacing, default_unit="um")
-        spacing = v * conversion_factor(u, "micrometer")
-    lm = read_csv(landmarks)
-    moves = None
-    if refine is not None:
-        from bridge_xr.register.landmarks import write_csv
-        from bridge_xr.register.refine import refine_landmarks
-
-        rv, ru = parse_length(refine_radius, default_unit="um")
-        lm, moves = refine_landmarks(
-            store,
-            fixed=fixed,
-            moving=moving,
-            landmarks=lm,
-            radius_um=rv * conversion_factor(ru, "micrometer"),
-            model=refine,
-        )
-        if refined_landmarks is not None:
-            write_csv(lm, refined_landmarks)
-    rec, rep = do_register(
-        store,
-        fixed=fixed,
-        moving=moving,
-        landmarks=lm,
-        model=model,
-        name=name,
-        kernel=_kernel(kernel),
-        smoothing=smoothing,
-        field_spacing_um=spacing,
-        overwrite=overwrite,
-        tre_map=tre_map,
-        fle_um=fle,
-        current=current,
-    )
-    if moves is not None:
-        rep["refinement"] = {
-            "model": refine,
-            "radius": refine_radius,
-            "accepted": int(moves["accepted"].sum()),
-            "moves_um": moves.to_dict(orient="records"),
-        }
-    if report is not None:
-        report.parent.mkdir(parents=True, exist_ok=True)
-        if qc:
-            from bridge_xr.report.registration_qc import registration_qc
-
-            rep["qc_figures"] = registration_qc(store, name, report.with_suffix(""))
-        report.write_text(
-            json.dumps({"name": name, "fixed": fixed, "moving": moving, **rep}, indent=2)
-        )
+    rec, rep = register_with_report(
+        store, fixed=fixed, moving=moving, landmarks=read_csv(landmarks),
+        model=model.value, name=name, kernel=kernel.value, smoothing=smoothing,  # type: ignore[arg-type]
+        field_spacing_um=parse_length_um(field_spacing) if field_spacing else None,
+        overwrite=overwrite, tre_map=tre_map, fle_um=fle, current=current,
+        refine=None if refine is None else Refinement(
+            model=refine, radius_um=parse_length_um(refine_radius),  # type: ignore[arg-type]
+            write_to=refined_landmarks,
+        ),
+        report=report, qc=qc,
+    )  # fmt: skip
     extra = (
         f", field error ≤ {rep['certified_max_error_um']:.3g} µm"
         if rep.get("certified_max_error_um") is not None
@@ -229,7 +184,7 @@ def compare_models(
     landmarks: Annotated[
         list[Path], typer.Option("--landmarks", help="landmark CSV (repeat: one per dataset)")
     ],
-    kernel: KernelOpt = "r",
+    kernel: KernelOpt = KernelChoice.r,
     smoothing: Smooth = 0.0,
     output: Annotated[
         Path, typer.Option("--output", help="folder for table, statistics and figure")
@@ -246,7 +201,7 @@ def compare_models(
         if p not in subject.images:
             raise InvalidInputError(f"no image {p!r} in {store}; `bridge info` lists them")
     datasets = {p.stem: read_csv(p) for p in landmarks}
-    per_lm, per_ds, omni, pairs = run(datasets, kernel=_kernel(kernel), smoothing=smoothing)  # type: ignore[arg-type]
+    per_lm, per_ds, omni, pairs = run(datasets, kernel=kernel.value, smoothing=smoothing)  # type: ignore[arg-type]
     output.mkdir(parents=True, exist_ok=True)
     per_lm.to_csv(output / "loo_tre_per_landmark.csv", index=False)
     per_ds.to_csv(output / "models.csv", index=False)
@@ -310,8 +265,8 @@ def inter_rater(
     fixed: Fixed,
     moving: Moving,
     landmarks: Annotated[list[Path], typer.Option("--landmarks", help="one CSV per rater (two)")],
-    model: Annotated[str, typer.Option("--model")] = "tps",
-    kernel: KernelOpt = "r",
+    model: ModelOpt = ModelChoice.tps,
+    kernel: KernelOpt = KernelChoice.r,
     report: Annotated[Path | None, typer.Option("--report")] = None,
 ) -> None:
     """Distance between two raters' registrations on the paper's 50x50-per-slice grid and a dense grid."""
@@ -322,7 +277,7 @@ def inter_rater(
         raise InvalidInputError("inter-rater needs exactly two --landmarks files (one per rater)")
     result = run(
         store, moving=moving, landmark_sets=[read_csv(p) for p in landmarks],
-        model=model, kernel=_kernel(kernel),  # type: ignore[arg-type]
+        model=model.value, kernel=kernel.value,  # type: ignore[arg-type]
     )  # fmt: skip
     paper, dense = result["grid_50x50_per_slice"], result["dense_grid"]
     if report is not None:

@@ -13,22 +13,9 @@ from bridge_xr_cli._common import Via, handle_errors, level_progress, out
 
 def _spacing(text: str | None) -> tuple[float, float, float] | None:
     """``25um,25um,100um`` (x, y, z) -> (z, y, x) in µm."""
-    from bridge_xr.model.units import conversion_factor, parse_length
+    from bridge_xr.model.units import parse_spacing_um
 
-    if text is None:
-        return None
-    parts = [p for p in text.split(",") if p.strip()]
-    if len(parts) == 1:
-        parts = parts * 3
-    if len(parts) != 3:
-        raise InvalidInputError(
-            f"--spacing takes one or three lengths (x,y,z), e.g. 25um,25um,100um; got {text!r}"
-        )
-    um = []
-    for p in parts:
-        v, u = parse_length(p, default_unit="um")
-        um.append(v * conversion_factor(u, "micrometer"))
-    return (um[2], um[1], um[0])
+    return None if text is None else parse_spacing_um(text)
 
 
 @handle_errors
@@ -139,14 +126,13 @@ def group_slices(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Average consecutive z-slices to an MRI slice thickness (the paper's 2P grouping step)."""
-    from bridge_xr.model.units import conversion_factor, parse_length
+    from bridge_xr.model.units import parse_length_um
     from bridge_xr.resampling.reslice import group_slices as run
 
-    v, u = parse_length(thickness, default_unit="um")
     rep = run(
         store,
         image=image,
-        thickness_um=v * conversion_factor(u, "micrometer"),
+        thickness_um=parse_length_um(thickness),
         image_out=image_out,
         overwrite=overwrite,
     )

@@ -57,9 +57,9 @@ def test_imagej_calibration_is_read(tmp_path) -> None:
 def test_uncalibrated_stack_is_refused_unless_options_given(tmp_path) -> None:
     path = tmp_path / "raw.tif"
     tifffile.imwrite(path, STACK)
-    with pytest.raises(InvalidInputError, match="--pixel-size"):
+    with pytest.raises(InvalidInputError, match="`pixel_size`"):
         read_tiff(path)
-    with pytest.raises(InvalidInputError, match="--z-step"):
+    with pytest.raises(InvalidInputError, match="`z_step`"):
         read_tiff(path, pixel_size_um=1.2)
     store = tmp_path / "s.ome.zarr"
     meta = convert_microscopy(

@@ -123,7 +123,7 @@ def test_lif_images_match_liffile_with_voxel_sizes_from_the_dimensions(tmp_path)
 
 def test_lif_without_voxel_size_and_truncated_are_refused(tmp_path) -> None:
     f = write_lif(tmp_path / "n.lif", [("S", _stack(shape=(1, 2, 8, 8)), None)])
-    with pytest.raises(Exception, match="--pixel-size"):
+    with pytest.raises(Exception, match="`pixel_size`"):
         read_lif(f)
     img, _ = read_lif(f, pixel_size_um=1.5, z_step_um=3.0)
     assert img.attrs["spacing"] == pytest.approx({"z": 3.0, "y": 1.5, "x": 1.5})

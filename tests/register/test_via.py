@@ -58,7 +58,7 @@ def bridge(*args):
 
 
 def test_two_registrations_of_one_pair_are_refused_and_chosen_by_via(store) -> None:
-    with pytest.raises(InvalidInputError, match=r"2 chains.*\[reg_a\].*\[reg_b\].*--via"):
+    with pytest.raises(InvalidInputError, match=r"2 chains.*\[reg_a\].*\[reg_b\].*`via`"):
         path_between(store, TWOP, MRI)
     pts = np.array([[50.0, 60.0, 20.0], [120.0, 10.0, 30.0]])
     for name, shift in (("reg_a", SHIFT_A), ("reg_b", SHIFT_B)):
