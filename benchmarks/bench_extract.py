@@ -109,7 +109,7 @@ def build(workdir: Path, size_gib: float) -> Path:
 def case_bridge(store: Path, out: Path) -> dict[str, Any]:
     import dask
 
-    from bridge_xr.extract.footprint import density
+    from bridge_xr.extract.density import density
 
     t0 = time.perf_counter()
     ds = density(str(store), microscopy="twop/mask", mri="mri/T2w")

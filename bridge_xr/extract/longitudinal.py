@@ -22,11 +22,11 @@ import pandas as pd
 import SimpleITK as sitk
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.footprint import density
+from bridge_xr.extract.density import density
 from bridge_xr.extract.study import SessionPlan, plan_subject
 from bridge_xr.extract.tables import channel_name
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor

@@ -26,9 +26,10 @@ import pandas as pd
 
 from bridge_xr._constants import SCANNER_RAS
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.footprint import Method, density
+from bridge_xr.extract.density import density
+from bridge_xr.extract.footprint import Method
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.io.study import subject_name
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image

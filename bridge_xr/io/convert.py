@@ -14,7 +14,7 @@ import zarr
 from bridge_xr._constants import SCANNER_RAS
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
-from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.io.subject import add_image, check_image_path, read_subject
 from bridge_xr.model.image import spatial_dims
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, NiftiInfo, Provenance
@@ -180,7 +180,7 @@ def convert_microscopy(
 
     ``scene``: the CZI scene or LIF image (series) index when the file holds several.
     """
-    from bridge_xr.io.ome_zarr import plan_storage
+    from bridge_xr.io._plan import plan_storage
     from bridge_xr.io.tiff import read_tiff
 
     path = check_image_path(image_path)

@@ -31,7 +31,9 @@ from bridge_xr.io._store import (
     key_exists,
     resolve_store,
 )
-from bridge_xr.io.ome_zarr import Method, _publish_group_attrs, ome_block, write_multiscale
+from bridge_xr.io.downsample import Method
+from bridge_xr.io.ome_zarr import _publish_group_attrs, write_multiscale
+from bridge_xr.io.read import ome_block
 from bridge_xr.model.coords import CoordinateSystem, check_edge_units, spatial_system
 from bridge_xr.model.image import spatial_dims
 from bridge_xr.model.metadata import ImageMetadata, Provenance, SubjectMetadata

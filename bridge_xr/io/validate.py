@@ -13,7 +13,7 @@ import zarr
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.convert import _discover
-from bridge_xr.io.ome_zarr import ome_block
+from bridge_xr.io.read import ome_block
 from bridge_xr.io.subject import read_subject
 
 

@@ -32,9 +32,10 @@ import pandas as pd
 
 from bridge_xr._constants import tre_map_path
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.footprint import Method, density
+from bridge_xr.extract.density import density
+from bridge_xr.extract.footprint import Method
 from bridge_xr.io._store import resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.study import subject_name, subject_stores
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance

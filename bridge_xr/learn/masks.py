@@ -23,7 +23,7 @@ def read_mask(text: str) -> tuple[np.ndarray, tuple[float, float, float]]:
     """A (z, y, x) array and its voxel spacing in µm, from NIfTI or ``store.zarr/image``."""
     parts = split_store_path(text)
     if parts is not None:
-        from bridge_xr.io.ome_zarr import read_image
+        from bridge_xr.io.read import read_image
 
         img: Any = read_image(parts[0], parts[1])
     elif text.endswith((".nii", ".nii.gz")):

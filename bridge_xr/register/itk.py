@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.scene.chains import model_from_record

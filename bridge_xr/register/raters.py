@@ -10,7 +10,7 @@ import pandas as pd
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.model.image import physical_extent, um_factor
 from bridge_xr.model.pointmaps import Kernel, ModelName
 from bridge_xr.register.accuracy import grid_points, inter_rater_rmse_um

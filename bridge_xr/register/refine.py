@@ -19,7 +19,7 @@ import SimpleITK as sitk
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.model.pointmaps import LinearModel, fit
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.landmarks import arrays, validate

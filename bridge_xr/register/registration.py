@@ -15,7 +15,7 @@ import pandas as pd
 
 from bridge_xr._constants import tre_map_path
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image, physical_extent, um_factor
 from bridge_xr.model.metadata import ImageMetadata, Landmark, LandmarkSet, Provenance, Registration

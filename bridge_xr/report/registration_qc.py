@@ -95,7 +95,7 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     import matplotlib.pyplot as plt
 
     from bridge_xr.io._store import resolve_store
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
     from bridge_xr.io.subject import read_subject
     from bridge_xr.model.image import physical_extent
     from bridge_xr.model.units import conversion_factor

@@ -20,7 +20,7 @@ from scipy.ndimage import map_coordinates
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.model.grid import Grid, target_grid
 from bridge_xr.model.image import make_image
 from bridge_xr.model.pointmaps import Model, ThinPlateSpline

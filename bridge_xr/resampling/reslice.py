@@ -12,7 +12,8 @@ import numpy as np
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
-from bridge_xr.io.ome_zarr import _downsample, read_image
+from bridge_xr.io.downsample import _downsample
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.grid import Grid
 from bridge_xr.model.image import make_image, physical_extent

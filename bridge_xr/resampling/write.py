@@ -94,7 +94,12 @@ def resample_into(
         ),
     )
     add_image(
-        where, img, meta, overwrite=overwrite, method="mode" if labels else "mean", progress=progress
+        where,
+        img,
+        meta,
+        overwrite=overwrite,
+        method="mode" if labels else "mean",
+        progress=progress,
     )
     if errs is not None:
         add_image(

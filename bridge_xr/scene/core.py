@@ -19,7 +19,7 @@ from zarr.abc.store import Store
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, hold_cache, invalidate, resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.metadata import (
     ImageMetadata,

@@ -8,7 +8,7 @@ from bridge_xr._constants import INTRINSIC
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, key_exists, resolve_store
 from bridge_xr.io.convert import _discover
-from bridge_xr.io.ome_zarr import open_group, read_image, read_multiscale_info
+from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.io.subject import read_subject, scene_transforms
 from bridge_xr.model.image import physical_extent
 from bridge_xr.scene.chains import candidate_chains, chain_names

@@ -24,7 +24,8 @@ import xarray as xr
 from bridge_xr._constants import INTRINSIC, field_path
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
-from bridge_xr.io.ome_zarr import intrinsic_system, read_image, write_multiscale
+from bridge_xr.io.ome_zarr import intrinsic_system, write_multiscale
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import publish_subject, read_subject, scene_systems, scene_transforms
 from bridge_xr.model.coords import check_edge_units
 from bridge_xr.model.image import physical_extent, spatial_dims, um_factor

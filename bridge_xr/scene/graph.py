@@ -27,7 +27,7 @@ import zarr
 from bridge_xr._constants import INTRINSIC
 from bridge_xr.errors import BridgeXRError, InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
-from bridge_xr.io.ome_zarr import _legacy_io, _pick_intrinsic, ome_block, open_group
+from bridge_xr.io.read import _legacy_io, _pick_intrinsic, ome_block, open_group
 from bridge_xr.io.subject import _root_attrs, read_subject
 from bridge_xr.model.coords import CoordinateSystem
 from bridge_xr.model.metadata import Registration, SubjectMetadata
@@ -209,7 +209,7 @@ class TransformGraph:
 
     def _bind(self, t: Transform) -> Transform:
         """Load what a transform keeps in arrays (fields, matrices by path)."""
-        from bridge_xr.io.ome_zarr import read_image
+        from bridge_xr.io.read import read_image
 
         if isinstance(t, Displacements | Coordinates):
             img = read_image(self.store, t.path)

@@ -247,7 +247,7 @@ def _registration(study: Any, report: Path) -> dict[str, Any]:
 
 
 def _resample(study: Any, report: Path) -> dict[str, Any]:
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
     from bridge_xr.io.subject import add_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
     from bridge_xr.report.registration_qc import registration_qc
@@ -318,7 +318,7 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     g_rho, _ = run_test(low, response="mri_z", by="fraction_glioma", test="spearman")
     exact_vs_resliced = None
     if compare_exact:
-        from bridge_xr.extract.footprint import density
+        from bridge_xr.extract.density import density
 
         kw = {"microscopy": "twophoton/d060/angiogram", "mri": mri, "threshold": 1000.0}
         ex = density(study.store, method="exact", **kw)  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ def filter_(
 ) -> None:
     """Keep vessels at least --min-diameter wide (exact Euclidean opening, physical units)."""
     from bridge_xr.extract.tables import write_on_grid_of
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
     from bridge_xr.learn.vessels import local_diameter, open_by_diameter
     from bridge_xr.model.units import conversion_factor
 
@@ -244,7 +244,7 @@ def predict(
     import numpy as np
 
     from bridge_xr.extract.tables import write_on_grid_of
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
     from bridge_xr.learn import nnunet
     from bridge_xr.model.units import conversion_factor
 

@@ -54,7 +54,7 @@ def landmarks_import(
 
     df = import_landmarks(list(files))
     if store is not None:
-        from bridge_xr.io.ome_zarr import read_image
+        from bridge_xr.io.read import read_image
 
         if not (fixed_image and moving_image):
             raise InvalidInputError("--store needs --fixed-image and --moving-image")

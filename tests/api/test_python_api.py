@@ -31,11 +31,13 @@ def test_a_scene_shows_its_images_with_physical_coordinates(study: PhantomStudy)
     scene = bx.open_scene(study.store)
     assert set(scene) == {MRI, "invivo_mri/d060/T2star", TWOP, GLIOMA}
     t2w = scene[MRI]
-    assert isinstance(t2w, xr.DataArray) and t2w.chunks is not None  # lazy (dask)
+    assert isinstance(t2w, xr.DataArray)
+    assert t2w.chunks is not None
     sp = t2w.attrs["spacing"]
     np.testing.assert_allclose(np.diff(t2w.x.values), sp["x"])  # coordinates are physical
     text = repr(scene)
-    assert MRI in text and "registrations" in text
+    assert MRI in text
+    assert "registrations" in text
     assert "<table>" in scene._repr_html_()
     with pytest.raises(KeyError, match="no image 'nope'"):
         scene["nope"]
@@ -50,7 +52,8 @@ def test_register_map_points_and_resample_in_python(study: PhantomStudy) -> None
     rec = scene.add_registration(
         reg, fixed=MRI, moving=TWOP, name="2p_to_mri", landmarks=None, overwrite=True
     )
-    assert rec.model == "tps" and rec.certified_max_error_um is not None
+    assert rec.model == "tps"
+    assert rec.certified_max_error_um is not None
     # the same as the one-call verb, which also keeps landmarks and an accuracy report
     rec2, report = bx.register.register(
         scene, fixed=MRI, moving=GLIOMA, landmarks=lm, model="tps", name="glioma_to_mri",
@@ -70,7 +73,8 @@ def test_register_map_points_and_resample_in_python(study: PhantomStudy) -> None
     np.testing.assert_allclose(scene.map_points(q, src=TWOP, dst=MRI), got[["z", "y", "x"]])
     # resampling: lazy DataArray on the MRI grid, written back through the scene
     out = bx.resample(scene, moving=TWOP, onto=MRI, via=["2p_to_mri"])
-    assert out.shape == scene[MRI].shape and out.chunks is not None
+    assert out.shape == scene[MRI].shape
+    assert out.chunks is not None
     assert out.attrs["resample"]["chain"] == ["2p_to_mri"]
     meta = scene.write_image(out, "registered/d060/angiogram", overwrite=True)
     assert meta.provenance.parameters["chain"] == ["2p_to_mri"]
@@ -80,7 +84,8 @@ def test_register_map_points_and_resample_in_python(study: PhantomStudy) -> None
         scene, moving=TWOP, onto=MRI, image="registered/d060/angiogram_qc", via="2p_to_mri"
     )
     qc = meta.provenance.parameters["block_error_image"]
-    assert qc in scene and float(scene[qc].max()) == pytest.approx(
+    assert qc in scene
+    assert float(scene[qc].max()) == pytest.approx(
         meta.provenance.parameters["certified_max_error_um"]
     )
 

@@ -285,7 +285,7 @@ def test_labels_image_converts_with_mode_pyramid_and_validates(tmp_path) -> None
         "5um",
     )
     assert r.exit_code == 0, r.output
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
 
     lvl1 = read_image(str(store), "masks/d060/analysis", level=1).values
     assert set(np.unique(lvl1)) == {0, 3, 7}  # a mean would have invented new label values

@@ -7,7 +7,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr_cli import _common
 from bridge_xr_cli.main import app
 

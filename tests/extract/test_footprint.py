@@ -10,7 +10,8 @@ import pytest
 from scipy.spatial.transform import Rotation
 from zarr.storage import MemoryStore
 
-from bridge_xr.extract.footprint import _KUHN, clip_tets, density
+from bridge_xr.extract._kuhn import _KUHN, clip_tets
+from bridge_xr.extract.density import density
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance

@@ -15,14 +15,10 @@ import zarr
 from scipy import stats
 from zarr.storage import MemoryStore, WrapperStore
 
-from bridge_xr.io.ome_zarr import (
-    normalise_version,
-    plan_storage,
-    read_image,
-    read_multiscale,
-    store_shard_aligned,
-    write_multiscale,
-)
+from bridge_xr.io._plan import plan_storage
+from bridge_xr.io.downsample import store_shard_aligned
+from bridge_xr.io.ome_zarr import write_multiscale
+from bridge_xr.io.read import normalise_version, read_image, read_multiscale
 from bridge_xr.io.validate import validate_group
 
 rng = np.random.default_rng(7)

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from bridge_xr.io.convert import convert_mri
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.testing.formats import rotation, write_paravision
 from bridge_xr_cli.main import app

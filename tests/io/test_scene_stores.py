@@ -10,7 +10,7 @@ from zarr.storage import LocalStore, MemoryStore, WrapperStore
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import key_exists, resolve_store
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.coords import RAS_ORIENTATION, spatial_system

@@ -10,7 +10,7 @@ import tifffile
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io.convert import convert_microscopy
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.tiff import read_tiff
 from bridge_xr.io.validate import validate_store
 

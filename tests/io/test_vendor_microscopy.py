@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from bridge_xr.io.convert import convert_microscopy
 from bridge_xr.io.czi import read_czi
 from bridge_xr.io.lif import read_lif
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.io.validate import validate_store
 from bridge_xr.testing.formats import write_czi, write_lif

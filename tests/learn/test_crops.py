@@ -8,7 +8,7 @@ import pytest
 from scipy.interpolate import RegularGridInterpolator
 from typer.testing import CliRunner
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.learn.dataset import _auto_crops, tre_on_grid
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.landmarks import read_csv

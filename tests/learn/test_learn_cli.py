@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 from zarr.storage import LocalStore
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image
 from bridge_xr.learn.metrics import evaluate
 from bridge_xr.model.image import make_image

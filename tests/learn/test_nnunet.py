@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.learn.dataset import Case, group_splits
 from bridge_xr.testing.phantom import PhantomConfig

@@ -7,7 +7,7 @@ import pandas as pd
 from typer.testing import CliRunner
 from zarr.storage import LocalStore
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.image import make_image

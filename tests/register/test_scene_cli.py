@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.model.image import physical_extent

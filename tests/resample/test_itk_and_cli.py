@@ -8,7 +8,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from bridge_xr.io.ome_zarr import read_image
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.io.validate import validate_store
 from bridge_xr.scene.chains import model_from_record

@@ -201,6 +201,6 @@ def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None
 
 
 def read_image_of(store):
-    from bridge_xr.io.ome_zarr import read_image
+    from bridge_xr.io.read import read_image
 
     return read_image(store, "mri/T2w")
