@@ -2,7 +2,7 @@
 
 Cases (each in its own process, so peak RSS is its own):
 
-* ``bridge_xr``     : ``bridge_xr.extract.density`` — exact footprint fractions (here the
+* ``bridge_xr``     : ``bridge_xr.extract.densities`` — exact footprint fractions (here the
                       registration is axis-aligned with a non-integer offset, so the separable
                       exact path runs), lazily, dask threads;
 * ``sitk-paper``    : what the paper did with Slicer + Fiji, in SimpleITK: the whole mask read into
@@ -109,7 +109,7 @@ def build(workdir: Path, size_gib: float) -> Path:
 def case_bridge(store: Path, out: Path) -> dict[str, Any]:
     import dask
 
-    from bridge_xr.extract.density import density
+    from bridge_xr.extract.densities import density
 
     t0 = time.perf_counter()
     ds = density(str(store), microscopy="twop/mask", mri="mri/T2w")

@@ -99,7 +99,7 @@ def build(workdir: Path, size_gib: float) -> Path:
 
 @contextmanager
 def _only(store: Path, name: str) -> Iterator[Any]:
-    """bridge_xr.resampling.resample with the registration graph reduced to registration ``name``."""
+    """bridge_xr.resampling.blockwise with the registration graph reduced to registration ``name``."""
     from bridge_xr.io.subject import read_subject
     from bridge_xr.resampling import resample as core
 

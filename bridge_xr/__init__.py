@@ -36,7 +36,7 @@ __getattr__, __dir__, _public = attach(
         "Scene": "scene.core",
         "open_scene": "scene.core",
         "TransformGraph": "scene.graph",
-        "resample": "resampling.resample",
+        "resample": "resampling.blockwise",
         "resample_into": "resampling.write",
     },
     submodules=(

@@ -14,7 +14,7 @@ from bridge_xr._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "density": "density",
+        "density": "densities",
         "table": "tables",
         "extract_table": "tables",
         "write_table": "tables",

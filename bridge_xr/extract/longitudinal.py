@@ -22,7 +22,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.density import density
+from bridge_xr.extract.densities import density
 from bridge_xr.extract.study import SessionPlan, plan_subject
 from bridge_xr.extract.tables import channel_name
 from bridge_xr.io._store import StoreLike, resolve_store
@@ -158,7 +158,7 @@ def longitudinal_table(
     growth_bins: Sequence[float] = GROWTH_BINS,
 ) -> pd.DataFrame:
     """Per-voxel values of every session on the first session's grid, with changes per day."""
-    from bridge_xr.resampling.resample import resample
+    from bridge_xr.resampling.blockwise import resample
 
     st = resolve_store(store)
     thresholds = dict(thresholds or {})

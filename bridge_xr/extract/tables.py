@@ -26,7 +26,7 @@ import pandas as pd
 
 from bridge_xr._constants import SCANNER_RAS
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.density import density
+from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info

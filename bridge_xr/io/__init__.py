@@ -15,9 +15,9 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "resolve_store": "_store",
-        "read_image": "ome_zarr",
+        "read_image": "read",
         "write_multiscale": "ome_zarr",
-        "read_multiscale": "ome_zarr",
+        "read_multiscale": "read",
         "add_image": "subject",
         "read_subject": "subject",
         "convert_mri": "convert",

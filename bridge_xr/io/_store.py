@@ -96,6 +96,11 @@ def resolve_store(
     storage_options : dict, optional
         Passed to fsspec for URLs. For ``s3://`` the endpoint is taken from
         ``BRIDGE_XR_S3_ENDPOINT`` / ``AWS_ENDPOINT_URL`` when not given.
+
+    Examples
+    --------
+    >>> type(resolve_store("memory://example")).__name__
+    'FsspecStore'
     """
     if isinstance(where, HasStore) and not isinstance(where, Store):
         return where.store  # a Scene: its own store (and metadata cache), as it was opened

@@ -71,6 +71,37 @@ def convert_mri(
 
     ``series``: the DICOM SeriesInstanceUID, or the ParaVision scan ``E/P`` (scan/reconstruction)
     when the folder holds several.
+
+    Parameters
+    ----------
+    source : path
+        ``.nii``/``.nii.gz``, a DICOM folder, or a ParaVision study/scan folder.
+    where : str, path or zarr store
+        The subject store.
+    image_path : str
+        Image path in the store, e.g. ``invivo_mri/d060/T2w``.
+    overwrite : bool
+        Replace an image at the same path.
+    series : str, optional
+        DICOM SeriesInstanceUID or ParaVision ``E/P`` when the folder holds several.
+    storage_options : dict, optional
+        fsspec options for URLs.
+    progress : callable, optional
+        ``progress(levels_done, levels_total)``.
+
+    Returns
+    -------
+    ImageMetadata
+        With the scanner geometry (``scanner_ras`` system) and, from NIfTI, the header to restore.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np, nibabel as nib
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> nib.save(nib.Nifti1Image(np.zeros((8, 8, 4), np.int16), np.diag([0.1, 0.1, 0.4, 1])),
+    ...          tmp / "T2w.nii.gz")
+    >>> convert_mri(tmp / "T2w.nii.gz", tmp / "M.ome.zarr", "invivo_mri/d1/T2w").modality
+    'mri'
     """
     from bridge_xr.io.bruker import is_paravision, read_paravision
     from bridge_xr.io.dicom import read_dicom_series
@@ -179,6 +210,46 @@ def convert_microscopy(
     """Convert a TIFF/OME-TIFF stack, a Zeiss CZI or a Leica LIF into the store, lazily.
 
     ``scene``: the CZI scene or LIF image (series) index when the file holds several.
+
+    Parameters
+    ----------
+    source : path
+        ``.tif``/``.ome.tif``, ``.czi`` or ``.lif``.
+    where : str, path or zarr store
+        The subject store.
+    image_path : str
+        Image path in the store, e.g. ``twophoton/d060/angiogram``.
+    pixel_size, z_step : str, optional
+        Lengths with units (``"1.1838um"``) when the file's metadata lacks them.
+    channel_names : tuple of str, optional
+        Names of the channels (default: from the file).
+    modality : str, optional
+        Default: from the file type.
+    labels : bool
+        A label image (mode pyramid).
+    overwrite : bool
+        Replace an image at the same path.
+    chunks, shards, compressor
+        Storage.
+    storage_options : dict, optional
+        fsspec options for URLs.
+    progress : callable, optional
+        ``progress(levels_done, levels_total)``.
+    scene : int, optional
+        CZI scene / LIF image index when the file holds several.
+
+    Returns
+    -------
+    ImageMetadata
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np, tifffile
+    >>> tmp = pathlib.Path(tempfile.mkdtemp())
+    >>> tifffile.imwrite(tmp / "a.tif", np.zeros((3, 8, 8), np.uint16), imagej=True,
+    ...                  resolution=(1 / 1.2, 1 / 1.2), metadata={"spacing": 5.0, "unit": "um"})
+    >>> convert_microscopy(tmp / "a.tif", tmp / "M.ome.zarr", "twophoton/d1/a").modality
+    'twophoton'
     """
     from bridge_xr.io._plan import plan_storage
     from bridge_xr.io.tiff import read_tiff
@@ -285,7 +356,31 @@ def export_nifti(
     *,
     storage_options: dict[str, Any] | None = None,
 ) -> Path:
-    """Write an image (level 0) as NIfTI; MRI converted from NIfTI gets its own header back."""
+    """Write an image (level 0) as NIfTI; MRI converted from NIfTI gets its own header back.
+
+    Parameters
+    ----------
+    where : str, path, zarr store or Scene
+        The subject store.
+    image_path : str
+        The image to export.
+    output : path
+        ``.nii`` or ``.nii.gz``.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> out = export_nifti(tiny_scene(), "mri", pathlib.Path(tempfile.mkdtemp()) / "mri.nii.gz")
+    >>> out.name
+    'mri.nii.gz'
+    """
     from bridge_xr.io.nifti import write_nifti
 
     out = Path(output)
@@ -323,6 +418,30 @@ def export_ome_zarr_05(
 
     For viewers without RFC-5 support. The image is written at the root of ``output``;
     an axis-aligned ``scanner_ras`` affine (diagonal) is baked into the scale/translation.
+
+    Parameters
+    ----------
+    where : str, path, zarr store or Scene
+        The subject store.
+    image_path : str
+        The image to export.
+    output : str, path or zarr store
+        A new store.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    str
+        The output store's name.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> out = export_ome_zarr_05(tiny_scene(), "mri", pathlib.Path(tempfile.mkdtemp()) / "mri.zarr")
+    >>> out.endswith("mri.zarr")
+    True
     """
     src = resolve_store(where, read_only=True, storage_options=storage_options)
     dst = resolve_store(output, storage_options=storage_options)

@@ -123,6 +123,53 @@ def write_multiscale(
     """Write one multiscale image group at ``path`` (arrays first, group metadata last).
 
     ``progress`` is an optional callable ``progress(level_index, n_levels)``.
+
+    Parameters
+    ----------
+    store : str, path, zarr store or Scene
+        Where to write.
+    path : str
+        Group path of the image.
+    data : dask or numpy array
+        Pixels, dims as ``dims``.
+    dims : sequence of str
+        Subset of ``t, c, z, y, x`` in array order.
+    spacing, origin : mapping axis -> float
+        Voxel size and first voxel centre, in ``unit``.
+    unit : str
+        Length unit.
+    extra_systems : sequence of (CoordinateSystem, Transform)
+        More coordinate systems of the image.
+    bridge_attrs : mapping, optional
+        The image's ``bridge_xr`` block.
+    method : {'mean', 'mode'}
+        Pyramid reduction.
+    kind : str
+        ``image``, ``labels`` or ``displacements``.
+    levels : int, optional
+        Pyramid levels (default: down to about one shard).
+    chunks, shards : mapping axis -> int, optional
+        Chunk and shard shapes (``shards=False``: unsharded).
+    compressor : str
+        ``blosc-zstd`` or ``zstd``.
+    extra_ome : mapping, optional
+        More keys of the ``ome`` block.
+    progress : callable, optional
+        ``progress(levels_done, levels_total)``.
+
+    Returns
+    -------
+    StoragePlan
+        The levels, chunks and shards written.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zarr.storage import MemoryStore
+    >>> plan = write_multiscale(MemoryStore(), "img", np.zeros((4, 64, 64), np.uint16), dims="zyx",
+    ...                         spacing={"z": 5.0, "y": 1.0, "x": 1.0}, unit="micrometer", levels=2)
+    >>> [lv.shape for lv in plan.levels]
+    [(4, 64, 64), (4, 32, 32)]
     """
     store = resolve_store(store)
     invalidate(store)

@@ -285,7 +285,25 @@ def _read_image(store: Store, path: str, level: int) -> xr.DataArray:
 
 
 def read_multiscale(store: Store | str, path: str) -> xr.DataTree:
-    """Every level of an image as an :class:`xarray.DataTree` (children ``s0``, ``s1`` ...)."""
+    """Every level of an image as an :class:`xarray.DataTree` (children ``s0``, ``s1`` ...).
+
+    Parameters
+    ----------
+    store : str, path, zarr store or Scene
+        The subject store.
+    path : str
+        Image path.
+
+    Returns
+    -------
+    xarray.DataTree
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> sorted(read_multiscale(tiny_scene().store, "mri").children)
+    ['s0']
+    """
     group = open_group(store, path)
     info = read_multiscale_info(group)
     children = {}

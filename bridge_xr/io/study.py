@@ -12,7 +12,25 @@ from bridge_xr.io.subject import read_subject
 
 
 def subject_name(store: Any, where: StoreLike) -> str:
-    """The subject's name: its metadata, else the store's file name without ``.ome.zarr``."""
+    """The subject's name: its metadata, else the store's file name without ``.ome.zarr``.
+
+    Parameters
+    ----------
+    store : zarr store
+        The opened subject store.
+    where : str or path
+        How the user named it (its file name is the fallback).
+
+    Returns
+    -------
+    str
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> subject_name(tiny_scene().store, "/data/study/M001.ome.zarr")
+    'M001'
+    """
     meta = read_subject(store)
     if meta.subject:
         return meta.subject
@@ -21,7 +39,31 @@ def subject_name(store: Any, where: StoreLike) -> str:
 
 
 def subject_stores(study: str | Path) -> list[Path]:
-    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted."""
+    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted.
+
+    Parameters
+    ----------
+    study : str or path
+        The study folder.
+
+    Returns
+    -------
+    list of Path
+
+    Raises
+    ------
+    InvalidInputError
+        No such folder, or no subject store in it.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> for s in ("M002.ome.zarr", "M001.ome.zarr", "notes"):
+    ...     (root / s).mkdir()
+    >>> [p.name for p in subject_stores(root)]
+    ['M001.ome.zarr', 'M002.ome.zarr']
+    """
     root = Path(study)
     if not root.is_dir():
         raise InvalidInputError(f"study folder {str(root)!r} does not exist")

@@ -64,7 +64,23 @@ def _read_root_attrs(store: Store) -> dict[str, Any]:
 
 
 def read_subject(store: StoreLike) -> SubjectMetadata:
-    """The ``bridge_xr`` block of a subject store (empty when the store is new)."""
+    """The ``bridge_xr`` block of a subject store (empty when the store is new).
+
+    Parameters
+    ----------
+    store : str, path, zarr store or Scene
+        The subject store.
+
+    Returns
+    -------
+    SubjectMetadata
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> sorted(read_subject(tiny_scene()).images)
+    ['micro', 'mri']
+    """
     block = _root_attrs(store).get(ATTRS_KEY)
     return SubjectMetadata() if block is None else SubjectMetadata.model_validate(block)
 
@@ -157,6 +173,44 @@ def add_image(
     """Write ``image`` into the subject store at ``meta.path`` and register it in the scene.
 
     Nothing is left behind when it fails: a new store is removed, a new image's keys deleted.
+
+    Parameters
+    ----------
+    where : str, path, zarr store or Scene
+        The subject store (created when new).
+    image : xarray.DataArray
+        A calibrated image (:func:`bridge_xr.model.image.make_image`, or a resample result).
+    meta : ImageMetadata
+        Path, modality, provenance ...
+    extra_systems : sequence of (CoordinateSystem, Transform)
+        More coordinate systems of the image (e.g. ``scanner_ras``).
+    overwrite : bool
+        Replace an image at the same path.
+    method : {'mean', 'mode'}
+        Pyramid reduction (``mode`` for labels).
+    levels, chunks, shards, compressor
+        Storage (see :func:`bridge_xr.io.write_multiscale`).
+    progress : callable, optional
+        ``progress(levels_done, levels_total)``.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    SubjectMetadata
+        The subject after the image was added.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from zarr.storage import MemoryStore
+    >>> from bridge_xr.model.image import make_image
+    >>> from bridge_xr.model.metadata import ImageMetadata, Provenance
+    >>> img = make_image(np.ones((2, 4, 4), np.uint8), dims="zyx", spacing=(5, 1, 1), unit="um")
+    >>> meta = ImageMetadata(path="twophoton/d1/angiogram", modality="twophoton",
+    ...                      provenance=Provenance.now("example"))
+    >>> sorted(add_image(MemoryStore(), img, meta).images)
+    ['twophoton/d1/angiogram']
     """
     store = resolve_store(where, storage_options=storage_options)
     path = check_image_path(meta.path)

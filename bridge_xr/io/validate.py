@@ -60,7 +60,33 @@ def validate_group(group: zarr.Group, *, model: str = "image") -> list[str]:
 
 
 def validate_store(where: StoreLike, *, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Validate the scene root and every image of a store; returns the problems found."""
+    """Validate the scene root and every image of a store; returns the problems found.
+
+    Parameters
+    ----------
+    where : str, path or zarr store
+        The store.
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    list of str
+        One line per problem; empty when every reader accepts the store.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, numpy as np
+    >>> from bridge_xr.io import add_image
+    >>> from bridge_xr.model.image import make_image
+    >>> from bridge_xr.model.metadata import ImageMetadata, Provenance
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "M.ome.zarr"
+    >>> img = make_image(np.zeros((2, 8, 8), np.uint8), dims="zyx", spacing=(2, 1, 1), unit="um")
+    >>> _ = add_image(path, img, ImageMetadata(path="a", modality="other",
+    ...                                        provenance=Provenance.now("x")))
+    >>> validate_store(path)
+    []
+    """
     store = resolve_store(where, read_only=True, storage_options=storage_options)
     subject = read_subject(store)
     paths = list(subject.images) or _discover(store)

@@ -32,7 +32,7 @@ import pandas as pd
 
 from bridge_xr._constants import tre_map_path
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.extract.density import density
+from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
 from bridge_xr.io._store import resolve_store
 from bridge_xr.io.read import read_image
@@ -147,7 +147,7 @@ def _export_grid(
     st: Any, mri: str, session: str, sequence: str, spacing_um: Sequence[float]
 ) -> str:
     """Resample the MRI onto the export grid once; link it to the MRI by an identity edge."""
-    from bridge_xr.resampling.resample import resample
+    from bridge_xr.resampling.blockwise import resample
 
     path = f"learn/{session}/{sequence}_grid"
     known = read_subject(st).images.get(path)

@@ -99,7 +99,27 @@ RAS_ORIENTATION = (
 def spatial_system(
     name: str, unit: str, orientation: tuple[Orientation, ...] | None = None
 ) -> CoordinateSystem:
-    """A z, y, x space coordinate system in ``unit``."""
+    """A z, y, x space coordinate system in ``unit``.
+
+    Parameters
+    ----------
+    name : str
+        System name (e.g. ``intrinsic``, ``scanner_ras``).
+    unit : str
+        Any length unit pint reads.
+    orientation : tuple of Orientation, optional
+        Anatomical orientation of the z, y, x axes.
+
+    Returns
+    -------
+    CoordinateSystem
+
+    Examples
+    --------
+    >>> cs = spatial_system("intrinsic", "um")
+    >>> [a.name for a in cs.axes], cs.spatial_unit
+    (['z', 'y', 'x'], 'micrometer')
+    """
     u = canonical_unit(unit)
     axes = tuple(
         Axis(name=n, type="space", unit=u, orientation=None if orientation is None else o)

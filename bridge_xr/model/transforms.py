@@ -507,6 +507,23 @@ def parse_transform(data: dict[str, Any], *, where: str = "") -> Transform:
     """Parse one transform from its OME-Zarr JSON (0.6 form); a malformed one is one clear line.
 
     ``where`` says where it was found (e.g. ``"scene of M001.ome.zarr"``) for the message.
+
+    Parameters
+    ----------
+    data : dict
+        One transformation as OME-Zarr 0.6 JSON (``{"type": "scale", ...}``).
+    where : str
+        Where it was found, for the error message.
+
+    Returns
+    -------
+    Transform
+
+    Examples
+    --------
+    >>> t = parse_transform({"type": "scale", "scale": [2.0, 1.0, 1.0]})
+    >>> t.transform_points([[1.0, 1.0, 1.0]]).tolist()
+    [[2.0, 1.0, 1.0]]
     """
     try:
         return _ADAPTER.validate_python(data)

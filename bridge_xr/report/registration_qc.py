@@ -100,7 +100,7 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     from bridge_xr.model.image import physical_extent
     from bridge_xr.model.units import conversion_factor
     from bridge_xr.register.accuracy import loo_residuals_um
-    from bridge_xr.resampling.resample import resample
+    from bridge_xr.resampling.blockwise import resample
 
     store = resolve_store(where)
     subject = read_subject(store)

@@ -14,9 +14,9 @@ from bridge_xr._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "resample": "resample",
-        "resample_through": "resample",
-        "block_errors": "resample",
+        "resample": "blockwise",
+        "resample_through": "blockwise",
+        "block_errors": "blockwise",
         "resample_into": "write",
         "reslice": "reslice",
         "group_slices": "reslice",

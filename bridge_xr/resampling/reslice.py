@@ -20,7 +20,7 @@ from bridge_xr.model.image import make_image, physical_extent
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, LandmarkSet, Provenance
 from bridge_xr.model.pointmaps import LinearModel
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.resampling.resample import resample_through
+from bridge_xr.resampling.blockwise import resample_through
 from bridge_xr.scene.edges import add_registration
 
 

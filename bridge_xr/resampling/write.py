@@ -11,7 +11,7 @@ from bridge_xr._constants import block_error_path
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.resampling.resample import Order, block_errors, resample
+from bridge_xr.resampling.blockwise import Order, block_errors, resample
 from bridge_xr.scene.chains import Via
 
 __all__ = ["resample_into"]

@@ -22,6 +22,6 @@ __getattr__, __dir__, __all__ = attach(
         "add_registration": "edges",
         "set_current": "edges",
         "using": "chains",
-        "describe": "describe",
+        "describe": "info",
     },
 )

@@ -252,7 +252,7 @@ class Scene(Mapping[str, xr.DataArray]):
     # -- display -------------------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Everything ``bridge info`` shows, as a dict."""
-        from bridge_xr.scene.describe import describe
+        from bridge_xr.scene.info import describe
 
         return describe(self)
 

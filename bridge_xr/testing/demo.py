@@ -121,7 +121,7 @@ def run_demo(
     """
     console_status: Status = status or (lambda text: contextlib.nullcontext())
     from bridge_xr.io.convert import export_nifti, export_ome_zarr_05
-    from bridge_xr.scene.describe import describe
+    from bridge_xr.scene.info import describe
     from bridge_xr.testing.phantom import PhantomConfig, phantom_summary
     from bridge_xr.testing.study import write_phantom_study
 
@@ -251,7 +251,7 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
     from bridge_xr.io.subject import add_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
     from bridge_xr.report.registration_qc import registration_qc
-    from bridge_xr.resampling.resample import resample
+    from bridge_xr.resampling.blockwise import resample
 
     fixed = "invivo_mri/d060/T2w"
     for ch in ("angiogram", "glioma"):
@@ -318,7 +318,7 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     g_rho, _ = run_test(low, response="mri_z", by="fraction_glioma", test="spearman")
     exact_vs_resliced = None
     if compare_exact:
-        from bridge_xr.extract.density import density
+        from bridge_xr.extract.densities import density
 
         kw = {"microscopy": "twophoton/d060/angiogram", "mri": mri, "threshold": 1000.0}
         ex = density(study.store, method="exact", **kw)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bridge_xr.scene.describe import describe
+from bridge_xr.scene.info import describe
 from bridge_xr_cli._common import fail, handle_errors, out
 
 

@@ -136,3 +136,31 @@ def test_a_scene_reads_its_metadata_once(study: PhantomStudy, tmp_path: Path) ->
     for _ in range(2):
         bx.io.read_subject(plain)
     assert plain.reads["zarr.json"] == 2
+
+
+PACKAGES = ["bridge_xr"] + [
+    f"bridge_xr.{p}"
+    for p in ("model", "io", "scene", "register", "resampling", "extract", "stats", "learn",
+              "report", "testing")
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("package", PACKAGES)
+def test_every_public_function_has_parameters_and_a_runnable_example(package: str) -> None:
+    import importlib
+    import inspect
+
+    mod = importlib.import_module(package)
+    missing = []
+    for name in mod.__all__:
+        obj = getattr(mod, name)
+        if package == "bridge_xr" and inspect.ismodule(obj):
+            continue
+        assert not inspect.ismodule(obj), f"{package}.{name} resolves to a module"
+        if not inspect.isfunction(obj):
+            assert inspect.getdoc(obj), f"{package}.{name} has no docstring"
+            continue
+        doc = inspect.getdoc(obj) or ""
+        need = ["Examples"] + (["Parameters"] if inspect.signature(obj).parameters else [])
+        missing += [f"{name}: {k}" for k in need if f"{k}\n--" not in doc]
+    assert not missing, missing

@@ -11,7 +11,7 @@ from scipy.spatial.transform import Rotation
 from zarr.storage import MemoryStore
 
 from bridge_xr.extract._kuhn import _KUHN, clip_tets
-from bridge_xr.extract.density import density
+from bridge_xr.extract.densities import density
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance

@@ -13,7 +13,7 @@ import SimpleITK as sitk
 from bridge_xr.io.convert import convert_mri, export_nifti
 from bridge_xr.io.read import read_image
 from bridge_xr.io.validate import validate_store
-from bridge_xr.scene.describe import describe
+from bridge_xr.scene.info import describe
 from bridge_xr.testing.formats import rotation as _rotation
 from bridge_xr.testing.formats import write_dicom_series
 

@@ -17,7 +17,7 @@ from bridge_xr.model.coords import RAS_ORIENTATION, spatial_system
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.model.transforms import Affine
-from bridge_xr.scene.describe import describe
+from bridge_xr.scene.info import describe
 
 rng = np.random.default_rng(3)
 

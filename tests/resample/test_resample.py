@@ -13,7 +13,7 @@ from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.register.registration import register
-from bridge_xr.resampling.resample import resample
+from bridge_xr.resampling.blockwise import resample
 from bridge_xr.scene.chains import model_from_record
 
 
@@ -161,7 +161,7 @@ def test_resampling_an_image_onto_its_own_space_upsamples_it() -> None:
 def test_block_error_map_bounds_the_actual_mapping_error_of_its_blocks() -> None:
     from bridge_xr.model.grid import target_grid
     from bridge_xr.resampling.blocks import map_block
-    from bridge_xr.resampling.resample import block_errors
+    from bridge_xr.resampling.blockwise import block_errors
 
     store = _store_with(np.zeros((40, 200, 200), np.float32), (2.0, 1.5, 1.5))
     rng = np.random.default_rng(1)

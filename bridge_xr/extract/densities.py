@@ -228,7 +228,7 @@ def resliced_sums(
     structure boundaries (microscopy voxel / MRI voxel), with no bias.
     """
     from bridge_xr.model.grid import Grid
-    from bridge_xr.resampling.resample import resample_through
+    from bridge_xr.resampling.blockwise import resample_through
 
     st = resolve_store(store)
     fp = plan_footprint(st, microscopy, mri)
