@@ -21,6 +21,6 @@ __getattr__, __dir__, __all__ = attach(
         "read_tables": "tables",
         "analysis_mask": "tables",
         "extract_study": "study",
-        "longitudinal_table": "longitudinal",
+        "run_longitudinal": "longitudinal",
     },
 )

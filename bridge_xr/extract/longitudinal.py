@@ -270,6 +270,43 @@ def run_longitudinal(
     """Register sessions to the first, build the longitudinal table, write it.
 
     ``via``: registration names preferred where several chains join an image to an MRI.
+
+    Parameters
+    ----------
+    store : Scene, str, path or zarr store
+        A subject imaged in several sessions.
+    output : str or path
+        Tables folder.
+    days : mapping session -> float, optional
+        Day of each session (default: read from names like ``d060``).
+    thresholds : mapping channel -> float, optional
+        Binarisation per channel.
+    metric : {'mi', 'ms', 'cc'}
+        Rigid session registration metric.
+    growth_channel : str
+        Channel whose growth per day is categorised.
+    growth_bins : sequence of float
+        Growth category edges (%/day).
+    overwrite : bool
+        Replace existing outputs.
+    via : str or list of str, optional
+        Preferred registration names.
+
+    Returns
+    -------
+    (DataFrame, list of dict, list of Path)
+        The table, the session registrations, the files written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing.phantom import PhantomConfig
+    >>> from bridge_xr.testing.study import write_longitudinal_study
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> s = write_longitudinal_study(root, config=PhantomConfig.tiny())
+    >>> df, regs, _ = run_longitudinal(s.store, root / "tables")
+    >>> sorted(df["session"].unique()), len(regs)
+    (['d060', 'd074'], 1)
     """
     plans = sorted(plan_subject(str(store)), key=lambda p: session_day(p.session, days))
     if len(plans) < 2:

@@ -85,6 +85,38 @@ def extract_study(
 
     ``via``: registration names preferred where several chains join an image to its MRI (each
     name applies to the chains it lies on); the names used go into the tables' provenance.
+
+    Parameters
+    ----------
+    study : str or path
+        Folder of subject stores.
+    output : str or path
+        Tables folder (Parquet, ``subject=/session=``).
+    thresholds : mapping channel -> float, optional
+        Binarisation per microscopy channel (``"*"``: all).
+    method : {'exact', 'resliced', 'bilinear'}
+        Density method.
+    bins : sequence of float
+        Density category edges.
+    overwrite : bool
+        Replace existing partitions.
+    via : str or list of str, optional
+        Preferred registration names.
+
+    Returns
+    -------
+    (list of SessionPlan, list of Path)
+        What was extracted, and the partitions written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = tiny_scene(registered=True, where=root / "study" / "M001.ome.zarr")
+    >>> plans, written = extract_study(root / "study", root / "tables", thresholds={"*": 100})
+    >>> [(p.subject, p.mri) for p in plans]
+    [('M001', 'mri')]
     """
     plans = [p for s in subject_stores(study) for p in plan_subject(s)]
     if not plans:

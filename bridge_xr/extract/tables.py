@@ -176,6 +176,42 @@ def analysis_mask(
     is at most ``vessel_max`` and no artefact label touches it; it is glioma when its tumour
     fraction is above 0. ``via``: registrations to map through where several chains join an
     image to the MRI (recorded in the mask's provenance with every registration used).
+
+    Parameters
+    ----------
+    store : Scene, str, path or zarr store
+        The subject.
+    mri : str
+        The MRI image whose grid the mask is on.
+    output : str
+        Label image path to write.
+    vessels, tumour : str, optional
+        Microscopy images of vessels and tumour.
+    vessel_threshold, tumour_threshold : float, optional
+        Binarise them above these intensities.
+    vessel_max : float
+        Largest vessel volume fraction kept (the paper: 5 %).
+    artefacts : sequence of str
+        Label images whose voxels are excluded.
+    min_coverage : float
+        Least covered fraction of a voxel kept.
+    nagm_output : str, optional
+        Also write the NAGM-only mask here.
+    overwrite, method, via
+        Replace outputs; density method; registration names.
+
+    Returns
+    -------
+    dict
+        Voxel counts per label.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> counts = analysis_mask(tiny_scene(registered=True), mri="mri", output="masks/analysis",
+    ...                        vessels="micro", vessel_threshold=100, vessel_max=1.0, min_coverage=0.5)
+    >>> sorted(counts)
+    ['excluded', 'glioma', 'nagm']
     """
     st = resolve_store(store)
     ref = read_image(st, mri)
@@ -307,6 +343,42 @@ def extract_table(
     registrations to use where several chains join a microscopy image to the MRI; inside
     ``with bridge_xr.scene.chains.using(via) as used:`` the names used are collected, for
     :func:`write_table`'s ``provenance``.
+
+    Parameters
+    ----------
+    store : Scene, str, path or zarr store
+        The subject.
+    mri : str
+        The MRI image (one table row per voxel).
+    microscopy : sequence of str
+        Microscopy images; each gives ``fraction_<ch>``, ``coverage_<ch>``, ``category_<ch>``.
+    mask : str, optional
+        Label image on the MRI grid; rows where it is 0 are dropped.
+    mri_z, reference_mask : str, optional
+        A z-normalised image, or a mask to z-normalise over on the fly.
+    thresholds : mapping channel -> float, optional
+        Binarisation per channel (``"*"``: all).
+    method : {'exact', 'resliced', 'bilinear'}
+        Density method.
+    subject, session : str, optional
+        Table columns (default: from the store).
+    bins : sequence of float
+        Density category edges.
+    via : str or list of str, optional
+        Registration names in chain order.
+
+    Returns
+    -------
+    dask.dataframe.DataFrame
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> t = extract_table(tiny_scene(registered=True), mri="mri", microscopy=["micro"],
+    ...                   thresholds={"*": 100})
+    >>> df = t.compute()
+    >>> len(df), float(df["fraction_micro"].max())
+    (256, 1.0)
     """
     st = resolve_store(store)
     ref = read_image(st, mri)
@@ -403,6 +475,31 @@ def write_table(
     is moved into place as a whole; partitions of other subjects and sessions are left alone.
     ``provenance`` (e.g. the registrations used) goes to ``_provenance.json`` in every partition
     (Parquet readers skip files whose names start with ``_``).
+
+    Parameters
+    ----------
+    table : dask.dataframe.DataFrame
+        A table from :func:`extract_table`.
+    output : str or path
+        Tables folder.
+    overwrite : bool
+        Replace the (subject, session) partitions already there.
+    provenance : mapping, optional
+        Written next to each partition as ``_provenance.json``.
+
+    Returns
+    -------
+    list of Path
+        The partitions written.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> t = extract_table(tiny_scene(registered=True), mri="mri", microscopy=["micro"], subject="M1",
+    ...                   session="d1")
+    >>> sorted({p.parent.name for p in write_table(t, pathlib.Path(tempfile.mkdtemp()))})
+    ['session=d1']
     """
     import shutil
     import uuid
@@ -442,7 +539,28 @@ def write_table(
 
 
 def read_tables(tables: str | Path) -> pd.DataFrame:
-    """Every partition of a tables folder as one DataFrame (subject and session as columns)."""
+    """Every partition of a tables folder as one DataFrame (subject and session as columns).
+
+    Parameters
+    ----------
+    tables : str or path
+        A tables folder written by :func:`write_table` / :func:`extract_study`.
+
+    Returns
+    -------
+    DataFrame
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> out = pathlib.Path(tempfile.mkdtemp()) / "tables"
+    >>> t = extract_table(tiny_scene(registered=True), mri="mri", microscopy=["micro"], subject="M1",
+    ...                   session="d1")
+    >>> _ = write_table(t, out)
+    >>> read_tables(out)[["subject", "session"]].drop_duplicates().values.tolist()
+    [['M1', 'd1']]
+    """
     root = Path(tables)
     folders = sorted(p for p in root.glob("subject=*/session=*") if p.is_dir())
     if not folders:

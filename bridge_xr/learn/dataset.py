@@ -315,6 +315,54 @@ def export_dataset(
     ``via``: registration names preferred where several chains join an MRI and its microscopy
     (each name applies to the chains it lies on); ``bridge_xr/provenance.json`` records the
     registrations used.
+
+    Parameters
+    ----------
+    study : str or path
+        Folder of registered subject stores.
+    output : str or path
+        ``nnUNet_raw``-style folder.
+    mri_sequence, truth : str
+        MRI sequence name and microscopy channel giving the labels.
+    spacing_um : (z, y, x)
+        Export grid.
+    crops : DataFrame, optional
+        Explicit crops (default: automatic, fully covered tiles with enough vessel).
+    dataset_id, name : int, str
+        nnU-Net dataset id (1-999) and name.
+    truth_threshold, min_fraction : float
+        Binarise the microscopy; label a voxel vessel above this fraction.
+    crop_yx, min_vessel, n_folds : int
+        Crop size, least vessel voxels per crop, cross-validation folds (grouped by subject).
+    method : {'exact', 'resliced', 'bilinear'}
+        Density method.
+    negative_control : bool
+        Shuffle labels between crops (the paper's control).
+    seed : int
+        Random seed.
+    max_tre_um : float, optional
+        Drop crops whose mean TRE is larger.
+    diameters : bool
+        Also write 2P diameter maps.
+    via : str or list of str, optional
+        Preferred registration names.
+
+    Returns
+    -------
+    Path
+        The dataset folder.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing.phantom import PhantomConfig
+    >>> from bridge_xr.testing.study import write_analysis_study
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = write_analysis_study(root, ("M001", "M002"), PhantomConfig.tiny())
+    >>> out = export_dataset(root / "study", root / "raw", n_folds=2, spacing_um=(30, 30, 30),
+    ...                      crop_yx=4, min_vessel=1)
+    >>> out.name, (out / "dataset.json").is_file()
+    ('Dataset501_BridgeVessel', True)
     """
     if not 1 <= dataset_id <= 999:
         raise InvalidInputError(f"`dataset_id` must be 1..999; got {dataset_id}")

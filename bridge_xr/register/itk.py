@@ -24,7 +24,30 @@ from bridge_xr.scene.chains import model_from_record
 
 
 def export_itk(where: StoreLike, name: str, output: str | os.PathLike[str]) -> Path:
-    """Write registration ``name`` as an ITK transform file; returns the path."""
+    """Write registration ``name`` as an ITK transform file; returns the path.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    name : str
+        A stored registration.
+    output : path
+        ``.tfm``/``.txt``/``.mat`` (linear) or ``.h5`` (any; a TPS as a displacement field).
+
+    Returns
+    -------
+    Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib, SimpleITK as sitk
+    >>> from bridge_xr.testing import tiny_scene
+    >>> out = export_itk(tiny_scene(registered=True), "micro_to_mri",
+    ...                  pathlib.Path(tempfile.mkdtemp()) / "t.tfm")
+    >>> sitk.ReadTransform(str(out)).GetDimension()
+    3
+    """
     store = resolve_store(where)
     regs = read_subject(store).registrations
     if name not in regs:

@@ -1,6 +1,6 @@
 """Landmark sets: the canonical CSV, 3D Slicer (.fcsv, .mrk.json) and BigWarp (CSV, JSON).
 
-Canonical CSV (DESIGN.md): ``name,moving_x,moving_y,moving_z,fixed_x,fixed_y,fixed_z[,active]`` in
+Canonical CSV: ``name,moving_x,moving_y,moving_z,fixed_x,fixed_y,fixed_z[,active]`` in
 micrometres in each image's intrinsic physical space (x = last array axis).
 
 3D Slicer stores one markups list per volume, in millimetres, LPS (files) or RAS; fixed and moving
@@ -342,7 +342,27 @@ def write_slicer_json(labels: list[str], ras_um: np.ndarray, path: Path) -> Path
 
 
 def import_landmarks(paths: list[str | os.PathLike[str]]) -> pd.DataFrame:
-    """Import from BigWarp (one CSV/JSON file) or Slicer (moving file, fixed file) or canonical CSV."""
+    """Import from BigWarp (one CSV/JSON file) or Slicer (moving file, fixed file) or canonical CSV.
+
+    Parameters
+    ----------
+    paths : list of path
+        One BigWarp CSV/JSON or canonical CSV; or the Slicer moving list, then the fixed list.
+
+    Returns
+    -------
+    DataFrame
+        Canonical landmarks (µm, x, y, z per side).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_landmarks
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "l.csv"
+    >>> tiny_landmarks().to_csv(path, index=False)
+    >>> import_landmarks([path])["moving_x"].tolist()[:2]
+    [15.0, 75.0]
+    """
     ps = [Path(p) for p in paths]
     for p in ps:
         if not p.is_file():
@@ -385,7 +405,29 @@ def export_landmarks(df: pd.DataFrame, fmt: str, output: str | os.PathLike[str])
     """Export to ``bigwarp-csv``, ``bigwarp-json``, ``slicer-fcsv`` or ``slicer-json``.
 
     Slicer formats write two files: ``<output>_moving`` and ``<output>_fixed``.
+
+    Parameters
+    ----------
+    df : DataFrame
+        Canonical landmarks (``name, fixed_x ... moving_z``, µm).
+    fmt : {'bigwarp-csv', 'bigwarp-json', 'slicer-fcsv', 'slicer-json'}
+        Target format.
+    output : path
+        File (or prefix, for the two Slicer files).
+
+    Returns
+    -------
+    list of Path
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_landmarks
+    >>> out = export_landmarks(tiny_landmarks(), "bigwarp-csv", pathlib.Path(tempfile.mkdtemp()) / "l.csv")
+    >>> len(import_landmarks(out))
+    5
     """
+    df = validate(df, source="landmarks")  # fills `active` (optional in the canonical CSV)
     out = Path(output)
     out.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "bigwarp-csv":

@@ -104,7 +104,36 @@ def refine_landmarks(
     seed: int = 0,
     mesh: int = 3,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Refined landmarks and a table of per-landmark moves (µm, accepted or not)."""
+    """Refined landmarks and a table of per-landmark moves (µm, accepted or not).
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    fixed, moving : str
+        Image paths.
+    landmarks : DataFrame
+        Canonical landmarks.
+    radius_um : float
+        Half-size of the cube around each landmark.
+    model : {'rigid', 'affine', 'bspline'}
+        Local registration model (Mattes mutual information, SimpleITK).
+    iterations, seed, mesh
+        Optimiser iterations, sampling seed, B-spline mesh size.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        Refined landmarks, and per landmark its move (µm) and whether it was accepted.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene, tiny_landmarks
+    >>> lm, moves = refine_landmarks(tiny_scene(), fixed="mri", moving="micro",
+    ...                              landmarks=tiny_landmarks(), radius_um=20, model="rigid")
+    >>> len(lm) == len(moves) == 5
+    True
+    """
     if model not in {"rigid", "affine", "bspline"}:
         raise InvalidInputError(f"`model` must be rigid, affine or bspline; got {model!r}")
     store = resolve_store(where)

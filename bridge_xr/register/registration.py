@@ -100,6 +100,19 @@ def landmark_set(
     >>> lms = landmark_set(np.zeros((1, 3)), np.ones((1, 3)), fixed="mri", moving="micro")
     >>> lms.landmarks[0].name, lms.landmarks[0].moving
     ('L1', (1.0, 1.0, 1.0))
+
+    Parameters
+    ----------
+    fixed_xyz_um, moving_xyz_um : array of shape (N, 3)
+        Paired points, x, y, z µm.
+    fixed, moving : str
+        Image paths.
+    names : sequence of str, optional
+        Landmark names (default ``L1``, ``L2`` ...).
+
+    Returns
+    -------
+    LandmarkSet
     """
     f = np.asarray(fixed_xyz_um, dtype=np.float64).reshape(-1, 3)
     m = np.asarray(moving_xyz_um, dtype=np.float64).reshape(-1, 3)

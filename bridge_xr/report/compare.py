@@ -9,7 +9,7 @@ import pandas as pd
 
 from bridge_xr.model.pointmaps import EstimationError, Kernel, fit
 from bridge_xr.register.accuracy import loo_tre_um
-from bridge_xr.register.landmarks import arrays
+from bridge_xr.register.landmarks import arrays, validate
 from bridge_xr.stats.group_tests import kruskal_dunn
 
 MODELS = ("rigid", "similarity", "affine", "tps")
@@ -23,10 +23,29 @@ def compare_models(
     Returns ``(per_landmark, per_dataset, omnibus, pairwise)``. With two or more datasets the
     statistics compare per-dataset LOO-TRE RMS values (n = datasets per model, as in the paper);
     with one dataset they compare per-landmark LOO errors.
+
+    Parameters
+    ----------
+    datasets : mapping name -> DataFrame
+        Landmark sets (e.g. one per rater).
+    kernel, smoothing
+        TPS kernel and regularisation.
+
+    Returns
+    -------
+    (DataFrame, DataFrame, DataFrame, DataFrame)
+        Per landmark, per dataset, omnibus test, pairwise tests.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_landmarks
+    >>> per_lm, per_ds, omnibus, pairs = compare_models({"rater1": tiny_landmarks()})
+    >>> sorted(per_ds["model"])  # 5 landmarks: too few for a leave-one-out TPS
+    ['affine', 'rigid', 'similarity']
     """
     rows, summary = [], []
     for ds, df in datasets.items():
-        names, f, m = arrays(df)
+        names, f, m = arrays(validate(df, source=ds))
         for model in MODELS:
             try:
                 loo = loo_tre_um(model, f, m, kernel=kernel, smoothing=smoothing)

@@ -88,6 +88,29 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     in the title. ``_qc_fine``: the same slice resampled with in-plane spacing up to 4x finer (both
     images through the same lazy resampler; only that slice is computed). ``_tre``: the bootstrap
     TRE map at that depth with the landmarks.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    name : str
+        A stored registration.
+    prefix : Path
+        Figures are ``<prefix>_qc.png`` ...
+
+    Returns
+    -------
+    dict
+        The figure paths and the slice drawn.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> figs = registration_qc(tiny_scene(registered=True), "micro_to_mri",
+    ...                        pathlib.Path(tempfile.mkdtemp()) / "reg")
+    >>> pathlib.Path(figs["qc"]).is_file()
+    True
     """
     import matplotlib
 

@@ -79,7 +79,33 @@ def analyse(df: pd.DataFrame, response: str) -> list[dict[str, Any]]:
 
 
 def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Path:
-    """Write ``output/index.html`` (+ figures, CSVs, ``summary.json``); returns the index path."""
+    """Write ``output/index.html`` (+ figures, CSVs, ``summary.json``); returns the index path.
+
+    Parameters
+    ----------
+    study : Path
+        Folder of subject stores.
+    output : Path
+        Report folder.
+    tables : Path, optional
+        Tables folder (default: ``study/tables``).
+
+    Returns
+    -------
+    Path
+        ``output/index.html``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.extract import extract_study
+    >>> from bridge_xr.testing import tiny_scene
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = tiny_scene(registered=True, where=root / "study" / "M001.ome.zarr")
+    >>> _ = extract_study(root / "study", root / "study" / "tables", thresholds={"*": 100})
+    >>> write_report(root / "study", root / "report").name
+    'index.html'
+    """
     study = Path(study)
     tables = Path(tables) if tables else study / "tables"
     if not tables.exists():

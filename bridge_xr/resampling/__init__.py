@@ -18,7 +18,7 @@ __getattr__, __dir__, __all__ = attach(
         "resample_through": "blockwise",
         "block_errors": "blockwise",
         "resample_into": "write",
-        "reslice": "reslice",
-        "group_slices": "reslice",
+        "reslice": "slicing",
+        "group_slices": "slicing",
     },
 )

@@ -70,6 +70,24 @@ def block_errors(
     its centre at the first full block's centre (a short last block is drawn as a full one); the
     value is :func:`block_error_bound_um` of that block. Where ``resample`` reports
     ``max_error_voxels``, this map says how far below that bound each block actually is.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    moving, onto, spacing_um, chunks, max_error_voxels, via
+        As for :func:`resample`.
+
+    Returns
+    -------
+    xarray.DataArray
+        Lazy, float32 µm, one voxel per output block.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> float(block_errors(tiny_scene(registered=True), moving="micro", onto="mri").max())
+    0.0
     """
     store = resolve_store(where)
     _, models = _chain(where, onto, moving, via)
@@ -198,6 +216,34 @@ def resample_through(
 
     ``nan_outside``: float32 output, NaN where a voxel centre falls outside the moving image (or
     where a TPS has no inverse) instead of 0, so callers can tell "no data" from "zero".
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    moving : str
+        Image to resample.
+    models : list of (model, forward)
+        The chain from the output grid's space to ``moving``'s (see
+        :meth:`bridge_xr.TransformGraph.models`).
+    grid : Grid
+        Output grid.
+    order, labels, level, chunks, max_error_voxels, nan_outside
+        As for :func:`resample`.
+
+    Returns
+    -------
+    xarray.DataArray
+
+    Examples
+    --------
+    >>> from bridge_xr.model.grid import Grid
+    >>> from bridge_xr.model.pointmaps import LinearModel
+    >>> from bridge_xr.testing import tiny_scene
+    >>> grid = Grid((2, 4, 4), (10.0, 10.0, 10.0), (5.0, 5.0, 5.0), "micrometer")
+    >>> resample_through(tiny_scene(), moving="micro", models=[(LinearModel.identity(), True)],
+    ...                  grid=grid).shape
+    (2, 4, 4)
     """
     store = resolve_store(where)
     out_fac = conversion_factor(grid.unit, "micrometer")

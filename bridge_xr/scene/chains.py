@@ -159,6 +159,26 @@ def using(via: Via) -> Iterator[list[str]]:
     For operations that resolve several chains (extraction over channels, study exports): a name
     applies to the chains it can lie on and is ignored by the others. Yields the list of
     registration names the resolved chains used (in order of first use), for provenance.
+
+    Parameters
+    ----------
+    via : str or list of str, optional
+        Preferred registration names.
+
+    Yields
+    ------
+    list of str
+        The registration names used inside the block (filled as chains are resolved).
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> from bridge_xr.scene import path_between
+    >>> scene = tiny_scene(registered=True)
+    >>> with using("micro_to_mri") as used:
+    ...     _ = path_between(scene, "micro", "mri")
+    >>> used
+    ['micro_to_mri']
     """
     names = parse_via(via)
     outer = _PREFERRED.get()

@@ -370,7 +370,26 @@ def _same_pair(a: Registration, b: Registration) -> bool:
 
 
 def set_current(where: StoreLike, name: str) -> Registration:
-    """Mark registration ``name`` current for its image pair (unmarking any other of the pair)."""
+    """Mark registration ``name`` current for its image pair (unmarking any other of the pair).
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    name : str
+        A stored registration.
+
+    Returns
+    -------
+    Registration
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> scene = tiny_scene(registered=True)
+    >>> set_current(scene, "micro_to_mri").name, scene.subject.current_registrations
+    ('micro_to_mri', ('micro_to_mri',))
+    """
     store = resolve_store(where)
     subject = read_subject(store)
     if name not in subject.registrations:

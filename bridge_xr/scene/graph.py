@@ -459,6 +459,25 @@ def path_between(
 
     Ambiguous chains (two registrations of one pair, two routes) need ``via`` (registration
     names in chain order) or a registration marked current; see :mod:`bridge_xr.scene.chains`.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    src, dst : str
+        Image paths.
+    via : str or list of str, optional
+        Registration names in chain order.
+
+    Returns
+    -------
+    list of (Registration, bool)
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> [(r.name, fwd) for r, fwd in path_between(tiny_scene(registered=True), "micro", "mri")]
+    [('micro_to_mri', False)]
     """
     return graph_of(where).chain(src, dst, via=via)
 
@@ -484,6 +503,24 @@ def map_points(
     >>> scene = tiny_scene(registered=True)  # micro = mri shifted by +5 µm in x
     >>> map_points(scene, np.zeros((1, 3)), "mri", "micro").round(6).tolist()
     [[0.0, 0.0, 5.0]]
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    points_zyx_um : ndarray of shape (N, 3)
+        Points in ``src``'s intrinsic space, z, y, x micrometres.
+    src, dst : str
+        Image paths.
+    strict : bool
+        Raise where a folded TPS has no inverse (else NaN).
+    via : str or list of str, optional
+        Registration names in chain order, when several chains join the images.
+
+    Returns
+    -------
+    ndarray of shape (N, 3)
+        z, y, x micrometres in ``dst``.
     """
     hops = graph_of(where).models(src, dst, via=via)
     return apply_hops(hops, np.asarray(points_zyx_um, dtype=np.float64), strict=strict)

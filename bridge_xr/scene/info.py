@@ -15,7 +15,29 @@ from bridge_xr.scene.chains import candidate_chains, chain_names
 
 
 def describe(where: StoreLike, *, storage_options: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Everything ``bridge info`` shows: images, shapes, extents, units, transforms, provenance."""
+    """Everything ``bridge info`` shows: images, shapes, extents, units, transforms, provenance.
+
+    Parameters
+    ----------
+    where : str, path, zarr store or Scene
+        The subject store (opened read-only).
+    storage_options : dict, optional
+        fsspec options for URLs.
+
+    Returns
+    -------
+    dict
+        ``store``, ``reference_image``, ``images`` (dims, shape, unit, spacing, extent, levels,
+        systems, transforms, provenance), ``scene_transforms`` and ``registrations`` (pairs, their
+        chains and which one is used).
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> info = describe(tiny_scene(registered=True))
+    >>> info["images"]["mri"]["shape"], info["registrations"][0]["used"]
+    ([4, 8, 8], ['micro_to_mri'])
+    """
     store = resolve_store(where, read_only=True, storage_options=storage_options)
     if not key_exists(store, "zarr.json"):
         raise InvalidInputError(f"{describe_store(store)} is not a zarr v3 store (no zarr.json)")

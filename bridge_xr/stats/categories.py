@@ -12,7 +12,25 @@ DENSITY_BINS = (0.0, 0.05, 0.25, 0.5, 0.75, 1.0)
 
 
 def density_category(fraction: np.ndarray, bins: Sequence[float] = DENSITY_BINS) -> pd.Categorical:
-    """``w/o`` for exactly 0, then ``a-b%`` for ``(a, b]``; NaN stays missing."""
+    """``w/o`` for exactly 0, then ``a-b%`` for ``(a, b]``; NaN stays missing.
+
+    Parameters
+    ----------
+    fraction : ndarray
+        Volume fractions 0-1.
+    bins : sequence of float
+        Category edges.
+
+    Returns
+    -------
+    pandas.Categorical
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> list(density_category(np.array([0.0, 0.03, 0.3])))
+    ['w/o', '0-5%', '25-50%']
+    """
     edges = [float(b) for b in bins]
     labels = ["w/o"] + [
         f"{edges[i] * 100:g}-{edges[i + 1] * 100:g}%" for i in range(len(edges) - 1)

@@ -27,6 +27,27 @@ def kruskal_dunn(df: pd.DataFrame, *, value: str, group: str) -> tuple[pd.DataFr
     Dunn's z uses mean ranks with the tie correction ``sum(t^3 - t) / (12 (N - 1))``.
     Effect size: epsilon-squared ``H / ((N^2 - 1) / (N + 1))`` for the omnibus test, and
     ``r = |z| / sqrt(n_i + n_j)`` per pair.
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per observation.
+    value, group : str
+        Response column and grouping column.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        Omnibus (``statistic``, ``p``, ``epsilon_squared`` ...) and pairwise (``z``, ``p``,
+        ``effect_r`` ...).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"g": list("aaabbbccc"), "v": [1, 2, 3, 4, 5, 6, 7, 8, 9.0]})
+    >>> omnibus, pairs = kruskal_dunn(df, value="v", group="g")
+    >>> round(float(omnibus["statistic"][0]), 2), list(pairs["group_a"])
+    (7.2, ['a', 'a', 'b'])
     """
     groups = _groups(df, value, group)
     data = df[[group, value]].dropna()
@@ -94,6 +115,27 @@ def anova_tukey(df: pd.DataFrame, *, value: str, group: str) -> tuple[pd.DataFra
 
     Effect sizes: eta-squared (SS_between / SS_total) for the omnibus test, the mean difference
     with its simultaneous 95 % confidence interval and Cohen's d (pooled SD) per pair.
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per observation.
+    value, group : str
+        Response column and grouping column.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        Omnibus (``statistic``, ``p``, ``eta_squared`` ...) and pairwise (``mean_diff``, ``p``,
+        ``ci_low``, ``ci_high``, ``cohen_d`` ...).
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"g": list("aaabbbccc"), "v": [1, 2, 3, 4, 5, 6, 7, 8, 9.0]})
+    >>> omnibus, pairs = anova_tukey(df, value="v", group="g")
+    >>> round(float(omnibus["eta_squared"][0]), 3), len(pairs)
+    (0.9, 3)
     """
     groups = _groups(df, value, group)
     allv = np.concatenate([v for _, v in groups])
@@ -148,6 +190,23 @@ def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
     """Two-sided Mann-Whitney U (normal approximation, tie and continuity corrections).
 
     Effect size: rank-biserial correlation ``1 - 2 U_x / (n_x n_y)``.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        The two samples.
+
+    Returns
+    -------
+    dict
+        ``statistic`` (U of x), ``z``, ``p``, ``rank_biserial``, ``n_a``, ``n_b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = mann_whitney(np.array([1, 2, 3.0]), np.array([4, 5, 6.0]))
+    >>> r["statistic"], r["rank_biserial"]
+    (0.0, 1.0)
     """
     x, y = np.asarray(x, float), np.asarray(y, float)
     nx, ny = len(x), len(y)
@@ -172,7 +231,25 @@ def mann_whitney(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def welch_t(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Welch's unequal-variance t test (two-sided), with Hedges' g."""
+    """Welch's unequal-variance t test (two-sided), with Hedges' g.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        The two samples.
+
+    Returns
+    -------
+    dict
+        ``statistic``, ``df``, ``p``, ``hedges_g``, ``mean_diff``, ``n_a``, ``n_b``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> r = welch_t(np.array([1, 2, 3.0]), np.array([1, 2, 3.0]))
+    >>> r["statistic"], r["p"]
+    (0.0, 1.0)
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     nx, ny = len(x), len(y)
     if nx < 2 or ny < 2:
@@ -196,7 +273,24 @@ def welch_t(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
 
 
 def spearman(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-    """Spearman's rho (Pearson on average ranks) with the t-distribution p-value."""
+    """Spearman's rho (Pearson on average ranks) with the t-distribution p-value.
+
+    Parameters
+    ----------
+    x, y : ndarray
+        Paired samples.
+
+    Returns
+    -------
+    dict
+        ``statistic`` (rho), ``p``, ``n``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> round(spearman(np.arange(10.0), np.arange(10.0) ** 2)["statistic"], 6)
+    1.0
+    """
     x, y = np.asarray(x, float), np.asarray(y, float)
     ok = np.isfinite(x) & np.isfinite(y)
     x, y = x[ok], y[ok]
@@ -246,6 +340,32 @@ def equivalence(
     proportions, unpooled variance) against ``±margin``. A category is stable when the maximum
     absolute deviation over all time points is within the margin (``stable_max_dev``) and, the
     stricter variant, when every TOST p is below ``alpha`` (``stable_tost``).
+
+    Parameters
+    ----------
+    df : DataFrame
+        One row per voxel: its category and its time point.
+    category, timepoint : str
+        Column names.
+    reference : str, optional
+        Reference time point (default: the first).
+    margin : float
+        Equivalence margin on the proportion (the paper: 5 %).
+    alpha : float
+        TOST level.
+
+    Returns
+    -------
+    DataFrame
+        Per category and later time point: ``proportion``, ``deviation``, ``p_tost``,
+        ``stable_max_dev``, ``stable_tost`` ...
+
+    Examples
+    --------
+    >>> import pandas as pd
+    >>> df = pd.DataFrame({"cat": ["a", "b"] * 100, "tp": ["d1"] * 100 + ["d2"] * 100})
+    >>> equivalence(df, category="cat", timepoint="tp")["deviation"].tolist()
+    [0.0, 0.0]
     """
     for col in (category, timepoint):
         if col not in df.columns:
@@ -297,7 +417,24 @@ def equivalence(
 
 
 def percent_signal_enhancement(pre: np.ndarray, post: np.ndarray) -> dict[str, float]:
-    """PSE = (SI_post - SI_pre) / SI_pre x 100 % per dataset; mean, SD (ddof 1) and CV."""
+    """PSE = (SI_post - SI_pre) / SI_pre x 100 % per dataset; mean, SD (ddof 1) and CV.
+
+    Parameters
+    ----------
+    pre, post : ndarray
+        Signal intensity before and after contrast, one value per dataset.
+
+    Returns
+    -------
+    dict
+        ``pse_percent`` per dataset, ``mean``, ``sd``, ``cv_percent``, ``n``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> percent_signal_enhancement(np.array([100.0, 200.0]), np.array([150.0, 260.0]))["pse_percent"]
+    [50.0, 30.0]
+    """
     pre, post = np.asarray(pre, float), np.asarray(post, float)
     if pre.shape != post.shape or pre.size == 0:
         raise InvalidInputError("pre and post need the same, non-zero number of datasets")
@@ -325,7 +462,35 @@ def run_test(
     test: str,
     bins: Any = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Group ``response`` by ``by`` (binned into density categories when ``bins`` given)."""
+    """Group ``response`` by ``by`` (binned into density categories when ``bins`` given).
+
+    Parameters
+    ----------
+    df : DataFrame
+        A voxel table.
+    response : str
+        Column tested (e.g. ``mri_z``).
+    by : str
+        Grouping column (e.g. ``fraction_glioma``).
+    test : {'anova-tukey', 'kruskal-dunn', 'mann-whitney', 'welch', 'spearman'}
+        The test.
+    bins : sequence of float, optional
+        Bin ``by`` into density categories first.
+
+    Returns
+    -------
+    (DataFrame, DataFrame)
+        Omnibus and pairwise results, with ``response`` and ``by`` columns.
+
+    Examples
+    --------
+    >>> import numpy as np, pandas as pd
+    >>> from bridge_xr.stats import DENSITY_BINS
+    >>> df = pd.DataFrame({"mri": np.arange(6.0), "f": [0, 0, 0.1, 0.1, 0.6, 0.6]})
+    >>> omnibus, _ = run_test(df, response="mri", by="f", test="kruskal-dunn", bins=DENSITY_BINS)
+    >>> int(omnibus["groups"][0])
+    3
+    """
     from bridge_xr.stats.categories import density_category
 
     if test not in TESTS:

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from zarr.storage import MemoryStore
 
+from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
@@ -40,11 +41,15 @@ def tiny_landmarks() -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def tiny_scene(*, registered: bool = False) -> Scene:
-    """A new in-memory :class:`Scene` with images ``mri`` and ``micro``.
+def tiny_scene(*, registered: bool = False, where: StoreLike | None = None) -> Scene:
+    """A new :class:`Scene` (in memory, or at ``where``) with images ``mri`` and ``micro``.
 
-    ``registered``: also a rigid registration ``micro_to_mri`` (fixed ``mri``) from
-    :func:`tiny_landmarks`.
+    Parameters
+    ----------
+    registered : bool
+        Also a rigid registration ``micro_to_mri`` (fixed ``mri``) from :func:`tiny_landmarks`.
+    where : str, path or zarr store, optional
+        Write the scene there (default: a new in-memory store).
 
     Examples
     --------
@@ -52,7 +57,7 @@ def tiny_scene(*, registered: bool = False) -> Scene:
     >>> scene["micro"].shape
     (8, 16, 16)
     """
-    store = MemoryStore()
+    store = MemoryStore() if where is None else resolve_store(where)
     mri = np.zeros((4, 8, 8), dtype=np.uint16)
     mri[1:3, 2:6, 2:6] = 1000
     micro = np.zeros((8, 16, 16), dtype=np.uint16)

@@ -94,7 +94,7 @@ def reslice(
     """Reslice an image parallel to a plane (e.g. the cranial window) given by >= 3 points."""
     import pandas as pd
 
-    from bridge_xr.resampling.reslice import reslice as run
+    from bridge_xr.resampling.slicing import reslice as run
 
     if not plane.is_file():
         raise InvalidInputError(f"no such plane file: {str(plane)!r}")
@@ -127,7 +127,7 @@ def group_slices(
 ) -> None:
     """Average consecutive z-slices to an MRI slice thickness (the paper's 2P grouping step)."""
     from bridge_xr.model.units import parse_length_um
-    from bridge_xr.resampling.reslice import group_slices as run
+    from bridge_xr.resampling.slicing import group_slices as run
 
     rep = run(
         store,

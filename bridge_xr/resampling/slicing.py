@@ -57,7 +57,39 @@ def reslice(
     order: int = 1,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Reslice ``image`` so that its z axis is the normal of the plane through the given points."""
+    """Reslice ``image`` so that its z axis is the normal of the plane through the given points.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    image : str
+        Image to reslice.
+    plane_points_xyz_um : ndarray of shape (N >= 3, 3)
+        Points on the plane (e.g. the cranial window), x, y, z µm (a point table's order).
+    image_out : str
+        Output image path (joined to ``image`` by an exact rigid edge).
+    spacing_um : (z, y, x), optional
+        Output voxel size (default: the image's).
+    order : int
+        Interpolation order.
+    overwrite : bool
+        Replace ``image_out``.
+
+    Returns
+    -------
+    dict
+        ``tilt_deg``, ``plane_rms_um`` ...
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from bridge_xr.testing import tiny_scene
+    >>> plane = np.array([[0, 0, 20.0], [80, 0, 20.0], [0, 80, 20.0]])  # x, y, z: flat, z = 20 µm
+    >>> round(reslice(tiny_scene(), image="micro", plane_points_xyz_um=plane,
+    ...               image_out="micro_flat")["tilt_deg"], 6)
+    0.0
+    """
     store = resolve_store(where)
     src = read_image(store, image)
     fac = conversion_factor(src.attrs["unit"], "micrometer")
@@ -95,7 +127,32 @@ def reslice(
 def group_slices(
     where: StoreLike, *, image: str, thickness_um: float, image_out: str, overwrite: bool = False
 ) -> dict[str, Any]:
-    """Average consecutive z-slices into slabs of (about) ``thickness_um``, lazily."""
+    """Average consecutive z-slices into slabs of (about) ``thickness_um``, lazily.
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    image : str
+        Image whose z slices to group.
+    thickness_um : float
+        Target slab thickness.
+    image_out : str
+        Output image path (joined to ``image`` by an exact edge).
+    overwrite : bool
+        Replace ``image_out``.
+
+    Returns
+    -------
+    dict
+        ``slices_per_group``, ``thickness_um``.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> group_slices(tiny_scene(), image="micro", thickness_um=10, image_out="micro_10um")["slices_per_group"]
+    2
+    """
     store = resolve_store(where)
     src = read_image(store, image)
     if "z" not in src.dims:
