@@ -51,8 +51,11 @@ def _bbox(fp: Footprint, node_val: np.ndarray) -> tuple[np.ndarray, tuple[int, i
 
 
 def _inner_chunked(st: Any, path: str, img: xr.DataArray, read_voxels: int = 2**25) -> da.Array:
-    """The level-0 array read in units of whole inner chunks, merged in x then y up to about
-    ``read_voxels`` but never across a shard: many parallel, large-enough reads."""
+    """The level-0 array, read in whole inner chunks.
+
+    The level-0 array read in units of whole inner chunks, merged in x then y up to about
+    ``read_voxels`` but never across a shard: many parallel, large-enough reads.
+    """
     import zarr
 
     from bridge_xr.io.read import open_group, read_multiscale_info
@@ -363,9 +366,7 @@ def density(
     sp = tuple(mr.attrs["spacing"][d] for d in "zyx")
     org = tuple(mr.attrs["origin"][d] for d in "zyx")
     kw = {"dims": ("z", "y", "x"), "spacing": sp, "origin": org, "unit": mr.attrs["unit"]}
-    ds = xr.Dataset(
-        {"fraction": make_image(frac, **kw), "coverage": make_image(cov, **kw)}  # type: ignore[arg-type]
-    )
+    ds = xr.Dataset({"fraction": make_image(frac, **kw), "coverage": make_image(cov, **kw)})
     ds.attrs["density"] = {**info, "method": method}
     return ds
 

@@ -74,7 +74,7 @@ def write_on_grid_of(
     meta = ImageMetadata(
         path=path,
         modality=src.modality if src else "mri",
-        kind=kind,  # type: ignore[arg-type]
+        kind=kind,
         session=src.session if src else None,
         provenance=Provenance.now(operation, inputs=(like,), image=path, **params),
     )
@@ -117,7 +117,7 @@ def zscore_normalize(
     label: int | None = None,
     overwrite: bool = False,
 ) -> dict[str, float]:
-    """z = (I - mean_ref) / sd_ref over the reference-mask voxels; writes ``image_out``."""
+    """Z = (I - mean_ref) / sd_ref over the reference-mask voxels; writes ``image_out``."""
     st = resolve_store(store)
     img = read_image(st, image)
     sel = _mask_values(st, reference_mask, image, label)

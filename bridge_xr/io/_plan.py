@@ -79,7 +79,7 @@ def _storage_for(
     dims: tuple[str, ...],
     itemsize: int,
     chunks: Mapping[str, int] | None,
-    shards: Mapping[str, int] | None | Literal[False],
+    shards: Mapping[str, int] | Literal[False] | None,
 ) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     c = {d: 1 for d in dims if d not in SPATIAL_AXES}
     c.update({d: (chunks or DEFAULT_CHUNK).get(d, DEFAULT_CHUNK[d]) for d in spatial_dims(dims)})
@@ -111,7 +111,7 @@ def plan_storage(
     levels: int | None = None,
     min_size: int = 64,
     chunks: Mapping[str, int] | None = None,
-    shards: Mapping[str, int] | None | Literal[False] = None,
+    shards: Mapping[str, int] | Literal[False] | None = None,
 ) -> StoragePlan:
     """Plan pyramid levels (factor 2 on the finest axes) and chunk/shard shapes for each level.
 

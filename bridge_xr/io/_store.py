@@ -58,7 +58,7 @@ def cached(store: Store, key: Any, make: Callable[[], T]) -> T:
         return make()
     if key not in cache:
         cache[key] = make()
-    return cache[key]  # type: ignore[no-any-return]
+    return cache[key]
 
 
 def invalidate(store: Store) -> None:

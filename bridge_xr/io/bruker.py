@@ -67,7 +67,7 @@ def read_jcamp(path: str | os.PathLike[str]) -> dict[str, Any]:
         name, _, value = block[3:].partition("=")
         value = "\n".join(ln for ln in value.splitlines() if not ln.startswith("$$"))
         if value.lstrip().startswith("("):
-            head, _, rest = value.strip()[1:].partition(")")
+            _head, _, rest = value.strip()[1:].partition(")")
             if rest.strip() or "<" in value:
                 params[name.strip()] = _values(rest)
                 continue

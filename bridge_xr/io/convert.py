@@ -290,7 +290,7 @@ def convert_microscopy(
             pixel_size_um=px_um,
             z_step_um=zs_um,
             channel_names=channel_names,
-            chunks=dict(zip(image.dims, grid, strict=True)),  # type: ignore[arg-type]
+            chunks=dict(zip(image.dims, grid, strict=True)),
         )
     mod = modality or ("labels" if labels else _MODALITY_BY_PREFIX.get(path.split("/")[0], "other"))
     names = (
@@ -298,13 +298,13 @@ def convert_microscopy(
     )
     meta = ImageMetadata(
         path=path,
-        modality=mod,  # type: ignore[arg-type]
+        modality=mod,
         kind="labels" if labels else "image",
         session=_session_of(path),
         source=str(src),
         channel_names=names,
         acquisition=Acquisition(
-            pixel_size_um=tuple(image.attrs["spacing"][d] for d in spatial_dims(image.dims)),  # type: ignore[arg-type]
+            pixel_size_um=tuple(image.attrs["spacing"][d] for d in spatial_dims(image.dims)),
             objective=getattr(cal, "objective", None),
             excitation_nm=getattr(cal, "excitation_nm", None),
             extra=dict(getattr(cal, "extra", {}) or {}),
@@ -336,7 +336,7 @@ def _discover(store: Any) -> list[str]:
     found: list[str] = []
     try:
         root = zarr.open_group(store, mode="r")
-    except Exception:  # noqa: BLE001 - report as "nothing found"
+    except Exception:
         return found
     root_attrs: dict[str, Any] = root.attrs.asdict()
     if "multiscales" in root_attrs.get("ome", root_attrs):

@@ -112,7 +112,7 @@ def _downsample(
     )
 
 
-def store_shard_aligned(arr: da.Array, target: zarr.Array, *, compute: bool = True) -> Any:
+def store_shard_aligned(arr: da.Array, target: zarr.Array[Any], *, compute: bool = True) -> Any:
     """Write ``arr`` into ``target`` so that each dask task owns whole shards (no lost writes)."""
     grid = target.shards or target.chunks
     if arr.shape != target.shape:
@@ -132,7 +132,10 @@ def _takewhile_fused(levels: Sequence[LevelPlan]) -> list[LevelPlan]:
 
 
 def write_fused_levels(
-    data: da.Array, targets: Sequence[zarr.Array], steps: Sequence[Sequence[int]], method: Method
+    data: da.Array,
+    targets: Sequence[zarr.Array[Any]],
+    steps: Sequence[Sequence[int]],
+    method: Method,
 ) -> None:
     """Write level 0 and the fused levels below it in one pass, one task per level-0 shard.
 

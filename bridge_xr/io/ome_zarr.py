@@ -115,7 +115,7 @@ def write_multiscale(
     kind: str = "image",
     levels: int | None = None,
     chunks: Mapping[str, int] | None = None,
-    shards: Mapping[str, int] | None | Literal[False] = None,
+    shards: Mapping[str, int] | Literal[False] | None = None,
     compressor: str = "blosc-zstd",
     extra_ome: Mapping[str, Any] | None = None,
     progress: Any = None,

@@ -199,7 +199,6 @@ def _pick_intrinsic(ms: dict[str, Any]) -> dict[str, Any]:
 
 def open_group(where: StoreLike, path: str) -> zarr.Group:
     """Open an existing group read-only with a clear error when it is not there."""
-
     store = resolve_store(where)
     key = path.strip("/")
     return cached(store, ("group", key), lambda: _open_group(store, key))
@@ -257,7 +256,7 @@ def _read_image(store: Store, path: str, level: int) -> xr.DataArray:
         msg = f"image {path!r} has levels 0..{len(info.level_paths) - 1}; got level {level}"
         raise InvalidInputError(msg)
     arr = group[info.level_paths[level]]
-    assert isinstance(arr, zarr.Array)  # noqa: S101 - metadata guarantees it
+    assert isinstance(arr, zarr.Array)
     data = da.from_zarr(arr, chunks=arr.shards or arr.chunks)
     order = sorted(range(len(info.dims)), key=lambda i: _CANONICAL.index(info.dims[i]))
     dims = tuple(info.dims[i] for i in order)

@@ -58,7 +58,7 @@ def _read_root_attrs(store: Store) -> dict[str, Any]:
     if not key_exists(store, "zarr.json"):
         return {}
     try:
-        return dict(zarr.open_group(store, mode="r").attrs.asdict())  # type: ignore[arg-type]
+        return dict(zarr.open_group(store, mode="r").attrs.asdict())
     except (FileNotFoundError, zarr.errors.GroupNotFoundError, ValueError):
         return {}
 
@@ -165,7 +165,7 @@ def add_image(
     method: Method = "mean",
     levels: int | None = None,
     chunks: Mapping[str, int] | None = None,
-    shards: Mapping[str, int] | None | Literal[False] = None,
+    shards: Mapping[str, int] | Literal[False] | None = None,
     compressor: str = "blosc-zstd",
     progress: Any = None,
     storage_options: dict[str, Any] | None = None,

@@ -18,13 +18,13 @@ def main(argv: list[str]) -> int:
 
     did, fold, device, epochs, iterations = argv
     name = maybe_convert_to_dataset_name(int(did))
-    assert nnUNet_preprocessed is not None  # noqa: S101 - set by the parent process
+    assert nnUNet_preprocessed is not None
     plans = load_json(join(nnUNet_preprocessed, name, "nnUNetPlans.json"))
     dataset_json = load_json(join(nnUNet_preprocessed, name, "dataset.json"))
     n_epochs, n_iter = int(epochs), int(iterations)
 
     # same class name as nnU-Net's trainer: checkpoints and result folders stay standard
-    class nnUNetTrainer(Base):  # noqa: N801 - nnU-Net's name, on purpose
+    class nnUNetTrainer(Base):  # type: ignore[misc]  # nnU-Net is untyped
         # nnU-Net records the __init__ arguments by name: keep its exact signature
         def __init__(
             self,
@@ -32,7 +32,7 @@ def main(argv: list[str]) -> int:
             configuration: str,
             fold: int,
             dataset_json: dict,  # type: ignore[type-arg]
-            device: torch.device = torch.device("cuda"),  # noqa: B008 - nnU-Net's default
+            device: torch.device = torch.device("cuda"),
         ) -> None:
             super().__init__(plans, configuration, fold, dataset_json, device)
             self.num_epochs = n_epochs

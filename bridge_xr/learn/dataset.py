@@ -52,6 +52,8 @@ CROP_COLUMNS = ("subject", "session", "z0", "z1", "y0", "y1", "x0", "x1")
 
 @dataclass(frozen=True)
 class Case:
+    """One exported crop: which subject, session and image it comes from, and its box."""
+
     case: str
     subject: str
     session: str
@@ -94,8 +96,11 @@ def _link_identity(st: Any, fixed: str, moving: str, name: str) -> None:
 
 
 def microscopy_diameter(st: Any, truth: str, session: str, threshold: float | None) -> str:
-    """The truth microscopy's local vessel diameter (µm, local thickness, at its own resolution)
-    as ``learn/<session>/<name>_diameter``, linked to it by an identity edge; returns the path."""
+    """Write the truth microscopy's local vessel diameter map; return its path.
+
+    The truth microscopy's local vessel diameter (µm, local thickness, at its own resolution)
+    as ``learn/<session>/<name>_diameter``, linked to it by an identity edge; returns the path.
+    """
     from bridge_xr.learn.vessels import local_diameter
     from bridge_xr.model.image import make_image
 
@@ -183,10 +188,13 @@ def _auto_crops(
     tre: np.ndarray | None = None,
     max_tre_um: float | None = None,
 ) -> list[tuple[int, ...]]:
-    """Non-overlapping crop_yx x crop_yx tiles, each over the z range where it is fully covered,
+    """Automatic crops: fully covered tiles, best first.
+
+    Non-overlapping crop_yx x crop_yx tiles, each over the z range where it is fully covered,
     the best-covered first (a tilted field of view covers fewer slices near its edges), then the
-    lowest mean registration error (``tre``, µm per voxel, when known), then the most vessel."""
-    nz, ny, nx = label.shape
+    lowest mean registration error (``tre``, µm per voxel, when known), then the most vessel.
+    """
+    _nz, ny, nx = label.shape
     step = max(1, crop_yx // 4)
     candidates = []
     for y0 in range(0, ny - crop_yx + 1, step):
@@ -216,10 +224,13 @@ def _auto_crops(
 
 
 def tre_on_grid(st: Any, grid: str, microscopy: str) -> np.ndarray | None:
-    """Registration error (µm) of the chain from the export ``grid`` to ``microscopy``, per grid
+    """The registration error (µm) on the export grid, or None.
+
+    Registration error (µm) of the chain from the export ``grid`` to ``microscopy``, per grid
     voxel: the bootstrap TRE maps (``qc/<registration>/tre_map``) of the hops that have one,
     sampled (linear) at the voxel centres mapped into each map's space and added in quadrature;
-    None when no hop has a TRE map."""
+    None when no hop has a TRE map.
+    """
     from scipy.ndimage import map_coordinates
 
     from bridge_xr.scene.chains import apply_hops, model_from_record
@@ -489,7 +500,7 @@ def export_dataset(
                     "tre_um": c.tre_um,
                 }
                 for c, src in zip(cases, label_from, strict=True)
-            ]  # fmt: skip
+            ]
         ).to_csv(tmp / "cases.csv", index=False)
         (tmp / "bridge_xr").mkdir(exist_ok=True)
         prov = Provenance.now(

@@ -124,7 +124,7 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
     try:
         with torch.serialization.safe_globals(safe):  # type: ignore[arg-type]
             ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - every failure here means "not a usable checkpoint"
+    except Exception as exc:
         raise InvalidInputError(
             f"{str(path)!r} is not a loadable checkpoint ({type(exc).__name__}: "
             f"{str(exc).splitlines()[0][:120]}); re-train or re-download it"
@@ -135,6 +135,7 @@ def check_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def checkpoint_hash(path: Path) -> str:
+    """SHA-256 of a checkpoint file (recorded with every prediction)."""
     import hashlib
 
     h = hashlib.sha256()
@@ -223,11 +224,14 @@ def fold_metrics(model: Path, dataset: Path, dilation_um: float = 50.0) -> list[
 def fold_visibility(
     model: Path, dataset: Path, dilation_um: float = 0.0
 ) -> tuple[list[dict[str, object]], list[dict[str, object]]]:
-    """Vessel-wise comparison (Figure 2J-K) pooled over every fold's validation cases: each truth
+    """Vessel-wise visibility pooled over every fold's validation cases.
+
+    Vessel-wise comparison (Figure 2J-K) pooled over every fold's validation cases: each truth
     calibre segment's diameter and the share of its voxels the model and the thresholded T2w
     mark (within ``dilation_um``; default 0: the voxel itself); per diameter category the pooled
     counts. Diameters are the microscopy's (``bridge_xr/diameters`` of the export) where the
-    dataset has them, else the local thickness of the truth on the export grid."""
+    dataset has them, else the local thickness of the truth on the export grid.
+    """
     from bridge_xr.learn.vessels import diameter_categories, visibility_by_diameter
 
     vessels: list[dict[str, object]] = []
@@ -268,6 +272,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
 def write_fold_table(
     model: Path, dataset: Path, path: Path, *, visibility: bool = True
 ) -> dict[str, Any]:
+    """Write the per-case and per-fold metrics (and vessel visibility) table; returns a summary."""
     rows = fold_metrics(model, dataset)
     folds = sorted({int(r["fold"]) for r in rows})
     result: dict[str, Any] = {

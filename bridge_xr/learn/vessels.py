@@ -86,7 +86,7 @@ def _diameter_block(block: np.ndarray, spacing: Sequence[float]) -> np.ndarray:
     step = min(spacing) / 2.0
     levels: list[float] = []
     for r in np.sort(np.unique(ridge)):
-        if not levels or r > levels[-1] * 1.1 and r - levels[-1] >= step:
+        if not levels or (r > levels[-1] * 1.1 and r - levels[-1] >= step):
             levels.append(float(r))
     bounds = [*levels, np.inf]
     for r, r_next in zip(bounds[:-1], bounds[1:], strict=True):
@@ -197,9 +197,12 @@ def visibility_by_diameter(
 def diameter_categories(
     vessels: list[dict[str, object]], names: Sequence[str], bins: Sequence[float] = DIAMETER_BINS
 ) -> list[dict[str, object]]:
-    """Per diameter category: vessels, voxels, the voxel share each candidate found, and how many
+    """Vessel visibility per diameter category.
+
+    Per diameter category: vessels, voxels, the voxel share each candidate found, and how many
     vessels are strongly / barely / not visible to it (rows of :func:`visibility_by_diameter`,
-    possibly pooled over many cases)."""
+    possibly pooled over many cases).
+    """
     categories: list[dict[str, object]] = []
     for lo, hi in zip(bins[:-1], bins[1:], strict=True):
         rows = [v for v in vessels if lo <= float(v["diameter_um"]) < hi]  # type: ignore[arg-type]

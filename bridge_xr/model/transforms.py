@@ -324,8 +324,11 @@ class _Field(_Base):
 
 
 class Displacements(_Field):
-    """A displacement field: ``x' = x + d(x)``; components ordered like the output axes, in
-    output units."""
+    """A displacement field.
+
+    A displacement field: ``x' = x + d(x)``; components ordered like the output axes, in
+    output units.
+    """
 
     type: Literal["displacements"] = "displacements"
 
@@ -503,7 +506,7 @@ Bijection.model_rebuild()
 _ADAPTER: TypeAdapter[Transform] = TypeAdapter(Transform)
 
 
-def parse_transform(data: dict[str, Any], *, where: str = "") -> Transform:
+def parse_transform(data: Any, *, where: str = "") -> Transform:
     """Parse one transform from its OME-Zarr JSON (0.6 form); a malformed one is one clear line.
 
     ``where`` says where it was found (e.g. ``"scene of M001.ome.zarr"``) for the message.

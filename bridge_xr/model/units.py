@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import Any
 
 import pint
 
@@ -36,9 +37,9 @@ TIME_UNITS = ("nanosecond", "microsecond", "millisecond", "second", "minute", "h
 
 
 @functools.lru_cache(maxsize=1)
-def ureg() -> pint.UnitRegistry:
+def ureg() -> pint.UnitRegistry[Any]:
     """Return the package-wide pint registry (µ and 'micron' spellings accepted)."""
-    reg: pint.UnitRegistry = pint.UnitRegistry()
+    reg: pint.UnitRegistry[Any] = pint.UnitRegistry()
     return reg
 
 

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from bridge_xr.model.pointmaps import EstimationError, Kernel, Model, ThinPlateSpline, fit, folding
+from bridge_xr.errors import EstimationError
+from bridge_xr.model.pointmaps import Kernel, Model, ThinPlateSpline, fit, folding
 
 Array = NDArray[Any]
 
@@ -47,8 +48,11 @@ def rmse_um(model: Model, fixed: Array, moving: Array) -> float:
 def loo_residuals_um(
     model: str, fixed: Array, moving: Array, *, kernel: Kernel = "r", smoothing: float = 0.0
 ) -> Array:
-    """Leave-one-out residual vectors (N, 3): landmark i mapped by the fit without it, minus its
-    moving partner (moving space, xyz µm)."""
+    """Leave-one-out residual vectors, shape (N, 3).
+
+    Leave-one-out residual vectors (N, 3): landmark i mapped by the fit without it, minus its
+    moving partner (moving space, xyz µm).
+    """
     f, m = np.asarray(fixed, dtype=np.float64), np.asarray(moving, dtype=np.float64)
     out = np.empty_like(f)
     for i in range(len(f)):
@@ -121,7 +125,8 @@ def grid_points(extent_xyz: Array, n: int = 50, *, per_slice_z: Array | None = N
     """The paper's inter-rater grid: ``n`` x ``n`` points per slice over the (x, y) extent.
 
     ``extent_xyz`` is ``[[x0, x1], [y0, y1], [z0, z1]]``; ``per_slice_z`` lists slice positions
-    (default: 5 evenly spaced)."""
+    (default: 5 evenly spaced).
+    """
     e = np.asarray(extent_xyz, dtype=np.float64)
     xs = np.linspace(e[0, 0], e[0, 1], n)
     ys = np.linspace(e[1, 0], e[1, 1], n)
@@ -151,7 +156,7 @@ def inter_rater_rmse_um(model_a: Model, model_b: Model, moving_points: Array) ->
         "mean_um": float(d.mean()),
         "p95_um": float(np.percentile(d, 95)),
         "max_um": float(d.max()),
-        "n_points": int(len(d)),
+        "n_points": len(d),
     }
 
 
@@ -226,7 +231,7 @@ def registration_report(
         "model": model_name,
         "kernel": kernel if model_name == "tps" else None,
         "smoothing": smoothing if model_name == "tps" else None,
-        "n_landmarks": int(len(fixed)),
+        "n_landmarks": len(fixed),
         "rmse_um": rmse_um(model, fixed, moving),
         "loo_tre_um": [float(v) for v in loo],
         "loo_tre_rms_um": float(np.sqrt(np.mean(loo**2))),

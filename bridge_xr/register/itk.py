@@ -68,7 +68,7 @@ def export_itk(where: StoreLike, name: str, output: str | os.PathLike[str]) -> P
         return out
     if not out.name.endswith((".h5", ".hdf5", ".nii.gz", ".nii", ".nrrd")):
         raise InvalidInputError(f"`output` {str(out)!r}: use .h5 for a TPS (displacement field)")
-    assert rec.field_path is not None  # noqa: S101 - TPS registrations always have a field
+    assert rec.field_path is not None
     grid = read_image(store, rec.field_path)
     sp = [grid.attrs["spacing"][d] for d in "xyz"]
     org = [grid.attrs["origin"][d] for d in "xyz"]

@@ -137,8 +137,11 @@ def write_bigwarp_csv(df: pd.DataFrame, path: Path) -> Path:
 
 
 def strip_json_comments(text: str) -> str:
-    """JSON with ``/* ... */``, ``//`` and ``#`` comments outside strings (as BigWarp's lenient
-    Gson reader accepts them) -> plain JSON."""
+    """Strip comments from lenient JSON (BigWarp's).
+
+    JSON with ``/* ... */``, ``//`` and ``#`` comments outside strings (as BigWarp's lenient
+    Gson reader accepts them) -> plain JSON.
+    """
     out: list[str] = []
     i, n = 0, len(text)
     while i < n:

@@ -121,7 +121,7 @@ def landmark_set(
         moving=moving,
         fixed=fixed,
         landmarks=tuple(
-            Landmark(name=n, fixed=tuple(a), moving=tuple(b))  # type: ignore[arg-type]
+            Landmark(name=n, fixed=tuple(a), moving=tuple(b))
             for n, a, b in zip(labels, f.tolist(), m.tolist(), strict=True)
         ),
     )

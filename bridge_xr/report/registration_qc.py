@@ -78,7 +78,9 @@ def _plane(img: Any, z: int) -> np.ndarray:
 
 
 def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
-    """QC figures of a stored registration, saved as ``<prefix>_qc.png``, ``<prefix>_qc_fine.png``
+    """Draw the QC figures of a stored registration.
+
+    QC figures of a stored registration, saved as ``<prefix>_qc.png``, ``<prefix>_qc_fine.png``
     and (when a TRE map was written) ``<prefix>_tre.png``.
 
     The slice is the fixed image's z slice nearest the landmarks' median depth. ``_qc``: fixed,

@@ -1,5 +1,8 @@
-"""An HTML report of a study: what is in the stores, how well they are registered, what the
-per-voxel tables say (category medians, tests, effect sizes), figures, and provenance."""
+"""An HTML report of a study.
+
+An HTML report of a study: what is in the stores, how well they are registered, what the
+per-voxel tables say (category medians, tests, effect sizes), figures, and provenance.
+"""
 
 from __future__ import annotations
 
@@ -131,7 +134,7 @@ def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Pa
     ]
     regs = pd.DataFrame([{"store": s["store"], **r} for s in subjects for r in s["registrations"]])
     parts.append(_table(regs) if not regs.empty else "<p>none</p>")
-    summary: dict[str, Any] = {"response": response, "voxels": int(len(df)), "channels": {}}
+    summary: dict[str, Any] = {"response": response, "voxels": len(df), "channels": {}}
     for r in results:
         ch = r["channel"]
         box = plots.box(df, response=response, by=r["column"], output=figs / f"box_{ch}.png")

@@ -97,8 +97,11 @@ def _eligible(subject: SubjectMetadata, via: list[str] | None) -> list[Registrat
 def simple_paths(
     adj: Mapping[Any, Sequence[tuple[Any, Any]]], src: Any, dst: Any, *, limit: int = _MAX_CHAINS
 ) -> list[list[Any]]:
-    """Every simple path from ``src`` to ``dst`` as its list of edges (``adj``: node ->
-    ``(next node, edge)``), depth first, at most ``limit`` paths."""
+    """Every simple path from ``src`` to ``dst``.
+
+    Every simple path from ``src`` to ``dst`` as its list of edges (``adj``: node ->
+    ``(next node, edge)``), depth first, at most ``limit`` paths.
+    """
     found: list[list[Any]] = []
 
     def walk(node: Any, seen: set[Any], edges: list[Any]) -> None:
@@ -195,8 +198,11 @@ R = TypeVar("R")
 
 
 def with_via(func: Callable[P, R]) -> Callable[P, R]:
-    """Run ``func`` inside :func:`using` of its own ``via=`` keyword (the function declares
-    ``via`` for its signature and reads the names used with :func:`used_registrations`)."""
+    """Run ``func`` inside :func:`using` of its own ``via=`` keyword.
+
+    Run ``func`` inside :func:`using` of its own ``via=`` keyword (the function declares
+    ``via`` for its signature and reads the names used with :func:`used_registrations`).
+    """
 
     @functools.wraps(func)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:

@@ -424,7 +424,7 @@ class TransformGraph:
         vec = self._from_xyz_um(a, np.asarray(points_xyz_um, dtype=np.float64))
         for e, fwd in route:
             fn = e.forward if fwd else e.backward
-            assert fn is not None  # noqa: S101 - the route walks only invertible edges backwards
+            assert fn is not None
             vec = fn(vec)
         return self._to_xyz_um(b, vec), [e.name for e, _ in route]
 

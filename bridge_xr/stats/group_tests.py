@@ -443,7 +443,7 @@ def percent_signal_enhancement(pre: np.ndarray, post: np.ndarray) -> dict[str, f
     pse = (post - pre) / pre * 100.0
     sd = float(pse.std(ddof=1)) if len(pse) > 1 else float("nan")
     return {
-        "pse_percent": pse.tolist(),  # type: ignore[dict-item]
+        "pse_percent": pse.tolist(),
         "mean": float(pse.mean()),
         "sd": sd,
         "cv_percent": float(sd / pse.mean() * 100) if pse.mean() else float("nan"),

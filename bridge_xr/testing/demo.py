@@ -175,7 +175,7 @@ def run_demo(
 
             problems = validate_store(study.store)
             steps["validation"] = problems if problems else "passed"
-        except Exception as exc:  # noqa: BLE001 - validators are an optional extra
+        except Exception as exc:
             steps["validation"] = f"skipped: {exc}"
     _figure(study, out_dir / "report" / "overview.png")
     elapsed = time.perf_counter() - t0
@@ -220,7 +220,9 @@ def _registration(study: Any, report: Path) -> dict[str, Any]:
         name="2p_glioma_to_mri",
     )
     (report / "registration.json").write_text(json.dumps(rep, indent=2))
-    per_lm, per_ds, omni, pairs = compare_models({f"rater{i + 1}": r for i, r in enumerate(raters)})
+    per_lm, per_ds, _omni, _pairs = compare_models(
+        {f"rater{i + 1}": r for i, r in enumerate(raters)}
+    )
     per_ds.to_csv(report / "model_comparison.csv", index=False)
     plot_comparison(per_lm, per_ds, report / "model_comparison.png")
     models = []
@@ -274,9 +276,12 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
 
 
 def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str, Any]:
-    """Masks, NAGM z-score and tables with the fast ``resliced`` densities (nearest reslice of the
+    """Demo step 6: voxel correlation.
+
+    Masks, NAGM z-score and tables with the fast ``resliced`` densities (nearest reslice of the
     2P through the TPS, then exact integration); on the tiny phantom also the ``exact`` footprint
-    integration of the angiogram, to show how close the two are."""
+    integration of the angiogram, to show how close the two are.
+    """
     from bridge_xr.extract.study import extract_study
     from bridge_xr.extract.tables import analysis_mask, read_tables, zscore_normalize
     from bridge_xr.report.study import write_report
@@ -329,13 +334,13 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     return {
         "mask": counts,
         "exact_vs_resliced": exact_vs_resliced,
-        "voxels": int(len(df)),
+        "voxels": len(df),
         "r_vessel_truth": float(np.corrcoef(full["fraction_angiogram"], truth)[0, 1]),
         "vessel_rho": ch["angiogram"]["spearman_rho"],
         "vessel_kw_p": ch["angiogram"]["kruskal_p"],
         "glioma_rho": float(g_rho["statistic"].iloc[0]),
         "glioma_kw_p": float(g_om["p"].iloc[0]),
-        "glioma_voxels": int(len(low)),
+        "glioma_voxels": len(low),
         "glioma_medians": g_om.attrs["summary"].set_index("group")["median"].to_dict(),
         "report": str(report),
     }
@@ -362,7 +367,7 @@ def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
     return {
         "registration": regs[0],
         "motion_error_um": float(err.max()),
-        "voxels": int(len(later)),
+        "voxels": len(later),
         "mean_growth_percent_per_day": float(later["d_fraction_glioma_per_day"].mean() * 100),
         "growth_categories": {
             str(k): int(v) for k, v in later["growth_glioma"].value_counts().items()
@@ -371,9 +376,12 @@ def _longitudinal(out_dir: Path, seed: int) -> dict[str, Any]:
 
 
 def _learning(out_dir: Path, seed: int, *, short: bool) -> dict[str, Any]:
-    """Three phantom subjects with a coil bias in their MRI: export crops with 2P vessel truth,
+    """Demo step 8: learning vessels in MRI.
+
+    Three phantom subjects with a coil bias in their MRI: export crops with 2P vessel truth,
     train nnU-Net's 2d configuration (fold 0, a short CPU schedule), evaluate against thresholded
-    T2w, and predict vessels back into one subject store."""
+    T2w, and predict vessels back into one subject store.
+    """
     import time as _time
 
     from bridge_xr.learn import nnunet

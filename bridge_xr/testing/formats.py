@@ -143,7 +143,9 @@ def _segment(sid: str, data: bytes) -> bytes:
     )
 
 
-def _czi_entry(pixel_type: int, position: int, compression: int, dims: list[tuple]) -> bytes:
+def _czi_entry(
+    pixel_type: int, position: int, compression: int, dims: list[tuple[str, int, int]]
+) -> bytes:
     import struct
 
     head = struct.pack("<2siqiiBB4si", b"DV", pixel_type, position, 0, compression, 0, 0,
@@ -155,8 +157,11 @@ def _czi_entry(pixel_type: int, position: int, compression: int, dims: list[tupl
 
 
 def _zstd1(raw: bytes, itemsize: int) -> bytes:
-    """ZEN's "zstd1" subblock compression: a header (size 3, chunk 1 = hi/lo byte packing) and
-    zstd of the (optionally byte-plane separated) data."""
+    """Encode ZEN's "zstd1" subblock compression.
+
+    ZEN's "zstd1" subblock compression: a header (size 3, chunk 1 = hi/lo byte packing) and
+    zstd of the (optionally byte-plane separated) data.
+    """
     from numcodecs import Zstd
 
     if itemsize == 2:
@@ -270,9 +275,12 @@ def write_lif(
     *,
     channel_luts: tuple[str, ...] = ("Green", "Red", "Blue", "Gray"),
 ) -> Path:
-    """A Leica LIF (version 2) file by its documented layout: a UTF-16 XML header, then one
+    """Write a Leica LIF (version 2) file by its documented layout.
+
+    A Leica LIF (version 2) file by its documented layout: a UTF-16 XML header, then one
     memory block per image. ``images``: ``(name, data (c, z, y, x), voxel (x, y, z) µm or None)``;
-    channels are stored one whole volume after the other, x fastest."""
+    channels are stored one whole volume after the other, x fastest.
+    """
     import struct
 
     children, blocks = [], []

@@ -405,12 +405,12 @@ def _landmarks(
 def phantom_summary(ph: Phantom) -> dict[str, Any]:
     """Numbers worth printing about a phantom."""
     return {
-        "segments": int(len(ph.segments)),
+        "segments": len(ph.segments),
         "diameter_range_um": (
             float(2 * ph.segments[:, 6].min()),
             float(2 * ph.segments[:, 6].max()),
         ),
         "twophoton_shape": tuple(int(v) for v in ph.twophoton.shape),
         "mri_shape": tuple(int(v) for v in ph.mri["T2w"].shape),
-        "landmarks": int(len(ph.landmarks[0])) if ph.landmarks else 0,
+        "landmarks": len(ph.landmarks[0]) if ph.landmarks else 0,
     }

@@ -67,7 +67,7 @@ def tiny_scene(*, registered: bool = False, where: StoreLike | None = None) -> S
         meta = ImageMetadata(
             path=path,
             modality=mod,
-            provenance=Provenance.now("tiny scene"),  # type: ignore[arg-type]
+            provenance=Provenance.now("tiny scene"),
         )
         add_image(store, img, meta, levels=1)
     scene = Scene(store)

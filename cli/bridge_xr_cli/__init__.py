@@ -1,0 +1,1 @@
+"""The ``bridge`` command line: a typer shell over the bridge_xr library."""

@@ -263,7 +263,7 @@ def longitudinal(
     if subject not in stores:
         raise InvalidInputError(f"no subject {subject!r} in {str(study)!r}; have {sorted(stores)}")
     with console.status(f"longitudinal {subject}"):
-        df, regs, written = run_longitudinal(
+        df, regs, _written = run_longitudinal(
             stores[subject],
             output,
             days=_days(days),
@@ -311,7 +311,7 @@ def stats(
     if where:
         try:
             df = df.query(where)
-        except Exception as exc:  # noqa: BLE001 - any pandas parse error is the user's query
+        except Exception as exc:
             raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
     omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins))
     summary = omnibus.attrs.get("summary")
@@ -349,7 +349,7 @@ def plot(
     if where:
         try:
             df = df.query(where)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
     if kind not in plots.KINDS:
         raise InvalidInputError(f"--kind is one of {', '.join(plots.KINDS)}; got {kind!r}")

@@ -31,7 +31,7 @@ def main(
     """Build a synthetic study (phantom), convert it, check it, and summarise."""
     from bridge_xr.testing.demo import run_demo
 
-    summary = run_demo(out_dir, size=size.value, seed=seed, status=console.status)  # type: ignore[arg-type]
+    summary = run_demo(out_dir, size=size.value, seed=seed, status=console.status)
     out.print(summary.sentence())
     if not summary.passed:
         raise typer.Exit(code=1)

@@ -18,7 +18,7 @@ def _length_um(text: str, option: str) -> float:
 
     try:
         value, unit = parse_length(text, default_unit="um")
-    except Exception:  # noqa: BLE001 - any parse failure is the user's text
+    except Exception:
         raise InvalidInputError(
             f"{option} takes a length such as 30um or 0.05mm; got {text!r}"
         ) from None
@@ -268,8 +268,11 @@ def evaluate_folds(
     dataset: Annotated[Path, typer.Option(help="the raw dataset it was trained on")],
     json_out: Annotated[Path, typer.Option("--json", help="per-case metrics and summary")],
 ) -> None:
-    """The paper's cross-validation table: metrics per validation case, per fold and overall
-    (median and IQR), the thresholded-T2w baseline, and the vessel-wise comparison."""
+    """The paper's cross-validation table.
+
+    The paper's cross-validation table: metrics per validation case, per fold and overall
+    (median and IQR), the thresholded-T2w baseline, and the vessel-wise comparison.
+    """
     from bridge_xr.learn import nnunet
 
     result = nnunet.write_fold_table(model, dataset, json_out)
@@ -326,7 +329,7 @@ def visibility(
     from bridge_xr.learn.vessels import visibility_by_diameter
 
     a, sp = read_mask(truth)
-    b, sb = read_mask(prediction)
+    b, _sb = read_mask(prediction)
     if a.shape != b.shape:
         raise InvalidInputError(f"truth {a.shape} and prediction {b.shape} are not on one grid")
     candidates = {"model": b > 0}

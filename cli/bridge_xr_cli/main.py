@@ -72,4 +72,4 @@ def run() -> None:
     app()
 
 
-__all__ = ["app", "json", "Path", "run"]
+__all__ = ["Path", "app", "json", "run"]

@@ -144,7 +144,7 @@ def register(
 
     rec, rep = register_with_report(
         store, fixed=fixed, moving=moving, landmarks=read_csv(landmarks),
-        model=model.value, name=name, kernel=kernel.value, smoothing=smoothing,  # type: ignore[arg-type]
+        model=model.value, name=name, kernel=kernel.value, smoothing=smoothing,
         field_spacing_um=parse_length_um(field_spacing) if field_spacing else None,
         overwrite=overwrite, tre_map=tre_map, fle_um=fle, current=current,
         refine=None if refine is None else Refinement(
@@ -201,7 +201,7 @@ def compare_models(
         if p not in subject.images:
             raise InvalidInputError(f"no image {p!r} in {store}; `bridge info` lists them")
     datasets = {p.stem: read_csv(p) for p in landmarks}
-    per_lm, per_ds, omni, pairs = run(datasets, kernel=kernel.value, smoothing=smoothing)  # type: ignore[arg-type]
+    per_lm, per_ds, omni, pairs = run(datasets, kernel=kernel.value, smoothing=smoothing)
     output.mkdir(parents=True, exist_ok=True)
     per_lm.to_csv(output / "loo_tre_per_landmark.csv", index=False)
     per_ds.to_csv(output / "models.csv", index=False)
@@ -277,7 +277,7 @@ def inter_rater(
         raise InvalidInputError("inter-rater needs exactly two --landmarks files (one per rater)")
     result = run(
         store, moving=moving, landmark_sets=[read_csv(p) for p in landmarks],
-        model=model.value, kernel=kernel.value,  # type: ignore[arg-type]
+        model=model.value, kernel=kernel.value,
     )  # fmt: skip
     paper, dense = result["grid_50x50_per_slice"], result["dense_grid"]
     if report is not None:

@@ -118,7 +118,7 @@ def test_s3_round_trip_on_a_real_s3_server(s3_bucket: str) -> None:
     assert validate_store(fresh) == []
     import os
 
-    import boto3  # noqa: E401
+    import boto3
 
     s3 = boto3.client(
         "s3", endpoint_url=os.environ["BRIDGE_XR_S3_ENDPOINT"], region_name="us-east-1"

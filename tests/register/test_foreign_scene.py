@@ -104,7 +104,7 @@ def test_by_dimension_and_map_axis_onto_xyz_named_axes(tmp_path) -> None:
             "name": "to_xzy",
             "input": {"name": "world"},
             "output": {"name": "xzy"},
-        },  # fmt: skip
+        },
     ]
     path = _scene(tmp_path, tr, systems)
     c = np.array([[3.0, 4.0, 6.0]])  # tileC x=3, y=4, z=6
