@@ -19,7 +19,7 @@ __getattr__, __dir__, __all__ = attach(
         "extract_table": "tables",
         "write_table": "tables",
         "read_tables": "tables",
-        "analysis_mask": "tables",
+        "analysis_mask": "masks",
         "extract_study": "study",
         "run_longitudinal": "longitudinal",
     },

@@ -42,7 +42,7 @@ from bridge_xr.io.read import read_image
 from bridge_xr.model.pointmaps import LinearModel, Model
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.scene.chains import apply_hops, models_of
-from bridge_xr.scene.graph import graph_of
+from bridge_xr.scene.mapping import graph_of
 
 Method = Literal["exact", "resliced", "bilinear"]
 

@@ -22,7 +22,8 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.model.pointmaps import LinearModel, fit
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.register.landmarks import arrays, validate
+from bridge_xr.register.landmark_formats import validate
+from bridge_xr.register.landmarks import arrays
 
 
 def _crop(img: Any, centre_xyz_um: np.ndarray, radius_um: float) -> sitk.Image | None:

@@ -22,7 +22,8 @@ from bridge_xr.model.metadata import ImageMetadata, Landmark, LandmarkSet, Prove
 from bridge_xr.model.pointmaps import Kernel, Model, ModelName
 from bridge_xr.model.pointmaps import fit as _fit_points
 from bridge_xr.register.accuracy import bootstrap_tre_map, registration_report
-from bridge_xr.register.landmarks import arrays, validate
+from bridge_xr.register.landmark_formats import validate
+from bridge_xr.register.landmarks import arrays
 from bridge_xr.scene.edges import add_registration, check_new_registration
 
 __all__ = ["fit", "landmark_set", "register"]

@@ -10,7 +10,8 @@ import pandas as pd
 from bridge_xr.errors import EstimationError
 from bridge_xr.model.pointmaps import Kernel, fit
 from bridge_xr.register.accuracy import loo_tre_um
-from bridge_xr.register.landmarks import arrays, validate
+from bridge_xr.register.landmark_formats import validate
+from bridge_xr.register.landmarks import arrays
 from bridge_xr.stats.group_tests import kruskal_dunn
 
 MODELS = ("rigid", "similarity", "affine", "tps")

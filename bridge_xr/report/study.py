@@ -19,7 +19,8 @@ from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.tables import read_tables
 from bridge_xr.stats import plots
 from bridge_xr.stats.categories import DENSITY_BINS
-from bridge_xr.stats.group_tests import run_test, spearman
+from bridge_xr.stats.dispatch import run_test
+from bridge_xr.stats.group_tests import spearman
 
 
 def _table(df: pd.DataFrame, digits: int = 4) -> str:

@@ -27,7 +27,7 @@ from bridge_xr.model.pointmaps import Model, ThinPlateSpline
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.resampling.blocks import COARSE_GRID_UM, block_error_bound_um, map_block
 from bridge_xr.scene.chains import Hop, Via, chain_names, models_of
-from bridge_xr.scene.graph import graph_of
+from bridge_xr.scene.mapping import graph_of
 
 #: Interpolation orders: nearest, linear, cubic B-spline.
 Order = Literal[0, 1, 3]

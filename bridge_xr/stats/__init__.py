@@ -14,14 +14,14 @@ from bridge_xr._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "run_test": "group_tests",
+        "run_test": "dispatch",
         "kruskal_dunn": "group_tests",
         "anova_tukey": "group_tests",
         "mann_whitney": "group_tests",
         "welch_t": "group_tests",
         "spearman": "group_tests",
-        "equivalence": "group_tests",
-        "percent_signal_enhancement": "group_tests",
+        "equivalence": "equivalence",
+        "percent_signal_enhancement": "equivalence",
         "DENSITY_BINS": "categories",
         "density_category": "categories",
     },

@@ -52,7 +52,7 @@ def normalize(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """z-normalise an MRI image to the normal-appearing grey matter (Shinohara et al. 2014)."""
-    from bridge_xr.extract.tables import zscore_normalize
+    from bridge_xr.extract.masks import zscore_normalize
 
     stats = zscore_normalize(
         store,
@@ -98,7 +98,7 @@ def mask(
     via: Via = None,
 ) -> None:
     """Analysis mask on the MRI grid from microscopy: 0 excluded, 1 NAGM (w/o glioma), 2 glioma."""
-    from bridge_xr.extract.tables import analysis_mask
+    from bridge_xr.extract.masks import analysis_mask
 
     counts = analysis_mask(
         store,
@@ -305,7 +305,7 @@ def stats(
 ) -> None:
     """Group comparisons as tidy tables (test, n per group, statistic, p, effect size)."""
     from bridge_xr.extract.tables import read_tables
-    from bridge_xr.stats.group_tests import run_test
+    from bridge_xr.stats.dispatch import run_test
 
     df = read_tables(tables)
     if where:

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from bridge_xr.io.convert import export_nifti, export_ome_zarr_05
+from bridge_xr.io.export import export_nifti, export_ome_zarr_05
 from bridge_xr_cli._common import handle_errors, out
 
 app = typer.Typer(help="Export images out of a subject store.", no_args_is_help=True)

@@ -44,7 +44,7 @@ def filter_(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Keep vessels at least --min-diameter wide (exact Euclidean opening, physical units)."""
-    from bridge_xr.extract.tables import write_on_grid_of
+    from bridge_xr.extract.masks import write_on_grid_of
     from bridge_xr.io.read import read_image
     from bridge_xr.learn.vessels import local_diameter, open_by_diameter
     from bridge_xr.model.units import conversion_factor
@@ -243,7 +243,7 @@ def predict(
     """Segment vessels in an MRI image; the label image goes back into the store with provenance."""
     import numpy as np
 
-    from bridge_xr.extract.tables import write_on_grid_of
+    from bridge_xr.extract.masks import write_on_grid_of
     from bridge_xr.io.read import read_image
     from bridge_xr.learn import nnunet
     from bridge_xr.model.units import conversion_factor

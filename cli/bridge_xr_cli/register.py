@@ -235,7 +235,7 @@ def transform_points(
     (``IMAGE#SYSTEM``, or a scene system's name); transforms authored by other tools in the
     scene are followed too.
     """
-    from bridge_xr.scene.graph import map_points_any
+    from bridge_xr.scene.mapping import map_points_any
 
     if not points.is_file():
         raise InvalidInputError(f"no such points file: {str(points)!r}")

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from bridge_xr.extract.tables import read_tables
 from bridge_xr.io.read import read_image
-from bridge_xr.stats.group_tests import run_test
+from bridge_xr.stats.dispatch import run_test
 from bridge_xr.testing.study import write_analysis_study
 from bridge_xr_cli.main import app
 

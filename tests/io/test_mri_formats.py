@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from bridge_xr.io.convert import convert_mri, export_nifti
+from bridge_xr.io.convert import convert_mri
+from bridge_xr.io.export import export_nifti
 from bridge_xr.io.read import read_image
 from bridge_xr.io.validate import validate_store
 from bridge_xr.scene.info import describe

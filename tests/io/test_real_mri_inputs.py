@@ -12,7 +12,8 @@ import pytest
 from typer.testing import CliRunner
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.io.convert import convert_mri, export_nifti
+from bridge_xr.io.convert import convert_mri
+from bridge_xr.io.export import export_nifti
 from bridge_xr.io.read import read_image
 from bridge_xr.testing.formats import write_dicom_series
 from bridge_xr_cli.main import app

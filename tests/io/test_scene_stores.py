@@ -229,7 +229,8 @@ def test_a_write_killed_before_publishing_leaves_no_store_that_looks_complete(
 def test_4d_nifti_round_trip(tmp_path) -> None:
     import nibabel as nib
 
-    from bridge_xr.io.convert import convert_mri, export_nifti
+    from bridge_xr.io.convert import convert_mri
+    from bridge_xr.io.export import export_nifti
 
     data = rng.integers(0, 1000, size=(6, 5, 4, 3)).astype(np.int16)
     aff = np.diag([0.1, 0.1, 0.2, 1.0])

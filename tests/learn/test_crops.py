@@ -9,7 +9,7 @@ from scipy.interpolate import RegularGridInterpolator
 from typer.testing import CliRunner
 
 from bridge_xr.io.read import read_image
-from bridge_xr.learn.dataset import _auto_crops, tre_on_grid
+from bridge_xr.learn.crops import _auto_crops, tre_on_grid
 from bridge_xr.model.units import conversion_factor
 from bridge_xr.register.landmarks import read_csv
 from bridge_xr.register.registration import register
@@ -134,10 +134,10 @@ def test_microscopy_diameter_measures_cylinders_in_their_own_space() -> None:
     from zarr.storage import MemoryStore
 
     from bridge_xr.io.subject import add_image
-    from bridge_xr.learn.dataset import microscopy_diameter
+    from bridge_xr.learn.crops import microscopy_diameter
     from bridge_xr.model.image import make_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.scene.graph import map_points
+    from bridge_xr.scene.mapping import map_points
 
     sp = (3.0, 2.0, 2.0)
     z, y, x = np.meshgrid(*[np.arange(n) * s for n, s in zip((40, 60, 120), sp, strict=True)],

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
-from bridge_xr.learn.dataset import Case, group_splits
+from bridge_xr.learn.crops import Case, group_splits
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_analysis_study
 from bridge_xr_cli.main import app
@@ -109,7 +109,7 @@ def test_export_train_predict_evaluate(tmp_path) -> None:
 
 
 def test_negative_control_pairs_every_image_with_another_crops_label() -> None:
-    from bridge_xr.learn.dataset import _derangement
+    from bridge_xr.learn.crops import _derangement
 
     imgs = [(Case(f"c{i}", f"M{i % 3}", "d060", "", (0,) * 6), np.zeros((2, 4, 4)),
              np.full((2, 4, 4), i)) for i in range(7)]  # fmt: skip

@@ -13,7 +13,7 @@ from bridge_xr.io.validate import validate_store
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.resampling.slicing import plane_frame
-from bridge_xr.scene.graph import map_points
+from bridge_xr.scene.mapping import map_points
 from bridge_xr_cli.main import app
 
 

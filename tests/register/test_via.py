@@ -15,8 +15,8 @@ from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.register.registration import register
-from bridge_xr.scene.graph import map_points, path_between
 from bridge_xr.scene.info import describe
+from bridge_xr.scene.mapping import map_points, path_between
 from bridge_xr_cli.main import app
 
 runner = CliRunner()
