@@ -15,6 +15,11 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "export_dataset": "dataset",
+        "filter_vessels": "workflows",
+        "evaluate_masks": "workflows",
+        "vessel_visibility": "workflows",
+        "train_folds": "workflows",
+        "predict_into": "workflows",
         "dice": "metrics",
         "dilated_dice": "metrics",
         "masd": "metrics",

@@ -105,4 +105,5 @@ def map_points(
     hops = graph_of(where).models(src, dst, via=via)
     return apply_hops(hops, np.asarray(points_zyx_um, dtype=np.float64), strict=strict)
 
+
 __all__ = ["graph_of", "map_points", "map_points_any", "path_between"]

@@ -1,4 +1,4 @@
-"""``bridge learn``: vessel filter, evaluation metrics (nnU-Net dataset export and training next)."""
+"""``bridge learn``: vessel filter, nnU-Net export, training and prediction, metrics, visibility."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import typer
 from bridge_xr.errors import InvalidInputError
 from bridge_xr_cli._common import Via, handle_errors, out
 
-app = typer.Typer(help="Microscopy-trained MRI vessel segmentation: filter, evaluate.")
+app = typer.Typer(
+    help="Microscopy-trained MRI vessel segmentation: filter, export, train, predict, evaluate."
+)
 
 
 def _length_um(text: str, option: str) -> float:
@@ -44,28 +46,13 @@ def filter_(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Keep vessels at least --min-diameter wide (exact Euclidean opening, physical units)."""
-    from bridge_xr.extract.masks import write_on_grid_of
-    from bridge_xr.io.read import read_image
-    from bridge_xr.learn.vessels import local_diameter, open_by_diameter
-    from bridge_xr.model.units import conversion_factor
+    from bridge_xr.learn.workflows import filter_vessels
 
     d_um = _length_um(min_diameter, "--min-diameter")
-    img = read_image(store, image)
-    if tuple(str(d) for d in img.dims) != ("z", "y", "x"):
-        raise InvalidInputError(f"{image!r} has dims {img.dims}; expected (z, y, x)")
-    fac = conversion_factor(img.attrs["unit"], "micrometer")
-    spacing = tuple(float(img.attrs["spacing"][d]) * fac for d in "zyx")
-    mask = img.data > threshold
-    kept = open_by_diameter(mask, d_um, spacing).astype("uint8")
-    write_on_grid_of(store, image, kept, image_out, kind="labels",
-                     operation="learn filter (opening)", overwrite=overwrite,
-                     min_diameter_um=d_um, threshold=threshold)  # fmt: skip
-    if diameter_out:
-        dmap = local_diameter(kept > 0, spacing, max_diameter_um=max(4 * d_um, 200.0))
-        write_on_grid_of(store, image, dmap, diameter_out, operation="learn local diameter",
-                         overwrite=overwrite, source=image_out)  # fmt: skip
-    n_in, n_out = int(mask.sum().compute()), int(kept.sum().compute())
-    out.print(f"{image_out}: kept {n_out} of {n_in} vessel voxels (>= {d_um:g} µm wide)")
+    n = filter_vessels(store, image=image, min_diameter_um=d_um, image_out=image_out,
+                       threshold=threshold, diameter_out=diameter_out, overwrite=overwrite)  # fmt: skip
+    out.print(f"{image_out}: kept {n['voxels_kept']} of {n['voxels_in']} vessel voxels "
+              f"(>= {d_um:g} µm wide)")  # fmt: skip
 
 
 @app.command("evaluate")
@@ -78,20 +65,9 @@ def evaluate(
 ) -> None:
     """Dice, Dilated Dice (paper), MASD and HD95 in µm between two masks on one grid."""
     from bridge_xr.io.jsonio import write_json
-    from bridge_xr.learn.masks import read_mask
-    from bridge_xr.learn.metrics import evaluate as run
+    from bridge_xr.learn.workflows import evaluate_masks
 
-    a, sa = read_mask(truth)
-    b, sb = read_mask(prediction)
-    if a.shape != b.shape or any(
-        abs(x - y) > 1e-6 * max(x, y) for x, y in zip(sa, sb, strict=True)
-    ):
-        raise InvalidInputError(
-            f"truth {a.shape} @ {sa} µm and prediction {b.shape} @ {sb} µm are not on one grid; "
-            "resample the prediction onto the truth first"
-        )
-    result = run(a, b, sa, dilation_um=_length_um(dilation, "--dilation"))
-    result.update({"truth": truth, "prediction": prediction})
+    result = evaluate_masks(truth, prediction, dilation_um=_length_um(dilation, "--dilation"))
     if json_out:
         write_json(result, json_out)
     out.print(
@@ -204,28 +180,17 @@ def train(
     ] = None,
 ) -> None:
     """Plan, preprocess and train nnU-Net's 2D configuration, fold by fold."""
-    import time
+    from bridge_xr.learn.workflows import train_folds
 
-    from bridge_xr.learn import nnunet
-
-    if not (dataset / "dataset.json").is_file():
-        raise InvalidInputError(f"{str(dataset)!r} has no dataset.json; run `bridge learn export`")
-    if not device:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    work = work or dataset.parent.parent / "nnunet_work"
     try:
         fold_list = [int(f) for f in folds.split(",") if f.strip()]
     except ValueError:
         raise InvalidInputError(f"--folds takes integers, e.g. 0,1; got {folds!r}") from None
-    if not (work / "preprocessed" / dataset.name / "nnUNetPlans.json").exists():
-        nnunet.plan(dataset, work)
-    for f in fold_list:
-        t0 = time.perf_counter()
-        folder = nnunet.train(dataset, work, f, device=device, epochs=epochs, iterations=iterations)
-        out.print(f"fold {f}: {folder} ({time.perf_counter() - t0:.0f} s on {device})")
-    out.print(f"model: {nnunet.model_folder(dataset, work)}")
+    model = train_folds(
+        dataset, folds=fold_list, device=device or None, epochs=epochs, iterations=iterations,
+        work=work, progress=lambda f, folder, sec: out.print(f"fold {f}: {folder} ({sec:.0f} s)"),
+    )  # fmt: skip
+    out.print(f"model: {model}")
 
 
 @app.command("predict")
@@ -241,24 +206,12 @@ def predict(
     overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
 ) -> None:
     """Segment vessels in an MRI image; the label image goes back into the store with provenance."""
-    import numpy as np
-
-    from bridge_xr.extract.masks import write_on_grid_of
-    from bridge_xr.io.read import read_image
-    from bridge_xr.learn import nnunet
-    from bridge_xr.model.units import conversion_factor
+    from bridge_xr.learn.workflows import predict_into
 
     fold_list = [int(f) for f in folds.split(",") if f.strip()]
-    img = read_image(store, image)
-    fac = conversion_factor(img.attrs["unit"], "micrometer")
-    spacing = tuple(float(img.attrs["spacing"][d]) * fac for d in "zyx")
-    seg = nnunet.predict(model, np.asarray(img.values), spacing, folds=fold_list,
-                         checkpoint=checkpoint, device=device)  # fmt: skip
-    hashes = {f: nnunet.checkpoint_hash(model / f"fold_{f}" / checkpoint)[:16] for f in fold_list}
-    write_on_grid_of(store, image, seg, label_out, kind="labels", operation="learn predict (nnU-Net)",
-                     overwrite=overwrite, model=str(model), folds=fold_list,
-                     checkpoint=checkpoint, checkpoint_sha256=hashes)  # fmt: skip
-    out.print(f"{label_out}: {int(seg.sum())} vessel voxels (folds {fold_list})")
+    n = predict_into(model, store, image=image, label_out=label_out, folds=fold_list,
+                     checkpoint=checkpoint, device=device, overwrite=overwrite)  # fmt: skip
+    out.print(f"{label_out}: {n} vessel voxels (folds {fold_list})")
 
 
 @app.command("evaluate-folds")
@@ -324,33 +277,12 @@ def visibility(
     import pandas as pd
 
     from bridge_xr.io.jsonio import write_json
-    from bridge_xr.learn.masks import read_mask
-    from bridge_xr.learn.nnunet import threshold_baseline
-    from bridge_xr.learn.vessels import visibility_by_diameter
+    from bridge_xr.learn.workflows import vessel_visibility
 
-    a, sp = read_mask(truth)
-    b, _sb = read_mask(prediction)
-    if a.shape != b.shape:
-        raise InvalidInputError(f"truth {a.shape} and prediction {b.shape} are not on one grid")
-    candidates = {"model": b > 0}
-    if mri:
-        m, _ = read_mask(mri)
-        if m.shape != a.shape:
-            raise InvalidInputError(f"MRI {m.shape} is not on the truth's grid {a.shape}")
-        candidates["threshold"] = threshold_baseline(m, a > 0)
-    diam = None
-    if diameters:
-        diam, _ = read_mask(diameters)
-        if diam.shape != a.shape:
-            raise InvalidInputError(f"diameters {diam.shape} are not on the truth's grid {a.shape}")
-    vessels, cats = visibility_by_diameter(
-        a > 0,
-        candidates,
-        sp,
-        dilation_um=_length_um(dilation, "--dilation"),
-        segments=segments,
-        diameters=diam,
-    )
+    vessels, cats, sp = vessel_visibility(
+        truth, prediction, mri=mri, dilation_um=_length_um(dilation, "--dilation"),
+        diameters=diameters, segments=segments,
+    )  # fmt: skip
     if json_out:
         write_json({"per_vessel": vessels, "per_diameter": cats, "spacing_um": sp}, json_out)
     out.print(pd.DataFrame(cats).to_string(index=False))
