@@ -14,7 +14,7 @@ from bridge_xr._lazy import attach
 __getattr__, __dir__, __all__ = attach(
     __name__,
     {
-        "registration_qc": "registration_qc",
+        "registration_qc": "qc",
         "compare_models": "compare",
         "write_report": "study",
     },

@@ -15,7 +15,7 @@ from bridge_xr.model.pointmaps import Kernel, ModelName
 from bridge_xr.register.landmarks import write_csv
 from bridge_xr.register.refine import refine_landmarks
 from bridge_xr.register.registration import register
-from bridge_xr.report.registration_qc import registration_qc
+from bridge_xr.report.qc import registration_qc
 
 __all__ = ["Refinement", "register_with_report"]
 

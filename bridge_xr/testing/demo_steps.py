@@ -70,7 +70,7 @@ def _resample(study: Any, report: Path) -> dict[str, Any]:
     from bridge_xr.io.read import read_image
     from bridge_xr.io.subject import add_image
     from bridge_xr.model.metadata import ImageMetadata, Provenance
-    from bridge_xr.report.registration_qc import registration_qc
+    from bridge_xr.report.qc import registration_qc
     from bridge_xr.resampling.blockwise import resample
 
     fixed = "invivo_mri/d060/T2w"

@@ -5,8 +5,8 @@ import scikit_posthocs as sp
 from scipy import stats
 
 from bridge_xr.stats.dispatch import run_test
-from bridge_xr.stats.equivalence import equivalence, percent_signal_enhancement
 from bridge_xr.stats.group_tests import anova_tukey, kruskal_dunn, mann_whitney, spearman, welch_t
+from bridge_xr.stats.stability import equivalence, percent_signal_enhancement
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
