@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -180,66 +181,15 @@ def export_dataset(
         missing = set(CROP_COLUMNS) - set(crops.columns)
         if missing:
             raise InvalidInputError(f"the crop list lacks columns {sorted(missing)}")
-    cases: list[Case] = []
-    images: list[tuple[Case, np.ndarray, np.ndarray]] = []
-    diam_crops: dict[str, np.ndarray] = {}
+    opts = _Export(
+        mri_sequence=mri_sequence, truth=truth, spacing_um=tuple(spacing_um), crops=crops,
+        truth_threshold=truth_threshold, min_fraction=min_fraction, crop_yx=crop_yx,
+        min_vessel=min_vessel, method=method, max_tre_um=max_tre_um, diameters=diameters,
+    )  # fmt: skip
+    found = _Found()
     for store_path in subject_stores(study):
-        st = resolve_store(str(store_path))
-        meta = read_subject(st)
-        subject = subject_name(st, str(store_path))
-        for path, img_meta in sorted(meta.images.items()):
-            if img_meta.modality != "mri" or not path.endswith(f"/{mri_sequence}"):
-                continue
-            if path.startswith("learn/"):
-                continue
-            session = img_meta.session or path.split("/")[-2]
-            truth_path = next(
-                (p for p in meta.images if p.endswith(f"/{truth}") and f"/{session}/" in f"/{p}"
-                 and meta.images[p].modality != "mri" and not p.startswith("registered/")),
-                None,
-            )  # fmt: skip
-            if truth_path is None:
-                continue
-            grid = _export_grid(st, path, session, mri_sequence, spacing_um)
-            mri_arr = np.asarray(read_image(st, grid).values, dtype=np.float32)
-            ds = density(
-                st, microscopy=truth_path, mri=grid, threshold=truth_threshold, method=method
-            )
-            frac = np.nan_to_num(np.asarray(ds["fraction"].values), nan=0.0)
-            covered = np.asarray(ds["coverage"].values) >= 0.999
-            label = ((frac >= min_fraction) & covered).astype(np.uint8)
-            diam = None
-            if diameters:  # vessel-weighted mean microscopy diameter per export voxel
-                dpath = microscopy_diameter(st, truth_path, session, truth_threshold)
-                dd = density(st, microscopy=dpath, mri=grid, threshold=None, method=method)
-                dsum = np.nan_to_num(np.asarray(dd["fraction"].values), nan=0.0)
-                diam = np.where(frac > 0, dsum / np.maximum(frac, 1e-12), 0.0).astype(np.float32)
-            tre = tre_on_grid(st, grid, truth_path)
-            if crops is not None:
-                rows = crops[(crops["subject"].astype(str) == subject)
-                             & (crops["session"].astype(str) == session)]  # fmt: skip
-                boxes: list[tuple[int, ...]] = [
-                    tuple(int(r[c]) for c in CROP_COLUMNS[2:]) for _, r in rows.iterrows()
-                ]
-            else:
-                boxes = _auto_crops(covered, label, crop_yx, min_vessel, tre, max_tre_um)
-            for k, box in enumerate(boxes):
-                z0, z1, y0, y1, x0, x1 = box
-                if not (0 <= z0 < z1 <= label.shape[0] and 0 <= y0 < y1 <= label.shape[1]
-                        and 0 <= x0 < x1 <= label.shape[2]):  # fmt: skip
-                    raise InvalidInputError(
-                        f"crop {box} of {subject}/{session} is outside the export grid {label.shape}"
-                    )
-                err = float(np.mean(tre[z0:z1, y0:y1, x0:x1])) if tre is not None else None
-                case = Case(
-                    f"{subject}_{session}_{k:03d}", subject, session, str(store_path), box, err
-                )
-                sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
-                cases.append(case)
-                images.append((case, mri_arr[sl], label[sl]))
-                if diam is not None:
-                    diam_crops[case.case] = diam[sl]
-    if not cases:
+        opts.collect(store_path, found)
+    if not found.cases:
         raise InvalidInputError(
             f"no crops: no subject in {str(study)!r} has an MRI {mri_sequence!r} with registered "
             f"{truth!r} microscopy covering a {crop_yx}x{crop_yx} tile"
@@ -247,68 +197,177 @@ def export_dataset(
             + " (try a smaller --crop-size"
             + (" or a larger `max_tre_um`)" if max_tre_um is not None else ")")
         )
-    splits = group_splits(cases, n_folds)
-    label_from = list(range(len(images)))
+    label_from = list(range(len(found.images)))
     if negative_control:
-        label_from = _derangement(images, seed)
+        label_from = _derangement(found.images, seed)
     tmp = folder.with_name(folder.name + ".tmp")
     try:
-        (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
-        (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
-        for (case, img, _), src in zip(images, label_from, strict=True):
-            lab = images[src][2]
-            _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
-            _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", lab, spacing_um)
-            label_case = images[src][0].case
-            if label_case in diam_crops:  # the microscopy diameters travel with the label
-                (tmp / "bridge_xr" / "diameters").mkdir(parents=True, exist_ok=True)
-                _write_nifti(
-                    tmp / "bridge_xr" / "diameters" / f"{case.case}.nii.gz",
-                    diam_crops[label_case],
-                    spacing_um,
-                )
-        dataset_json = {
-            "channel_names": {"0": mri_sequence},
-            "labels": {"background": 0, "vessel": 1},
-            "numTraining": len(cases),
-            "file_ending": ".nii.gz",
-            "name": name,
-            "description": f"bridge_xr: {mri_sequence} MRI with {truth} microscopy truth "
-            f"(fraction >= {min_fraction}), {tuple(spacing_um)} µm (z, y, x)",
-            "reference": "BRIDGE (bridge_xr export)",
-        }
-        if negative_control:
-            dataset_json["description"] = (
-                f"{dataset_json['description']}; NEGATIVE CONTROL: every image is paired with another "
-                "crop's label (same shape)"
-            )
-        (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
-        (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
-        pd.DataFrame(
-            [
-                {
-                    "case": c.case,
-                    "subject": c.subject,
-                    "session": c.session,
-                    "store": c.store,
-                    **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
-                    "label_from": cases[src].case,
-                    "tre_um": c.tre_um,
-                }
-                for c, src in zip(cases, label_from, strict=True)
-            ]
-        ).to_csv(tmp / "cases.csv", index=False)
-        (tmp / "bridge_xr").mkdir(exist_ok=True)
-        prov = Provenance.now(
-            "learn export", inputs=(str(study),), mri_sequence=mri_sequence, truth=truth,
-            spacing_um=list(spacing_um), registrations=used_registrations(),
-        )  # fmt: skip
-        (tmp / "bridge_xr" / "provenance.json").write_text(prov.model_dump_json(indent=2))
+        _write_cases(tmp, found, label_from, opts.spacing_um)
+        _write_metadata(tmp, found.cases, label_from, group_splits(found.cases, n_folds),
+                        opts, name=name, negative_control=negative_control, study=study)  # fmt: skip
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)  # nothing half-written stays behind
         raise
     tmp.rename(folder)
     return folder
+
+
+@dataclass
+class _Found:
+    """Crops collected over the study, in order."""
+
+    cases: list[Case] = field(default_factory=list)
+    images: list[tuple[Case, np.ndarray, np.ndarray]] = field(default_factory=list)
+    diameters: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Export:
+    """The options of one export, and how one subject's sessions become crops."""
+
+    mri_sequence: str
+    truth: str
+    spacing_um: tuple[float, ...]
+    crops: pd.DataFrame | None
+    truth_threshold: float | None
+    min_fraction: float
+    crop_yx: int
+    min_vessel: int
+    method: Method
+    max_tre_um: float | None
+    diameters: bool
+
+    def _sessions(self, meta: Any) -> list[tuple[str, str, str]]:
+        """``(mri path, session, truth path)`` of every MRI with its truth microscopy."""
+        out = []
+        for path, img_meta in sorted(meta.images.items()):
+            if img_meta.modality != "mri" or not path.endswith(f"/{self.mri_sequence}"):
+                continue
+            if path.startswith("learn/"):
+                continue
+            session = img_meta.session or path.split("/")[-2]
+            truth_path = next(
+                (p for p in meta.images if p.endswith(f"/{self.truth}") and f"/{session}/" in f"/{p}"
+                 and meta.images[p].modality != "mri" and not p.startswith("registered/")),
+                None,
+            )  # fmt: skip
+            if truth_path is not None:
+                out.append((path, session, truth_path))
+        return out
+
+    def collect(self, store_path: Path, found: _Found) -> None:
+        """Add the crops of every session of one subject store."""
+        st = resolve_store(str(store_path))
+        meta = read_subject(st)
+        subject = subject_name(st, str(store_path))
+        for path, session, truth_path in self._sessions(meta):
+            grid = _export_grid(st, path, session, self.mri_sequence, self.spacing_um)
+            mri_arr = np.asarray(read_image(st, grid).values, dtype=np.float32)
+            ds = density(st, microscopy=truth_path, mri=grid, threshold=self.truth_threshold,
+                         method=self.method)  # fmt: skip
+            frac = np.nan_to_num(np.asarray(ds["fraction"].values), nan=0.0)
+            covered = np.asarray(ds["coverage"].values) >= 0.999
+            label = ((frac >= self.min_fraction) & covered).astype(np.uint8)
+            diam = self._diameter(st, truth_path, session, grid, frac) if self.diameters else None
+            tre = tre_on_grid(st, grid, truth_path)
+            for k, box in enumerate(self._boxes(subject, session, covered, label, tre)):
+                z0, z1, y0, y1, x0, x1 = box
+                err = float(np.mean(tre[z0:z1, y0:y1, x0:x1])) if tre is not None else None
+                case = Case(f"{subject}_{session}_{k:03d}", subject, session, str(store_path),
+                            box, err)  # fmt: skip
+                sl = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+                found.cases.append(case)
+                found.images.append((case, mri_arr[sl], label[sl]))
+                if diam is not None:
+                    found.diameters[case.case] = diam[sl]
+
+    def _diameter(self, st: Any, truth_path: str, session: str, grid: str,
+                  frac: np.ndarray) -> np.ndarray:  # fmt: skip
+        """The vessel-weighted mean microscopy diameter per export voxel."""
+        dpath = microscopy_diameter(st, truth_path, session, self.truth_threshold)
+        dd = density(st, microscopy=dpath, mri=grid, threshold=None, method=self.method)
+        dsum = np.nan_to_num(np.asarray(dd["fraction"].values), nan=0.0)
+        return np.where(frac > 0, dsum / np.maximum(frac, 1e-12), 0.0).astype(np.float32)
+
+    def _boxes(self, subject: str, session: str, covered: np.ndarray, label: np.ndarray,
+               tre: np.ndarray | None) -> list[tuple[int, ...]]:  # fmt: skip
+        """The crops of one session: the given list, or automatic tiles; checked in bounds."""
+        if self.crops is None:
+            return _auto_crops(covered, label, self.crop_yx, self.min_vessel, tre, self.max_tre_um)
+        rows = self.crops[(self.crops["subject"].astype(str) == subject)
+                          & (self.crops["session"].astype(str) == session)]  # fmt: skip
+        boxes: list[tuple[int, ...]] = [
+            tuple(int(r[c]) for c in CROP_COLUMNS[2:]) for _, r in rows.iterrows()
+        ]
+        for box in boxes:
+            z0, z1, y0, y1, x0, x1 = box
+            if not (0 <= z0 < z1 <= label.shape[0] and 0 <= y0 < y1 <= label.shape[1]
+                    and 0 <= x0 < x1 <= label.shape[2]):  # fmt: skip
+                raise InvalidInputError(
+                    f"crop {box} of {subject}/{session} is outside the export grid {label.shape}"
+                )
+        return boxes
+
+
+def _write_cases(tmp: Path, found: _Found, label_from: list[int],
+                 spacing_um: Sequence[float]) -> None:  # fmt: skip
+    """imagesTr/, labelsTr/ and the microscopy diameters that travel with each label."""
+    (tmp / "imagesTr").mkdir(parents=True, exist_ok=True)
+    (tmp / "labelsTr").mkdir(parents=True, exist_ok=True)
+    for (case, img, _), src in zip(found.images, label_from, strict=True):
+        _write_nifti(tmp / "imagesTr" / f"{case.case}_0000.nii.gz", img, spacing_um)
+        _write_nifti(tmp / "labelsTr" / f"{case.case}.nii.gz", found.images[src][2], spacing_um)
+        label_case = found.images[src][0].case
+        if label_case in found.diameters:
+            (tmp / "bridge_xr" / "diameters").mkdir(parents=True, exist_ok=True)
+            _write_nifti(tmp / "bridge_xr" / "diameters" / f"{case.case}.nii.gz",
+                         found.diameters[label_case], spacing_um)  # fmt: skip
+
+
+def _write_metadata(
+    tmp: Path,
+    cases: list[Case],
+    label_from: list[int],
+    splits: Any,
+    opts: _Export,
+    *,
+    name: str,
+    negative_control: bool,
+    study: str | Path,
+) -> None:
+    """dataset.json, splits_final.json, cases.csv and bridge_xr/provenance.json."""
+    description = (
+        f"bridge_xr: {opts.mri_sequence} MRI with {opts.truth} microscopy truth "
+        f"(fraction >= {opts.min_fraction}), {tuple(opts.spacing_um)} µm (z, y, x)"
+    )
+    if negative_control:
+        description += (
+            "; NEGATIVE CONTROL: every image is paired with another crop's label (same shape)"
+        )
+    dataset_json = {
+        "channel_names": {"0": opts.mri_sequence},
+        "labels": {"background": 0, "vessel": 1},
+        "numTraining": len(cases),
+        "file_ending": ".nii.gz",
+        "name": name,
+        "description": description,
+        "reference": "BRIDGE (bridge_xr export)",
+    }
+    (tmp / "dataset.json").write_text(json.dumps(dataset_json, indent=2))
+    (tmp / "splits_final.json").write_text(json.dumps(splits, indent=2))
+    rows = [
+        {"case": c.case, "subject": c.subject, "session": c.session, "store": c.store,
+         **dict(zip(CROP_COLUMNS[2:], c.crop, strict=True)),
+         "label_from": cases[src].case, "tre_um": c.tre_um}
+        for c, src in zip(cases, label_from, strict=True)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(tmp / "cases.csv", index=False)
+    (tmp / "bridge_xr").mkdir(exist_ok=True)
+    prov = Provenance.now(
+        "learn export", inputs=(str(study),), mri_sequence=opts.mri_sequence, truth=opts.truth,
+        spacing_um=list(opts.spacing_um), registrations=used_registrations(),
+    )  # fmt: skip
+    (tmp / "bridge_xr" / "provenance.json").write_text(prov.model_dump_json(indent=2))
 
 
 def verify(folder: Path) -> None:
