@@ -231,6 +231,7 @@ def resliced_sums(
     reslicing, so the error per MRI voxel is of the order of one microscopy voxel layer along
     structure boundaries (microscopy voxel / MRI voxel), with no bias.
     """
+    # long by design: the reslice and the exact separable integration share the planned footprint
     from bridge_xr.model.grid import Grid
     from bridge_xr.resampling.blockwise import resample_through
 

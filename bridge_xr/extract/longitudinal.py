@@ -158,6 +158,7 @@ def longitudinal_table(
     growth_bins: Sequence[float] = GROWTH_BINS,
 ) -> pd.DataFrame:
     """Per-voxel values of every session on the first session's grid, with changes per day."""
+    # long by design: sessions are resampled onto the first grid column by column, in table order
     from bridge_xr.resampling.blockwise import resample
 
     st = resolve_store(store)

@@ -145,6 +145,7 @@ def extract_table(
     >>> len(df), float(df["fraction_micro"].max())
     (256, 1.0)
     """
+    # long by design: one column per input, built lazily in table order
     st = resolve_store(store)
     ref = read_image(st, mri)
     thresholds = dict(thresholds or {})

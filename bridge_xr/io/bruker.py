@@ -132,6 +132,7 @@ def read_paravision(
 
     Returns ``(image, acquisition parameters, [(scanner_ras, affine)])``.
     """
+    # long by design: ParaVision's visu_pars/reco fields are read and cross-checked in the order the format defines them
     rec = find_reconstruction(Path(folder), scan)
     where = str(rec / "visu_pars")
     if not (rec / "visu_pars").is_file():

@@ -99,6 +99,7 @@ def convert_mri(
     >>> convert_mri(tmp / "T2w.nii.gz", tmp / "M.ome.zarr", "invivo_mri/d1/T2w").modality
     'mri'
     """
+    # long by design: NIfTI, DICOM and ParaVision differ only in the reader; the geometry checks and write are shared
     from bridge_xr.io.bruker import is_paravision, read_paravision
     from bridge_xr.io.dicom import read_dicom_series
     from bridge_xr.io.nifti import read_nifti
@@ -247,6 +248,7 @@ def convert_microscopy(
     >>> convert_microscopy(tmp / "a.tif", tmp / "M.ome.zarr", "twophoton/d1/a").modality
     'twophoton'
     """
+    # long by design: the reader dispatch, calibration checks and the shard-aligned write share one set of parsed options
     from bridge_xr.io._plan import plan_storage
     from bridge_xr.io.tiff import read_tiff
 

@@ -137,6 +137,7 @@ def read_czi(
     channel_names: tuple[str, ...] | None = None,
 ) -> tuple[xr.DataArray, CziInfo]:
     """One scene of a CZI file as a lazy calibrated image (dims ``c, z, y, x``)."""
+    # long by design: a CZI is parsed in one pass over its segments (directory, metadata, subblocks); splitting it would pass a dozen parsed fields between helpers
     import warnings
 
     import czifile

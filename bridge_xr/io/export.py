@@ -111,6 +111,7 @@ def export_ome_zarr_05(
     >>> out.endswith("mri.zarr")
     True
     """
+    # long by design: one export transaction (axes, scale, translation, copy, metadata last)
     src = resolve_store(where, read_only=True, storage_options=storage_options)
     dst = resolve_store(output, storage_options=storage_options)
     if key_exists(dst, "zarr.json"):

@@ -71,6 +71,7 @@ def read_lif(
     channel_names: tuple[str, ...] | None = None,
 ) -> tuple[xr.DataArray, LifInfo]:
     """One image (``scene`` = series index) of a LIF file as a lazy calibrated image."""
+    # long by design: one pass over the LIF XML tree and its memory blocks, in the format's order
     import liffile
 
     p = Path(path)

@@ -212,6 +212,7 @@ def add_image(
     >>> sorted(add_image(MemoryStore(), img, meta).images)
     ['twophoton/d1/angiogram']
     """
+    # long by design: validate, write, then publish the metadata last, with cleanup on failure: one transaction
     store = resolve_store(where, storage_options=storage_options)
     path = check_image_path(meta.path)
     if "c" in image.dims and "c" in image.coords and meta.channel_names is None:

@@ -131,6 +131,7 @@ def read_tiff(
     chunks: dict[str, int] | None = None,
 ) -> tuple[xr.DataArray, TiffCalibration]:
     """Open a TIFF stack lazily as a calibrated image (dims a subset of ``t, c, z, y, x``)."""
+    # long by design: calibration comes from OME-XML, ImageJ tags or resolution tags, tried in that order in one place
     p = Path(path)
     if not p.is_file():
         raise InvalidInputError(f"no such file: {str(p)!r}; check the path")

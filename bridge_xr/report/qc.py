@@ -114,6 +114,7 @@ def registration_qc(where: Any, name: str, prefix: Path) -> dict[str, Any]:
     >>> pathlib.Path(figs["qc"]).is_file()
     True
     """
+    # long by design: three figures drawn from one resampled slice; matplotlib code reads best in sequence
     import matplotlib
 
     matplotlib.use("Agg")

@@ -110,6 +110,7 @@ def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Pa
     >>> write_report(root / "study", root / "report").name
     'index.html'
     """
+    # long by design: an HTML page assembled section by section
     study = Path(study)
     tables = Path(tables) if tables else study / "tables"
     if not tables.exists():

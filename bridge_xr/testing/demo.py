@@ -129,6 +129,7 @@ def run_demo(
     >>> summary.passed  # doctest: +SKIP
     True
     """
+    # long by design: the demo's nine steps, each one call, in order
     console_status: Status = status or (lambda text: contextlib.nullcontext())
     from bridge_xr.io.export import export_nifti, export_ome_zarr_05
     from bridge_xr.scene.info import describe

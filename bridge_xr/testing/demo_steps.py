@@ -100,6 +100,7 @@ def _correlation(study: Any, out_dir: Path, *, compare_exact: bool) -> dict[str,
     2P through the TPS, then exact integration); on the tiny phantom also the ``exact`` footprint
     integration of the angiogram, to show how close the two are.
     """
+    # long by design: one demo step: masks, z-score, tables, tests, report, in order
     from bridge_xr.extract.masks import analysis_mask, zscore_normalize
     from bridge_xr.extract.study import extract_study
     from bridge_xr.extract.tables import read_tables

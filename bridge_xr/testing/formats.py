@@ -189,6 +189,7 @@ def write_czi(
     (x, y, z) or None (no Scaling block). ``compression``: ``none``, ``zstd0`` or ``zstd1``.
     ``tiles`` > 1 writes every plane as that many mosaic tiles (M), side by side in x.
     """
+    # long by design: a fixture writer laying out the CZI segments byte by byte, in file order
     import struct
     import uuid
 
