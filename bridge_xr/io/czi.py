@@ -182,7 +182,7 @@ def read_czi(
         if len(scene_ids) > 1:
             listed = ", ".join(f"{i}: {n}" for i, n in enumerate(labels))
             raise InvalidInputError(
-                f"{where} holds {len(scene_ids)} scenes ({listed}); choose one with `scene` (N)"
+                f"{where} holds {len(scene_ids)} scenes ({listed}); choose one with `scene` N"
             )
         scene = 0
     if not 0 <= scene < len(scene_ids):

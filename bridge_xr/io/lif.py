@@ -88,7 +88,7 @@ def read_lif(
                 if len(images) > 1:
                     listed = ", ".join(f"{i}: {n}" for i, n in enumerate(names))
                     raise InvalidInputError(
-                        f"{where} holds {len(images)} images ({listed}); choose one with `series` (N)"
+                        f"{where} holds {len(images)} images ({listed}); choose one with `series` N"
                     )
                 scene = 0
             if not 0 <= scene < len(images):

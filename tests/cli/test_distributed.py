@@ -16,7 +16,7 @@ from bridge_xr_cli.main import app
 def test_convert_on_a_distributed_cluster(tmp_path, monkeypatch) -> None:
     from distributed import LocalCluster
 
-    import bridge_xr.io.ome_zarr as oz
+    import bridge_xr.io._plan as oz
 
     monkeypatch.setattr(oz, "FUSE_MIN_BYTES", 0)  # exercise the fused shard-pyramid tasks too
     data = np.random.default_rng(0).integers(0, 4000, size=(8, 256, 192), dtype=np.uint16)

@@ -317,7 +317,7 @@ def test_fused_pyramid_equals_level_by_level_and_an_independent_reduction(
 ) -> None:
     from skimage.measure import block_reduce
 
-    import bridge_xr.io.ome_zarr as oz
+    import bridge_xr.io._plan as plan_mod
 
     data = rng.integers(
         -3000 if dtype != "uint16" else 0, 60000 if dtype == "uint16" else 3000, size=(12, 130, 97)
@@ -330,11 +330,11 @@ def test_fused_pyramid_equals_level_by_level_and_an_independent_reduction(
         "chunks": {"z": 4, "y": 16, "x": 16},
         "shards": {"z": 8, "y": 64, "x": 64},
     }
-    monkeypatch.setattr(oz, "FUSE_MIN_BYTES", 0)
+    monkeypatch.setattr(plan_mod, "FUSE_MIN_BYTES", 0)
     fused_store = MemoryStore()
     plan = write_multiscale(fused_store, "img", da.from_array(data, chunks=(5, 50, 50)), **opts)
     assert [lv.fused for lv in plan.levels] == [False, True, True, True]
-    monkeypatch.setattr(oz, "FUSE_MIN_BYTES", 2**62)
+    monkeypatch.setattr(plan_mod, "FUSE_MIN_BYTES", 2**62)
     plain_store = MemoryStore()
     plan2 = write_multiscale(plain_store, "img", da.from_array(data, chunks=(5, 50, 50)), **opts)
     assert not any(lv.fused for lv in plan2.levels)
