@@ -299,13 +299,15 @@ def write_table(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def read_tables(tables: str | Path) -> pd.DataFrame:
+def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame:
     """Every partition of a tables folder as one DataFrame (subject and session as columns).
 
     Parameters
     ----------
     tables : str or path
         A tables folder written by :func:`write_table` / :func:`extract_study`.
+    where : str, optional
+        Keep only the rows of this pandas query (e.g. ``"mask_label == 2"``).
 
     Returns
     -------
@@ -334,7 +336,13 @@ def read_tables(tables: str | Path) -> pd.DataFrame:
         part.insert(0, "session", folder.name.split("=", 1)[1])
         part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
         frames.append(part)
-    return pd.concat(frames, ignore_index=True)
+    df = pd.concat(frames, ignore_index=True)
+    if where:
+        try:
+            df = df.query(where)
+        except Exception as exc:  # pandas raises many kinds for a bad expression
+            raise InvalidInputError(f"`where` {where!r} is not a valid query: {exc}") from None
+    return df
 
 
 #: the name the Python API uses: ``bx.extract.table(scene, mri=..., microscopy=[...])``

@@ -132,9 +132,7 @@ def read_dicom_series(
     if series_uid is None:
         if len(uids) > 1:
             listed = ", ".join(f"{u} ({_describe_series(p, u, reader)})" for u in uids)
-            msg = (
-                f"{str(p)!r} holds {len(uids)} series: {listed}; choose one with `series` UID"
-            )
+            msg = f"{str(p)!r} holds {len(uids)} series: {listed}; choose one with `series` UID"
             raise InvalidInputError(msg)
         series_uid = uids[0]
     elif series_uid not in uids:

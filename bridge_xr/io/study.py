@@ -71,3 +71,39 @@ def subject_stores(study: str | Path) -> list[Path]:
     if not stores:
         raise InvalidInputError(f"no subject stores (*.ome.zarr) in {str(root)!r}")
     return stores
+
+
+def find_subject(study: str | Path, subject: str) -> Path:
+    """The store of ``subject`` in a study folder, by the one naming rule of :func:`subject_name`.
+
+    Parameters
+    ----------
+    study : str or path
+        The study folder.
+    subject : str
+        The subject's name.
+
+    Returns
+    -------
+    Path
+
+    Raises
+    ------
+    InvalidInputError
+        No such subject (the message lists those there).
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = tiny_scene(where=root / "M001.v2.ome.zarr")
+    >>> find_subject(root, "M001.v2").name
+    'M001.v2.ome.zarr'
+    """
+    from bridge_xr.io._store import resolve_store
+
+    names = {subject_name(resolve_store(str(p)), str(p)): p for p in subject_stores(study)}
+    if subject not in names:
+        raise InvalidInputError(f"no subject {subject!r} in {str(study)!r}; have {sorted(names)}")
+    return names[subject]

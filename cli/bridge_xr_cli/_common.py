@@ -84,6 +84,7 @@ _FLAGS = {
     "pixel_size": "--pixel-size",
     "z_step": "--z-step",
     "days": "--days",
+    "where": "--where",
     "metric": "--metric",
     "vessels": "--vessels",
     "tumour": "--tumour",

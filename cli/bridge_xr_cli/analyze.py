@@ -167,9 +167,9 @@ def extract(
     prov = {"mri": mri, "microscopy": list(microscopy), "registrations": list(used)}
     with console.status("extracting voxels"):
         written = write_table(table, output, overwrite=overwrite, provenance=prov)
-    import pandas as pd
+    import pyarrow.parquet as pq
 
-    n = sum(len(pd.read_parquet(p)) for p in written)
+    n = sum(pq.ParquetFile(p).metadata.num_rows for p in written)  # footers only
     out.print(f"{n} voxels -> {', '.join(str(p.parent) for p in written)}")
 
 
@@ -257,11 +257,9 @@ def longitudinal(
 ) -> None:
     """Sessions onto the first: rigid MRI registration, overlapping masks, change per day."""
     from bridge_xr.extract.longitudinal import run_longitudinal
-    from bridge_xr.io.study import subject_stores
+    from bridge_xr.io.study import find_subject
 
-    stores = {s.name.split(".")[0]: s for s in subject_stores(study)}
-    if subject not in stores:
-        raise InvalidInputError(f"no subject {subject!r} in {str(study)!r}; have {sorted(stores)}")
+    stores = {subject: find_subject(study, subject)}
     with console.status(f"longitudinal {subject}"):
         df, regs, _written = run_longitudinal(
             stores[subject],
@@ -307,12 +305,7 @@ def stats(
     from bridge_xr.extract.tables import read_tables
     from bridge_xr.stats.dispatch import run_test
 
-    df = read_tables(tables)
-    if where:
-        try:
-            df = df.query(where)
-        except Exception as exc:
-            raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
+    df = read_tables(tables, where=where)
     omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins))
     summary = omnibus.attrs.get("summary")
     if output:
@@ -345,12 +338,7 @@ def plot(
     from bridge_xr.stats import plots
     from bridge_xr.stats.categories import DENSITY_BINS
 
-    df = read_tables(tables)
-    if where:
-        try:
-            df = df.query(where)
-        except Exception as exc:
-            raise InvalidInputError(f"--where {where!r} is not a valid query: {exc}") from None
+    df = read_tables(tables, where=where)
     if kind not in plots.KINDS:
         raise InvalidInputError(f"--kind is one of {', '.join(plots.KINDS)}; got {kind!r}")
     if kind in ("box", "heatmap") and not by:
