@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import zarr
 
 from bridge_xr._constants import INTRINSIC
 from bridge_xr.errors import BridgeXRError, InvalidInputError
@@ -33,17 +32,11 @@ from bridge_xr.model.coords import CoordinateSystem
 from bridge_xr.model.metadata import SubjectMetadata
 from bridge_xr.model.pointmaps import Model
 from bridge_xr.model.transforms import (
-    Affine,
-    Bijection,
-    ByDimension,
-    Coordinates,
-    Displacements,
-    Rotation,
-    Sequence,
     Transform,
     parse_transform,
 )
 from bridge_xr.model.units import conversion_factor
+from bridge_xr.scene.binding import bind_arrays
 from bridge_xr.scene.chains import (
     Hop,
     Via,
@@ -207,41 +200,6 @@ class TransformGraph:
             parsed = parse_transform(_legacy_io(t), where=where)
             self._add_transform(parsed, f"{path} transform #{k}", default_path=path)
 
-    def _bind(self, t: Transform) -> Transform:
-        """Load what a transform keeps in arrays (fields, matrices by path)."""
-        from bridge_xr.io.read import read_image
-
-        if isinstance(t, Displacements | Coordinates):
-            img = read_image(self.store, t.path)
-            sp = [img.attrs["spacing"][d] for d in img.dims if d in img.attrs["spacing"]]
-            org = [img.attrs["origin"][d] for d in img.dims if d in img.attrs["origin"]]
-            return t.bind(np.asarray(img.values, dtype=np.float64), spacing=sp, origin=org)
-        if isinstance(t, Affine | Rotation) and t.path is not None and not getattr(t, t.type):
-            try:
-                arr = np.asarray(zarr.open_array(self.store, path=t.path, mode="r")[...])
-            except (FileNotFoundError, KeyError, ValueError, zarr.errors.ArrayNotFoundError):
-                raise InvalidInputError(
-                    f"{t.type} of {self.where} points to array {t.path!r}, which is not there"
-                ) from None
-            rows = tuple(tuple(float(v) for v in r) for r in arr)
-            update = {"affine": rows} if isinstance(t, Affine) else {"rotation": rows}
-            return type(t).model_validate({**t.model_dump(by_alias=True), **update, "path": None})
-        if isinstance(t, Sequence):
-            return t.model_copy(
-                update={"transformations": tuple(self._bind(x) for x in t.transformations)}
-            )
-        if isinstance(t, Bijection):
-            return t.model_copy(
-                update={"forward": self._bind(t.forward), "inverse_": self._bind(t.inverse_)}
-            )
-        if isinstance(t, ByDimension):
-            parts = tuple(
-                p.model_copy(update={"transformation": self._bind(p.transformation)})
-                for p in t.transformations
-            )
-            return t.model_copy(update={"transformations": parts})
-        return t
-
     def _add_transform(self, t: Transform, label: str, *, default_path: str = "") -> None:
         if t.input is None or t.output is None:
             raise InvalidInputError(f"{label} of {self.where} lacks its input or output system")
@@ -258,7 +216,7 @@ class TransformGraph:
                     f"{label} of {self.where} refers to coordinate system "
                     f"{_node_label(n)!r}, which is not defined"
                 )
-        bound = self._bind(t)
+        bound = bind_arrays(self.store, t, where=self.where)
         try:
             inv = bound.inverse()
             backward: PointMap | None = inv.transform_points
