@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import MethodChoice, MethodOpt, Via, console, handle_errors, out
+from bridge_xr_cli._common import (
+    MethodChoice,
+    MethodOpt,
+    Overwrite,
+    StoreArg,
+    Via,
+    console,
+    handle_errors,
+    out,
+)
 
 
 def parse_thresholds(items: list[str] | None) -> dict[str, float]:
@@ -40,7 +49,7 @@ def parse_bins(text: str | None) -> list[float] | None:
 
 @handle_errors
 def normalize(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option("--image", help="MRI image to normalise")],
     reference_mask: Annotated[
         str, typer.Option("--reference-mask", help="normal-appearing grey matter mask (MRI grid)")
@@ -49,7 +58,7 @@ def normalize(
     label: Annotated[
         int | None, typer.Option(help="use only this label of the mask (default: any > 0)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """z-normalise an MRI image to the normal-appearing grey matter (Shinohara et al. 2014)."""
     from bridge_xr.extract.masks import zscore_normalize
@@ -70,7 +79,7 @@ def normalize(
 
 @handle_errors
 def mask(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     mri: Annotated[str, typer.Option("--mri", help="MRI image whose grid the mask is on")],
     output: Annotated[
         str, typer.Option("--output", help="mask image path, e.g. masks/d060/analysis")
@@ -94,7 +103,7 @@ def mask(
         str | None, typer.Option(help="also write the normal-appearing grey matter mask here")
     ] = None,
     method: MethodOpt = MethodChoice.exact,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     via: Via = None,
 ) -> None:
     """Analysis mask on the MRI grid from microscopy: 0 excluded, 1 NAGM (w/o glioma), 2 glioma."""
@@ -124,7 +133,7 @@ def mask(
 
 @handle_errors
 def extract(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     mri: Annotated[str, typer.Option("--mri", help="MRI image (one row per voxel)")],
     microscopy: Annotated[
         list[str], typer.Option("--microscopy", help="microscopy image(s) registered to the MRI")
@@ -142,7 +151,7 @@ def extract(
     bins: Annotated[str, typer.Option(help="density category edges")] = "0,0.05,0.25,0.5,0.75,1",
     subject: Annotated[str | None, typer.Option(help="subject name (default: store name)")] = None,
     session: Annotated[str | None, typer.Option(help="session (default: the MRI's)")] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     via: Via = None,
 ) -> None:
     """Per-voxel table: MRI, normalised MRI, microscopy density per MRI voxel (Parquet)."""
@@ -185,7 +194,7 @@ def extract_study(
     workers: Annotated[
         int, typer.Option(help="start a local dask-distributed cluster with this many processes")
     ] = 0,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     via: Via = None,
 ) -> None:
     """Every subject and session of a study into one partitioned table (dask, or a cluster)."""

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.io.export import export_nifti, export_ome_zarr_05
-from bridge_xr_cli._common import handle_errors, out
+from bridge_xr_cli._common import StoreArg, handle_errors, out
 
 app = typer.Typer(help="Export images out of a subject store.", no_args_is_help=True)
 
@@ -16,7 +16,7 @@ app = typer.Typer(help="Export images out of a subject store.", no_args_is_help=
 @app.command("nifti")
 @handle_errors
 def nifti(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option("--image", help="image path in the store")],
     output: Annotated[Path, typer.Option("--output", help="output .nii or .nii.gz")],
 ) -> None:
@@ -28,7 +28,7 @@ def nifti(
 @app.command("ome-zarr-0.5")
 @handle_errors
 def ome_zarr_05(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option("--image", help="image path in the store")],
     output: Annotated[str, typer.Option("--output", help="new OME-Zarr 0.5 store")],
 ) -> None:

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import Via, handle_errors, out
+from bridge_xr_cli._common import Overwrite, StoreArg, Via, handle_errors, out
 
 app = typer.Typer(
     help="Microscopy-trained MRI vessel segmentation: filter, export, train, predict, evaluate."
@@ -33,7 +33,7 @@ def _length_um(text: str, option: str) -> float:
 @app.command("filter")
 @handle_errors
 def filter_(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option(help="vessel image (mask, probability map or angiogram)")],
     min_diameter: Annotated[str, typer.Option(help="remove vessels narrower than this, e.g. 30um")],
     image_out: Annotated[str, typer.Option("--image-out", help="filtered mask path")],
@@ -43,7 +43,7 @@ def filter_(
     diameter_out: Annotated[
         str | None, typer.Option(help="also write the local diameter map (µm) here")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Keep vessels at least --min-diameter wide (exact Euclidean opening, physical units)."""
     from bridge_xr.learn.workflows import filter_vessels
@@ -197,13 +197,13 @@ def train(
 @handle_errors
 def predict(
     model: Annotated[Path, typer.Argument(help="trained model folder (…__2d)")],
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option(help="MRI image to segment (on the training grid)")],
     label_out: Annotated[str, typer.Option("--label-out", help="label image path to write")],
     folds: Annotated[str, typer.Option(help="folds to ensemble")] = "0",
     checkpoint: Annotated[str, typer.Option(help="checkpoint file name")] = "checkpoint_final.pth",
     device: Annotated[str, typer.Option(help="cpu, cuda or mps")] = "cpu",
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Segment vessels in an MRI image; the label image goes back into the store with provenance."""
     from bridge_xr.learn.workflows import predict_into

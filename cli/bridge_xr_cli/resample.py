@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import Via, handle_errors, level_progress, out
+from bridge_xr_cli._common import Overwrite, StoreArg, Via, handle_errors, level_progress, out
 
 
 def _spacing(text: str | None) -> tuple[float, float, float] | None:
@@ -20,7 +20,7 @@ def _spacing(text: str | None) -> tuple[float, float, float] | None:
 
 @handle_errors
 def resample(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     moving: Annotated[str, typer.Option("--moving", help="image to resample")],
     onto: Annotated[
         str, typer.Option("--onto", help="image whose grid (and space) to resample onto")
@@ -38,7 +38,7 @@ def resample(
     level: Annotated[
         int | None, typer.Option(help="moving pyramid level (default: coarsest adequate)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
     via: Via = None,
 ) -> None:
     """Resample an image through the registrations onto another image's grid, block by block."""
@@ -64,7 +64,7 @@ def resample(
 
 @handle_errors
 def export_transform(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     name: Annotated[str, typer.Option("--name", help="registration name")],
     output: Annotated[
         Path,
@@ -80,7 +80,7 @@ def export_transform(
 
 @handle_errors
 def reslice(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option("--image", help="image to reslice")],
     plane: Annotated[
         Path, typer.Option("--plane", help="CSV of >= 3 points x,y,z (µm) on the window plane")
@@ -89,7 +89,7 @@ def reslice(
     spacing: Annotated[
         str | None, typer.Option(help="output voxel size x,y,z (default: the image's)")
     ] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Reslice an image parallel to a plane (e.g. the cranial window) given by >= 3 points."""
     import pandas as pd
@@ -117,13 +117,13 @@ def reslice(
 
 @handle_errors
 def group_slices(
-    store: Annotated[str, typer.Argument(help="subject store")],
+    store: StoreArg,
     image: Annotated[str, typer.Option("--image", help="image whose z-slices to group")],
     thickness: Annotated[
         str, typer.Option("--thickness", help="target slab thickness, e.g. 100um")
     ],
     image_out: Annotated[str, typer.Option("--image-out", help="output image path")],
-    overwrite: Annotated[bool, typer.Option("--overwrite")] = False,
+    overwrite: Overwrite = False,
 ) -> None:
     """Average consecutive z-slices to an MRI slice thickness (the paper's 2P grouping step)."""
     from bridge_xr.model.units import parse_length_um
