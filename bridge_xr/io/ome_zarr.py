@@ -30,12 +30,7 @@ from bridge_xr.io.downsample import (
     write_fused_levels,
 )
 from bridge_xr.model.coords import Axis, CoordinateSystem
-from bridge_xr.model.transforms import (
-    CoordinateSystemRef,
-    Scale,
-    Transform,
-    Translation,
-)
+from bridge_xr.model.transforms import CoordinateSystemRef, Scale, Transform, Translation
 from bridge_xr.model.transforms import (
     Sequence as SeqT,
 )

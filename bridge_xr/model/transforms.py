@@ -20,96 +20,26 @@ True
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
 import numpy as np
-from numpy.typing import NDArray
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    PrivateAttr,
     TypeAdapter,
     ValidationError,
     model_validator,
 )
 
 from bridge_xr.errors import InvalidInputError, NoAffineError, NotInvertibleError
-
-FloatArray = NDArray[np.float64]
-
-
-class CoordinateSystemRef(BaseModel):
-    """Reference to a coordinate system: ``name``, plus ``path`` when it lives in a child image."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-    name: str | None = None
-    path: str | None = None
-
-
-class _Base(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
-    name: str | None = None
-    input: CoordinateSystemRef | None = None
-    output: CoordinateSystemRef | None = None
-
-    # -- shared behaviour -------------------------------------------------------------------
-    def transform_points(self, points: FloatArray) -> FloatArray:  # pragma: no cover - abstract
-        """Map points of shape (N, D) from ``input`` to ``output``."""
-        raise NotImplementedError
-
-    def inverse(self) -> Transform:  # pragma: no cover - abstract
-        """The inverse transform (``input`` and ``output`` swapped)."""
-        raise NotInvertibleError(f"{type(self).__name__} has no closed-form inverse")
-
-    def to_affine(self, ndim: int | None = None) -> FloatArray:
-        """Homogeneous (D+1)x(D+1) matrix of this transform."""
-        raise NoAffineError(f"{type(self).__name__} is not affine")
-
-    def is_affine(self) -> bool:
-        """Whether :meth:`to_affine` succeeds."""
-        try:
-            self.to_affine(3)
-        except NoAffineError:
-            return False
-        return True
-
-    def then(self, other: Transform) -> Transform:
-        """Composition: apply ``self`` first, then ``other`` (a flat :class:`Sequence`)."""
-        parts: list[Transform] = []
-        for t in (self, other):
-            if isinstance(t, Sequence):
-                parts.extend(t.transformations)
-            else:
-                parts.append(
-                    t.model_copy(update={"input": None, "output": None, "name": None})  # type: ignore[arg-type]
-                )
-        return Sequence(transformations=tuple(parts), input=self.input, output=other.output)
-
-    def with_io(
-        self, input: CoordinateSystemRef | None, output: CoordinateSystemRef | None
-    ) -> Transform:
-        """Copy with new ``input``/``output`` references."""
-        return self.model_copy(update={"input": input, "output": output})  # type: ignore[return-value]
-
-    def _swapped(self) -> dict[str, Any]:
-        return {"input": self.output, "output": self.input, "name": _inv_name(self.name)}
-
-    def to_ome(self) -> dict[str, Any]:
-        """The spec JSON (``None`` fields left out)."""
-        return self.model_dump(mode="json", exclude_none=True, by_alias=True)
-
-
-def _inv_name(name: str | None) -> str | None:
-    return None if name is None else f"inverse({name})"
-
-
-def _as_points(points: FloatArray, ndim: int) -> FloatArray:
-    arr = np.asarray(points, dtype=np.float64)
-    if arr.ndim != 2 or arr.shape[1] != ndim:
-        msg = f"points must have shape (N, {ndim}); got {arr.shape}"
-        raise InvalidInputError(msg)
-    return arr
+from bridge_xr.model._transform_base import (
+    CoordinateSystemRef,
+    FloatArray,
+    _as_points,
+    _Base,
+)
+from bridge_xr.model.transform_fields import Coordinates, Displacements, ProjectAxis
 
 
 class Identity(_Base):
@@ -286,94 +216,6 @@ class MapAxis(_Base):
         return m
 
 
-class _Field(_Base):
-    """A transformation stored as a vector field (an OME-Zarr multiscale image at ``path``).
-
-    Bound to its data with :meth:`bind` (shape (D_out, *grid), voxel centres at
-    ``origin + i * spacing``) before points can be mapped.
-    """
-
-    path: str
-    interpolation: Literal["nearest", "linear", "cubic"] = "linear"
-    _field: FloatArray | None = PrivateAttr(default=None)
-    _scale: FloatArray | None = PrivateAttr(default=None)
-    _origin: FloatArray | None = PrivateAttr(default=None)
-
-    def bind(self, field: FloatArray, *, spacing: Any, origin: Any) -> Self:
-        """Attach field data of shape (D, *grid) whose voxel centres sit at origin + i*spacing."""
-        out = self.model_copy()
-        out._field = np.asarray(field, dtype=np.float64)
-        out._scale = np.asarray(spacing, dtype=np.float64)
-        out._origin = np.asarray(origin, dtype=np.float64)
-        return out
-
-    def _sample(self, points: FloatArray) -> tuple[FloatArray, FloatArray]:
-        """``(points, field values at the points)``, both (N, D)."""
-        from scipy.ndimage import map_coordinates
-
-        if self._field is None or self._scale is None or self._origin is None:
-            msg = f"{self.type} field {self.path!r} is not loaded; read it with the scene first"  # type: ignore[attr-defined]
-            raise InvalidInputError(msg)
-        p = _as_points(points, self._field.ndim - 1)
-        idx = ((p - self._origin) / self._scale).T
-        order = {"nearest": 0, "linear": 1, "cubic": 3}[self.interpolation]
-        vals = np.stack(
-            [map_coordinates(c, idx, order=order, mode="nearest") for c in self._field], axis=1
-        )
-        return p, vals
-
-
-class Displacements(_Field):
-    """A displacement field.
-
-    A displacement field: ``x' = x + d(x)``; components ordered like the output axes, in
-    output units.
-    """
-
-    type: Literal["displacements"] = "displacements"
-
-    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
-        p, disp = self._sample(points)
-        return p + disp
-
-
-class Coordinates(_Field):
-    """A coordinate field: ``x' = c(x)``; no closed-form inverse."""
-
-    type: Literal["coordinates"] = "coordinates"
-
-    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
-        return self._sample(points)[1]
-
-
-class ProjectAxis(_Base):
-    """Drop input axes (``droppedInputs``) and/or insert zero axes (``createdOutputs``)."""
-
-    type: Literal["projectAxis"] = "projectAxis"
-    droppedInputs: tuple[int, ...] = ()
-    createdOutputs: tuple[int, ...] = ()
-
-    @model_validator(mode="after")
-    def _some(self) -> ProjectAxis:
-        if not (self.droppedInputs or self.createdOutputs):
-            raise ValueError("projectAxis needs droppedInputs and/or createdOutputs")
-        return self
-
-    def transform_points(self, points: FloatArray) -> FloatArray:  # noqa: D102
-        p = np.asarray(points, dtype=np.float64)
-        if p.ndim != 2:
-            raise InvalidInputError(f"points must have shape (N, D); got {p.shape}")
-        if any(i >= p.shape[1] for i in self.droppedInputs):
-            raise InvalidInputError(
-                f"projectAxis drops input axes {list(self.droppedInputs)} of {p.shape[1]}"
-            )
-        kept = [i for i in range(p.shape[1]) if i not in set(self.droppedInputs)]
-        out = p[:, kept]
-        for i in sorted(self.createdOutputs):
-            out = np.insert(out, min(i, out.shape[1]), 0.0, axis=1)
-        return out
-
-
 class _DimPart(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
     transformation: Transform
@@ -548,3 +390,11 @@ def simplify(t: Transform, ndim: int = 3) -> Transform:
     if isinstance(t, Sequence) and t.is_affine():
         return Affine.from_matrix(t.to_affine(ndim), name=t.name, input=t.input, output=t.output)
     return t
+
+
+# fmt: off
+__all__ = [
+    "Affine", "Bijection", "ByDimension", "CoordinateSystemRef", "Coordinates", "Displacements", "FloatArray", "Identity",
+    "MapAxis", "ProjectAxis", "Rotation", "Scale", "Sequence", "Transform", "Translation", "parse_transform", "simplify",
+]
+# fmt: on
