@@ -81,6 +81,12 @@ def read_subject(store: StoreLike) -> SubjectMetadata:
     >>> sorted(read_subject(tiny_scene()).images)
     ['micro', 'mri']
     """
+    st = resolve_store(store)
+    # frozen and never mutated in place: a Scene's store parses it once per state of the store
+    return cached(st, "subject", lambda: _parse_subject(st))
+
+
+def _parse_subject(store: Store) -> SubjectMetadata:
     block = _root_attrs(store).get(ATTRS_KEY)
     return SubjectMetadata() if block is None else SubjectMetadata.model_validate(block)
 

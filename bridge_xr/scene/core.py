@@ -18,7 +18,14 @@ import xarray as xr
 from zarr.abc.store import Store
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.io._store import StoreLike, describe_store, hold_cache, invalidate, resolve_store
+from bridge_xr.io._store import (
+    StoreLike,
+    describe_store,
+    hold_cache,
+    invalidate,
+    key_exists,
+    resolve_store,
+)
 from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject
 from bridge_xr.model.metadata import (
@@ -332,8 +339,6 @@ def open_scene(where: StoreLike, *, storage_options: dict[str, Any] | None = Non
     if isinstance(where, Scene):
         return where
     store = resolve_store(where, storage_options=storage_options)
-    from bridge_xr.io._store import key_exists
-
     if not key_exists(store, "zarr.json"):
         raise InvalidInputError(
             f"{describe_store(store)} is not a subject store (no zarr.json); "

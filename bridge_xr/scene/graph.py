@@ -349,8 +349,6 @@ class TransformGraph:
         """
         return self._route(src, dst, self.node(src), self.node(dst), via)
 
-    resolve = path
-
     def _route(self, src: str, dst: str, a: Node, b: Node, via: Any) -> list[tuple[Edge, bool]]:
         names = parse_via(via)
         if a == b:
@@ -386,8 +384,5 @@ class TransformGraph:
             vec = fn(vec)
         return self._to_xyz_um(b, vec), [e.name for e, _ in route]
 
-
-#: the name used before the graph took over registration chains too
-SceneGraph = TransformGraph
 
 __all__ = ["Edge", "TransformGraph"]

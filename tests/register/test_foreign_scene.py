@@ -12,7 +12,7 @@ import zarr
 from typer.testing import CliRunner
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.scene.graph import SceneGraph
+from bridge_xr.scene.graph import TransformGraph
 from bridge_xr_cli.main import app
 
 runner = CliRunner()
@@ -118,7 +118,7 @@ def test_by_dimension_and_map_axis_onto_xyz_named_axes(tmp_path) -> None:
     r, back = _map(path, np.array([[6.0, -3.0, 11.0]]), "xzy", "tileC")
     assert r.exit_code == 0, r.output  # walked backwards: mapAxis and byDimension invert
     np.testing.assert_allclose(back, c)
-    graph = SceneGraph(path)
+    graph = TransformGraph(path)
     assert {e.name for e in graph.edges} >= {"A_to_world", "C_to_world", "to_xzy"}
 
 
@@ -175,7 +175,7 @@ def test_two_routes_and_one_way_edges(tmp_path) -> None:
         "coordinateSystems": [{"name": "world", "axes": _axes("zyx")}],
         "coordinateTransformations": [STITCH[0], _tr("tileB", field, out="world")]}}  # fmt: skip
     with pytest.raises(InvalidInputError, match="C_field cannot be walked backwards"):
-        SceneGraph(path2).resolve("tileA", "tileB")
+        TransformGraph(path2).path("tileA", "tileB")
 
 
 def test_foreign_scene_json_written_by_hand_round_trips_through_info(tmp_path) -> None:
