@@ -8,7 +8,6 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr.io.convert import convert_microscopy, convert_mri
 from bridge_xr_cli._common import handle_errors, level_progress, out
 
 app = typer.Typer(
@@ -45,6 +44,8 @@ def mri(
     overwrite: Overwrite = False,
 ) -> None:
     """Convert an MRI volume, keeping its exact scanner geometry (affine to scanner_ras)."""
+    from bridge_xr.io.convert import convert_mri
+
     with level_progress(f"writing {image}") as cb:
         meta = convert_mri(source, store, image, overwrite=overwrite, series=series, progress=cb)
     out.print(f"wrote {meta.path} ({meta.provenance.operation}) to {store}")
@@ -82,6 +83,8 @@ def microscopy(
     ] = None,
 ) -> None:
     """Convert a microscopy stack lazily into a sharded multiscale image."""
+    from bridge_xr.io.convert import convert_microscopy
+
     if scene is not None and series is not None:
         raise InvalidInputError("give --scene (CZI) or --series (LIF), not both")
     names = tuple(n.strip() for n in channel_names.split(",")) if channel_names else None

@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 
-from bridge_xr.io.export import export_nifti, export_ome_zarr_05
 from bridge_xr_cli._common import StoreArg, handle_errors, out
 
 app = typer.Typer(help="Export images out of a subject store.", no_args_is_help=True)
@@ -21,6 +20,8 @@ def nifti(
     output: Annotated[Path, typer.Option("--output", help="output .nii or .nii.gz")],
 ) -> None:
     """Write an image as NIfTI (an MRI converted from NIfTI gets its original header back)."""
+    from bridge_xr.io.export import export_nifti
+
     path = export_nifti(store, image, output)
     out.print(f"wrote {path}")
 
@@ -33,5 +34,7 @@ def ome_zarr_05(
     output: Annotated[str, typer.Option("--output", help="new OME-Zarr 0.5 store")],
 ) -> None:
     """Write one image as a plain OME-Zarr 0.5 multiscale for viewers without 0.6 support."""
+    from bridge_xr.io.export import export_ome_zarr_05
+
     where = export_ome_zarr_05(store, image, output)
     out.print(f"wrote OME-Zarr 0.5 image to {where}")

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bridge_xr.scene.info import describe
 from bridge_xr_cli._common import fail, handle_errors, out
 
 
@@ -26,6 +25,8 @@ def main(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Images, shapes, physical extent, units, transforms and provenance of a store."""
+    from bridge_xr.scene.info import describe
+
     d = describe(store)
     if as_json:
         typer.echo(json.dumps(d, indent=2))

@@ -6,8 +6,6 @@ import json
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
-import pandas as pd
 import typer
 
 from bridge_xr.errors import InvalidInputError
@@ -191,6 +189,8 @@ def compare_models(
     ] = Path("model-comparison"),
 ) -> None:
     """Compare rigid, similarity, affine and TPS (LOO TRE; Kruskal-Wallis + Dunn-Bonferroni)."""
+    import pandas as pd
+
     from bridge_xr.io.subject import read_subject
     from bridge_xr.register.landmarks import read_csv
     from bridge_xr.report.compare import compare_models as run
@@ -235,6 +235,9 @@ def transform_points(
     (``IMAGE#SYSTEM``, or a scene system's name); transforms authored by other tools in the
     scene are followed too.
     """
+    import numpy as np
+    import pandas as pd
+
     from bridge_xr.scene.mapping import map_points_any
 
     if not points.is_file():
