@@ -1,15 +1,22 @@
-"""Resampling a 2P-like volume through a 50-landmark TPS onto a grid of the same size.
+"""Resampling a 2P-like volume through a 50-landmark TPS (or an affine) onto a same-size grid.
 
-Cases (each in its own process, so peak RSS is its own):
+Every case writes the same output (uint16, chunks (32, 256, 256) in shards (32, 512, 512), blosc
+zstd like the input) and runs in its own process, so its peak memory (VmHWM) is its own:
 
-* ``bridge_xr-tps``   : bridge_xr.resample (checked coarse grid), written shard-aligned to zarr;
-* ``bridge_xr-affine``: the same with an affine registration (throughput reference);
-* ``exact-tps``       : exact per-voxel TPS evaluation + trilinear interpolation (numpy), the way
-                        Slicer/ITK/BigWarp apply a TPS; timed on a sample of blocks, extrapolated;
-* ``sitk-field``      : SimpleITK ``Resample`` with a full-resolution displacement field (the field
-                        itself is not timed), on the first ``--sitk-slabs`` z-slabs, extrapolated.
+* ``bridge_xr-tps``   : ``bridge_xr.resample`` through the TPS (certified 0.1 output voxel);
+* ``bridge_xr-affine``: the same through the affine registration;
+* ``exact-tps``       : the baseline a competent numpy user writes: per output block, the exact TPS
+                        by BLAS (``|x|^2 + |c|^2 - 2 x c^T``, sqrt, weights) and the same trilinear
+                        interpolation (``scipy.ndimage.map_coordinates``), dask threads, whole volume;
+* ``sitk-affine``     : SimpleITK ``Resample`` (linear) through the same affine, including reading
+                        the input from zarr and writing the output (the ceiling a TPS approaches);
+* ``raw-zarr``        : the I/O bound: read + decompress + compress + write the same shards with
+                        zarr alone, no resampling (2 threads).
 
-Usage: ``python -m benchmarks.bench_resample --size-gib 1 [--sizes 0.25 0.5 1]``.
+Afterwards the outputs are compared: bridge_xr-affine against SimpleITK, bridge_xr-tps against the
+exact TPS (both differ only by rounding and, through the TPS, by the certified mapping error).
+
+Usage: ``python -m benchmarks.bench_resample [--sizes 0.125 0.25 0.5] [--workdir bench-out]``.
 """
 
 from __future__ import annotations
@@ -113,22 +120,12 @@ def _resampled(store: Path, name: str) -> Any:
 
 def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
     import dask
-    import zarr
+    import dask.array as da
 
-    img = _resampled(store, name)
-    target = zarr.create_array(
-        str(out),
-        shape=img.shape,
-        dtype=img.dtype,
-        chunks=(32, 256, 256),
-        shards=(32, 512, 512),
-        overwrite=True,
-    )
     t0 = time.perf_counter()
+    img = _resampled(store, name)
     with dask.config.set(scheduler="threads"):
-        import dask.array as da
-
-        da.store(img.data.rechunk((32, 512, 512)), target, lock=False)
+        da.store(img.data.rechunk((32, 512, 512)), _target(out, store), lock=False)
     res: dict[str, Any] = {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(img.shape))}
     if name == "tps":  # the per-block certified error map `bridge resample` stores beside it
         t1 = time.perf_counter()
@@ -147,79 +144,141 @@ def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
     return res
 
 
-def case_exact(store: Path, out: Path, n_blocks: int = 4) -> dict[str, Any]:
-    """Exact per-voxel TPS + trilinear on a few (32, 256, 256) blocks; extrapolated."""
+def _moving(store: Path) -> Any:
     import zarr
+
+    return zarr.open_array(str(store / "twop/img/s0"), mode="r")
+
+
+def _target(out: Path, store: Path) -> Any:
+    """The output every case writes: uint16, (32, 256, 256) chunks in (32, 512, 512) shards,
+    compressed like the input."""
+    import zarr
+
+    src = _moving(store)
+    return zarr.create_array(
+        str(out), shape=src.shape, dtype=np.uint16, chunks=(32, 256, 256), shards=(32, 512, 512),
+        compressors=src.compressors, overwrite=True,
+    )  # fmt: skip
+
+
+def _out_origin(store: Path) -> np.ndarray:
+    """z, y, x µm of the output's first voxel centre: the grid ``bridge_xr.resample`` makes
+    (the fixed image's extent at the moving spacing), so every case writes the same voxels."""
+    from bridge_xr.io.read import read_image
+    from bridge_xr.model.grid import target_grid
+
+    grid = target_grid(read_image(str(store), "fixed/img"), SPACING)
+    return np.asarray(grid.origin, dtype=float)
+
+
+def _tps_of(store: Path, name: str = "tps") -> Any:
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.scene.chains import model_from_record
+
+    return model_from_record(read_subject(str(store)).registrations[name])
+
+
+def case_exact(store: Path, out: Path) -> dict[str, Any]:
+    """Exact TPS per voxel by blocked BLAS + map_coordinates (order 1), as dask map_blocks."""
+    import dask
+    import dask.array as da
     from scipy.ndimage import map_coordinates
 
-    from bridge_xr.io.subject import read_subject
-    from bridge_xr.scene.chains import model_from_record
+    tps = _tps_of(store)
+    src = _moving(store)
+    shape = src.shape
+    c = tps.centres  # (n, 3) xyz µm
+    c2 = np.sum(c * c, axis=1)
+    a0, lin, w = tps.affine[0], tps.affine[1:], tps.weights
+    org = _out_origin(store)
 
-    tps = model_from_record(read_subject(str(store)).registrations["tps"])
-    arr = zarr.open_array(str(store / "twop/img/s0"), mode="r")
-    shape = arr.shape
-    t0 = time.perf_counter()
-    nvox = 0
-    for b in range(n_blocks):
-        z0 = (b * 32) % max(1, shape[0] - 32)
-        axes = [
-            np.arange(z0, z0 + 32) * SPACING[0],
-            np.arange(256) * SPACING[1],
-            np.arange(256) * SPACING[2],
-        ]
-        gz, gy, gx = np.meshgrid(*axes, indexing="ij")
-        pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-        idx = (tps.forward_points(pts)[:, ::-1] / SPACING).T
-        lo = np.maximum(np.floor(idx.min(axis=1)).astype(int) - 1, 0)
+    def block(template: np.ndarray, block_info: Any = None) -> np.ndarray:
+        (z0, z1), (y0, y1), (x0, x1) = block_info[0]["array-location"]
+        gz, gy, gx = np.meshgrid(
+            org[0] + np.arange(z0, z1) * SPACING[0], org[1] + np.arange(y0, y1) * SPACING[1],
+            org[2] + np.arange(x0, x1) * SPACING[2], indexing="ij",
+        )  # fmt: skip
+        x = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)  # xyz µm
+        moved = np.empty_like(x)
+        for i in range(0, len(x), 2**16):  # BLAS on chunks that fit the cache
+            xs = x[i : i + 2**16]
+            d2 = np.sum(xs * xs, axis=1)[:, None] + c2[None] - 2.0 * (xs @ c.T)
+            moved[i : i + 2**16] = a0 + xs @ lin + np.sqrt(np.maximum(d2, 0.0)) @ w  # U = r
+        idx = (moved[:, ::-1] / SPACING).T  # zyx voxel indices (the moving origin is 0)
+        inside = np.all((idx >= -0.5) & (idx <= np.array(shape)[:, None] - 0.5), axis=0)
+        lo = np.clip(np.floor(idx.min(axis=1)).astype(int) - 1, 0, None)
         hi = np.minimum(np.ceil(idx.max(axis=1)).astype(int) + 2, shape)
-        sub = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]].astype(np.float64)
-        map_coordinates(sub, idx - lo[:, None], order=1)
-        nvox += pts.shape[0]
-    wall = time.perf_counter() - t0
-    total = int(np.prod(shape))
-    return {"wall_s": wall * total / nvox, "voxels": total, "extrapolated_from_voxels": nvox}
+        sub = np.asarray(src[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]).astype(np.float32)
+        vals = map_coordinates(sub, idx - lo[:, None], order=1, mode="nearest")
+        vals = np.where(inside, np.clip(np.round(vals), 0, 65535), 0)
+        return vals.astype(np.uint16).reshape(template.shape)
+
+    t0 = time.perf_counter()
+    template = da.zeros(shape, dtype=np.uint16, chunks=(32, 256, 256))
+    with dask.config.set(scheduler="threads"):
+        da.store(
+            template.map_blocks(block, dtype=np.uint16).rechunk((32, 512, 512)),
+            _target(out, store),
+            lock=False,
+        )
+    return {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(shape))}
 
 
-def case_sitk(store: Path, out: Path, slabs: int = 2) -> dict[str, Any]:
-    """SimpleITK Resample with a full-resolution displacement field on ``slabs`` z-slabs of 32."""
+def case_sitk(store: Path, out: Path) -> dict[str, Any]:
+    """SimpleITK linear Resample through the affine, reading and writing zarr included."""
     import SimpleITK as sitk
+
+    aff = _tps_of(store, "affine").homogeneous()  # xyz µm, fixed -> moving
+    t0 = time.perf_counter()
+    src = _moving(store)
+    mov = sitk.GetImageFromArray(np.asarray(src[...]))
+    mov.SetSpacing(SPACING[::-1])
+    tx = sitk.AffineTransform(3)
+    tx.SetMatrix(aff[:3, :3].ravel().tolist())
+    tx.SetTranslation(aff[:3, 3].tolist())
+    ref = sitk.Image(*src.shape[::-1], sitk.sitkUInt16)
+    ref.SetSpacing(SPACING[::-1])
+    ref.SetOrigin(_out_origin(store)[::-1].tolist())
+    res = sitk.Resample(mov, ref, tx, sitk.sitkLinear, 0.0, sitk.sitkUInt16)
+    _target(out, store)[...] = sitk.GetArrayViewFromImage(res)
+    return {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(src.shape))}
+
+
+def case_raw(store: Path, out: Path) -> dict[str, Any]:
+    """zarr alone: read each output shard's region of the input and write it (2 threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    src = _moving(store)
+    dst = _target(out, store)
+    regions = [
+        (slice(z, z + 32), slice(y, y + 512), slice(x, x + 512))
+        for z in range(0, src.shape[0], 32)
+        for y in range(0, src.shape[1], 512)
+        for x in range(0, src.shape[2], 512)
+    ]
+
+    def copy(sl: tuple[slice, ...]) -> None:
+        dst[sl] = src[sl]
+
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(copy, regions))
+    return {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(src.shape))}
+
+
+def compare(workdir: Path, a: str, b: str) -> dict[str, float]:
+    """How two cases' outputs differ: max and mean |a - b| and the fraction of voxels differing."""
     import zarr
 
-    from bridge_xr.io.subject import read_subject
-    from bridge_xr.scene.chains import model_from_record
-
-    tps = model_from_record(read_subject(str(store)).registrations["tps"])
-    arr = zarr.open_array(str(store / "twop/img/s0"), mode="r")
-    shape = arr.shape
-    mov = sitk.GetImageFromArray(np.asarray(arr[...]))
-    mov.SetSpacing(SPACING[::-1])
-    wall, nvox = 0.0, 0
-    for s in range(slabs):
-        z0 = s * 32
-        sub_shape = (32, shape[1], shape[2])
-        axes = [
-            np.arange(z0, z0 + 32) * SPACING[0],
-            np.arange(shape[1]) * SPACING[1],
-            np.arange(shape[2]) * SPACING[2],
-        ]
-        gz, gy, gx = np.meshgrid(*axes, indexing="ij")
-        pts = np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1)
-        disp = (tps.forward_points(pts) - pts).reshape(
-            *sub_shape, 3
-        )  # field built exactly, not timed
-        field = sitk.GetImageFromArray(disp, isVector=True)
-        field.SetSpacing(SPACING[::-1])
-        field.SetOrigin((0.0, 0.0, z0 * SPACING[0]))
-        ref = sitk.Image(shape[2], shape[1], 32, sitk.sitkUInt16)
-        ref.SetSpacing(SPACING[::-1])
-        ref.SetOrigin((0.0, 0.0, z0 * SPACING[0]))
-        tx = sitk.DisplacementFieldTransform(sitk.Cast(field, sitk.sitkVectorFloat64))
-        t0 = time.perf_counter()
-        sitk.Resample(mov, ref, tx, sitk.sitkLinear, 0.0)
-        wall += time.perf_counter() - t0
-        nvox += int(np.prod(sub_shape))
-    total = int(np.prod(shape))
-    return {"wall_s": wall * total / nvox, "voxels": total, "extrapolated_from_voxels": nvox}
+    x = zarr.open_array(str(workdir / f"out_{a}.zarr"), mode="r")
+    y = zarr.open_array(str(workdir / f"out_{b}.zarr"), mode="r")
+    worst, total, differ, n = 0, 0.0, 0, 0
+    for z in range(0, x.shape[0], 32):
+        d = np.abs(x[z : z + 32].astype(np.int32) - y[z : z + 32].astype(np.int32))
+        worst, total = max(worst, int(d.max())), total + float(d.sum())
+        differ, n = differ + int(np.count_nonzero(d)), n + d.size
+    return {"max_abs": worst, "mean_abs": total / n, "fraction_differing": differ / n}
 
 
 def max_deviation_voxels(store: Path, n_blocks: int = 6) -> float:
@@ -249,6 +308,9 @@ def max_deviation_voxels(store: Path, n_blocks: int = 6) -> float:
     return worst
 
 
+CASES = ["bridge_xr-tps", "bridge_xr-affine", "exact-tps", "sitk-affine", "raw-zarr"]
+
+
 def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
     if case == "bridge_xr-tps":
         res = case_bridge(store, "tps", out)
@@ -256,67 +318,69 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
         res = case_bridge(store, "affine", out)
     elif case == "exact-tps":
         res = case_exact(store, out)
-    else:
+    elif case == "sitk-affine":
         res = case_sitk(store, out)
+    else:
+        res = case_raw(store, out)
     res["case"] = case
     res["peak_rss_mib"] = peak_rss_mib()
     return res
 
 
+def _ratios(r: dict[str, Any], size: float) -> dict[str, float]:
+    """The issue's ratios at one size (time of the first / time of the second)."""
+    t = {c: r[f"{c}@{size:g}"]["wall_s"] for c in CASES if f"{c}@{size:g}" in r}
+    pairs = {
+        "exact-tps / bridge_xr-tps": ("exact-tps", "bridge_xr-tps"),
+        "bridge_xr-tps / raw-zarr": ("bridge_xr-tps", "raw-zarr"),
+        "bridge_xr-affine / raw-zarr": ("bridge_xr-affine", "raw-zarr"),
+        "sitk-affine / bridge_xr-affine": ("sitk-affine", "bridge_xr-affine"),
+        "bridge_xr-tps / bridge_xr-affine": ("bridge_xr-tps", "bridge_xr-affine"),
+    }
+    return {k: t[a] / t[b] for k, (a, b) in pairs.items() if a in t and b in t}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--sizes", type=float, nargs="*", default=[0.25, 0.5, 1.0])
+    ap.add_argument("--sizes", type=float, nargs="*", default=[0.125, 0.25, 0.5])
+    ap.add_argument("--cases", nargs="*", default=CASES, choices=CASES)
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if args.case:
-        print(json.dumps(run_case(args.case, args.store, args.workdir / "resampled.zarr")))
+        out = args.workdir / f"out_{args.case}.zarr"
+        print(json.dumps(run_case(args.case, args.store, out)))
         return 0
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for size in args.sizes:
         store = build(args.workdir, size)
-        cases = ["bridge_xr-tps", "bridge_xr-affine"]
-        if size == max(args.sizes):
-            cases += ["exact-tps", "sitk-field"]
-        for case in cases:
-            done = subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks.bench_resample",
-                    "--case",
-                    case,
-                    "--store",
-                    str(store),
-                    "--workdir",
-                    str(args.workdir),
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+        for case in args.cases:
+            cmd = [sys.executable, "-m", "benchmarks.bench_resample", "--case", case,
+                   "--store", str(store), "--workdir", str(args.workdir)]  # fmt: skip
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode:
                 print(f"{case} @ {size} GiB failed:\n{done.stderr[-1500:]}")
                 continue
             res = json.loads(done.stdout.strip().splitlines()[-1])
             results[f"{case}@{size:g}"] = res
             print(
-                f"{size:>5g} GiB {case:<17} {res['wall_s']:8.1f} s  {res['voxels'] / res['wall_s'] / 1e6:7.2f} Mvox/s"
-                f"  peak {res['peak_rss_mib']:6.0f} MiB",
+                f"{size:>6g} GiB {case:<17} {res['wall_s']:7.2f} s "
+                f"{res['voxels'] / res['wall_s'] / 1e6:7.1f} Mvox/s  peak {res['peak_rss_mib']:5.0f} MiB",
                 flush=True,
             )
-        if size == max(args.sizes):
-            dev = max_deviation_voxels(store)
-            results[f"max_deviation_voxels@{size:g}"] = dev
-            ours = results.get(f"bridge_xr-tps@{size:g}")
-            for base in ("exact-tps", "sitk-field", "bridge_xr-affine"):
-                b = results.get(f"{base}@{size:g}")
-                if ours and b:
-                    print(f"  {base} / bridge_xr-tps time: {b['wall_s'] / ours['wall_s']:.2f}x")
-            print(f"  max deviation from the exact TPS: {dev:.4f} output voxels")
+        ratios = _ratios(results, size)
+        results[f"ratios@{size:g}"] = ratios
+        for k, v in ratios.items():
+            print(f"         {k:<34} {v:6.2f}x")
+        checks: dict[str, Any] = {"max_deviation_voxels": max_deviation_voxels(store)}
+        for a, b in (("bridge_xr-affine", "sitk-affine"), ("bridge_xr-tps", "exact-tps")):
+            if f"{a}@{size:g}" in results and f"{b}@{size:g}" in results:
+                checks[f"{a} vs {b}"] = compare(args.workdir, a, b)
+        results[f"checks@{size:g}"] = checks
+        print(f"         checks {json.dumps(checks)}", flush=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -39,8 +39,9 @@ import numpy as np
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io.read import read_image
-from bridge_xr.model.pointmaps import LinearModel, Model
+from bridge_xr.model.pointmaps import Model
 from bridge_xr.model.units import conversion_factor
+from bridge_xr.resampling.blocks import composite_linear
 from bridge_xr.scene.chains import apply_hops, models_of
 from bridge_xr.scene.mapping import graph_of
 
@@ -67,16 +68,6 @@ def _chain(store: Any, microscopy: str, mri: str) -> list[tuple[Model, bool]]:
     return models_of(graph_of(store).chain(microscopy, mri))
 
 
-def _composite_linear(models: list[tuple[Model, bool]]) -> np.ndarray | None:
-    """The 4x4 zyx µm matrix of an all-linear chain, or None."""
-    total = np.eye(4)
-    for model, fwd in models:
-        if not isinstance(model, LinearModel):
-            return None
-        total = (model if fwd else model.inverse()).to_affine() @ total
-    return total
-
-
 def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
     """Read both geometries and the registration chain from ``microscopy`` to ``mri``."""
     mic = read_image(store, microscopy)
@@ -95,7 +86,7 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
         mri_shape=tuple(int(mr.sizes[d]) for d in "zyx"),  # type: ignore[arg-type]
         diagonal=None,
     )
-    lin = _composite_linear(models)
+    lin = composite_linear(models)
     if lin is not None:
         # microscopy index -> MRI index (voxel v spans [v, v + 1) in MRI index units)
         a = np.diag(1 / fp.mri_spacing_um) @ lin[:3, :3] @ np.diag(fp.mic_spacing_um)

@@ -9,9 +9,12 @@ points here are z, y, x micrometres.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from bridge_xr.model.pointmaps import LinearModel, Model, ThinPlateSpline, swap_xyz_zyx
+from bridge_xr.resampling._kernels import cell_bounds, tps_zyx
 from bridge_xr.scene.chains import apply_hops
 
 #: exact TPS nodes every this many micrometres inside a block (then trilinear in between)
@@ -30,14 +33,6 @@ def _interp_matrix(n: int, nodes: np.ndarray) -> np.ndarray:
     w[pos, k] = 1 - t
     w[pos, k + 1] = t
     return w
-
-
-def _hessian_factor(r: np.ndarray, kernel: str) -> np.ndarray:
-    """Bound on the second derivatives of the kernel at distance r (U=r: 1/r; r^2 log r)."""
-    r = np.maximum(r, 1e-9)
-    if kernel == "r":
-        return 1.0 / r
-    return 2.0 * np.abs(np.log(r)) + 3.0
 
 
 def _cell_bound(
@@ -60,16 +55,17 @@ def _cell_bound(
         np.stack([nd[:-1], nd[1:]], axis=1) if len(nd) > 1 else np.stack([nd, nd], axis=1)
         for nd in nodes
     ]
-    cc = np.stack(np.meshgrid(*(0.5 * (c[:, 0] + c[:, 1]) for c in cells), indexing="ij"), axis=-1)
-    hh = np.stack(np.meshgrid(*(c[:, 1] - c[:, 0] for c in cells), indexing="ij"), axis=-1)
-    half_diag = 0.5 * np.linalg.norm(hh, axis=-1)
-    dist = np.linalg.norm(cc[..., None, :] - centres_zyx, axis=-1) - half_diag[..., None]
     # along an axis where every voxel is a node, voxels sit on node planes: no interpolation
     # error comes from that axis (the trilinear weights reduce to the face's bilinear ones)
     interp = np.array([len(i) < n for i, n in zip(node_idx, shape, strict=True)], dtype=float)
-    bound = (np.sum((hh * interp) ** 2, axis=-1) / 8.0) * np.sum(
-        w_norm * _hessian_factor(dist, kernel), axis=-1
-    )
+    bound = cell_bounds(
+        *(0.5 * (c[:, 0] + c[:, 1]) for c in cells),
+        *(c[:, 1] - c[:, 0] for c in cells),
+        interp,
+        np.ascontiguousarray(centres_zyx, dtype=np.float64),
+        np.ascontiguousarray(w_norm, dtype=np.float64),
+        kernel == "r",
+    )  # type: ignore[call-arg]
     return node_idx, nodes, bound
 
 
@@ -116,47 +112,148 @@ def block_error_bound_um(
     return float(kept.max()) if kept.size else 0.0
 
 
-def _tps_block(
-    tps: ThinPlateSpline, axes_um: list[np.ndarray], max_err_um: float | None
-) -> np.ndarray:
+@dataclass(frozen=True)
+class BlockMap:
+    """Where a block's voxel centres go, in the cheapest exact-or-certified form.
+
+    Exactly one of: ``affine`` (3x4, zyx µm of the block's voxel ``(k, j, i)`` -> moving zyx
+    µm, for an all-linear chain); ``nodes`` (per-axis node voxel indices and (3, Nz, Ny, Nx)
+    moving µm, trilinear in between, then ``exact_at`` voxels (index arrays) at ``exact_um``
+    (n, 3)) for a forward TPS followed by linear hops; ``dense`` (3, nz, ny, nx) moving µm.
+    """
+
+    shape: tuple[int, ...]
+    affine: np.ndarray | None = None
+    node_idx: list[np.ndarray] | None = None
+    nodes: np.ndarray | None = None
+    exact_at: tuple[np.ndarray, ...] | None = None
+    exact_um: np.ndarray | None = None
+    dense: np.ndarray | None = None
+
+    def densify(self) -> np.ndarray:
+        """(3, nz, ny, nx) moving zyx µm of every voxel centre."""
+        if self.dense is not None:
+            return self.dense
+        if self.affine is not None:
+            h = self.affine
+            k, j, i = (np.arange(n, dtype=float) for n in self.shape)
+            return (
+                h[:, 0, None, None, None] * k[None, :, None, None]
+                + h[:, 1, None, None, None] * j[None, None, :, None]
+                + h[:, 2, None, None, None] * i[None, None, None, :]
+                + h[:, 3, None, None, None]
+            )
+        assert self.node_idx is not None
+        assert self.nodes is not None
+        wz, wy, wx = (_interp_matrix(n, i) for n, i in zip(self.shape, self.node_idx, strict=True))
+        out = np.einsum("zi,yj,xk,cijk->czyx", wz, wy, wx, self.nodes, optimize=True)
+        if self.exact_at is not None and self.exact_um is not None:
+            for c in range(3):
+                out[c][self.exact_at] = self.exact_um[:, c]
+        return out
+
+
+def composite_linear(models: list[tuple[Model, bool]]) -> np.ndarray | None:
+    """The 4x4 zyx µm matrix of an all-linear chain (identity for none), or None."""
+    total = np.eye(4)
+    for model, fwd in models:
+        if not isinstance(model, LinearModel):
+            return None
+        total = (model if fwd else model.inverse()).to_affine() @ total
+    return total
+
+
+def _exact_voxels(
+    shape: tuple[int, ...], node_idx: list[np.ndarray], bad_cells: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Voxels lying in a node cell flagged ``bad``, its boundary nodes included.
+
+    A node cell spans node ``c`` to node ``c + 1`` inclusive along each axis (a voxel on a node
+    plane belongs to both cells); an axis with a single node has one cell, that node.
+    """
+    ends = [i[1:] if len(i) > 1 else i for i in node_idx]
+    boxes = [
+        np.ravel_multi_index(
+            np.mgrid[
+                node_idx[0][cz] : ends[0][cz] + 1,
+                node_idx[1][cy] : ends[1][cy] + 1,
+                node_idx[2][cx] : ends[2][cx] + 1,
+            ].reshape(3, -1),
+            shape,
+        )
+        for cz, cy, cx in np.argwhere(bad_cells)
+    ]
+    if not boxes:
+        return tuple(np.zeros(0, dtype=np.intp) for _ in shape)
+    # cells share their boundary planes: each voxel once
+    return np.unravel_index(np.unique(np.concatenate(boxes)), shape)
+
+
+def _tps_nodes(
+    tps: ThinPlateSpline,
+    axes_um: list[np.ndarray],
+    max_err_um: float | None,
+    then: np.ndarray | None = None,
+) -> BlockMap:
     """TPS (fixed -> moving, zyx µm) of a regular block grid, within ``max_err_um`` of exact.
 
     Exact evaluation on nodes every ~``COARSE_GRID_UM``; separable trilinear in between. The
     affine part is linear and interpolated exactly; for the kernel part each node cell gets the
     bound ``sum_i |w_i| * (hz^2 + hy^2 + hx^2) / 8 * max|U''(r_i)|`` over the cell, and voxels of
-    cells whose bound exceeds ``max_err_um`` are evaluated exactly. Returns (3, nz, ny, nx).
-    ``max_err_um=None``: exact nodes every ``COARSE_GRID_UM / 4`` and trilinear, no certification
-    (for nearest-neighbour reslicing, whose own rounding is half a voxel).
+    cells whose bound exceeds ``max_err_um`` are evaluated exactly. ``max_err_um=None``: exact
+    nodes every ``COARSE_GRID_UM / 4`` and trilinear, no certification (for nearest-neighbour
+    reslicing, whose own rounding is half a voxel). ``then``: a 4x4 zyx µm matrix applied after
+    the TPS (linear later hops: it commutes with the interpolation, whose weights sum to 1).
     """
     shape = tuple(len(a) for a in axes_um)
     node_idx, nodes, bound, max_err_um = _tps_cells(tps, axes_um, max_err_um)
     nz, ny, nx = np.meshgrid(*nodes, indexing="ij")
     node_pts = np.stack([nz.ravel(), ny.ravel(), nx.ravel()], axis=1)
-    node_val = tps.transform_points(node_pts).T.reshape(3, *nz.shape)
-    wz, wy, wx = (_interp_matrix(n, i) for n, i in zip(shape, node_idx, strict=True))
-    out = np.einsum("zi,yj,xk,cijk->czyx", wz, wy, wx, node_val, optimize=True)
+    node_val = tps_zyx(tps, node_pts)
+    exact_at, exact = None, None
     bad_cells = bound > max_err_um
     if bad_cells.any():
-        # voxel -> the node cell(s) it lies in; a voxel on a node plane belongs to both cells
-        lo_cell, hi_cell = [], []
-        for d, idx_d in enumerate(node_idx):
-            n_cells = bad_cells.shape[d]
-            pos = np.arange(shape[d])
-            k = np.clip(np.searchsorted(idx_d, pos, side="right") - 1, 0, n_cells - 1)
-            on_node = np.isin(pos, idx_d) & (k > 0)
-            lo_cell.append(np.where(on_node, k - 1, k))
-            hi_cell.append(k)
-        mask = np.zeros(shape, dtype=bool)
-        for cz in (lo_cell[0], hi_cell[0]):
-            for cy in (lo_cell[1], hi_cell[1]):
-                for cx in (lo_cell[2], hi_cell[2]):
-                    mask |= bad_cells[np.ix_(cz, cy, cx)]
-        where = np.nonzero(mask)
-        pts = np.stack([axes_um[0][where[0]], axes_um[1][where[1]], axes_um[2][where[2]]], axis=1)
-        exact = tps.transform_points(pts)
-        for c in range(3):
-            out[c][where] = exact[:, c]
-    return out
+        exact_at = _exact_voxels(shape, node_idx, bad_cells)
+        pts = np.stack([axes_um[d][exact_at[d]] for d in range(3)], axis=1)
+        exact = tps_zyx(tps, pts)
+    if then is not None:
+        node_val = node_val @ then[:3, :3].T + then[:3, 3]
+        if exact is not None:
+            exact = exact @ then[:3, :3].T + then[:3, 3]
+    return BlockMap(
+        shape=shape,
+        node_idx=node_idx,
+        nodes=node_val.T.reshape(3, *nz.shape),
+        exact_at=exact_at,
+        exact_um=exact,
+    )
+
+
+def _tps_block(
+    tps: ThinPlateSpline, axes_um: list[np.ndarray], max_err_um: float | None
+) -> np.ndarray:
+    """:func:`_tps_nodes` at every voxel: (3, nz, ny, nx) zyx µm."""
+    return _tps_nodes(tps, axes_um, max_err_um).densify()
+
+
+def block_map(
+    models: list[tuple[Model, bool]], axes: list[np.ndarray], max_err_um: float | None
+) -> BlockMap:
+    """Map a block's voxel centres (zyx µm axes, regular) through the hops, as a :class:`BlockMap`."""
+    shape = tuple(len(a) for a in axes)
+    model, fwd = models[0]
+    later = composite_linear(models[1:])
+    whole = composite_linear(models)
+    if whole is not None:
+        # block voxel (k, j, i) -> zyx µm -> moving zyx µm
+        step = np.array([a[1] - a[0] if len(a) > 1 else 0.0 for a in axes])
+        to_um = np.eye(4)
+        to_um[:3, :3] = np.diag(step)
+        to_um[:3, 3] = [a[0] for a in axes]
+        return BlockMap(shape=shape, affine=(whole @ to_um)[:3])
+    if isinstance(model, ThinPlateSpline) and fwd and later is not None:
+        return _tps_nodes(model, axes, max_err_um, None if len(models) == 1 else later)
+    return BlockMap(shape=shape, dense=map_block(models, axes, max_err_um))
 
 
 def map_block(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -15,9 +18,10 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.model.grid import Grid
 from bridge_xr.model.image import origin_um, spacing_um
-from bridge_xr.model.pointmaps import Model, ThinPlateSpline
+from bridge_xr.model.pointmaps import Model
 from bridge_xr.model.units import conversion_factor
-from bridge_xr.resampling.blocks import map_block
+from bridge_xr.resampling import _kernels
+from bridge_xr.resampling.blocks import BlockMap, block_map
 
 
 def _pick_level(info: Any, unit: str, out_spacing_um: float, level: int | None) -> int:
@@ -30,6 +34,78 @@ def _pick_level(info: Any, unit: str, out_spacing_um: float, level: int | None) 
         if max(sp) <= out_spacing_um * 1.0001:
             best = k
     return best
+
+
+class ChunkCache:
+    """Decompressed chunks of one zarr array, shared by the threads sampling its blocks.
+
+    Neighbouring output blocks read overlapping moving regions; without a cache every chunk is
+    decompressed once for each block that touches it (4-8 times through a mild warp). Chunks
+    are kept whole (all channels) and the least recently used are dropped beyond ``max_bytes``,
+    so memory stays bounded whatever the volume. Not pickled: a copy sent to another process
+    (a dask-distributed worker) starts empty.
+    """
+
+    def __init__(self, arr: zarr.Array[Any], *, max_bytes: int = 192 * 2**20) -> None:
+        self.arr = arr
+        self.max_bytes = max_bytes
+        self._lock = threading.Lock()
+        self._chunks: OrderedDict[tuple[int, ...], np.ndarray] = OrderedDict()
+        self._bytes = 0
+        self.decoded = 0  # chunks read from the store (a cache miss)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"arr": self.arr, "max_bytes": self.max_bytes}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["arr"], max_bytes=state["max_bytes"])  # type: ignore[misc]
+
+    def _chunk(self, key: tuple[int, ...], sl: tuple[slice, ...]) -> np.ndarray:
+        with self._lock:
+            got = self._chunks.get(key)
+            if got is not None:
+                self._chunks.move_to_end(key)
+                return got
+        # read outside the lock (two threads may read the same chunk once each: harmless)
+        got = np.asarray(self.arr[sl])
+        with self._lock:
+            if key not in self._chunks:
+                self._chunks[key] = got
+                self._bytes += got.nbytes
+                self.decoded += 1
+            while self._bytes > self.max_bytes and len(self._chunks) > 1:
+                _, old = self._chunks.popitem(last=False)
+                self._bytes -= old.nbytes
+        return got
+
+    def read(self, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+        """``arr[..., lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]`` (every leading axis whole)."""
+        lead = self.arr.ndim - 3
+        csize = np.asarray(self.arr.chunks[-3:])
+        first, last = lo // csize, (hi - 1) // csize
+        out = np.empty((*self.arr.shape[:lead], *(hi - lo)), dtype=self.arr.dtype)
+        for key in np.ndindex(*(last - first + 1)):
+            c = first + np.asarray(key)
+            c_lo = c * csize
+            c_hi = np.minimum(c_lo + csize, self.arr.shape[-3:])
+            chunk = self._chunk(
+                tuple(int(v) for v in c),
+                (
+                    *(slice(None),) * lead,
+                    *(slice(int(a), int(b)) for a, b in zip(c_lo, c_hi, strict=True)),
+                ),
+            )
+            a, b = np.maximum(lo, c_lo), np.minimum(hi, c_hi)
+            dst: tuple[Any, ...] = (
+                Ellipsis,
+                *(slice(int(u), int(v)) for u, v in zip(a - lo, b - lo, strict=True)),
+            )
+            src: tuple[Any, ...] = (
+                Ellipsis,
+                *(slice(int(u), int(v)) for u, v in zip(a - c_lo, b - c_lo, strict=True)),
+            )
+            out[dst] = chunk[src]
+        return out
 
 
 @dataclass(frozen=True)
@@ -50,8 +126,8 @@ class _BlockSampler:
     dtype: np.dtype[Any]
     order: int
     max_err_um: float | None
-    may_nan: bool  # an inverse TPS hop: points without an inverse come back NaN
     nan_outside: bool
+    cache: ChunkCache = field(compare=False, repr=False)
 
     @classmethod
     def open(
@@ -93,8 +169,8 @@ class _BlockSampler:
             max_err_um=None
             if max_error_voxels is None
             else max_error_voxels * float(out_sp_um.min()),
-            may_nan=any(isinstance(m, ThinPlateSpline) and not fwd for m, fwd in models),
             nan_outside=nan_outside,
+            cache=ChunkCache(arr),
         )
         return sampler, mov, lvl
 
@@ -104,61 +180,120 @@ class _BlockSampler:
         return np.dtype(np.float32) if self.nan_outside else self.dtype
 
     def __call__(self, template: np.ndarray, block_info: Any = None) -> np.ndarray:
-        result, inside = self._sample(block_info[0]["array-location"][-3:])
-        if not self.nan_outside:
-            return result
-        res = result.astype(np.float32)
-        res[..., ~inside] = np.nan
-        return res
-
-    def _indices(self, loc: Any) -> tuple[list[np.ndarray], np.ndarray]:
-        """Moving-image voxel indices of the block's voxel centres, and which lie inside it."""
+        loc = block_info[0]["array-location"][-3:]
         axes = [self.out_origin_um[i] + np.arange(a, b) * self.out_spacing_um[i]
                 for i, (a, b) in enumerate(loc)]  # fmt: skip
-        coords = map_block(self.models, axes, self.max_err_um)  # (3, *shape) zyx µm
-        idx = [(coords[i] - self.mov_origin_um[i]) / self.mov_spacing_um[i] for i in range(3)]
-        inside = np.ones(coords.shape[1:], dtype=bool)
-        for i in range(3):
-            n = self.arr.shape[-3 + i]
-            inside &= np.isfinite(idx[i]) & (idx[i] >= -0.5) & (idx[i] <= n - 0.5)
-        return idx, inside
+        bm = block_map(self.models, axes, self.max_err_um)
+        out = np.empty((self.n_c, *bm.shape), dtype=self.out_dtype)
+        kind = self.dtype.kind
+        if self.order <= 1 and (kind in "uib" or (kind == "f" and self.dtype.itemsize >= 4)):
+            self._sample_compiled(bm, out)
+        else:
+            self._sample_scipy(bm, out)
+        return out if self.channels else out[0]
 
-    def _sample(self, loc: Any) -> tuple[np.ndarray, np.ndarray]:
-        idx, inside = self._indices(loc)
-        out = np.zeros((self.n_c, *inside.shape), dtype=self.dtype)
-        empty = (out if self.channels else out[0]), inside
-        if self.may_nan:
-            finite = np.isfinite(idx[0]) & np.isfinite(idx[1]) & np.isfinite(idx[2])
-            if not finite.any():
-                return empty
-            idx = [np.where(finite, v, np.nanmin(v)) for v in idx]
+    def _index_map(self, bm: BlockMap) -> tuple[Any, np.ndarray, np.ndarray]:
+        """The block map in moving voxel indices, and the lowest / highest index it reaches."""
+        sp, org = self.mov_spacing_um, self.mov_origin_um
+        if bm.affine is not None:
+            h = (bm.affine - np.c_[np.zeros((3, 3)), org]) / sp[:, None]
+            corners = np.array(np.meshgrid(*([0, n - 1] for n in bm.shape), [1], indexing="ij"))
+            ends = h @ corners.reshape(4, -1)
+            return h, ends.min(axis=1), ends.max(axis=1)
+        if bm.nodes is not None:
+            nodes = (bm.nodes - org[:, None, None, None]) / sp[:, None, None, None]
+            exact = None if bm.exact_um is None else ((bm.exact_um - org) / sp).T
+            pts = nodes.reshape(3, -1) if exact is None else np.c_[nodes.reshape(3, -1), exact]
+            return (nodes, exact), pts.min(axis=1), pts.max(axis=1)
+        idx = (bm.densify() - org[:, None, None, None]) / sp[:, None, None, None]
+        flat = idx.reshape(3, -1)
+        if not np.isfinite(flat).all(axis=0).any():  # no voxel has an inverse
+            return idx, np.full(3, np.inf), np.full(3, -np.inf)
+        return idx, np.nanmin(flat, axis=1), np.nanmax(flat, axis=1)
+
+    def _read(self, lo_f: np.ndarray, hi_f: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+        """The moving region (c, z, y, x) the block needs, and its start; None if none."""
         pad = 1 if self.order <= 1 else 3
-        lo = np.array([max(int(np.floor(v.min())) - pad, 0) for v in idx])
-        hi = np.minimum(np.array([int(np.ceil(v.max())) + pad + 1 for v in idx]),
-                        np.asarray(self.arr.shape[-3:]))  # fmt: skip
-        if np.any(hi <= lo):
-            return empty
+        n = np.asarray(self.arr.shape[-3:])
+        with np.errstate(invalid="ignore"):
+            lo = np.maximum(np.floor(lo_f) - pad, 0)
+            hi = np.minimum(np.ceil(hi_f) + pad + 1, n)
+        if not (np.isfinite(lo).all() and np.isfinite(hi).all()) or np.any(hi <= lo):
+            return None
+        lo, hi = lo.astype(int), hi.astype(int)
         # only the bounding box of the moving image this block needs is read
-        sl = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
-        sub = np.asarray(self.arr[(slice(None), *sl)] if self.channels else self.arr[sl])
-        sub = sub if self.channels else sub[None]
-        coords = np.stack([idx[i] - lo[i] for i in range(3)])
-        for c in range(self.n_c):
-            out[c] = self._interpolate(sub[c], coords, inside)
-        return (out if self.channels else out[0]), inside
+        sub = self.cache.read(lo, hi)
+        return (sub if self.channels else sub[None]), lo
 
-    def _interpolate(self, sub: np.ndarray, coords: np.ndarray, inside: np.ndarray) -> np.ndarray:
-        vals = map_coordinates(
-            sub.astype(np.float32),
-            coords,
-            order=self.order,
-            # the image extends half a voxel beyond its outer voxel centres: sample that rim
-            # like ITK does (nearest edge value), and give 0 only outside the image
-            mode="nearest",
-            prefilter=self.order > 1,
-        )
-        vals[~inside] = 0
-        if np.issubdtype(self.dtype, np.integer):
-            info_i = np.iinfo(self.dtype)
-            vals = np.clip(np.round(vals), info_i.min, info_i.max)
-        return vals
+    def _sample_compiled(self, bm: BlockMap, out: np.ndarray) -> None:
+        """Order 0 / 1: positions and interpolation in one compiled pass (``_kernels``)."""
+        mapping, lo_f, hi_f = self._index_map(bm)
+        fill = np.nan if self.nan_outside else 0.0
+        got = self._read(lo_f, hi_f)
+        if got is None:
+            out[...] = fill
+            return
+        sub, lo = got
+        n = np.asarray(self.arr.shape[-3:])
+        clip: tuple[float, float] | None = None
+        if self.dtype.kind == "b":
+            sub, clip = sub.view(np.uint8), (0.0, 1.0)
+        elif self.dtype.kind in "ui":
+            info = np.iinfo(self.dtype)
+            clip = (float(info.min), float(info.max))
+        prm = _kernels.params(-0.5 - lo, n - 0.5 - lo, self.order, clip, fill)
+        target = out.view(np.uint8) if out.dtype == bool else out
+        for c in range(self.n_c):
+            if bm.affine is not None:
+                h = mapping.copy()
+                h[:, 3] -= lo
+                _kernels.sample_affine(sub[c], h, target[c], prm)
+            elif bm.nodes is not None:
+                nodes, exact = mapping
+                nodes = nodes - lo[:, None, None, None]
+                for d in range(3):  # an axis with one node: the kernels want two
+                    if nodes.shape[1 + d] == 1:
+                        nodes = np.repeat(nodes, 2, axis=1 + d)
+                cz, cy, cx = (
+                    _kernels.cells_of(k, i)
+                    for k, i in zip(bm.shape, bm.node_idx or [], strict=True)
+                )
+                _kernels.sample_nodes(
+                    sub[c], np.ascontiguousarray(nodes), *cz, *cy, *cx, target[c], prm
+                )
+                if exact is not None and bm.exact_at is not None:
+                    vals = np.empty(exact.shape[1], dtype=target.dtype)
+                    pts = np.ascontiguousarray(exact - lo[:, None])
+                    _kernels.sample_points(sub[c], pts, vals, prm)
+                    target[c][bm.exact_at] = vals
+            else:
+                pts = np.ascontiguousarray((mapping - lo[:, None, None, None]).reshape(3, -1))
+                _kernels.sample_points(sub[c], pts, target[c].reshape(-1), prm)
+
+    def _sample_scipy(self, bm: BlockMap, out: np.ndarray) -> None:
+        """Cubic B-spline (and dtypes the kernels do not take): scipy's ``map_coordinates``."""
+        idx, lo_f, hi_f = self._index_map(dataclasses.replace(bm, dense=bm.densify()))
+        got = self._read(lo_f, hi_f)
+        fill = np.nan if self.nan_outside else 0
+        if got is None:
+            out[...] = fill
+            return
+        sub, lo = got
+        n = np.asarray(self.arr.shape[-3:])
+        with np.errstate(invalid="ignore"):
+            inside = np.all((idx >= -0.5) & (idx <= (n - 0.5)[:, None, None, None]), axis=0)
+        coords = np.where(inside, idx - lo[:, None, None, None], 0.0)
+        for c in range(self.n_c):
+            vals = map_coordinates(
+                sub[c].astype(np.float32),
+                coords,
+                order=self.order,
+                # the image extends half a voxel beyond its outer voxel centres: sample that
+                # rim like ITK does (nearest edge value), and give 0 only outside the image
+                mode="nearest",
+                prefilter=self.order > 1,
+            )
+            if np.issubdtype(self.dtype, np.integer):
+                info_i = np.iinfo(self.dtype)
+                vals = np.clip(np.round(vals), info_i.min, info_i.max)
+            out[c] = np.where(inside, vals, fill)

@@ -1,0 +1,280 @@
+"""Compiled sampling kernels: map a block's voxel centres and interpolate them in one pass.
+
+``scipy.ndimage.map_coordinates`` needs the mapped coordinates of every voxel as three float64
+arrays (24 bytes a voxel, written then read again), converts the moving region to float and
+holds the GIL; these kernels compute each voxel's position where it is needed (from an affine,
+or from a TPS's exact coarse nodes by separable trilinear interpolation), sample the moving
+sub-volume in its own dtype (nearest or trilinear, edge values replicated like scipy's
+``mode="nearest"``), round and clip to the output type and write the voxel, without
+temporaries and without the GIL (dask's threads run them in parallel).
+
+Conventions, shared with :mod:`bridge_xr.resampling.sampler`: positions are voxel indices of
+``sub`` (the moving region read for the block); ``params`` (11,) float64 = lower z, y, x, upper
+z, y, x (where the moving *image* is, in the same indices: a voxel centre outside gets ``fill``,
+and so does a NaN position), ``order`` (0 rounds like scipy, ``floor(x + 0.5)``; 1 trilinear),
+``is_int`` (round half to even, clip to ``[lo_clip, hi_clip]``), ``lo_clip``, ``hi_clip``,
+``fill`` (see :func:`params`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _sample(
+    sub: Any,
+    z: float,
+    y: float,
+    x: float,
+    b: Any,
+) -> float:
+    # b: a tuple (lower z, y, x, upper z, y, x, nz, ny, nx) of scalars, held in registers (an
+    # array would be re-read for every voxel: the compiler cannot rule out that `out` aliases it)
+    # written as `not (inside)` so that NaN positions (no inverse) count as outside
+    if not (z >= b[0] and z <= b[3] and y >= b[1] and y <= b[4] and x >= b[2] and x <= b[5]):
+        return b[13]
+    nz, ny, nx = b[6], b[7], b[8]
+    if b[9] == 0:
+        k = min(max(math.floor(z + 0.5), 0), nz - 1)
+        j = min(max(math.floor(y + 0.5), 0), ny - 1)
+        i = min(max(math.floor(x + 0.5), 0), nx - 1)
+        v = float(sub[k, j, i])
+    else:
+        # positions are > -1 here (bounds start at -0.5 or above): int(p + 1) - 1 is the floor
+        k0, j0, i0 = int(z + 1.0) - 1, int(y + 1.0) - 1, int(x + 1.0) - 1
+        tz, ty, tx = z - k0, y - j0, x - i0
+        k1, j1, i1 = min(k0 + 1, nz - 1), min(j0 + 1, ny - 1), min(i0 + 1, nx - 1)
+        k0, j0, i0 = max(k0, 0), max(j0, 0), max(i0, 0)
+        v000, v001 = float(sub[k0, j0, i0]), float(sub[k0, j0, i1])
+        v010, v011 = float(sub[k0, j1, i0]), float(sub[k0, j1, i1])
+        v100, v101 = float(sub[k1, j0, i0]), float(sub[k1, j0, i1])
+        v110, v111 = float(sub[k1, j1, i0]), float(sub[k1, j1, i1])
+        c00 = v000 + (v001 - v000) * tx
+        c01 = v010 + (v011 - v010) * tx
+        c10 = v100 + (v101 - v100) * tx
+        c11 = v110 + (v111 - v110) * tx
+        c0 = c00 + (c01 - c00) * ty
+        c1 = c10 + (c11 - c10) * ty
+        v = c0 + (c1 - c0) * tz
+    if b[10]:
+        v = np.rint(v)
+        v = b[11] if v < b[11] else (b[12] if v > b[12] else v)
+    return v
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _scalars(sub: Any, p: Any) -> Any:
+    nz, ny, nx = sub.shape
+    return (
+        p[0],
+        p[1],
+        p[2],
+        p[3],
+        p[4],
+        p[5],
+        nz,
+        ny,
+        nx,
+        int(p[6]),
+        p[7] != 0.0,
+        p[8],
+        p[9],
+        p[10],
+    )
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def sample_affine(
+    sub: Any,
+    h: Any,
+    out: Any,
+    params: Any,
+) -> None:
+    """``out[k, j, i]`` = ``sub`` at ``h @ (k, j, i, 1)`` (h: 3x4, output index -> sub index)."""
+    b = _scalars(sub, params)
+    dz, dy, dx = h[0, 2], h[1, 2], h[2, 2]
+    for k in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            bz = h[0, 0] * k + h[0, 1] * j + h[0, 3]
+            by = h[1, 0] * k + h[1, 1] * j + h[1, 3]
+            bx = h[2, 0] * k + h[2, 1] * j + h[2, 3]
+            row = out[k, j]
+            for i in range(out.shape[2]):
+                row[i] = _sample(
+                    sub, bz + dz * i, by + dy * i, bx + dx * i, b
+                )  # fmt: skip
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def sample_nodes(
+    sub: Any,
+    nodes: Any,
+    cz: Any,
+    tz: Any,
+    cy: Any,
+    ty: Any,
+    cx: Any,
+    tx: Any,
+    out: Any,
+    params: Any,
+) -> None:
+    """``out`` sampled at the trilinear interpolation of ``nodes`` (3, Nz, Ny, Nx; sub indices).
+
+    Output voxel ``k`` along z lies in node cell ``cz[k]`` at fraction ``tz[k]`` (likewise y,
+    x; see :func:`cells_of`). Separable: one bilinear (z, y) row of nodes per output row, then
+    linear along x.
+    """
+    b = _scalars(sub, params)
+    n_x, n_i = nodes.shape[3], out.shape[2]
+    row = np.empty((3, n_x))
+    pz, py, px = np.empty(n_i), np.empty(n_i), np.empty(n_i)
+    for k in range(out.shape[0]):
+        a, wa = cz[k], tz[k]
+        for j in range(out.shape[1]):
+            c_y, wb = cy[j], ty[j]
+            for c in range(3):
+                for m in range(n_x):
+                    row[c, m] = (1.0 - wa) * (
+                        (1.0 - wb) * nodes[c, a, c_y, m] + wb * nodes[c, a, c_y + 1, m]
+                    ) + wa * (
+                        (1.0 - wb) * nodes[c, a + 1, c_y, m] + wb * nodes[c, a + 1, c_y + 1, m]
+                    )
+            for i in range(n_i):  # positions first (vectorised), then the gather
+                m, w = cx[i], tx[i]
+                pz[i] = row[0, m] + (row[0, m + 1] - row[0, m]) * w
+                py[i] = row[1, m] + (row[1, m + 1] - row[1, m]) * w
+                px[i] = row[2, m] + (row[2, m + 1] - row[2, m]) * w
+            line = out[k, j]
+            for i in range(n_i):
+                line[i] = _sample(sub, pz[i], py[i], px[i], b)
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def sample_points(
+    sub: Any,
+    pts: Any,
+    out: Any,
+    params: Any,
+) -> None:
+    """``out[n]`` = ``sub`` at ``pts[:, n]`` ((3, N) sub indices, z, y, x)."""
+    b = _scalars(sub, params)
+    for n in range(out.shape[0]):
+        out[n] = _sample(sub, pts[0, n], pts[1, n], pts[2, n], b)
+
+
+def params(
+    lower: np.ndarray,
+    upper: np.ndarray,
+    order: int,
+    clip: tuple[float, float] | None,
+    fill: float,
+) -> np.ndarray:
+    """The kernels' ``params`` array: image bounds, order, integer clip range (None: float), fill."""
+    lims = (0.0, 0.0) if clip is None else clip
+    flags = [float(order), float(clip is not None), lims[0], lims[1], fill]
+    return np.r_[lower, upper, flags].astype(np.float64)
+
+
+def cells_of(n: int, node_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Node cell and fraction of voxels ``0..n-1`` between nodes at ``node_idx``.
+
+    One node (an axis one voxel long): the node is doubled, cell 0 at fraction 0.
+    """
+    if len(node_idx) < 2:
+        return np.zeros(n, dtype=np.int64), np.zeros(n)
+    pos = np.arange(n)
+    k = np.clip(np.searchsorted(node_idx, pos, side="right") - 1, 0, len(node_idx) - 2)
+    t = (pos - node_idx[k]) / (node_idx[k + 1] - node_idx[k])
+    return k.astype(np.int64), t.astype(np.float64)
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False, fastmath={"contract", "arcp"})
+def _tps_eval(pts: Any, centres: Any, weights: Any, affine: Any, kernel_r: bool, out: Any) -> None:
+    """``out[:, p]`` = ``affine[0] + pts[:, p] @ affine[1:] + sum_i weights[i] U(|pts[:, p] - c_i|)``.
+
+    Points and output are (3, n) (x, y, z rows): the loop over points is innermost and SIMD.
+    """
+    n = pts.shape[1]
+    for t0 in range(0, n, 512):  # tiles of points that stay in L1 while every centre passes
+        x, y, z = pts[0, t0 : t0 + 512], pts[1, t0 : t0 + 512], pts[2, t0 : t0 + 512]
+        ox, oy, oz = out[0, t0 : t0 + 512], out[1, t0 : t0 + 512], out[2, t0 : t0 + 512]
+        m = x.shape[0]
+        for p in range(m):
+            ox[p] = affine[0, 0] + x[p] * affine[1, 0] + y[p] * affine[2, 0] + z[p] * affine[3, 0]
+            oy[p] = affine[0, 1] + x[p] * affine[1, 1] + y[p] * affine[2, 1] + z[p] * affine[3, 1]
+            oz[p] = affine[0, 2] + x[p] * affine[1, 2] + y[p] * affine[2, 2] + z[p] * affine[3, 2]
+        for i in range(centres.shape[0]):
+            cx, cy, cz = centres[i, 0], centres[i, 1], centres[i, 2]
+            wx, wy, wz = weights[i, 0], weights[i, 1], weights[i, 2]
+            if kernel_r:  # two loops, so that each is one branch-free SIMD loop
+                for p in range(m):
+                    dx, dy, dz = x[p] - cx, y[p] - cy, z[p] - cz
+                    u = math.sqrt(dx * dx + dy * dy + dz * dz)
+                    ox[p] += u * wx
+                    oy[p] += u * wy
+                    oz[p] += u * wz
+            else:  # r^2 log r = r^2 log(r^2) / 2, and 0 at r = 0
+                for p in range(m):
+                    dx, dy, dz = x[p] - cx, y[p] - cy, z[p] - cz
+                    r2 = dx * dx + dy * dy + dz * dz
+                    u = 0.5 * r2 * math.log(r2) if r2 > 0.0 else 0.0
+                    ox[p] += u * wx
+                    oy[p] += u * wy
+                    oz[p] += u * wz
+
+
+def tps_zyx(tps: Any, pts_zyx: np.ndarray) -> np.ndarray:
+    """Exact ``tps`` (a :class:`~bridge_xr.model.pointmaps.ThinPlateSpline`) of (n, 3) zyx µm."""
+    xyz = np.ascontiguousarray(np.asarray(pts_zyx, dtype=np.float64)[:, ::-1].T)
+    out = np.empty_like(xyz)
+    _tps_eval(
+        xyz,
+        np.ascontiguousarray(tps.centres, dtype=np.float64),
+        np.ascontiguousarray(tps.weights, dtype=np.float64),
+        np.ascontiguousarray(tps.affine, dtype=np.float64),
+        tps.kernel == "r",
+        out,
+    )
+    return out[::-1].T
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def cell_bounds(
+    mz: Any,
+    my: Any,
+    mx: Any,
+    hz: Any,
+    hy: Any,
+    hx: Any,
+    interp: Any,
+    centres_zyx: Any,
+    w_norm: Any,
+    kernel_r: bool,
+) -> Any:
+    """Interpolation-error bound of every TPS node cell (cell midpoints ``m*``, widths ``h*``).
+
+    ``(sum_axes (h * interp)^2 / 8) * sum_i |w_i| max|U''|`` over the cell, with ``max|U''|`` at
+    the distance from centre ``i`` to the cell's nearest possible point (its midpoint's distance
+    less half its diagonal, at least 1e-9): ``1 / r`` for ``U = r``, ``2 |log r| + 3`` for
+    ``r^2 log r``. Returns (nz, ny, nx) µm.
+    """
+    out = np.empty((mz.shape[0], my.shape[0], mx.shape[0]))
+    for a in range(mz.shape[0]):
+        for b in range(my.shape[0]):
+            for c in range(mx.shape[0]):
+                half = 0.5 * math.sqrt(hz[a] ** 2 + hy[b] ** 2 + hx[c] ** 2)
+                curv = 0.0
+                for i in range(centres_zyx.shape[0]):
+                    dz = mz[a] - centres_zyx[i, 0]
+                    dy = my[b] - centres_zyx[i, 1]
+                    dx = mx[c] - centres_zyx[i, 2]
+                    r = max(math.sqrt(dz * dz + dy * dy + dx * dx) - half, 1e-9)
+                    curv += w_norm[i] * (1.0 / r if kernel_r else 2.0 * abs(math.log(r)) + 3.0)
+                h2 = (hz[a] * interp[0]) ** 2 + (hy[b] * interp[1]) ** 2 + (hx[c] * interp[2]) ** 2
+                out[a, b, c] = h2 / 8.0 * curv
+    return out

@@ -1,0 +1,133 @@
+"""The compiled sampling kernels against scipy/numpy doing the same thing the plain way."""
+
+from __future__ import annotations
+
+import pickle
+
+import numpy as np
+import pytest
+import zarr
+from scipy.ndimage import map_coordinates
+
+from bridge_xr.model.pointmaps import ThinPlateSpline
+from bridge_xr.resampling import _kernels
+from bridge_xr.resampling.blocks import _tps_nodes, block_map
+from bridge_xr.resampling.sampler import ChunkCache
+
+RNG = np.random.default_rng(7)
+SUB = RNG.uniform(0, 1000, size=(9, 11, 13)).astype(np.float32)
+UPPER = np.array(SUB.shape, float) - 1.0
+
+
+def _h() -> np.ndarray:
+    """A rotation + anisotropic scale whose sample positions fall between voxels (no ties)."""
+    a = 0.3
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    return np.c_[rot @ np.diag([0.91, 0.83, 0.87]), [-0.613, 0.271, -0.397]]
+
+
+def _positions(h: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    k, j, i = np.meshgrid(*(np.arange(n, dtype=float) for n in shape), indexing="ij")
+    return np.einsum("ab,bzyx->azyx", h, np.stack([k, j, i, np.ones_like(k)]))
+
+
+@pytest.mark.parametrize("order", [0, 1])
+def test_affine_kernel_equals_map_coordinates_inside_and_fills_outside(order) -> None:
+    h, shape = _h(), (10, 14, 16)
+    pos = _positions(h, shape)
+    out = np.empty(shape, np.float32)
+    _kernels.sample_affine(SUB, h, out, _kernels.params(np.zeros(3), UPPER, order, None, -7.0))
+    ref = map_coordinates(SUB, pos, order=order, mode="nearest")
+    inside = np.all((pos >= 0) & (pos <= UPPER[:, None, None, None]), axis=0)
+    assert inside.mean() > 0.3 and (~inside).any()
+    np.testing.assert_allclose(out[inside], ref[inside], rtol=1e-5, atol=1e-3)
+    assert np.all(out[~inside] == -7.0)
+
+
+def test_integer_output_is_rounded_and_clipped_like_numpy() -> None:
+    sub = (SUB * 80 - 10000).astype(np.int32)
+    h, shape = _h(), (6, 8, 8)
+    pos = _positions(h, shape)
+    out = np.empty(shape, np.uint16)
+    lims = (0.0, 65535.0)
+    _kernels.sample_affine(sub, h, out, _kernels.params(np.zeros(3), UPPER, 1, lims, 0.0))
+    ref = map_coordinates(sub.astype(float), pos, order=1, mode="nearest")
+    inside = np.all((pos >= 0) & (pos <= UPPER[:, None, None, None]), axis=0)
+    want = np.clip(np.rint(ref), *lims).astype(np.uint16)
+    assert np.array_equal(out[inside], want[inside])
+    assert (want[inside] == 0).any() and (want[inside] > 0).any()  # the clip did something
+
+
+def test_nan_positions_get_the_fill() -> None:
+    pts = np.array([[1.5, np.nan, 2.0], [2.5, 3.0, np.nan], [3.5, 4.0, 5.0]])
+    out = np.empty(3)
+    _kernels.sample_points(SUB, pts, out, _kernels.params(np.zeros(3), UPPER, 1, None, -1.0))
+    assert out[1] == -1.0 and out[2] == -1.0
+    np.testing.assert_allclose(out[0], map_coordinates(SUB, pts[:, :1], order=1)[0], rtol=1e-6)
+
+
+def _tps(kernel: str) -> ThinPlateSpline:
+    fixed = RNG.uniform(0, 200, size=(25, 3))
+    moving = fixed + 6 * np.sin(fixed / 30.0) + [3.0, -2.0, 1.0]
+    return ThinPlateSpline.from_estimate(fixed, moving, kernel=kernel)
+
+
+@pytest.mark.parametrize("kernel", ["r", "r2logr"])
+def test_compiled_tps_equals_the_models_own_evaluation(kernel) -> None:
+    tps = _tps(kernel)
+    pts = RNG.uniform(-20, 220, size=(3000, 3))  # xyz, some outside the landmarks' hull
+    got = _kernels.tps_zyx(tps, pts[:, ::-1])[:, ::-1]
+    np.testing.assert_allclose(got, tps.forward_points(pts), rtol=0, atol=1e-9)
+
+
+def test_node_kernel_equals_sampling_the_densified_map() -> None:
+    tps = _tps("r")
+    axes = [10 + np.arange(n) * s for n, s in [(7, 4.0), (19, 3.0), (23, 2.5)]]
+    bm = _tps_nodes(tps, axes, None)  # uncertified: interpolation between nodes only
+    assert bm.nodes is not None and bm.node_idx is not None
+    # moving µm -> sub index: a moving image at origin (5, 5, 5) µm with 2 µm voxels
+    sub = RNG.uniform(0, 1, size=(60, 80, 90))
+    upper = np.array(sub.shape, float) - 1
+    to_idx = lambda um: (um - 5.0) / 2.0  # noqa: E731
+    cells = [_kernels.cells_of(n, i) for n, i in zip(bm.shape, bm.node_idx, strict=True)]
+    out = np.empty(bm.shape)
+    prm = _kernels.params(np.zeros(3), upper, 1, None, np.nan)
+    _kernels.sample_nodes(sub, to_idx(bm.nodes), *(a for c in cells for a in c), out, prm)
+    dense = to_idx(bm.densify())
+    ref = map_coordinates(sub, dense, order=1, mode="nearest")
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-9)
+    # and the densified map is the TPS itself at the nodes
+    k, j, i = (idx[len(idx) // 2] for idx in bm.node_idx)
+    at = np.array([[axes[2][i], axes[1][j], axes[0][k]]])
+    np.testing.assert_allclose(bm.densify()[:, k, j, i][::-1], tps.forward_points(at)[0], atol=1e-9)
+
+
+def test_certified_block_map_is_within_its_bound_of_the_exact_tps() -> None:
+    tps = _tps("r")
+    axes = [np.arange(0, 80, 2.0), np.arange(0, 120, 1.5), np.arange(40, 160, 1.5)]
+    got = block_map([(tps, True)], axes, 0.05).densify()
+    gz, gy, gx = np.meshgrid(*axes, indexing="ij")
+    exact = tps.forward_points(np.stack([gx.ravel(), gy.ravel(), gz.ravel()], axis=1))
+    dev = np.linalg.norm(got.reshape(3, -1)[::-1].T - exact, axis=1)
+    assert dev.max() <= 0.05
+    assert dev.max() > 0  # interpolated, not evaluated everywhere
+
+
+def test_chunk_cache_reads_what_slicing_reads_and_stays_bounded() -> None:
+    data = RNG.integers(0, 60000, size=(2, 20, 30, 40), dtype=np.uint16)
+    arr = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(2, 8, 8, 8),
+                            dtype=data.dtype)  # fmt: skip
+    arr[:] = data
+    chunk_bytes = 2 * 8 * 8 * 8 * 2
+    cache = ChunkCache(arr, max_bytes=6 * chunk_bytes)
+    for _ in range(30):
+        lo = RNG.integers(0, [19, 29, 39])
+        hi = lo + RNG.integers(1, [20, 30, 40]) // 2 + 1
+        hi = np.minimum(hi, data.shape[1:])
+        got = cache.read(lo, hi)
+        assert np.array_equal(got, data[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+        assert cache._bytes <= 6 * chunk_bytes
+    again = pickle.loads(pickle.dumps(cache))
+    assert again._bytes == 0 and again.max_bytes == cache.max_bytes
+    assert np.array_equal(again.read(np.array([0, 0, 0]), np.array([3, 3, 3])), data[:, :3, :3, :3])
