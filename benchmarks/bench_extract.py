@@ -11,6 +11,9 @@ Cases (each in its own process, so peak RSS is its own):
                       interpolation (Fiji's bilinear scaling);
 * ``sitk-direct``   : ``Resample`` (linear) of the in-memory mask straight onto the 25 µm grid
                       (point samples, the cheapest thing a user can do; not a fraction);
+* ``numpy-sum``     : the memory bound: the mask read whole with zarr alone (two threads), then
+                      one ``numpy`` sum over it (no fractions at all; reports the read and the
+                      in-memory sum separately);
 * ``bridge_xr-general`` : the general (tetrahedral clipping) path on a sample of blocks,
                       extrapolated — the cost when the registration is a rotation or a TPS.
 
@@ -169,32 +172,72 @@ def case_sitk_paper(store: Path, out: Path) -> dict[str, Any]:
     return {"wall_s": wall}
 
 
+def case_numpy_sum(store: Path, out: Path) -> dict[str, Any]:
+    import zarr
+
+    t0 = time.perf_counter()
+    arr = zarr.open_array(str(store / "twop/mask/s0"), mode="r")
+    with zarr.config.set({"threading.max_workers": 2}):
+        vals = arr[...]
+    t_read = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    total = int(vals.sum(dtype=np.uint64))
+    t_sum = time.perf_counter() - t1
+    return {"wall_s": time.perf_counter() - t0, "read_s": t_read, "sum_s": t_sum,
+            "total": total}  # fmt: skip
+
+
 def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     """The general path on a few (16, 256, 256) blocks; extrapolated; checked against separable."""
     import zarr
 
     from bridge_xr.extract import footprint as fp_mod
+    from bridge_xr.extract._kuhn import general_block
+    from bridge_xr.extract._separable import separable_block
+    from bridge_xr.extract.densities import _bbox
 
     fp = fp_mod.plan_footprint(str(store), "twop/mask", "mri/T2w")
     arr = zarr.open_array(str(store / "twop/mask/s0"), mode="r")
     shape = arr.shape
     node_idx, node_val = fp_mod.corner_nodes(fp, shape)
-    bbox_lo, bbox_shape = fp_mod._bbox(fp, node_val)
-    wall, nvox, worst = 0.0, 0, 0.0
+    bbox_lo, bbox_shape = _bbox(fp, node_val)
+    general_block(
+        arr[:2, :8, :8],
+        fp_mod.block_corners(node_idx, node_val, (0, 0, 0), (2, 8, 8)),
+        bbox_lo,
+        bbox_shape,
+    )  # fmt: skip  (compiled once, from numba's cache)
+    times = {"general": 0.0, "general_rotated": 0.0, "separable": 0.0}
+    nvox, worst = 0, 0.0
+    a = 0.3  # the same blocks rotated about the MRI z axis (timing only: no reference)
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
     for b in range(n_blocks):
         lo = (min(b * 16, shape[0] - 16), 512 + 256 * b, 768)
         hi = (lo[0] + 16, lo[1] + 256, lo[2] + 256)
         vals = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         t0 = time.perf_counter()
         corners = fp_mod.block_corners(node_idx, node_val, lo, hi)
-        g = fp_mod.general_block(vals, corners, bbox_lo, bbox_shape)
-        wall += time.perf_counter() - t0
-        s = fp_mod.separable_block(vals, fp.diagonal, lo, bbox_lo, bbox_shape)
+        g = general_block(vals, corners, bbox_lo, bbox_shape)
+        t1 = time.perf_counter()
+        s = separable_block(vals, fp.diagonal, lo, bbox_lo, bbox_shape)
+        t2 = time.perf_counter()
+        centre = corners.reshape(3, -1).mean(axis=1)[:, None, None, None]
+        turned = np.einsum("ab,bzyx->azyx", rot, corners - centre) + centre
+        t3 = time.perf_counter()
+        general_block(vals, turned, bbox_lo, bbox_shape)
+        t4 = time.perf_counter()
+        times["general"] += t1 - t0
+        times["separable"] += t2 - t1
+        times["general_rotated"] += t4 - t3
         worst = max(worst, float(np.abs(g - s).max()))
         nvox += vals.size
     total = int(np.prod(shape))
+    ns = {f"{k}_ns_per_voxel": v / nvox * 1e9 for k, v in times.items()}
     return {
-        "wall_s": wall * total / nvox,
+        "wall_s": times["general"] * total / nvox,  # one thread, extrapolated to the volume
+        **ns,
+        "general_over_separable_kernel": times["general"] / times["separable"],
+        "rotated_over_separable_kernel": times["general_rotated"] / times["separable"],
         "extrapolated_from_voxels": nvox,
         "max_abs_diff_vs_separable_voxel_volumes": worst,
     }
@@ -206,6 +249,7 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
         "bridge_xr": case_bridge,
         "sitk-paper": case_sitk_paper,
         "sitk-direct": case_sitk_direct,
+        "numpy-sum": case_numpy_sum,
         "bridge_xr-general": case_general,
     }[case]
     res = fn(store, out)
@@ -221,6 +265,7 @@ def main() -> int:
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--cases", nargs="*", help="run only these cases")
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.store, args.workdir / "extract-out")))
@@ -231,8 +276,8 @@ def main() -> int:
         store = build(args.workdir, size)
         cases = ["bridge_xr"]
         if size == max(args.sizes):
-            cases += ["sitk-paper", "sitk-direct", "bridge_xr-general"]
-        for case in cases:
+            cases += ["sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"]
+        for case in [c for c in cases if not args.cases or c in args.cases]:
             done = subprocess.run(
                 [sys.executable, "-m", "benchmarks.bench_extract", "--case", case,
                  "--store", str(store), "--workdir", str(args.workdir)],
@@ -248,11 +293,19 @@ def main() -> int:
         if size == max(args.sizes):
             ours = results.get(f"bridge_xr@{size:g}")
             exact = np.load(args.workdir / "extract-out" / "bridge_fraction.npy")
-            for base in ("sitk-paper", "sitk-direct", "bridge_xr-general"):
+            for base in ("sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"):
                 b = results.get(f"{base}@{size:g}")
                 if not (ours and b):
                     continue
                 line = f"  {base} / bridge_xr time: {b['wall_s'] / ours['wall_s']:.2f}x"
+                if "sum_s" in b:
+                    line += f" (read {b['read_s']:.2f} s, sum {b['sum_s']:.2f} s)"
+                if "general_ns_per_voxel" in b:
+                    line += (f"; kernels, one thread: general {b['general_ns_per_voxel']:.0f} ns/voxel"
+                             f" aligned, {b['general_rotated_ns_per_voxel']:.0f} rotated, separable "
+                             f"{b['separable_ns_per_voxel']:.1f} (general/separable "
+                             f"{b['general_over_separable_kernel']:.0f}x, rotated "
+                             f"{b['rotated_over_separable_kernel']:.0f}x)")  # fmt: skip
                 if "max_abs_diff_vs_separable_voxel_volumes" in b:
                     line += f"; max |general - separable| {b['max_abs_diff_vs_separable_voxel_volumes']:.2e}"
                 f = args.workdir / "extract-out" / f"{base}_fraction.npy"

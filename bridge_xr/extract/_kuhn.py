@@ -1,13 +1,21 @@
 """Exact footprint integration for general chains: Kuhn tetrahedra clipped against MRI voxels.
 
 Every microscopy voxel is cut into the 6 tetrahedra of the Kuhn triangulation, mapped through
-the chain at its corners and clipped exactly against the MRI voxel faces.
+the chain at its corners and clipped exactly against the MRI voxel faces. Compiled (numba), one
+pass over a block's voxels without temporaries: a voxel inside one MRI voxel adds its volume
+there directly (most voxels: an MRI voxel is ~20 microscopy voxels wide); one whose box crosses
+a single MRI voxel face splits each tetrahedron's volume at that face in closed form; the rest
+(near MRI voxel edges and corners) split their tetrahedra on a small stack of pieces, the lowest
+crossing face first, and every piece adds its volume to the MRI voxel holding its centroid.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
+from typing import Any
 
+import numba as nb
 import numpy as np
 
 # Kuhn (Freudenthal) triangulation of the unit cube: 6 tetrahedra, corner bits (z, y, x)
@@ -34,162 +42,356 @@ _PARITY = np.array(
 )
 
 
-def _det3(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """Determinant of the 3x3 matrices with rows a, b, c (component axis first)."""
-    return (
-        a[0] * (b[1] * c[2] - b[2] * c[1])
-        - a[1] * (b[0] * c[2] - b[2] * c[0])
-        + a[2] * (b[0] * c[1] - b[1] * c[0])
-    )
+#: a microscopy voxel mapped wider than this many MRI voxels is left out (see general_block)
+MAX_SPAN = 4.0
+
+#: room for the pieces of one tetrahedron while it is being split (grown when needed)
+_STACK = 256
 
 
-def _tet_volume(t: np.ndarray) -> np.ndarray:
-    v0 = t[:, 0].T
-    return np.abs(_det3(t[:, 1].T - v0, t[:, 2].T - v0, t[:, 3].T - v0)) / 6.0
+@nb.njit(inline="always", nogil=True, cache=True)
+def _det(p: Any, a: int, b: int, c: int, d: int) -> float:
+    """Six times the signed volume of the tetrahedron of rows a, b, c, d of ``p`` (n, 3)."""
+    u0, u1, u2 = p[b, 0] - p[a, 0], p[b, 1] - p[a, 1], p[b, 2] - p[a, 2]
+    v0, v1, v2 = p[c, 0] - p[a, 0], p[c, 1] - p[a, 1], p[c, 2] - p[a, 2]
+    w0, w1, w2 = p[d, 0] - p[a, 0], p[d, 1] - p[a, 1], p[d, 2] - p[a, 2]
+    return u0 * (v1 * w2 - v2 * w1) - u1 * (v0 * w2 - v2 * w0) + u2 * (v0 * w1 - v1 * w0)
 
 
-def _prism(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Three tetrahedra tiling the prism with triangles ``a`` and ``b`` (a_k -- b_k edges)."""
-    a1, a2, a3 = a[:, 0], a[:, 1], a[:, 2]
-    b1, b2, b3 = b[:, 0], b[:, 1], b[:, 2]
-    return np.concatenate(
-        [
-            np.stack([a1, a2, a3, b1], axis=1),
-            np.stack([a2, a3, b1, b2], axis=1),
-            np.stack([a3, b1, b2, b3], axis=1),
-        ]
-    )
+@nb.njit(inline="always", nogil=True, cache=True)
+def _put(stack: Any, n: int, w: Any, a: int, b: int, c: int, d: int) -> int:
+    """Push the tetrahedron of rows a, b, c, d of ``w`` onto ``stack`` (n pieces so far)."""
+    for m in range(3):
+        stack[n, 0, m] = w[a, m]
+        stack[n, 1, m] = w[b, m]
+        stack[n, 2, m] = w[c, m]
+        stack[n, 3, m] = w[d, m]
+    return n + 1
 
 
-def _cut(p: np.ndarray, q: np.ndarray, dp: np.ndarray, dq: np.ndarray) -> np.ndarray:
-    t = dp / (dp - dq)
-    return p + t[:, None] * (q - p)
+@nb.njit(inline="always", nogil=True, cache=True)
+def _prism(stack: Any, n: int, w: Any, a1: int, a2: int, a3: int, b1: int, b2: int, b3: int) -> int:
+    """Three tetrahedra tiling the prism with triangles a and b (a_k -- b_k edges; rows of w)."""
+    n = _put(stack, n, w, a1, a2, a3, b1)
+    n = _put(stack, n, w, a2, a3, b1, b2)
+    return _put(stack, n, w, a3, b1, b2, b3)
 
 
-def clip_tets(
-    tets: np.ndarray, owner: np.ndarray, axis: int, plane: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Split tetrahedra (n, 4, 3) by the planes ``x[axis] = plane`` (one per tetrahedron)."""
-    d = tets[:, :, axis] - plane[:, None]
-    below = d < 0
-    nb = below.sum(axis=1)
-    out_t = [tets[(nb == 0) | (nb == 4)]]
-    out_o = [owner[(nb == 0) | (nb == 4)]]
-    for n_lo in (1, 2, 3):
-        sel = nb == n_lo
-        if not sel.any():
+@nb.njit(inline="always", nogil=True, cache=True)
+def _cut(w: Any, dst: int, p: int, q: int, d: Any) -> None:
+    """``w[dst]`` = the point where the edge ``w[p] -- w[q]`` meets the plane (distances ``d``)."""
+    t = d[p] / (d[p] - d[q])
+    for m in range(3):
+        w[dst, m] = w[p, m] + t * (w[q, m] - w[p, m])
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _split(tet: Any, axis: int, plane: float, stack: Any, n: int, w: Any, d: Any) -> int:
+    """Push the pieces of ``tet`` on both sides of ``x[axis] = plane`` (it crosses it).
+
+    ``w`` (8, 3), ``d`` (8,) scratch: the vertices below the plane first, then the cuts.
+    """
+    nb_ = 0
+    for m in range(4):  # below-plane vertices first, in order (then the others)
+        if tet[m, axis] < plane:
+            for c in range(3):
+                w[nb_, c] = tet[m, c]
+            nb_ += 1
+    q = nb_
+    for m in range(4):
+        if not tet[m, axis] < plane:
+            for c in range(3):
+                w[q, c] = tet[m, c]
+            q += 1
+    for m in range(4):
+        d[m] = w[m, axis] - plane
+    if nb_ == 2:
+        _cut(w, 4, 0, 2, d)  # i11
+        _cut(w, 5, 0, 3, d)  # i12
+        _cut(w, 6, 1, 2, d)  # i21
+        _cut(w, 7, 1, 3, d)  # i22
+        n = _prism(stack, n, w, 0, 4, 5, 1, 6, 7)
+        return _prism(stack, n, w, 2, 4, 6, 3, 5, 7)
+    s = 0 if nb_ == 1 else 3
+    r0, r1, r2 = (1, 2, 3) if nb_ == 1 else (0, 1, 2)
+    _cut(w, 4, s, r0, d)
+    _cut(w, 5, s, r1, d)
+    _cut(w, 6, s, r2, d)
+    n = _put(stack, n, w, s, 4, 5, 6)
+    return _prism(stack, n, w, 4, 5, 6, r0, r1, r2)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _volume_below(tet: Any, axis: int, plane: float, vol: float, w: Any, d: Any) -> float:
+    """Volume of the part of ``tet`` (volume ``vol``) below ``x[axis] = plane``.
+
+    One vertex alone on its side: that corner's small tetrahedron is the whole one scaled along
+    its three edges (volume ``vol * t0 * t1 * t2``); two and two: the lower prism's three
+    tetrahedra.
+    """
+    nb_ = 0
+    for m in range(4):
+        if tet[m, axis] < plane:
+            nb_ += 1
+    if nb_ == 0:
+        return 0.0
+    if nb_ == 4:
+        return vol
+    if nb_ != 2:
+        lone = -1
+        for m in range(4):
+            if (tet[m, axis] < plane) == (nb_ == 1):
+                lone = m
+        ds = tet[lone, axis] - plane
+        frac = 1.0
+        for m in range(4):
+            if m != lone:
+                frac *= ds / (ds - (tet[m, axis] - plane))
+        return vol * frac if nb_ == 1 else vol * (1.0 - frac)
+    q = 0
+    for m in range(4):
+        if tet[m, axis] < plane:
+            for c in range(3):
+                w[q, c] = tet[m, c]
+            q += 1
+    for m in range(4):
+        if not tet[m, axis] < plane:
+            for c in range(3):
+                w[q, c] = tet[m, c]
+            q += 1
+    for m in range(4):
+        d[m] = w[m, axis] - plane
+    _cut(w, 4, 0, 2, d)
+    _cut(w, 5, 0, 3, d)
+    _cut(w, 6, 1, 2, d)
+    _cut(w, 7, 1, 3, d)
+    # the lower prism (p1, i11, i12; p2, i21, i22) as in _prism
+    return (abs(_det(w, 0, 4, 5, 1)) + abs(_det(w, 4, 5, 1, 6)) + abs(_det(w, 5, 1, 6, 7))) / 6.0
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _pieces_below(tet: Any, axis: int, plane: float, w: Any, d: Any, buf: Any) -> int:
+    """Write the tetrahedra tiling the part of ``tet`` below the plane into ``buf`` (<= 3)."""
+    nb_ = 0
+    for m in range(4):
+        if tet[m, axis] < plane:
+            for c in range(3):
+                w[nb_, c] = tet[m, c]
+            nb_ += 1
+    if nb_ == 0:
+        return 0
+    if nb_ == 4:
+        buf[0] = tet
+        return 1
+    q = nb_
+    for m in range(4):
+        if not tet[m, axis] < plane:
+            for c in range(3):
+                w[q, c] = tet[m, c]
+            q += 1
+    for m in range(4):
+        d[m] = w[m, axis] - plane
+    if nb_ == 2:
+        _cut(w, 4, 0, 2, d)
+        _cut(w, 5, 0, 3, d)
+        _cut(w, 6, 1, 2, d)
+        _cut(w, 7, 1, 3, d)
+        return _prism(buf, 0, w, 0, 4, 5, 1, 6, 7)
+    if nb_ == 1:  # the lone corner's small tetrahedron
+        _cut(w, 4, 0, 1, d)
+        _cut(w, 5, 0, 2, d)
+        _cut(w, 6, 0, 3, d)
+        return _put(buf, 0, w, 0, 4, 5, 6)
+    _cut(w, 4, 3, 0, d)  # three below: the prism between the cut triangle and them
+    _cut(w, 5, 3, 1, d)
+    _cut(w, 6, 3, 2, d)
+    return _prism(buf, 0, w, 4, 5, 6, 0, 1, 2)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _add(out: Any, z: int, y: int, x: int, value: float, vol: float) -> None:
+    if 0 <= z < out.shape[1] and 0 <= y < out.shape[2] and 0 <= x < out.shape[3]:
+        out[0, z, y, x] += value * vol
+        out[1, z, y, x] += vol
+
+
+@nb.njit(nogil=True, cache=True)
+def _two_faces(
+    c8: Any, kuhn: Any, a: int, pa: float, b: int, pb: float, tet: Any, buf: Any, w: Any, d: Any
+) -> tuple[float, float, float]:
+    """Volumes of a voxel below face ``a``, below face ``b`` and below both (closed forms)."""
+    va, vb, vab = 0.0, 0.0, 0.0
+    for t in range(6):
+        for q in range(4):
+            for m in range(3):
+                tet[q, m] = c8[kuhn[t, q], m]
+        t_vol = abs(_det(tet, 0, 1, 2, 3)) / 6.0
+        va += _volume_below(tet, a, pa, t_vol, w, d)
+        vb += _volume_below(tet, b, pb, t_vol, w, d)
+        for n in range(_pieces_below(tet, a, pa, w, d, buf)):
+            piece = buf[n]
+            vab += _volume_below(piece, b, pb, abs(_det(piece, 0, 1, 2, 3)) / 6.0, w, d)
+    return va, vb, vab
+
+
+@nb.njit(nogil=True, cache=True)
+def tet_into_cells(
+    tet: Any, value: float, lo: Any, shape: Any, out: Any, stack: Any, piece: Any, w: Any, d: Any
+) -> Any:
+    """Add ``value`` x volume and volume of the parts of ``tet`` in each unit cell to ``out``.
+
+    ``tet`` (4, 3) in cell units; cell ``c`` covers ``[c, c + 1)``; ``out`` (2, *shape) holds
+    cells ``lo .. lo + shape``. Returns the stack (grown if a split needed more room);
+    ``piece`` (4, 3), ``w`` (8, 3) and ``d`` (8,) are scratch.
+    """
+    stack[0] = tet
+    n = 1
+    while n > 0:
+        n -= 1
+        for q in range(4):
+            for m in range(3):
+                piece[q, m] = stack[n, q, m]
+        split = False
+        for axis in range(3):
+            mn = min(piece[0, axis], piece[1, axis], piece[2, axis], piece[3, axis])
+            mx = max(piece[0, axis], piece[1, axis], piece[2, axis], piece[3, axis])
+            p = math.floor(mn) + 1.0
+            if p < mx:  # the lowest face it crosses strictly
+                if n + 6 > stack.shape[0]:
+                    bigger = np.empty((2 * stack.shape[0], 4, 3))
+                    bigger[:n] = stack[:n]
+                    stack = bigger
+                n = _split(piece, axis, p, stack, n, w, d)
+                split = True
+                break
+        if split:
             continue
-        order = np.argsort(~below[sel], axis=1, kind="stable")  # below-plane vertices first
-        v = np.take_along_axis(tets[sel], order[:, :, None], axis=1)
-        dv = np.take_along_axis(d[sel], order, axis=1)
-        own = owner[sel]
-        if n_lo == 2:
-            p1, p2, q1, q2 = v[:, 0], v[:, 1], v[:, 2], v[:, 3]
-            i11 = _cut(p1, q1, dv[:, 0], dv[:, 2])
-            i12 = _cut(p1, q2, dv[:, 0], dv[:, 3])
-            i21 = _cut(p2, q1, dv[:, 1], dv[:, 2])
-            i22 = _cut(p2, q2, dv[:, 1], dv[:, 3])
-            lo_p = _prism(np.stack([p1, i11, i12], 1), np.stack([p2, i21, i22], 1))
-            hi_p = _prism(np.stack([q1, i11, i21], 1), np.stack([q2, i12, i22], 1))
-            out_t += [lo_p, hi_p]
-            out_o += [np.tile(own, 3), np.tile(own, 3)]
-            continue
-        # one vertex alone on its side: index 0 if n_lo == 1, else index 3
-        solo = 0 if n_lo == 1 else 3
-        rest = [1, 2, 3] if n_lo == 1 else [0, 1, 2]
-        p = v[:, solo]
-        cuts = np.stack([_cut(p, v[:, r], dv[:, solo], dv[:, r]) for r in rest], axis=1)
-        small = np.concatenate([p[:, None], cuts], axis=1)
-        big = _prism(cuts, v[:, rest])
-        out_t += [small, big]
-        out_o += [own, np.tile(own, 3)]
-    return np.concatenate(out_t), np.concatenate(out_o)
+        vol = abs(_det(piece, 0, 1, 2, 3)) / 6.0
+        cz = int(math.floor(0.25 * (piece[0, 0] + piece[1, 0] + piece[2, 0] + piece[3, 0]))) - lo[0]
+        cy = int(math.floor(0.25 * (piece[0, 1] + piece[1, 1] + piece[2, 1] + piece[3, 1]))) - lo[1]
+        cx = int(math.floor(0.25 * (piece[0, 2] + piece[1, 2] + piece[2, 2] + piece[3, 2]))) - lo[2]
+        if 0 <= cz < shape[0] and 0 <= cy < shape[1] and 0 <= cx < shape[2]:
+            out[0, cz, cy, cx] += value * vol
+            out[1, cz, cy, cx] += vol
+    return stack
 
 
-def _accumulate(
-    cells: np.ndarray,
-    weights: np.ndarray,
-    values: np.ndarray,
-    lo: np.ndarray,
-    shape: tuple[int, ...],
-) -> np.ndarray:
-    rel = cells - lo
-    ok = np.all((rel >= 0) & (rel < np.asarray(shape)), axis=1)
-    flat = np.ravel_multi_index(tuple(rel[ok].T), shape)
-    n = int(np.prod(shape))
-    out = np.empty((2, n))
-    out[0] = np.bincount(flat, weights=weights[ok] * values[ok], minlength=n)
-    out[1] = np.bincount(flat, weights=weights[ok], minlength=n)
-    return out.reshape(2, *shape)
+@nb.njit(nogil=True, cache=True)
+def general_kernel(
+    values: Any, corners: Any, lo: Any, shape: Any, max_span: float, kuhn: Any, parity: Any
+) -> Any:
+    """(2, *shape) value-weighted volume and volume of a block's voxels in the MRI box ``lo``.
+
+    ``corners`` (3, nz+1, ny+1, nx+1): MRI index positions of the voxel corners (NaN where the
+    chain does not map). Voxels with an unmapped corner, folded (tetrahedra of mixed
+    orientation) or spanning more than ``max_span`` MRI voxels are left out.
+    """
+    out = np.zeros((2, shape[0], shape[1], shape[2]))
+    stack = np.empty((_STACK, 4, 3))
+    c8 = np.empty((8, 3))
+    tet = np.empty((4, 3))
+    piece, w, d = np.empty((4, 3)), np.empty((8, 3)), np.empty(8)
+    cell_lo = np.empty(3, np.int64)
+    cell_n = np.empty(3, np.int64)
+    buf = np.empty((3, 4, 3))  # how many MRI voxel faces the voxel's box crosses, per axis
+    nz, ny, nx = values.shape
+    for k in range(nz):
+        for j in range(ny):
+            for i in range(nx):
+                ok = True
+                for b in range(8):
+                    for m in range(3):
+                        c = corners[m, k + (b >> 2), j + ((b >> 1) & 1), i + (b & 1)]
+                        c8[b, m] = c
+                        if not math.isfinite(c):
+                            ok = False
+                if not ok:
+                    continue
+                span = 0.0
+                same = True
+                relevant = True
+                for m in range(3):
+                    mn, mx = c8[0, m], c8[0, m]
+                    for b in range(1, 8):
+                        mn = min(mn, c8[b, m])
+                        mx = max(mx, c8[b, m])
+                    span = max(span, mx - mn)
+                    a = int(math.floor(mn))
+                    e = max(int(math.ceil(mx)) - 1, a)
+                    cell_lo[m] = a
+                    cell_n[m] = e - a
+                    same = same and a == e
+                    relevant = relevant and e >= lo[m] and a < lo[m] + shape[m]
+                if span > max_span or not relevant:
+                    continue
+                vol, sign = 0.0, 0.0
+                for t in range(6):
+                    det = _det(c8, kuhn[t, 0], kuhn[t, 1], kuhn[t, 2], kuhn[t, 3])
+                    vol += abs(det) / 6.0
+                    sign += parity[t] * (1.0 if det > 0 else (-1.0 if det < 0 else 0.0))
+                if abs(sign) != 6.0:
+                    continue  # folded by the warp
+                v = float(values[k, j, i])
+                if same:
+                    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+                    _add(out, z, y, x, v, vol)
+                    continue
+                z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+                if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
+                    ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+                    plane = float(cell_lo[ax] + 1)
+                    below = 0.0
+                    for t in range(6):
+                        for q in range(4):
+                            for m in range(3):
+                                tet[q, m] = c8[kuhn[t, q], m]
+                        t_vol = abs(_det(tet, 0, 1, 2, 3)) / 6.0
+                        below += _volume_below(tet, ax, plane, t_vol, w, d)
+                    _add(out, z, y, x, v, below)
+                    _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
+                    continue
+                if (
+                    cell_n[0] + cell_n[1] + cell_n[2] == 2
+                    and max(cell_n[0], cell_n[1], cell_n[2]) == 1
+                ):
+                    # two faces (near an MRI voxel edge): inclusion-exclusion of closed forms
+                    a = 0 if cell_n[0] else 1
+                    b = 2 if cell_n[2] else 1
+                    va, vb, vab = _two_faces(
+                        c8, kuhn, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1), tet, buf, w, d
+                    )
+                    za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
+                    _add(out, z, y, x, v, vab)
+                    _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
+                    _add(out, za, ya, xa, v, vb - vab)
+                    _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
+                    continue
+                for t in range(6):
+                    for q in range(4):
+                        for m in range(3):
+                            tet[q, m] = c8[kuhn[t, q], m]
+                    stack = tet_into_cells(tet, v, lo, shape, out, stack, piece, w, d)
+    return out
 
 
 def general_block(
     values: np.ndarray, corners: np.ndarray, bbox_lo: np.ndarray, bbox_shape: tuple[int, ...]
 ) -> np.ndarray:
-    """Contribution (value-weighted volume, volume) of one block to the MRI bounding box."""
-    nz, ny, nx = values.shape
-    corner = {
-        bits: corners[:, bits[0] : bits[0] + nz, bits[1] : bits[1] + ny, bits[2] : bits[2] + nx]
-        for bits in itertools.product((0, 1), repeat=3)
-    }
-    views = list(corner.values())
-    cmin, cmax = views[0].copy(), views[0].copy()  # (3, nz, ny, nx)
-    for v in views[1:]:
-        np.minimum(cmin, v, out=cmin)
-        np.maximum(cmax, v, out=cmax)
-    mapped = np.isfinite(cmin).all(axis=0) & np.isfinite(cmax).all(axis=0)  # TPS may not invert
-    cmin = np.where(mapped, cmin, 0.0)
-    cmax = np.where(mapped, cmax, 0.0)
-    span = np.max(cmax - cmin, axis=0)
-    vol = np.zeros(values.shape)
-    sign = np.zeros(values.shape)
-    for tet, parity in zip(_KUHN, _PARITY, strict=True):
-        v0 = corner[tuple(tet[0])]
-        d1, d2, d3 = (corner[tuple(b)] - v0 for b in tet[1:])
-        det = _det3(d1, d2, d3)
-        vol += np.abs(det) / 6.0
-        sign += parity * np.sign(det)
-    # a voxel whose tetrahedra disagree in orientation is folded by the warp, and one stretched
-    # over more than MAX_SPAN MRI voxels lies where the (inverse) warp is meaningless: both left out
-    mapped &= (np.abs(sign) == 6) & (span <= MAX_SPAN)
-    cmin = np.where(mapped, cmin, -1.0)
-    cmax = np.where(mapped, cmax, -1.0)
-    cell_lo = np.floor(cmin).astype(np.int64)
-    cell_hi = np.ceil(cmax).astype(np.int64) - 1
-    cell_hi = np.maximum(cell_hi, cell_lo)
-    blo = np.asarray(bbox_lo).reshape(3, 1, 1, 1)
-    bhi = blo + np.asarray(bbox_shape).reshape(3, 1, 1, 1)
-    relevant = mapped & np.all((cell_hi >= blo) & (cell_lo < bhi), axis=0)  # in the MRI box
-    inside = np.all(cell_lo == cell_hi, axis=0) & relevant
-    vals = values.astype(np.float64)
-    out = _accumulate(cell_lo[:, inside].T, vol[inside], vals[inside], bbox_lo, bbox_shape)
-    straddle = np.argwhere(~inside & relevant)
-    for start in range(0, len(straddle), _BATCH):
-        sz, sy, sx = straddle[start : start + _BATCH].T
-        c8 = np.stack([v[:, sz, sy, sx] for v in views])  # (8, 3, n), corner order = bits
-        tets = c8[_KUHN_CORNER].transpose(3, 0, 1, 2).reshape(-1, 4, 3)
-        owner = np.repeat(np.arange(len(sz)), 6)
-        lo_c = cell_lo[:, sz, sy, sx].T
-        hi_c = cell_hi[:, sz, sy, sx].T
-        for axis in range(3):
-            for j in range(1, int((hi_c[:, axis] - lo_c[:, axis]).max(initial=0)) + 1):
-                plane = (lo_c[owner, axis] + j).astype(np.float64)
-                active = plane <= hi_c[owner, axis]
-                if not active.any():
-                    continue
-                cut_t, cut_o = clip_tets(tets[active], owner[active], axis, plane[active])
-                tets = np.concatenate([tets[~active], cut_t])
-                owner = np.concatenate([owner[~active], cut_o])
-        cells = np.floor(0.25 * (tets[:, 0] + tets[:, 1] + tets[:, 2] + tets[:, 3])).astype(
-            np.int64
-        )
-        out += _accumulate(cells, _tet_volume(tets), vals[sz, sy, sx][owner], bbox_lo, bbox_shape)
-    return out
+    """Contribution (value-weighted volume, volume) of one block to the MRI bounding box.
 
-
-#: a microscopy voxel mapped wider than this many MRI voxels is left out (see general_block)
-MAX_SPAN = 4.0
-
-
-#: straddling microscopy voxels are clipped in batches of this many
-_BATCH = 40_000
+    ``corners`` (3, nz+1, ny+1, nx+1): the MRI index positions of the block's voxel corners.
+    A voxel whose tetrahedra disagree in orientation is folded by the warp, and one stretched
+    over more than :data:`MAX_SPAN` MRI voxels lies where the (inverse) warp is meaningless:
+    both are left out.
+    """
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    return general_kernel(
+        values,
+        np.ascontiguousarray(corners, dtype=np.float64),
+        np.asarray(bbox_lo, dtype=np.int64),
+        np.asarray(bbox_shape, dtype=np.int64),
+        MAX_SPAN,
+        _KUHN_CORNER.astype(np.int64),
+        _PARITY.astype(np.float64),
+    )

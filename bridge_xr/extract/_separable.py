@@ -1,10 +1,103 @@
-"""Exact footprint integration for axis-aligned linear chains: three 1-D overlap matrices."""
+"""Exact footprint integration for axis-aligned linear chains: three 1-D overlap matrices.
+
+Where every microscopy voxel is at most one MRI voxel long on each axis (the usual case: 1-3 µm
+pixels into 25-100 µm voxels) a compiled kernel does it in one pass over the block: each voxel
+lies in one MRI cell per axis, or straddles two with known lengths, so each x row is summed into
+a row of cell totals and that row is added to the (at most four) MRI rows its (z, y) touches.
+Otherwise the three sparse products of :func:`_overlap_matrix`.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+import numba as nb
 import numpy as np
+
+
+def _axis_cells(
+    scale: float, offset: float, k_lo: int, n: int, first: int, n_out: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """Cell (relative to ``first``) and overlap lengths with it and the next, per voxel.
+
+    None when a voxel is longer than one cell (it could touch three).
+    """
+    k = np.arange(k_lo, k_lo + n)
+    a = scale * (k - 0.5) + offset
+    b = scale * (k + 0.5) + offset
+    left, right = np.minimum(a, b), np.maximum(a, b)
+    c0 = np.floor(left)
+    if np.any(right > c0 + 2):
+        return None
+    w1 = np.maximum(right - (c0 + 1), 0.0)
+    w0 = (right - left) - w1
+    cell = (c0 - first).astype(np.int64)
+    # parts in cells outside the box weigh nothing (the kernel never writes there)
+    w0 = np.where((cell >= 0) & (cell < n_out), w0, 0.0)
+    w1 = np.where((cell + 1 >= 0) & (cell + 1 < n_out), w1, 0.0)
+    return cell, w0, w1
+
+
+def _x_runs(
+    cell: np.ndarray, w0: np.ndarray, w1: np.ndarray, length: float
+) -> tuple[np.ndarray, ...]:
+    """Runs of whole voxels in one cell (start, stop, cell), and the other voxels' indices.
+
+    A row's sum into its cells is then integer segment sums times the voxel length, plus the
+    few straddling (or partly outside) voxels with their own two lengths.
+    """
+    whole = (w1 == 0) & np.isclose(w0, length, rtol=1e-12, atol=0)
+    idx = np.nonzero(whole)[0]
+    if idx.size:
+        brk = np.nonzero((np.diff(idx) != 1) | (np.diff(cell[idx]) != 0))[0] + 1
+        starts = idx[np.r_[0, brk]]
+        stops = idx[np.r_[brk - 1, idx.size - 1]] + 1
+    else:
+        starts = stops = np.zeros(0, dtype=np.int64)
+    return (starts.astype(np.int64), stops.astype(np.int64), cell[starts].astype(np.int64),
+            np.nonzero(~whole)[0].astype(np.int64))  # fmt: skip
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "contract"})
+def _separable_kernel(
+    values: Any, cz: Any, z0: Any, z1: Any, cy: Any, y0: Any, y1: Any, cx: Any, x0: Any, x1: Any,
+    starts: Any, stops: Any, run_cell: Any, special: Any, length: float, out: Any,
+) -> None:  # fmt: skip
+    """``out[Z, Y, X] += sum_kji wz[k, Z] wy[j, Y] wx[i, X] values[k, j, i]`` (two cells/axis).
+
+    x: integer sums over runs of whole voxels (``starts``/``stops``/``run_cell``, each voxel
+    ``length`` long) plus the ``special`` voxels by their own lengths (``x0``, ``x1``).
+    """
+    n_z, n_y, n_x = out.shape
+    acc = np.zeros(n_x + 2)  # cells -1 .. n_x: the edge voxels' outside parts land off the box
+    for k in range(values.shape[0]):
+        for j in range(values.shape[1]):
+            acc[:] = 0.0
+            row = values[k, j]
+            for r in range(starts.shape[0]):
+                tot = 0.0
+                for i in range(starts[r], stops[r]):
+                    tot += row[i]
+                acc[run_cell[r] + 1] += tot * length
+            for m in range(special.shape[0]):
+                i = special[m]
+                v = float(row[i])
+                c = cx[i] + 1
+                acc[c] += v * x0[i]
+                acc[c + 1] += v * x1[i]
+            for dz in range(2):
+                zc = cz[k] + dz
+                wz = z0[k] if dz == 0 else z1[k]
+                if wz == 0.0 or zc < 0 or zc >= n_z:
+                    continue
+                for dy in range(2):
+                    yc = cy[j] + dy
+                    w = wz * (y0[j] if dy == 0 else y1[j])
+                    if w == 0.0 or yc < 0 or yc >= n_y:
+                        continue
+                    dst = out[zc, yc]
+                    for c in range(n_x):
+                        dst[c] += w * acc[c + 1]
 
 
 def _overlap_matrix(
@@ -108,6 +201,27 @@ def separable_block(
     n_z, n_y, n_x = (w.shape[0] for w in ws)
     if min(n_z, n_y, n_x) == 0:
         return out
+    rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
+    sl = tuple(slice(r, r + n) for r, n in zip(rel, (n_z, n_y, n_x), strict=True))
+    out[1][sl] = np.einsum(
+        "i,j,k->ijk",
+        np.asarray(ws[0].sum(axis=1)).ravel(),
+        np.asarray(ws[1].sum(axis=1)).ravel(),
+        np.asarray(ws[2].sum(axis=1)).ravel(),
+    )
+    cells = [
+        _axis_cells(diagonal[0, a], diagonal[1, a], lo[a], values.shape[a], firsts[a], n)
+        for a, n in enumerate((n_z, n_y, n_x))
+    ]
+    cz, cy, cx = cells
+    if cz is not None and cy is not None and cx is not None:
+        s = np.zeros((n_z, n_y, n_x))
+        vals = values.view(np.uint8) if values.dtype == np.bool_ else values
+        length = abs(float(diagonal[0, 2]))
+        kernel: Any = _separable_kernel
+        kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, s)
+        out[0][sl] = s
+        return out
     # y first, on the full data: segment sums over whole x rows (integers stay integers, no float
     # copy of the block); then x (one small GEMM) and z (sparse) on data ~20x smaller
     r = _segment_sum_y(values, diagonal[0, 1], diagonal[1, 1], lo[1], firsts[1], n_y)
@@ -116,16 +230,7 @@ def separable_block(
         r = np.asarray(ws[1] @ v).reshape(n_y, nz, nx).transpose(1, 0, 2)
     s = r.reshape(nz * n_y, nx) @ ws[2].toarray().astype(np.float32).T  # (z*Y, X)
     s = s.reshape(nz, n_y * n_x)
-    s = np.asarray(ws[0] @ s).reshape(n_z, n_y, n_x)  # (Z, Y, X)
-    rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
-    sl = tuple(slice(r, r + n) for r, n in zip(rel, (n_z, n_y, n_x), strict=True))
-    out[0][sl] = s
-    out[1][sl] = np.einsum(
-        "i,j,k->ijk",
-        np.asarray(ws[0].sum(axis=1)).ravel(),
-        np.asarray(ws[1].sum(axis=1)).ravel(),
-        np.asarray(ws[2].sum(axis=1)).ravel(),
-    )
+    out[0][sl] = np.asarray(ws[0] @ s).reshape(n_z, n_y, n_x)  # (Z, Y, X)
     return out
 
 

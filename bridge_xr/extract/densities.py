@@ -75,13 +75,18 @@ def _inner_chunked(st: Any, path: str, img: xr.DataArray, read_voxels: int = 2**
 
 def _sum_slabs(slabs: list[tuple[int, int, da.Array]], bbox_shape: tuple[int, ...]) -> da.Array:
     """Add z-slab partials (each placed at its own depth) into the bounding box."""
-    padded = [da.pad(s, ((0, 0), (b, a), (0, 0), (0, 0))) for b, a, s in slabs]
+    # each padded to one chunk first (explicitly by tasks: dask's automatic choice imports
+    # distributed, a second of start-up, to look for a cluster)
+    padded = [
+        da.pad(s, ((0, 0), (b, a), (0, 0), (0, 0))).rechunk((2, *bbox_shape), method="tasks")
+        for b, a, s in slabs
+    ]
     while len(padded) > 1:  # a balanced tree of additions
         padded = [
             padded[i] + padded[i + 1] if i + 1 < len(padded) else padded[i]
             for i in range(0, len(padded), 2)
         ]
-    return padded[0].rechunk((2, *bbox_shape))
+    return padded[0]
 
 
 def footprint_sums(

@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from zarr.storage import MemoryStore
 
-from bridge_xr.extract._kuhn import _KUHN, clip_tets
+from bridge_xr.extract._kuhn import _KUHN, _volume_below, tet_into_cells
 from bridge_xr.extract.densities import density
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
@@ -187,14 +187,91 @@ def test_bilinear_method_samples_centres_and_differs_from_exact_at_edges() -> No
     assert np.abs(b[partial] - exact[partial]).max() > 0.2
 
 
-def test_clipping_tetrahedra_preserves_volume_and_splits_at_the_plane() -> None:
+def _uniform_in_tet(tet: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Points uniform in a tetrahedron (sorted uniforms as barycentric gaps)."""
+    u = np.sort(rng.uniform(size=(n, 3)), axis=1)
+    bary = np.diff(np.c_[np.zeros(n), u, np.ones(n)], axis=1)  # Dirichlet(1, 1, 1, 1)
+    return bary @ tet
+
+
+def test_tetrahedron_clipping_matches_monte_carlo_cell_volumes() -> None:
     rng = np.random.default_rng(3)
-    tets = rng.uniform(0, 1, size=(500, 4, 3))
-    plane = rng.uniform(0.2, 0.8, size=500)
-    out, owner = clip_tets(tets, np.arange(500), 1, plane)
-    vol = np.abs(np.linalg.det(tets[:, 1:] - tets[:, :1])) / 6
-    vol_out = np.abs(np.linalg.det(out[:, 1:] - out[:, :1])) / 6
-    np.testing.assert_allclose(np.bincount(owner, vol_out, minlength=500), vol, rtol=1e-10)
-    side = out[:, :, 1] - plane[owner, None]
-    assert np.all((side <= 1e-12).all(axis=1) | (side >= -1e-12).all(axis=1))
     assert len(_KUHN) == 6
+    for trial in range(12):
+        # a few cells wide on some axes, within one cell on others: both code paths
+        scale = [2.5, 0.6, 1.7][trial % 3]
+        tet = rng.uniform(0, scale, size=(4, 3)) + rng.uniform(0, 3, size=3)
+        lo, shape = np.array([0, 0, 0]), np.array([8, 8, 8])
+        out = np.zeros((2, *shape))
+        tet_into_cells(tet, 2.0, lo, shape, out, np.empty((4, 4, 3)), *_scratch())
+        vol = abs(np.linalg.det(tet[1:] - tet[0])) / 6
+        np.testing.assert_allclose(out[1].sum(), vol, rtol=1e-10)
+        np.testing.assert_allclose(out[0], 2.0 * out[1], rtol=1e-12)
+        pts = _uniform_in_tet(tet, 200_000, rng)
+        cells = np.floor(pts).astype(int)
+        mc = np.zeros(shape)
+        np.add.at(mc, tuple(cells.T), vol / len(pts))
+        assert np.abs(out[1] - mc).max() <= 0.01 * vol + 1e-12
+
+
+def test_single_face_volume_equals_the_general_split() -> None:
+    rng = np.random.default_rng(4)
+    for _ in range(200):
+        tet = rng.uniform(0, 1, size=(4, 3))
+        axis = int(rng.integers(3))
+        tet[:, axis] = rng.uniform(0.3, 1.7, size=4)
+        if not tet[:, axis].min() < 1.0 < tet[:, axis].max():
+            continue
+        vol = abs(np.linalg.det(tet[1:] - tet[0])) / 6
+        below = _volume_below(tet, axis, 1.0, vol, *_scratch(piece=False))
+        out = np.zeros((2, 2, 2, 2))
+        tet_into_cells(tet, 1.0, np.array([0, 0, 0]), np.array([2, 2, 2]), out, np.empty((8, 4, 3)),
+                       *_scratch(piece=True))  # fmt: skip
+        lower = out[1][(slice(None),) * axis + (0,)].sum()
+        np.testing.assert_allclose(below, lower, rtol=1e-9, atol=1e-15)
+
+
+def _scratch(piece: bool = True) -> tuple[np.ndarray, ...]:
+    return ((np.empty((4, 3)),) if piece else ()) + (np.empty((8, 3)), np.empty(8))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32, np.bool_])
+def test_compiled_separable_sums_equal_the_sparse_products(dtype, monkeypatch) -> None:
+    from bridge_xr.extract import _separable
+
+    rng = np.random.default_rng(5)
+    values = (rng.uniform(0, 3, size=(12, 40, 50))).astype(dtype)
+    # z flipped, voxels 0.13-0.41 MRI voxels long at non-integer offsets; the box cuts the edges
+    diagonal = np.array([[-0.41, 0.13, 0.27], [9.3, 1.71, -0.62]])
+    lo, bbox_lo, bbox_shape = (3, 5, 2), np.array([1, 2, 0]), (4, 6, 12)
+    got = _separable.separable_block(values, diagonal, lo, bbox_lo, bbox_shape)
+    monkeypatch.setattr(_separable, "_axis_cells", lambda *a: None)  # the sparse products
+    ref = _separable.separable_block(values, diagonal, lo, bbox_lo, bbox_shape)
+    assert ref[0].max() > 0
+    assert (ref[1] == 0).any()  # part of the box lies outside the block: both agree there too
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
+    from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block
+
+    rng = np.random.default_rng(6)
+    values = rng.uniform(0, 1, size=(5, 7, 8))
+    a = 0.5  # voxels about a third of an MRI voxel, rotated: one, two and three faces crossed
+    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    k, j, i = np.meshgrid(*(np.arange(n + 1) - 0.5 for n in values.shape), indexing="ij")
+    corners = (
+        np.einsum("ab,bzyx->azyx", rot * 0.37, np.stack([k, j, i]))
+        + np.array([2.3, 5.1, 3.7])[:, None, None, None]
+    )
+    lo, shape = np.array([1, 2, 2]), (5, 6, 6)
+    got = general_block(values, corners, lo, shape)
+    ref = np.zeros((2, *shape))
+    scratch = (np.empty((4, 3)), np.empty((8, 3)), np.empty(8))
+    for z, y, x in np.ndindex(*values.shape):
+        c8 = np.stack([corners[:, z + b // 4, y + (b // 2) % 2, x + b % 2] for b in range(8)])
+        for tet in c8[_KUHN_CORNER]:
+            tet_into_cells(tet.copy(), values[z, y, x], lo, np.array(shape), ref,
+                           np.empty((64, 4, 3)), *scratch)  # fmt: skip
+    assert ref[1].sum() > 1.0
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)

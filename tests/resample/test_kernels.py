@@ -39,7 +39,8 @@ def test_affine_kernel_equals_map_coordinates_inside_and_fills_outside(order) ->
     _kernels.sample_affine(SUB, h, out, _kernels.params(np.zeros(3), UPPER, order, None, -7.0))
     ref = map_coordinates(SUB, pos, order=order, mode="nearest")
     inside = np.all((pos >= 0) & (pos <= UPPER[:, None, None, None]), axis=0)
-    assert inside.mean() > 0.3 and (~inside).any()
+    assert inside.mean() > 0.3
+    assert (~inside).any()
     np.testing.assert_allclose(out[inside], ref[inside], rtol=1e-5, atol=1e-3)
     assert np.all(out[~inside] == -7.0)
 
@@ -55,14 +56,16 @@ def test_integer_output_is_rounded_and_clipped_like_numpy() -> None:
     inside = np.all((pos >= 0) & (pos <= UPPER[:, None, None, None]), axis=0)
     want = np.clip(np.rint(ref), *lims).astype(np.uint16)
     assert np.array_equal(out[inside], want[inside])
-    assert (want[inside] == 0).any() and (want[inside] > 0).any()  # the clip did something
+    assert (want[inside] == 0).any()
+    assert (want[inside] > 0).any()
 
 
 def test_nan_positions_get_the_fill() -> None:
     pts = np.array([[1.5, np.nan, 2.0], [2.5, 3.0, np.nan], [3.5, 4.0, 5.0]])
     out = np.empty(3)
     _kernels.sample_points(SUB, pts, out, _kernels.params(np.zeros(3), UPPER, 1, None, -1.0))
-    assert out[1] == -1.0 and out[2] == -1.0
+    assert out[1] == -1.0
+    assert out[2] == -1.0
     np.testing.assert_allclose(out[0], map_coordinates(SUB, pts[:, :1], order=1)[0], rtol=1e-6)
 
 
@@ -84,7 +87,8 @@ def test_node_kernel_equals_sampling_the_densified_map() -> None:
     tps = _tps("r")
     axes = [10 + np.arange(n) * s for n, s in [(7, 4.0), (19, 3.0), (23, 2.5)]]
     bm = _tps_nodes(tps, axes, None)  # uncertified: interpolation between nodes only
-    assert bm.nodes is not None and bm.node_idx is not None
+    assert bm.nodes is not None
+    assert bm.node_idx is not None
     # moving µm -> sub index: a moving image at origin (5, 5, 5) µm with 2 µm voxels
     sub = RNG.uniform(0, 1, size=(60, 80, 90))
     upper = np.array(sub.shape, float) - 1
@@ -129,5 +133,6 @@ def test_chunk_cache_reads_what_slicing_reads_and_stays_bounded() -> None:
         assert np.array_equal(got, data[:, lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
         assert cache._bytes <= 6 * chunk_bytes
     again = pickle.loads(pickle.dumps(cache))
-    assert again._bytes == 0 and again.max_bytes == cache.max_bytes
+    assert again._bytes == 0
+    assert again.max_bytes == cache.max_bytes
     assert np.array_equal(again.read(np.array([0, 0, 0]), np.array([3, 3, 3])), data[:, :3, :3, :3])
