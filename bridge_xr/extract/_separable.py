@@ -63,13 +63,22 @@ def _separable_kernel(
     values: Any, cz: Any, z0: Any, z1: Any, cy: Any, y0: Any, y1: Any, cx: Any, x0: Any, x1: Any,
     starts: Any, stops: Any, run_cell: Any, special: Any, length: float, out: Any,
 ) -> None:  # fmt: skip
-    """``out[Z, Y, X] += sum_kji wz[k, Z] wy[j, Y] wx[i, X] values[k, j, i]`` (two cells/axis).
+    """Add ``sum_kji wz[k, Z] wy[j, Y] wx[i, X] values[k, j, i]`` to ``out[0, Z, Y, X]``.
+
+    Two cells per axis; ``out[1]`` gets the same for values of one (the volume).
 
     x: integer sums over runs of whole voxels (``starts``/``stops``/``run_cell``, each voxel
     ``length`` long) plus the ``special`` voxels by their own lengths (``x0``, ``x1``).
     """
-    n_z, n_y, n_x = out.shape
+    n_z, n_y, n_x = out.shape[1:]
     acc = np.zeros(n_x + 2)  # cells -1 .. n_x: the edge voxels' outside parts land off the box
+    ones = np.zeros(n_x + 2)  # the same row sums for a row of ones: the volume (coverage)
+    for r in range(starts.shape[0]):
+        ones[run_cell[r] + 1] += float(stops[r] - starts[r]) * length
+    for m in range(special.shape[0]):
+        i = special[m]
+        ones[cx[i] + 1] += x0[i]
+        ones[cx[i] + 2] += x1[i]
     for k in range(values.shape[0]):
         for j in range(values.shape[1]):
             acc[:] = 0.0
@@ -95,9 +104,11 @@ def _separable_kernel(
                     w = wz * (y0[j] if dy == 0 else y1[j])
                     if w == 0.0 or yc < 0 or yc >= n_y:
                         continue
-                    dst = out[zc, yc]
+                    dst, cov = out[0, zc, yc], out[1, zc, yc]
                     for c in range(n_x):
+                        # same operations in the same order: a full voxel's fraction is 1.0
                         dst[c] += w * acc[c + 1]
+                        cov[c] += w * ones[c + 1]
 
 
 def _overlap_matrix(
@@ -203,25 +214,25 @@ def separable_block(
         return out
     rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
     sl = tuple(slice(r, r + n) for r, n in zip(rel, (n_z, n_y, n_x), strict=True))
-    out[1][sl] = np.einsum(
-        "i,j,k->ijk",
-        np.asarray(ws[0].sum(axis=1)).ravel(),
-        np.asarray(ws[1].sum(axis=1)).ravel(),
-        np.asarray(ws[2].sum(axis=1)).ravel(),
-    )
     cells = [
         _axis_cells(diagonal[0, a], diagonal[1, a], lo[a], values.shape[a], firsts[a], n)
         for a, n in enumerate((n_z, n_y, n_x))
     ]
     cz, cy, cx = cells
     if cz is not None and cy is not None and cx is not None:
-        s = np.zeros((n_z, n_y, n_x))
+        s = np.zeros((2, n_z, n_y, n_x))
         vals = values.view(np.uint8) if values.dtype == np.bool_ else values
         length = abs(float(diagonal[0, 2]))
         kernel: Any = _separable_kernel
         kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, s)
-        out[0][sl] = s
+        out[(slice(None), *sl)] = s
         return out
+    out[1][sl] = np.einsum(
+        "i,j,k->ijk",
+        np.asarray(ws[0].sum(axis=1)).ravel(),
+        np.asarray(ws[1].sum(axis=1)).ravel(),
+        np.asarray(ws[2].sum(axis=1)).ravel(),
+    )
     # y first, on the full data: segment sums over whole x rows (integers stay integers, no float
     # copy of the block); then x (one small GEMM) and z (sparse) on data ~20x smaller
     r = _segment_sum_y(values, diagonal[0, 1], diagonal[1, 1], lo[1], firsts[1], n_y)
