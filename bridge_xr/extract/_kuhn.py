@@ -217,7 +217,17 @@ def _add(out: Any, z: int, y: int, x: int, value: float, vol: float) -> None:
 
 @nb.njit(nogil=True, cache=True)
 def _two_faces(
-    c8: Any, kuhn: Any, a: int, pa: float, b: int, pb: float, tet: Any, buf: Any, w: Any, d: Any
+    c8: Any,
+    kuhn: Any,
+    tv: Any,
+    a: int,
+    pa: float,
+    b: int,
+    pb: float,
+    tet: Any,
+    buf: Any,
+    w: Any,
+    d: Any,
 ) -> tuple[float, float, float]:
     """Volumes of a voxel below face ``a``, below face ``b`` and below both (closed forms)."""
     va, vb, vab = 0.0, 0.0, 0.0
@@ -225,9 +235,8 @@ def _two_faces(
         for q in range(4):
             for m in range(3):
                 tet[q, m] = c8[kuhn[t, q], m]
-        t_vol = abs(_det(tet, 0, 1, 2, 3)) / 6.0
-        va += _volume_below(tet, a, pa, t_vol, w, d)
-        vb += _volume_below(tet, b, pb, t_vol, w, d)
+        va += _volume_below(tet, a, pa, tv[t], w, d)
+        vb += _volume_below(tet, b, pb, tv[t], w, d)
         for n in range(_pieces_below(tet, a, pa, w, d, buf)):
             piece = buf[n]
             vab += _volume_below(piece, b, pb, abs(_det(piece, 0, 1, 2, 3)) / 6.0, w, d)
@@ -276,6 +285,41 @@ def tet_into_cells(
     return stack
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _kuhn_volume(c8: Any, parity: Any, e: Any, tv: Any) -> tuple[float, bool]:
+    """Volume of a voxel's 6 Kuhn tetrahedra (corners ``c8`` in bit order), and whether folded.
+
+    Every tetrahedron is (corner 0, a, b, corner 7) with (a, b) in (4, 6), (4, 5), (2, 6),
+    (2, 3), (1, 5), (1, 3) (the order of :data:`_KUHN`), so its determinant is
+    ``e_a . (e_b x d)`` with ``e = c - c0`` and ``d = c7 - c0``: three cross products serve all
+    six. Folded: the tetrahedra disagree in orientation (or one is flat). ``e`` (8, 3) scratch;
+    ``tv`` (6,) receives each tetrahedron's volume.
+    """
+    d0, d1, d2 = c8[7, 0] - c8[0, 0], c8[7, 1] - c8[0, 1], c8[7, 2] - c8[0, 2]
+    for b in range(1, 7):
+        for m in range(3):
+            e[b, m] = c8[b, m] - c8[0, m]
+    x3 = (e[3, 1] * d2 - e[3, 2] * d1, e[3, 2] * d0 - e[3, 0] * d2, e[3, 0] * d1 - e[3, 1] * d0)
+    x5 = (e[5, 1] * d2 - e[5, 2] * d1, e[5, 2] * d0 - e[5, 0] * d2, e[5, 0] * d1 - e[5, 1] * d0)
+    x6 = (e[6, 1] * d2 - e[6, 2] * d1, e[6, 2] * d0 - e[6, 0] * d2, e[6, 0] * d1 - e[6, 1] * d0)
+    dets = (
+        e[4, 0] * x6[0] + e[4, 1] * x6[1] + e[4, 2] * x6[2],
+        e[4, 0] * x5[0] + e[4, 1] * x5[1] + e[4, 2] * x5[2],
+        e[2, 0] * x6[0] + e[2, 1] * x6[1] + e[2, 2] * x6[2],
+        e[2, 0] * x3[0] + e[2, 1] * x3[1] + e[2, 2] * x3[2],
+        e[1, 0] * x5[0] + e[1, 1] * x5[1] + e[1, 2] * x5[2],
+        e[1, 0] * x3[0] + e[1, 1] * x3[1] + e[1, 2] * x3[2],
+    )
+    vol, pos, neg = 0.0, 0, 0
+    for t in range(6):
+        oriented = parity[t] * dets[t]
+        tv[t] = abs(dets[t]) / 6.0
+        vol += abs(dets[t])
+        pos += oriented > 0
+        neg += oriented < 0
+    return vol / 6.0, not (pos == 6 or neg == 6)
+
+
 @nb.njit(nogil=True, cache=True)
 def general_kernel(
     values: Any, corners: Any, lo: Any, shape: Any, max_span: float, kuhn: Any, parity: Any
@@ -292,8 +336,9 @@ def general_kernel(
     tet = np.empty((4, 3))
     piece, w, d = np.empty((4, 3)), np.empty((8, 3)), np.empty(8)
     cell_lo = np.empty(3, np.int64)
-    cell_n = np.empty(3, np.int64)
-    buf = np.empty((3, 4, 3))  # how many MRI voxel faces the voxel's box crosses, per axis
+    cell_n = np.empty(3, np.int64)  # how many MRI voxel faces the voxel's box crosses, per axis
+    buf = np.empty((3, 4, 3))
+    e8, tv = np.empty((8, 3)), np.empty(6)
     nz, ny, nx = values.shape
     for k in range(nz):
         for j in range(ny):
@@ -324,13 +369,9 @@ def general_kernel(
                     relevant = relevant and e >= lo[m] and a < lo[m] + shape[m]
                 if span > max_span or not relevant:
                     continue
-                vol, sign = 0.0, 0.0
-                for t in range(6):
-                    det = _det(c8, kuhn[t, 0], kuhn[t, 1], kuhn[t, 2], kuhn[t, 3])
-                    vol += abs(det) / 6.0
-                    sign += parity[t] * (1.0 if det > 0 else (-1.0 if det < 0 else 0.0))
-                if abs(sign) != 6.0:
-                    continue  # folded by the warp
+                vol, folded = _kuhn_volume(c8, parity, e8, tv)
+                if folded:
+                    continue
                 v = float(values[k, j, i])
                 if same:
                     z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
@@ -345,8 +386,7 @@ def general_kernel(
                         for q in range(4):
                             for m in range(3):
                                 tet[q, m] = c8[kuhn[t, q], m]
-                        t_vol = abs(_det(tet, 0, 1, 2, 3)) / 6.0
-                        below += _volume_below(tet, ax, plane, t_vol, w, d)
+                        below += _volume_below(tet, ax, plane, tv[t], w, d)
                     _add(out, z, y, x, v, below)
                     _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
                     continue
@@ -358,7 +398,17 @@ def general_kernel(
                     a = 0 if cell_n[0] else 1
                     b = 2 if cell_n[2] else 1
                     va, vb, vab = _two_faces(
-                        c8, kuhn, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1), tet, buf, w, d
+                        c8,
+                        kuhn,
+                        tv,
+                        a,
+                        float(cell_lo[a] + 1),
+                        b,
+                        float(cell_lo[b] + 1),
+                        tet,
+                        buf,
+                        w,
+                        d,
                     )
                     za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
                     _add(out, z, y, x, v, vab)
