@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -243,36 +242,38 @@ class _BlockSampler:
             clip = (float(info.min), float(info.max))
         prm = _kernels.params(-0.5 - lo, n - 0.5 - lo, self.order, clip, fill)
         target = out.view(np.uint8) if out.dtype == bool else out
-        for c in range(self.n_c):
-            if bm.affine is not None:
-                h = mapping.copy()
-                h[:, 3] -= lo
+        if bm.affine is not None:
+            h = mapping.copy()
+            h[:, 3] -= lo
+            for c in range(self.n_c):
                 _kernels.sample_affine(sub[c], h, target[c], prm)
-            elif bm.nodes is not None:
-                nodes, exact = mapping
-                nodes = nodes - lo[:, None, None, None]
-                for d in range(3):  # an axis with one node: the kernels want two
-                    if nodes.shape[1 + d] == 1:
-                        nodes = np.repeat(nodes, 2, axis=1 + d)
-                cz, cy, cx = (
-                    _kernels.cells_of(k, i)
-                    for k, i in zip(bm.shape, bm.node_idx or [], strict=True)
-                )
-                _kernels.sample_nodes(
-                    sub[c], np.ascontiguousarray(nodes), *cz, *cy, *cx, target[c], prm
-                )
-                if exact is not None and bm.exact_at is not None:
-                    vals = np.empty(exact.shape[1], dtype=target.dtype)
-                    pts = np.ascontiguousarray(exact - lo[:, None])
+        elif bm.nodes is not None:
+            nodes, exact = mapping
+            nodes = nodes - lo[:, None, None, None]
+            for d in range(3):  # an axis with one node: the kernels want two
+                if nodes.shape[1 + d] == 1:
+                    nodes = np.repeat(nodes, 2, axis=1 + d)
+            nodes = np.ascontiguousarray(nodes)
+            cells = [
+                a
+                for k, i in zip(bm.shape, bm.node_idx or [], strict=True)
+                for a in _kernels.cells_of(k, i)
+            ]
+            pts = None if exact is None else np.ascontiguousarray(exact - lo[:, None])
+            for c in range(self.n_c):
+                _kernels.sample_nodes(sub[c], nodes, *cells, target[c], prm)  # type: ignore[call-arg]
+                if pts is not None and bm.exact_at is not None:
+                    vals = np.empty(pts.shape[1], dtype=target.dtype)
                     _kernels.sample_points(sub[c], pts, vals, prm)
                     target[c][bm.exact_at] = vals
-            else:
-                pts = np.ascontiguousarray((mapping - lo[:, None, None, None]).reshape(3, -1))
+        else:
+            pts = np.ascontiguousarray((mapping - lo[:, None, None, None]).reshape(3, -1))
+            for c in range(self.n_c):
                 _kernels.sample_points(sub[c], pts, target[c].reshape(-1), prm)
 
     def _sample_scipy(self, bm: BlockMap, out: np.ndarray) -> None:
         """Cubic B-spline (and dtypes the kernels do not take): scipy's ``map_coordinates``."""
-        idx, lo_f, hi_f = self._index_map(dataclasses.replace(bm, dense=bm.densify()))
+        idx, lo_f, hi_f = self._index_map(BlockMap(shape=bm.shape, dense=bm.densify()))
         got = self._read(lo_f, hi_f)
         fill = np.nan if self.nan_outside else 0
         if got is None:

@@ -54,8 +54,8 @@ def _landmarks(fixed_xyz, moving_xyz):
     )
 
 
-@pytest.mark.parametrize("axis", [0, 2])
-def test_resampled_ramp_reproduces_the_exact_tps_mapping(axis) -> None:
+@pytest.mark.parametrize(("axis", "order"), [(0, 1), (2, 1), (2, 3)])
+def test_resampled_ramp_reproduces_the_exact_tps_mapping(axis, order) -> None:
     shape, sp = (40, 200, 200), (2.0, 1.5, 1.5)  # moving, µm (z, y, x)
     coords = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, sp, strict=True)], indexing="ij")
     ramp = coords[axis].astype(np.float64)  # value = physical coordinate along one axis
@@ -78,6 +78,7 @@ def test_resampled_ramp_reproduces_the_exact_tps_mapping(axis) -> None:
         spacing_um=(5.0, 5.0, 5.0),
         level=None,
         chunks=(8, 16, 16),
+        order=order,
     )
     assert isinstance(out.data, da.Array)
     assert out.data.npartitions > 8  # many blocks, computed independently
