@@ -86,18 +86,20 @@ def _cut(w: Any, dst: int, p: int, q: int, d: Any) -> None:
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
-def _split(tet: Any, axis: int, plane: float, stack: Any, n: int, w: Any, d: Any) -> int:
-    """Push the pieces of ``tet`` on both sides of ``x[axis] = plane`` (it crosses it).
+def _order_and_cut(tet: Any, axis: int, plane: float, w: Any, d: Any) -> int:
+    """Sort ``tet``'s vertices below ``x[axis] = plane`` first into ``w[:4]`` and cut its edges.
 
-    ``w`` (8, 3), ``d`` (8,) scratch: the vertices below the plane first, then the cuts.
+    Returns how many lie below (1, 2 or 3: the plane crosses ``tet``). ``w[4:]`` receive the
+    cut points: two below, edges 0-2, 0-3, 1-2, 1-3; one vertex alone on its side, the edges
+    from it to the other three. ``d`` (8,) scratch: the vertices' distances to the plane.
     """
-    nb_ = 0
+    n_below = 0
     for m in range(4):  # below-plane vertices first, in order (then the others)
         if tet[m, axis] < plane:
             for c in range(3):
-                w[nb_, c] = tet[m, c]
-            nb_ += 1
-    q = nb_
+                w[n_below, c] = tet[m, c]
+            n_below += 1
+    q = n_below
     for m in range(4):
         if not tet[m, axis] < plane:
             for c in range(3):
@@ -105,18 +107,30 @@ def _split(tet: Any, axis: int, plane: float, stack: Any, n: int, w: Any, d: Any
             q += 1
     for m in range(4):
         d[m] = w[m, axis] - plane
-    if nb_ == 2:
-        _cut(w, 4, 0, 2, d)  # i11
-        _cut(w, 5, 0, 3, d)  # i12
-        _cut(w, 6, 1, 2, d)  # i21
-        _cut(w, 7, 1, 3, d)  # i22
+    if n_below == 2:
+        _cut(w, 4, 0, 2, d)
+        _cut(w, 5, 0, 3, d)
+        _cut(w, 6, 1, 2, d)
+        _cut(w, 7, 1, 3, d)
+    else:
+        s, r0, r1, r2 = (0, 1, 2, 3) if n_below == 1 else (3, 0, 1, 2)
+        _cut(w, 4, s, r0, d)
+        _cut(w, 5, s, r1, d)
+        _cut(w, 6, s, r2, d)
+    return n_below
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _split(tet: Any, axis: int, plane: float, stack: Any, n: int, w: Any, d: Any) -> int:
+    """Push the pieces of ``tet`` on both sides of ``x[axis] = plane`` (it crosses it).
+
+    ``w`` (8, 3), ``d`` (8,) scratch (see :func:`_order_and_cut`).
+    """
+    n_below = _order_and_cut(tet, axis, plane, w, d)
+    if n_below == 2:
         n = _prism(stack, n, w, 0, 4, 5, 1, 6, 7)
         return _prism(stack, n, w, 2, 4, 6, 3, 5, 7)
-    s = 0 if nb_ == 1 else 3
-    r0, r1, r2 = (1, 2, 3) if nb_ == 1 else (0, 1, 2)
-    _cut(w, 4, s, r0, d)
-    _cut(w, 5, s, r1, d)
-    _cut(w, 6, s, r2, d)
+    s, r0, r1, r2 = (0, 1, 2, 3) if n_below == 1 else (3, 0, 1, 2)
     n = _put(stack, n, w, s, 4, 5, 6)
     return _prism(stack, n, w, 4, 5, 6, r0, r1, r2)
 
@@ -148,23 +162,7 @@ def _volume_below(tet: Any, axis: int, plane: float, vol: float, w: Any, d: Any)
             if m != lone:
                 frac *= ds / (ds - (tet[m, axis] - plane))
         return vol * frac if nb_ == 1 else vol * (1.0 - frac)
-    q = 0
-    for m in range(4):
-        if tet[m, axis] < plane:
-            for c in range(3):
-                w[q, c] = tet[m, c]
-            q += 1
-    for m in range(4):
-        if not tet[m, axis] < plane:
-            for c in range(3):
-                w[q, c] = tet[m, c]
-            q += 1
-    for m in range(4):
-        d[m] = w[m, axis] - plane
-    _cut(w, 4, 0, 2, d)
-    _cut(w, 5, 0, 3, d)
-    _cut(w, 6, 1, 2, d)
-    _cut(w, 7, 1, 3, d)
+    _order_and_cut(tet, axis, plane, w, d)
     # the lower prism (p1, i11, i12; p2, i21, i22) as in _prism
     return (abs(_det(w, 0, 4, 5, 1)) + abs(_det(w, 4, 5, 1, 6)) + abs(_det(w, 5, 1, 6, 7))) / 6.0
 
@@ -172,40 +170,29 @@ def _volume_below(tet: Any, axis: int, plane: float, vol: float, w: Any, d: Any)
 @nb.njit(inline="always", nogil=True, cache=True)
 def _pieces_below(tet: Any, axis: int, plane: float, w: Any, d: Any, buf: Any) -> int:
     """Write the tetrahedra tiling the part of ``tet`` below the plane into ``buf`` (<= 3)."""
-    nb_ = 0
+    n_below = 0
     for m in range(4):
         if tet[m, axis] < plane:
-            for c in range(3):
-                w[nb_, c] = tet[m, c]
-            nb_ += 1
-    if nb_ == 0:
+            n_below += 1
+    if n_below == 0:
         return 0
-    if nb_ == 4:
+    if n_below == 4:
         buf[0] = tet
         return 1
-    q = nb_
-    for m in range(4):
-        if not tet[m, axis] < plane:
-            for c in range(3):
-                w[q, c] = tet[m, c]
-            q += 1
-    for m in range(4):
-        d[m] = w[m, axis] - plane
-    if nb_ == 2:
-        _cut(w, 4, 0, 2, d)
-        _cut(w, 5, 0, 3, d)
-        _cut(w, 6, 1, 2, d)
-        _cut(w, 7, 1, 3, d)
+    _order_and_cut(tet, axis, plane, w, d)
+    if n_below == 2:  # the lower prism
         return _prism(buf, 0, w, 0, 4, 5, 1, 6, 7)
-    if nb_ == 1:  # the lone corner's small tetrahedron
-        _cut(w, 4, 0, 1, d)
-        _cut(w, 5, 0, 2, d)
-        _cut(w, 6, 0, 3, d)
+    if n_below == 1:  # the lone corner's small tetrahedron
         return _put(buf, 0, w, 0, 4, 5, 6)
-    _cut(w, 4, 3, 0, d)  # three below: the prism between the cut triangle and them
-    _cut(w, 5, 3, 1, d)
-    _cut(w, 6, 3, 2, d)
-    return _prism(buf, 0, w, 4, 5, 6, 0, 1, 2)
+    return _prism(buf, 0, w, 4, 5, 6, 0, 1, 2)  # three below: cut triangle to them
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _load_tet(c8: Any, kuhn: Any, t: int, tet: Any) -> None:
+    """``tet`` = the voxel's Kuhn tetrahedron ``t`` (rows of ``c8``, the corners in bit order)."""
+    for q in range(4):
+        for m in range(3):
+            tet[q, m] = c8[kuhn[t, q], m]
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
@@ -232,9 +219,7 @@ def _two_faces(
     """Volumes of a voxel below face ``a``, below face ``b`` and below both (closed forms)."""
     va, vb, vab = 0.0, 0.0, 0.0
     for t in range(6):
-        for q in range(4):
-            for m in range(3):
-                tet[q, m] = c8[kuhn[t, q], m]
+        _load_tet(c8, kuhn, t, tet)
         va += _volume_below(tet, a, pa, tv[t], w, d)
         vb += _volume_below(tet, b, pb, tv[t], w, d)
         for n in range(_pieces_below(tet, a, pa, w, d, buf)):
@@ -383,9 +368,7 @@ def general_kernel(
                     plane = float(cell_lo[ax] + 1)
                     below = 0.0
                     for t in range(6):
-                        for q in range(4):
-                            for m in range(3):
-                                tet[q, m] = c8[kuhn[t, q], m]
+                        _load_tet(c8, kuhn, t, tet)
                         below += _volume_below(tet, ax, plane, tv[t], w, d)
                     _add(out, z, y, x, v, below)
                     _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
@@ -417,9 +400,7 @@ def general_kernel(
                     _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
                     continue
                 for t in range(6):
-                    for q in range(4):
-                        for m in range(3):
-                            tet[q, m] = c8[kuhn[t, q], m]
+                    _load_tet(c8, kuhn, t, tet)
                     stack = tet_into_cells(tet, v, lo, shape, out, stack, piece, w, d)
     return out
 
