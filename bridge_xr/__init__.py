@@ -51,6 +51,7 @@ __getattr__, __dir__, _public = attach(
         "scene",
         "stats",
         "testing",
+        "tiles",
     ),
 )
 __all__ = ["__version__", *_public]

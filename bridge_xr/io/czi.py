@@ -9,7 +9,7 @@ decoded here (czifile 2019 does not know zstd); JPEG XR needs imagecodecs.
 Calibration: ``Scaling/Items/Distance[@Id=X|Y|Z]/Value`` (metres) -> micrometres; a file without
 it is refused unless ``--pixel-size``/``--z-step`` are given. Channels are named from
 ``Information/Image/Dimensions/Channels/Channel/@Name``. Several scenes (``S``) need ``--scene``;
-mosaic tiles (``M``) are not stitched here.
+mosaic tiles (``M``) are read one by one by :func:`read_czi_tiles`.
 """
 
 from __future__ import annotations
@@ -137,6 +137,49 @@ def read_czi(
     channel_names: tuple[str, ...] | None = None,
 ) -> tuple[xr.DataArray, CziInfo]:
     """One scene of a CZI file as a lazy calibrated image (dims ``c, z, y, x``)."""
+    tiles = _czi_images(
+        path,
+        scene=scene,
+        pixel_size_um=pixel_size_um,
+        z_step_um=z_step_um,
+        channel_names=channel_names,
+        mosaic=False,
+    )
+    return tiles[0]
+
+
+def read_czi_tiles(
+    path: str | os.PathLike[str],
+    *,
+    scene: int | None = None,
+    pixel_size_um: float | None = None,
+    z_step_um: float | None = None,
+    channel_names: tuple[str, ...] | None = None,
+) -> list[tuple[xr.DataArray, CziInfo]]:
+    """Every mosaic tile (``M``) of one CZI scene, in acquisition order, each a lazy image.
+
+    A tile's stage position is its subblocks' start in the file's pixel grid
+    (:attr:`CziInfo.offset_px`, y/x) times the pixel size: how ZEN places tiles.
+    """
+    return _czi_images(
+        path,
+        scene=scene,
+        pixel_size_um=pixel_size_um,
+        z_step_um=z_step_um,
+        channel_names=channel_names,
+        mosaic=True,
+    )
+
+
+def _czi_images(
+    path: str | os.PathLike[str],
+    *,
+    scene: int | None,
+    pixel_size_um: float | None,
+    z_step_um: float | None,
+    channel_names: tuple[str, ...] | None,
+    mosaic: bool,
+) -> list[tuple[xr.DataArray, CziInfo]]:
     # long by design: a CZI is parsed in one pass over its segments (directory, metadata, subblocks); splitting it would pass a dozen parsed fields between helpers
     import warnings
 
@@ -187,13 +230,31 @@ def read_czi(
         scene = 0
     if not 0 <= scene < len(scene_ids):
         raise InvalidInputError(f"{where} has scenes 0..{len(scene_ids) - 1}; got `scene` {scene}")
-    chosen = planes[scene_ids[scene]]
-    if len({d.get("M", (0, 1))[0] for d, *_ in chosen}) > 1:
-        n = len({d.get("M", (0, 1))[0] for d, *_ in chosen})
+    groups: dict[int, list[Any]] = {}
+    for item in planes[scene_ids[scene]]:
+        groups.setdefault(item[0].get("M", (0, 1))[0], []).append(item)
+    if len(groups) > 1 and not mosaic:
         raise InvalidInputError(
-            f"{where} scene {scene} is a tile scan of {n} mosaic tiles; bridge_xr converts one "
-            "field of view: export the stitched image from ZEN, or convert the tiles one by one"
+            f"{where} scene {scene} is a tile scan of {len(groups)} mosaic tiles; convert it "
+            "with `bridge convert tiles` (then stitch and fuse), or export the stitched image from ZEN"
         )
+    opts = (pixel_size_um, z_step_um, channel_names)
+    return [
+        _assemble(p, where, root, grp, scene, labels, *opts) for _, grp in sorted(groups.items())
+    ]
+
+
+def _assemble(
+    p: Path,
+    where: str,
+    root: ET.Element,
+    chosen: list[Any],
+    scene: int,
+    labels: tuple[str, ...],
+    pixel_size_um: float | None,
+    z_step_um: float | None,
+    channel_names: tuple[str, ...] | None,
+) -> tuple[xr.DataArray, CziInfo]:
     if any(d.get("T", (0, 1))[1] > 1 or d.get("T", (0, 1))[0] > 0 for d, *_ in chosen):
         raise InvalidInputError(f"{where} is a time series (T); bridge_xr reads z stacks")
     y0 = {d["Y"][0] for d, *_ in chosen}

@@ -175,41 +175,14 @@ def write_multiscale(
     plan = plan_storage(
         data.shape, dims_t, data.dtype, spacing, origin, levels=levels, chunks=chunks, shards=shards
     )
-    comp = _compressors(compressor, plan.dtype)
     prefix = path.strip("/")
-    targets = []
-    for lv in plan.levels:
-        name = f"{prefix}/{lv.path}" if prefix else lv.path
-        targets.append(
-            zarr.create_array(
-                store,
-                name=name,
-                shape=lv.shape,
-                dtype=plan.dtype,
-                chunks=lv.chunks,
-                shards=lv.shards,
-                compressors=comp,
-                fill_value=0,
-                dimension_names=dims_t,
-                overwrite=_exists(store, f"{name}/zarr.json"),
-            )
-        )
-    steps = [
-        [cur.factors.get(d, 1) // prev.factors.get(d, 1) for d in dims_t]
-        for prev, cur in zip(plan.levels[:-1], plan.levels[1:], strict=True)
-    ]
-    n_fused = 1 + sum(1 for _ in _takewhile_fused(plan.levels[1:]))
+    targets = create_level_arrays(store, prefix, plan, compressor)
+    steps = level_steps(plan)
+    n_fused = fused_level_count(plan)
     write_fused_levels(da.asarray(data), targets[:n_fused], steps[: n_fused - 1], method)
     if progress is not None:
         progress(n_fused, len(plan.levels))
-    for k in range(n_fused, len(plan.levels)):
-        step = dict(zip(dims_t, steps[k - 1], strict=True))
-        grid = targets[k].shards or targets[k].chunks
-        read_chunks = tuple(g * step.get(d, 1) for g, d in zip(grid, dims_t, strict=True))
-        source = _downsample(da.from_zarr(targets[k - 1], chunks=read_chunks), dims_t, step, method)
-        store_shard_aligned(source, targets[k])
-        if progress is not None:
-            progress(k + 1, len(plan.levels))
+    write_tail_levels(targets, plan, n_fused, method, progress)
     ome = multiscales_attrs(
         plan,
         name=prefix.rsplit("/", 1)[-1] or "image",
@@ -225,6 +198,65 @@ def write_multiscale(
         attrs[ATTRS_KEY] = dict(bridge_attrs)
     _publish_group_attrs(store, prefix, attrs)
     return plan
+
+
+def level_steps(plan: StoragePlan) -> list[list[int]]:
+    """Downsampling step of every level from the one above it, per array axis."""
+    return [
+        [cur.factors.get(d, 1) // prev.factors.get(d, 1) for d in plan.dims]
+        for prev, cur in zip(plan.levels[:-1], plan.levels[1:], strict=True)
+    ]
+
+
+def fused_level_count(plan: StoragePlan) -> int:
+    """Level 0 and the levels written from its shards in the same task."""
+    return 1 + sum(1 for _ in _takewhile_fused(plan.levels[1:]))
+
+
+def write_tail_levels(
+    targets: Sequence[zarr.Array[Any]],
+    plan: StoragePlan,
+    first: int,
+    method: Method,
+    progress: Any = None,
+) -> None:
+    """Write levels ``first`` ... from the level above each, shard-aligned."""
+    steps = level_steps(plan)
+    for k in range(first, len(plan.levels)):
+        step = dict(zip(plan.dims, steps[k - 1], strict=True))
+        grid = targets[k].shards or targets[k].chunks
+        read_chunks = tuple(g * step.get(d, 1) for g, d in zip(grid, plan.dims, strict=True))
+        source = _downsample(
+            da.from_zarr(targets[k - 1], chunks=read_chunks), plan.dims, step, method
+        )
+        store_shard_aligned(source, targets[k])
+        if progress is not None:
+            progress(k + 1, len(plan.levels))
+
+
+def create_level_arrays(
+    store: Store, prefix: str, plan: StoragePlan, compressor: str
+) -> list[zarr.Array[Any]]:
+    """Create (or replace) the empty arrays of every level of ``plan`` under ``prefix``."""
+    comp = _compressors(compressor, plan.dtype)
+    targets = []
+    for lv in plan.levels:
+        name = f"{prefix}/{lv.path}" if prefix else lv.path
+        targets.append(
+            zarr.create_array(
+                store,
+                name=name,
+                shape=lv.shape,
+                dtype=plan.dtype,
+                chunks=lv.chunks,
+                shards=lv.shards,
+                compressors=comp,
+                fill_value=0,
+                dimension_names=plan.dims,
+                overwrite=_exists(store, f"{name}/zarr.json"),
+            )
+        )
+    return targets
 
 
 def _exists(store: Store, key: str) -> bool:

@@ -145,6 +145,37 @@ class Registration(_Frozen):
     provenance: Provenance
 
 
+class Tile(_Frozen):
+    """One field of view of a tile scan: its own image and where the stage put it."""
+
+    id: str = Field(description="tile id, e.g. t003 (acquisition order)")
+    path: str = Field(description="the tile's image path in the store")
+    source: str | None = None
+    stage_um: tuple[float, float, float] = Field(
+        description="(z, y, x) of the tile's first voxel centre in stage space, micrometres"
+    )
+    registered_um: tuple[float, float, float] | None = Field(
+        default=None, description="(z, y, x) after `bridge stitch`; the stage position is kept"
+    )
+
+
+class TileScan(_Frozen):
+    """A tile scan: tiles as images of the scene, their stage and registered positions."""
+
+    path: str = Field(description="the scan's path, e.g. twophoton/d060/angiogram")
+    tiles: tuple[Tile, ...]
+    spacing_um: tuple[float, float, float] = Field(description="(z, y, x) voxel size, µm")
+    channel_names: tuple[str, ...] | None = None
+    stage_error_um: float | None = Field(
+        default=None, description="largest correction `stitch` may apply to a stage offset"
+    )
+    flatfield: str | None = Field(default=None, description="flat-field image path (y, x)")
+    stitch: dict[str, Any] = Field(
+        default_factory=dict, description="summary of the last `bridge stitch` (links, RMS)"
+    )
+    provenance: tuple[Provenance, ...] = ()
+
+
 class SubjectMetadata(_Frozen):
     """The ``bridge_xr`` block of a subject store's root group."""
 
@@ -161,6 +192,7 @@ class SubjectMetadata(_Frozen):
         description="registrations marked current for their image pair (at most one per pair); "
         "an ambiguous chain uses them instead of refusing",
     )
+    tile_scans: dict[str, TileScan] = Field(default_factory=dict)
     provenance: tuple[Provenance, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
@@ -172,6 +204,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "provenance": Provenance,
     "landmarks": LandmarkSet,
     "registration": Registration,
+    "tilescan": TileScan,
 }
 
 

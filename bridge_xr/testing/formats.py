@@ -6,6 +6,7 @@ layouts), small enough to make in a test.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,7 @@ def write_czi(
     compression: str = "none",
     tiles: int = 1,
     objective: str = "Plan-Apochromat 10x/0.45 M27",
+    mosaic: Sequence[tuple[int, int]] | None = None,
 ) -> Path:
     """A Zeiss CZI (ZISRAW) file by its documented segment layout (czifile's reading of it).
 
@@ -188,6 +190,8 @@ def write_czi(
     scene ``s`` placed at x offset ``s * 2 * X`` in the global pixel grid. ``pixel_size_um`` is
     (x, y, z) or None (no Scaling block). ``compression``: ``none``, ``zstd0`` or ``zstd1``.
     ``tiles`` > 1 writes every plane as that many mosaic tiles (M), side by side in x.
+    ``mosaic``: a tile scan of one scene instead; ``data`` is (tile, c, z, y, x) and tile ``m``
+    starts at pixel ``mosaic[m]`` = (y, x) of the global grid (as ZEN writes stage positions).
     """
     # long by design: a fixture writer laying out the CZI segments byte by byte, in file order
     import struct
@@ -230,27 +234,37 @@ def write_czi(
     entries: list[bytes] = []
     pos = header_size + len(meta_seg)
     tw = nx // tiles
-    for s in range(n_s):
-        for c in range(n_c):
-            for z in range(n_z):
-                for m in range(tiles):
-                    plane = np.ascontiguousarray(data[s, c, z][:, m * tw : (m + 1) * tw])
-                    raw = plane.tobytes()
-                    if code == 5:
-                        raw = Zstd(level=3).encode(raw)
-                    elif code == 6:
-                        raw = _zstd1(raw, plane.dtype.itemsize)
-                    dims = [("S", s, 1), ("C", c, 1), ("Z", z, 1), ("Y", 0, ny),
-                            ("X", s * 2 * nx + m * tw, tw)]  # fmt: skip
-                    if tiles > 1:
-                        dims.insert(0, ("M", m, 1))
-                    entry = _czi_entry(pixel_type, pos, code, dims)
-                    fixed = struct.pack("<iiq", 0, 0, len(raw)) + entry
-                    fixed += b"\0" * max(256 - len(fixed), 0)
-                    seg = _segment("ZISRAWSUBBLOCK", fixed + raw)
-                    blocks.append(seg)
-                    entries.append(entry)
-                    pos += len(seg)
+    planes: list[tuple[np.ndarray, list[tuple[str, int, int]]]] = []
+    if mosaic is not None:
+        for m, (y0, x0) in enumerate(mosaic):
+            for c in range(n_c):
+                for z in range(n_z):
+                    planes.append((data[m, c, z], [("M", m, 1), ("S", 0, 1), ("C", c, 1),
+                                   ("Z", z, 1), ("Y", y0, ny), ("X", x0, nx)]))  # fmt: skip
+    else:
+        for s in range(n_s):
+            for c in range(n_c):
+                for z in range(n_z):
+                    for m in range(tiles):
+                        dims = [("S", s, 1), ("C", c, 1), ("Z", z, 1), ("Y", 0, ny),
+                                ("X", s * 2 * nx + m * tw, tw)]  # fmt: skip
+                        if tiles > 1:
+                            dims.insert(0, ("M", m, 1))
+                        planes.append((data[s, c, z][:, m * tw : (m + 1) * tw], dims))
+    for plane_data, dims in planes:
+        plane = np.ascontiguousarray(plane_data)
+        raw = plane.tobytes()
+        if code == 5:
+            raw = Zstd(level=3).encode(raw)
+        elif code == 6:
+            raw = _zstd1(raw, plane.dtype.itemsize)
+        entry = _czi_entry(pixel_type, pos, code, dims)
+        fixed = struct.pack("<iiq", 0, 0, len(raw)) + entry
+        fixed += b"\0" * max(256 - len(fixed), 0)
+        seg = _segment("ZISRAWSUBBLOCK", fixed + raw)
+        blocks.append(seg)
+        entries.append(entry)
+        pos += len(seg)
     directory = _segment(
         "ZISRAWDIRECTORY", struct.pack("<i", len(entries)) + b"\0" * 124 + b"".join(entries)
     )

@@ -140,12 +140,12 @@ def handle_errors(func: F) -> F:
 
 
 @contextlib.contextmanager
-def level_progress(description: str) -> Iterator[Callable[[int, int], None]]:
+def level_progress(description: str, unit: str = "levels") -> Iterator[Callable[[int, int], None]]:
     """A rich progress bar fed by ``callback(done, total)``."""
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} levels"),
+        TextColumn("{task.completed}/{task.total} " + unit),
         TimeElapsedColumn(),
         console=console,
         transient=not sys.stderr.isatty(),

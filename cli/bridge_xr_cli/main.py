@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import analyze, convert, demo, export, info, learn, register, resample
+from bridge_xr_cli import analyze, convert, demo, export, info, learn, register, resample, tiles
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -65,6 +65,9 @@ app.command("longitudinal")(analyze.longitudinal)
 app.command("stats")(analyze.stats)
 app.command("plot")(analyze.plot)
 app.command("report")(analyze.report)
+convert.app.command("tiles")(tiles.convert_tiles)
+app.command("stitch")(tiles.stitch)
+app.command("fuse")(tiles.fuse)
 
 
 def run() -> None:

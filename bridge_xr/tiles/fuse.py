@@ -1,0 +1,416 @@
+"""``bridge fuse``: one image from a tile scan, one task per output shard, resumable.
+
+Every level-0 shard of the output is one task: it finds the tiles whose (registered, else
+stage) box touches the shard, reads only those regions, samples them at the output voxels
+(a pure translation, so separable: nearest or linear per axis), blends overlaps with linear ramps
+(weight = product over y, x of ``min(1, distance to the tile's edge / blend)``), writes the
+whole shard and the matching shards of the pyramid levels fused below it, and then records
+itself as done. No shard has two writers, so tile/shard geometry can never lose a write.
+
+Resume: completion records live next to the image, outside it, at
+``bridge_xr/fusion/<image>/<fingerprint>/done/<shard>``; the fingerprint hashes the scan's record
+(tiles, positions, flat field, provenance), the parameters and the output layout. A rerun with
+the same fingerprint redoes only the shards without a record; a different fingerprint starts
+afresh. The image is published (group metadata, then the subject) only when every shard is done,
+so a reader never sees a half-fused image; then the records are removed.
+
+Voxels no tile covers are 0. Flat-field correction (``stitch --flatfield``) divides each tile by
+the field before blending.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import zarr
+
+from bridge_xr._constants import ATTRS_KEY
+from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._plan import plan_storage
+from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
+from bridge_xr.io.downsample import downsample_block
+from bridge_xr.io.ome_zarr import (
+    _publish_group_attrs,
+    create_level_arrays,
+    fused_level_count,
+    level_steps,
+    multiscales_attrs,
+    write_tail_levels,
+)
+from bridge_xr.io.subject import (
+    check_image_path,
+    publish_subject,
+    read_subject,
+    scene_systems,
+    scene_transforms,
+)
+from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance, TileScan
+from bridge_xr.tiles._run import run_tasks
+from bridge_xr.tiles.scan import (
+    delete_keys,
+    list_prefix,
+    positions_of,
+    put_bytes,
+    read_tile_scan,
+    tile_array,
+)
+
+Interpolation = Literal["linear", "nearest"]
+_DELAY_ENV = "BRIDGE_XR_TEST_FUSE_DELAY"  # seconds to wait after each shard (kill tests)
+
+
+@dataclass(frozen=True)
+class TilePlace:
+    """Where one tile lies in the output grid (voxels of level 0)."""
+
+    path: str
+    origin: tuple[float, ...]  # output voxel coordinate of the tile's voxel (0, 0, 0)
+    shape: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class FuseResult:
+    """What a fusion did."""
+
+    image: ImageMetadata
+    shards_total: int
+    shards_written: int
+    shards_skipped: int
+    fingerprint: str
+    seconds: float
+
+
+def _axis_samples(
+    v0: int, v1: int, origin: float, n: int, interpolation: Interpolation
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """Output range [a, b) inside the tile along one axis, lower/upper tile index and weight."""
+    a = max(v0, int(np.ceil(origin - 1e-9)))
+    b = min(v1, int(np.floor(origin + n - 1 + 1e-9)) + 1)
+    u = np.arange(a, b) - origin
+    if interpolation == "nearest":
+        i0 = np.clip(np.floor(u + 0.5).astype(int), 0, n - 1)
+        return a, b, i0, i0, np.zeros(len(u))
+    i0 = np.clip(np.floor(u + 1e-9).astype(int), 0, n - 1)
+    t = np.clip(u - i0, 0.0, 1.0)
+    i1 = np.minimum(i0 + 1, n - 1)
+    return a, b, i0, i1, t
+
+
+def _ramp(u_lo: np.ndarray, n: int, blend: float) -> np.ndarray:
+    if blend <= 0:
+        return np.ones(len(u_lo))
+    dist = np.minimum(u_lo + 0.5, n - 0.5 - u_lo)
+    return np.clip(dist / blend, 1e-6, 1.0)
+
+
+def fuse_box(
+    store: Any,
+    places: list[TilePlace],
+    box: tuple[tuple[int, int], ...],
+    *,
+    lead: tuple[int, ...],
+    dtype: np.dtype[Any],
+    blend: tuple[float, float, float],
+    interpolation: Interpolation,
+    flatfield: np.ndarray | None,
+) -> np.ndarray:
+    """The fused output over ``box`` (per spatial axis [start, stop) of level 0)."""
+    shape = tuple(b - a for a, b in box)
+    acc = np.zeros((*lead, *shape), np.float32)
+    wsum = np.zeros(shape, np.float32)
+    for pl in places:
+        axes = [
+            _axis_samples(v0, v1, o, n, interpolation)
+            for (v0, v1), o, n in zip(box, pl.origin, pl.shape, strict=True)
+        ]
+        if any(b <= a for a, b, *_ in axes):
+            continue
+        lo = [int(min(i0.min(), i1.min())) for _, _, i0, i1, _ in axes]
+        hi = [int(max(i0.max(), i1.max())) + 1 for _, _, i0, i1, _ in axes]
+        arr = tile_array(store, pl.path)
+        sel = (slice(None),) * len(lead) + tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+        crop = np.asarray(arr[sel], np.float32)
+        if flatfield is not None:
+            f = flatfield[..., lo[1] : hi[1], lo[2] : hi[2]]
+            crop = crop / (f[:, None] if f.ndim == 3 else f)
+        k = len(lead)
+        for ax, (_, _, i0, i1, t) in enumerate(axes):  # separable sampling, one axis at a time
+            j0, j1 = i0 - lo[ax], i1 - lo[ax]
+            if interpolation == "nearest" or not t.any():
+                crop = np.take(crop, j0, axis=k + ax)
+            else:
+                shp = [1] * crop.ndim
+                shp[k + ax] = -1
+                tt = t.reshape(shp).astype(np.float32)
+                crop = (
+                    np.take(crop, j0, axis=k + ax) * (1 - tt) + np.take(crop, j1, axis=k + ax) * tt
+                )
+        w = np.ones(1, np.float32)
+        ramps = [
+            _ramp(np.arange(a, b) - o, n, bl)
+            for (a, b, *_), o, n, bl in zip(axes, pl.origin, pl.shape, blend, strict=True)
+        ]
+        w = (ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]).astype(
+            np.float32
+        )
+        region = tuple(slice(a - v0, b - v0) for (a, b, *_), (v0, _) in zip(axes, box, strict=True))
+        acc[(slice(None),) * len(lead) + region] += crop * w
+        wsum[region] += w
+    covered = wsum > 0
+    out = np.zeros_like(acc)
+    np.divide(acc, wsum, out=out, where=np.broadcast_to(covered, acc.shape))
+    if np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        out = np.clip(np.rint(out), info.min, info.max)
+    return out.astype(dtype)
+
+
+def _shard_task(
+    store: Any,
+    image: str,
+    places: list[TilePlace],
+    index: tuple[int, ...],
+    grid: tuple[int, ...],
+    params: dict[str, Any],
+    flatfield: np.ndarray | None,
+    done_key: str,
+) -> int:
+    """Fuse one level-0 shard, write it and the fused levels below it, then record it."""
+    targets = [zarr.open_array(store, path=f"{image}/{p}", mode="r+") for p in params["levels"]]
+    t0 = targets[0]
+    lead_n = t0.ndim - 3
+    starts = [i * g for i, g in zip(index, grid, strict=True)]
+    stops = [min(s + g, n) for s, g, n in zip(starts, grid, t0.shape, strict=True)]
+    box = tuple(zip(starts[lead_n:], stops[lead_n:], strict=True))
+    block = fuse_box(
+        store,
+        places,
+        box,
+        lead=tuple(t0.shape[:lead_n]),
+        dtype=np.dtype(t0.dtype),
+        blend=tuple(params["blend"]),
+        interpolation=params["interpolation"],
+        flatfield=flatfield,
+    )
+    t0[tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))] = block
+    cur = block
+    for target, st in zip(targets[1:], params["steps"], strict=True):
+        cur = downsample_block(cur, st, params["method"])
+        starts = [s // k for s, k in zip(starts, st, strict=True)]
+        target[tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True))] = cur
+    put_bytes(store, done_key, b"")
+    delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
+    if delay:
+        time.sleep(delay)
+    return 1
+
+
+def _fingerprint(scan: TileScan, params: dict[str, Any], shape: tuple[int, ...]) -> str:
+    text = json.dumps(
+        {"scan": scan.model_dump(mode="json"), "params": params, "shape": shape}, sort_keys=True
+    )
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def fuse(
+    where: StoreLike,
+    scan_path: str,
+    image_out: str,
+    *,
+    positions: str = "auto",
+    interpolation: Interpolation = "linear",
+    blend: str | None = None,
+    flatfield: bool | None = None,
+    chunks: dict[str, int] | None = None,
+    shards: dict[str, int] | None = None,
+    compressor: str = "blosc-zstd",
+    overwrite: bool = False,
+    client: Any = None,
+    storage_options: dict[str, Any] | None = None,
+    progress: Any = None,
+) -> FuseResult:
+    """Fuse a tile scan into one multiscale image, one task per shard; resumes a killed run.
+
+    Parameters
+    ----------
+    where : str, path or zarr store
+        The subject store.
+    scan_path : str
+        The tile scan.
+    image_out : str
+        The fused image's path, e.g. ``twophoton/d060/angiogram_fused``.
+    positions : {'auto', 'registered', 'stage'}
+        Tile positions (``auto``: registered when stitched, else stage).
+    interpolation : {'linear', 'nearest'}
+        Sampling of the tiles at the output grid (a sub-voxel translation).
+    blend : str, optional
+        Blending ramp width (e.g. ``"20um"``); default half the median side overlap.
+    flatfield : bool, optional
+        Divide by the scan's flat field (default: when ``stitch --flatfield`` made one).
+    chunks, shards : dict, optional
+        Output storage (default as every bridge_xr image).
+    compressor : str
+        Output compression.
+    overwrite : bool
+        Replace an existing image of that path.
+    client : distributed.Client, optional
+        Run the shard tasks there (default: the active client, else local threads).
+    storage_options : dict, optional
+        fsspec options for URLs.
+    progress : callable, optional
+        ``progress(shards_done, shards_total)``.
+
+    Returns
+    -------
+    FuseResult
+    """
+    # long by design: geometry, fingerprint and resume bookkeeping, tasks, publish: one transaction
+    from bridge_xr.tiles.convert import _um
+
+    t_start = time.perf_counter()
+    out_path = check_image_path(image_out)
+    store = resolve_store(where, storage_options=storage_options)
+    scan = read_tile_scan(store, scan_path)
+    subject = read_subject(store)
+    if out_path == scan.path or out_path.startswith(f"{scan.path}/"):
+        raise InvalidInputError(f"the fused image must not lie inside the scan {scan.path!r}")
+    if out_path in subject.images and not overwrite:
+        raise InvalidInputError(
+            f"image {out_path!r} already exists in {describe_store(store)}; choose another "
+            "path or pass `overwrite`"
+        )
+    sp = np.asarray(scan.spacing_um, float)
+    pos = positions_of(scan, positions)
+    arrays = [tile_array(store, t.path) for t in scan.tiles]
+    lead = tuple(arrays[0].shape[:-3])
+    dims = ("c", "z", "y", "x") if lead else ("z", "y", "x")
+    origin_um = pos.min(axis=0)
+    rel = (pos - origin_um) / sp
+    shapes = [tuple(int(n) for n in a.shape[-3:]) for a in arrays]
+    extent = np.max(rel + np.asarray(shapes) - 1, axis=0)
+    shape = tuple(int(np.floor(e + 1e-6)) + 1 for e in extent)
+    places = [
+        TilePlace(t.path, tuple(map(float, r)), s)
+        for t, r, s in zip(scan.tiles, rel, shapes, strict=True)
+    ]
+    use_ff = bool(scan.flatfield) if flatfield is None else flatfield
+    if use_ff and not scan.flatfield:
+        raise InvalidInputError(
+            f"tile scan {scan.path!r} has no flat field; run `bridge stitch --flatfield`"
+        )
+    ff = np.asarray(tile_array(store, scan.flatfield)[...]) if use_ff and scan.flatfield else None
+    if blend:
+        bw = _um(blend) or 0.0
+        blend_px = (0.0, bw / sp[1], bw / sp[2])
+    else:
+        blend_px = (0.0, *_default_blend(rel, shapes))
+    full_shape = (*lead, *shape)
+    spacing = {"z": sp[0], "y": sp[1], "x": sp[2]}
+    org = {"z": origin_um[0], "y": origin_um[1], "x": origin_um[2]}
+    plan = plan_storage(
+        full_shape, dims, arrays[0].dtype, spacing, org, chunks=chunks, shards=shards
+    )
+    n_fused = fused_level_count(plan)
+    params: dict[str, Any] = {
+        "positions": positions,
+        "interpolation": interpolation,
+        "blend": list(blend_px),
+        "flatfield": use_ff,
+        "compressor": compressor,
+        "method": "mean",
+        "levels": [lv.path for lv in plan.levels[:n_fused]],
+        "steps": level_steps(plan)[: n_fused - 1],
+        "grid": list(plan.levels[0].shards or plan.levels[0].chunks),
+    }
+    fp = _fingerprint(scan, params, full_shape)
+    journal = f"{ATTRS_KEY}/fusion/{out_path}"
+    runs = {k.split("/", 1)[0] for k in list_prefix(store, journal)}
+    done: set[str] = set()
+    if fp in runs and key_exists(store, f"{out_path}/{plan.levels[0].path}/zarr.json"):
+        done = {k.rsplit("/", 1)[-1] for k in list_prefix(store, f"{journal}/{fp}/done")}
+        targets = [
+            zarr.open_array(store, path=f"{out_path}/{lv.path}", mode="r+") for lv in plan.levels
+        ]
+    else:
+        delete_keys(store, journal)
+        if out_path in subject.images or key_exists(store, f"{out_path}/zarr.json"):
+            delete_keys(store, f"{out_path}")
+        targets = create_level_arrays(store, out_path, plan, compressor)
+        put_bytes(store, f"{journal}/{fp}/params.json", json.dumps(params).encode())
+    grid = tuple(params["grid"])
+    counts = [int(np.ceil(n / g)) for n, g in zip(full_shape, grid, strict=True)]
+    indices = [tuple(int(v) for v in ix) for ix in np.ndindex(*counts)]
+    todo = []
+    for ix in indices:
+        name = ".".join(map(str, ix))
+        if name in done:
+            continue
+        box_lo = np.array([i * g for i, g in zip(ix, grid, strict=True)][len(lead) :])
+        box_hi = np.minimum(box_lo + np.array(grid[len(lead) :]), shape)
+        touching = [
+            pl
+            for pl in places
+            if np.all(np.asarray(pl.origin) <= box_hi)
+            and np.all(np.asarray(pl.origin) + np.asarray(pl.shape) - 1 >= box_lo - 1)
+        ]
+        todo.append(
+            (store, out_path, touching, ix, grid, params, ff, f"{journal}/{fp}/done/{name}")
+        )
+    skipped = len(indices) - len(todo)
+
+    def report(k: int, total: int) -> None:
+        if progress is not None:
+            progress(skipped + k, len(indices))
+
+    run_tasks(_shard_task, todo, progress=report, client=client)
+    write_tail_levels(targets, plan, n_fused, "mean")
+    meta = ImageMetadata(
+        path=out_path,
+        modality=subject.images[scan.tiles[0].path].modality,
+        session=out_path.split("/")[1] if out_path.count("/") >= 2 else None,
+        source=scan.path,
+        channel_names=scan.channel_names,
+        acquisition=Acquisition(pixel_size_um=scan.spacing_um),
+        provenance=Provenance.now(
+            "fuse",
+            inputs=(scan.path,),
+            image=out_path,
+            fingerprint=fp,
+            **{k: v for k, v in params.items() if k not in {"levels", "steps"}},
+        ),
+    )
+    ome = multiscales_attrs(plan, name=out_path.rsplit("/", 1)[-1], unit="micrometer")
+    _publish_group_attrs(
+        store, out_path, {"ome": ome, ATTRS_KEY: meta.model_dump(mode="json", exclude_none=True)}
+    )
+    images = dict(subject.images)
+    images[out_path] = meta
+    subject = subject.model_copy(
+        update={"images": images, "provenance": (*subject.provenance, meta.provenance)}
+    )
+    publish_subject(store, subject, scene_transforms(store), scene_systems(store))
+    invalidate(store)
+    delete_keys(store, journal)
+    return FuseResult(meta, len(indices), len(todo), skipped, fp, time.perf_counter() - t_start)
+
+
+def _default_blend(rel: np.ndarray, shapes: list[tuple[int, ...]]) -> tuple[float, float]:
+    """Half the median side overlap along y and x (voxels), from the positions used."""
+    from bridge_xr.tiles.layout import overlaps
+
+    found = overlaps(rel, shapes, (1.0, 1.0, 1.0))
+    out = []
+    for ax in (1, 2):
+        sizes = [
+            o.size_px[ax]
+            for o in found
+            if o.size_px[ax] < 0.5 * min(shapes[o.i][ax], shapes[o.j][ax])
+        ]
+        out.append(max(1.0, float(np.median(sizes)) / 2) if sizes else 1.0)
+    return out[0], out[1]
