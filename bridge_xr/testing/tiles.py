@@ -89,6 +89,7 @@ def synthetic_scan(
     zigzag: bool = True,
     flip_x: bool = False,
     empty_tile: int | None = None,
+    subpixel: bool = False,
     seed: int = 0,
 ) -> SyntheticScan:
     """A ``grid`` = (rows, cols) tile scan of a vessel-like random volume; see the module doc."""
@@ -104,23 +105,30 @@ def synthetic_scan(
     nominal = np.array([(0.0, r * sy, c * sx) for r, c in order], dtype=np.float64)
     jitter = rng.integers(-jitter_px, jitter_px + 1, size=(n, 3)).astype(float)
     jitter[:, 0] = 0
+    if subpixel:  # true offsets off the voxel grid: tiles are sampled by linear interpolation
+        jitter[:, 1:] += rng.uniform(-0.5, 0.5, size=(n, 2))
     if empty_tile is not None:
         jitter[empty_tile] = 0
     true = nominal + jitter
-    true[:, 1:] += jitter_px  # keep every tile inside the volume
-    shape = (nz, (rows - 1) * sy + ty + 2 * jitter_px, (cols - 1) * sx + tx + 2 * jitter_px)
+    true[:, 1:] += jitter_px + 1  # keep every tile inside the volume
+    shape = (nz, (rows - 1) * sy + ty + 2 * jitter_px + 3, (cols - 1) * sx + tx + 2 * jitter_px + 3)
     base = ndimage.gaussian_filter(rng.standard_normal(shape), (1.0, 2.0, 2.0))
     vessels = np.clip(base / base.std() - 0.6, 0, None)
     vol = 300.0 + 2500.0 * vessels
     if empty_tile is not None:  # a region without content: background only, around that tile
         z0, y0, x0 = true[empty_tile].astype(int)
-        vol[:, y0 : y0 + ty, x0 : x0 + tx] = 300.0
+        vol[:, y0 : y0 + ty + 1, x0 : x0 + tx + 1] = 300.0
     volume = np.clip(np.rint(vol), 0, 65535).astype(np.uint16)
     yy, xx = np.meshgrid(np.linspace(-1, 1, ty), np.linspace(-1, 1, tx), indexing="ij")
     vig = (1.0 - vignetting * (yy**2 + xx**2) / 2).astype(np.float64)
     tiles = []
-    for z0, y0, x0 in true.astype(int):
-        t = volume[z0 : z0 + nz, y0 : y0 + ty, x0 : x0 + tx].astype(float) * vig
+    for z0, y0, x0 in true:
+        iz, iy, ix = int(z0), int(np.floor(y0)), int(np.floor(x0))
+        region = volume[iz : iz + nz, iy : iy + ty + 1, ix : ix + tx + 1].astype(float)
+        frac = (0.0, y0 - iy, x0 - ix)
+        if any(frac):
+            region = ndimage.shift(region, tuple(-f for f in frac), order=1, mode="nearest")
+        t = region[:, :ty, :tx] * vig
         t += rng.normal(0, noise, t.shape) if noise else 0
         tiles.append(np.clip(np.rint(t), 0, 65535).astype(np.uint16))
     stage = nominal * np.asarray(spacing_um)

@@ -28,6 +28,9 @@ from bridge_xr.model.units import conversion_factor
 
 #: Fewest overlapping voxels along y and x for two tiles to count as neighbours.
 MIN_OVERLAP_PX = 8
+#: Two tiles sharing more than this fraction of their width in both y and x: not a tile scan
+#: (positions in a larger unit read as micrometres look like this).
+MAX_OVERLAP = 0.9
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,19 @@ def check_layout(
             "as another tile; check the positions"
         )
     found = overlaps(pos, shapes, spacing_um)
+    shp = np.asarray(shapes, int)
+    stacked = [
+        o
+        for o in found
+        if all(o.size_px[a] >= MAX_OVERLAP * min(shp[o.i][a], shp[o.j][a]) for a in (1, 2))
+    ]
+    if stacked:
+        o = stacked[0]
+        raise InvalidInputError(
+            f"{where}: tiles {ids[o.i]} and {ids[o.j]} overlap by more than "
+            f"{MAX_OVERLAP:.0%} at their stage positions ({len(stacked)} such pairs); are the "
+            "positions in another unit (--positions-unit, e.g. mm)?"
+        )
     linked = {o.i for o in found} | {o.j for o in found}
     alone = [ids[k] for k in range(len(ids)) if k not in linked]
     if alone:

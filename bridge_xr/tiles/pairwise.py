@@ -6,7 +6,8 @@ crops' shared border, which would otherwise give a false peak at zero shift). Th
 the normalised cross-power spectrum is searched **only within the stage error bound**; the crops
 are then aligned at that integer shift and the sub-voxel rest comes from
 :func:`skimage.registration.phase_cross_correlation` (upsampled DFT). The quality is the
-normalised cross-correlation (NCC) of the aligned crops: near 1 for a true match, near 0 for a
+normalised cross-correlation (NCC) of the aligned crops' fine detail (each minus its Gaussian
+blur, so that shading and vignetting do not correlate): near 1 for a true match, near 0 for a
 tile without content or a wrong layout.
 
 Sign convention: ``shift`` = (true offset of ``j`` from ``i``) - (stage offset), in voxels
@@ -23,6 +24,9 @@ import numpy as np
 #: Least useful overlap (voxels) along z for a 3-D phase correlation; thinner stacks are
 #: registered in y/x only.
 MIN_Z_FOR_3D = 8
+#: The quality (NCC) is measured on detail finer than this (voxels, y/x): smooth shading,
+#: vignetting and background gradients correlate at any shift and must not count as a match.
+HIGH_PASS_SIGMA = 4.0
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,14 @@ def _ncc(a: np.ndarray, b: np.ndarray) -> float:
     b = b - b.mean()
     den = float(np.sqrt((a * a).sum() * (b * b).sum()))
     return float((a * b).sum() / den) if den > 0 else 0.0
+
+
+def _high_pass(a: np.ndarray) -> np.ndarray:
+    """``a`` minus its Gaussian blur (σ 4 voxels in y/x): shading and vignetting do not count."""
+    from scipy import ndimage
+
+    sigma = (0.0,) * (a.ndim - 2) + (HIGH_PASS_SIGMA, HIGH_PASS_SIGMA)
+    return a - ndimage.gaussian_filter(a, sigma, mode="nearest")
 
 
 def _aligned(a: np.ndarray, b: np.ndarray, shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -101,7 +113,7 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
     fb = np.fft.rfftn((b - b.mean()) * w)
     cross = fa * np.conj(fb)
     cross /= np.maximum(np.abs(cross), 1e-12)
-    r = np.fft.irfftn(cross, s=a.shape)
+    r = np.fft.irfftn(cross, s=a.shape, axes=tuple(range(a.ndim)))
     for ax, n in enumerate(a.shape):  # keep only shifts within the bound
         k = np.arange(n)
         k = np.where(k > n // 2, k - n, k)
@@ -113,7 +125,7 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
     ia, ib = _aligned(a, b, peak)
     if min(ia.shape[-2:]) < 8:
         return PairResult(tuple(map(float, peak)), 0.0, "aligned overlap too small")
-    quality = _ncc(ia, ib)
+    quality = _ncc(_high_pass(ia), _high_pass(ib))
     dims = tuple(range(a.ndim)) if bound[0] > 0 or a.ndim < 3 else (1, 2)
     sub = np.zeros(a.ndim)
     if ia.ndim == 3 and dims == (1, 2):

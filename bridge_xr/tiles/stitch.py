@@ -124,6 +124,7 @@ def stitch(
     flatfield: bool = False,
     min_quality: float = 0.3,
     max_residual: float = 1.5,
+    corners: bool = False,
     stage_error: str | None = None,
     report: str | os.PathLike[str] | None = None,
     storage_options: dict[str, Any] | None = None,
@@ -145,6 +146,8 @@ def stitch(
         Least NCC of a usable link.
     max_residual : float
         Largest residual (voxels) of a kept link after the global solve.
+    corners : bool
+        Also use corner overlaps (diagonal neighbours; small, so easily matched wrongly).
     stage_error : str, optional
         Override the scan's stage error bound (e.g. ``"20um"``).
     report : path, optional
@@ -208,6 +211,8 @@ def stitch(
         reason = r.reason or (
             f"quality {r.quality:.2f} < {min_quality}" if r.quality < min_quality else ""
         )
+        if not side and not corners:
+            reason = reason or "corner overlap (pass corners=True to use it)"
         links.append(
             {
                 "i": i,

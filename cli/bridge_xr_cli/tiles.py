@@ -9,6 +9,7 @@ from typing import Annotated
 
 import typer
 
+from bridge_xr.errors import InvalidInputError
 from bridge_xr_cli import _common
 from bridge_xr_cli._common import StoreArg, handle_errors, level_progress, out
 
@@ -30,6 +31,15 @@ class Interp(StrEnum):
 
     linear = "linear"
     nearest = "nearest"
+
+
+def _zyx(text: str | None, option: str) -> dict[str, int] | None:
+    if not text:
+        return None
+    parts = text.split(",")
+    if len(parts) != 3 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise InvalidInputError(f"{option} must be three positive integers Z,Y,X; got {text!r}")
+    return dict(zip("zyx", (int(p) for p in parts), strict=True))
 
 
 @handle_errors
@@ -161,6 +171,10 @@ def fuse(
     threads: Annotated[
         bool, typer.Option("--threads", help="run on local threads, no cluster")
     ] = False,
+    shards: Annotated[
+        str | None, typer.Option(help="output shard shape Z,Y,X (default: bridge_xr's)")
+    ] = None,
+    chunks: Annotated[str | None, typer.Option(help="output chunk shape Z,Y,X")] = None,
     compressor: Annotated[
         str, typer.Option(help="zstd, blosc-zstd, blosc-lz4 or none")
     ] = "blosc-zstd",
@@ -189,6 +203,8 @@ def fuse(
                 interpolation=interpolation.value,
                 blend=blend,
                 flatfield=flatfield,
+                shards=_zyx(shards, "--shards"),
+                chunks=_zyx(chunks, "--chunks"),
                 compressor=compressor,
                 overwrite=overwrite,
                 client=client,

@@ -1,0 +1,264 @@
+"""Tile scans end to end on synthetic scans with known truth: convert, stitch, flat field, fuse.
+
+The truth: a volume cut into overlapping tiles whose true origins differ from the stage's
+nominal grid by a known (sub-voxel) jitter; noise, vignetting, zig-zag order, one empty tile.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+from typer.testing import CliRunner
+
+from bridge_xr.io.subject import read_subject, scene_transforms
+from bridge_xr.io.validate import validate_store
+from bridge_xr.testing.tiles import SyntheticScan, synthetic_scan
+from bridge_xr.tiles.fuse import fuse
+from bridge_xr.tiles.scan import read_tile_scan
+from bridge_xr.tiles.stitch import stitch
+from bridge_xr_cli.main import app
+
+runner = CliRunner()
+SCAN = "twophoton/d1/angiogram"
+
+
+def _bridge(*args: object) -> str:
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 0, r.output
+    return r.output
+
+
+def _refused(*args: object) -> str:
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 2, r.output
+    assert "Traceback" not in r.output
+    return " ".join(r.output.split())
+
+
+def _rms_error_px(store: Path, s: SyntheticScan) -> tuple[float, np.ndarray]:
+    """RMS distance of registered to true origins (voxels), the common offset removed."""
+    scan = read_tile_scan(store, SCAN)
+    reg = np.array([t.registered_um for t in scan.tiles]) / np.array(s.spacing_um)
+    keep = [k for k in range(len(reg)) if k != s.empty]
+    e = (reg - s.true_origin_px)[keep]
+    e -= e.mean(axis=0)
+    return float(np.sqrt((e**2).sum(axis=1).mean())), e
+
+
+def _convert(tmp: Path, s: SyntheticScan, store: Path, *extra: object) -> None:
+    paths = s.write_tiffs(tmp / "tiles")
+    _bridge("convert", "tiles", *paths, store, "--image", SCAN,
+            "--positions", tmp / "tiles" / "positions.csv", *extra)  # fmt: skip
+
+
+def test_stitch_recovers_known_subvoxel_offsets_and_reports_every_link(tmp_path) -> None:
+    s = synthetic_scan(grid=(3, 3), subpixel=True, empty_tile=4, vignetting=0.3, seed=1)
+    store = tmp_path / "M.ome.zarr"
+    _convert(tmp_path, s, store)
+    out = _bridge("stitch", store, "--image", SCAN, "--flatfield", "--report", tmp_path / "rep")
+    rms, err = _rms_error_px(store, s)
+    assert rms <= 0.5, err
+    assert "t004" in out  # the tile without content is reported, left at its stage position
+    rep = json.loads((tmp_path / "rep" / "stitch.json").read_text())
+    assert rep["summary"]["unlinked_tiles"] == ["t004"]
+    for lk in rep["links"]:
+        involves_empty = "t004" in (lk["tile_i"], lk["tile_j"])
+        if lk["used"]:
+            assert lk["side"]
+            assert not involves_empty
+            assert lk["residual_px"] <= 1.5
+        elif lk["side"]:
+            assert involves_empty
+            assert "quality" in lk["reason"]
+    for name in ("layout_registered.png", "residuals.png"):
+        assert (tmp_path / "rep" / name).read_bytes()[:4] == b"\x89PNG"
+    # both edges per tile: the stage one is kept, the registered one added
+    names = {t.name for t in scene_transforms(store)}
+    scan = read_tile_scan(store, SCAN)
+    for t in scan.tiles:
+        assert {f"{t.path}:stage", f"{t.path}:registered"} <= names
+        assert (t.stage_um == t.registered_um) == (t.id == "t004")  # jittered, except unlinked
+    assert validate_store(store) == []
+
+
+def test_stage_positions_from_czi_ome_xml_and_csv_agree(tmp_path) -> None:
+    s = synthetic_scan(grid=(2, 2), seed=2)
+    csv_store, czi_store, ome_store = (tmp_path / f"{n}.ome.zarr" for n in ("csv", "czi", "ome"))
+    _convert(tmp_path, s, csv_store)
+    _bridge("convert", "tiles", s.write_czi(tmp_path / "scan.czi"), czi_store, "--image", SCAN)
+    ome = s.write_tiffs(tmp_path / "ome", ome_positions=True)
+    _bridge("convert", "tiles", *ome, ome_store, "--image", SCAN)
+    got = [np.array([t.stage_um for t in read_tile_scan(p, SCAN).tiles])
+           for p in (csv_store, czi_store, ome_store)]  # fmt: skip
+    expect = s.stage_um - s.stage_um.min(axis=0)
+    for g in got:
+        np.testing.assert_allclose(g, expect, atol=1e-6)
+    czi_tile = zarr.open_array(czi_store, path=f"{SCAN}/t003/s0")[...]
+    np.testing.assert_array_equal(czi_tile, s.tiles[3][None])  # CZI tiles keep their channel
+    fused = []
+    for p in (csv_store, czi_store):  # the channel axis goes through stitch and fuse unchanged
+        stitch(p, SCAN)
+        fuse(p, SCAN, "twophoton/d1/fused")
+        fused.append(zarr.open_array(p, path="twophoton/d1/fused/s0")[...])
+    np.testing.assert_array_equal(fused[1], fused[0][None])
+    layout = czi_store / "bridge_xr" / "tiles" / SCAN / "stage_layout.png"
+    assert layout.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_wrong_stage_layouts_are_caught_and_fixed_by_explicit_options(tmp_path) -> None:
+    s = synthetic_scan(grid=(2, 3), seed=3)
+    paths = s.write_tiffs(tmp_path / "tiles")
+    # unit confusion: millimetres in columns without a unit, read as micrometres
+    mm = tmp_path / "mm.csv"
+    mm.write_text("file,x,y\n" + "".join(f"{p.name},{float(x) / 1000!r},{float(y) / 1000!r}\n"
+                  for p, (_, y, x) in zip(paths, s.stage_um, strict=True)))  # fmt: skip
+    store = tmp_path / "M.ome.zarr"
+    msg = _refused("convert", "tiles", *paths, store, "--image", SCAN, "--positions", mm)
+    assert "overlap by more than 90%" in msg
+    assert "--positions-unit" in msg
+    assert not store.exists() or SCAN not in read_subject(store).tile_scans
+    _bridge("convert", "tiles", *paths, store, "--image", SCAN, "--positions", mm,
+            "--positions-unit", "mm")  # fmt: skip
+    # and the other way: micrometres read as millimetres
+    um = tmp_path / "um.csv"
+    um.write_text("file,x,y\n" + "".join(f"{p.name},{float(x)!r},{float(y)!r}\n"
+                  for p, (_, y, x) in zip(paths, s.stage_um, strict=True)))  # fmt: skip
+    msg = _refused("convert", "tiles", *paths, tmp_path / "U.ome.zarr", "--image", SCAN,
+                   "--positions", um, "--positions-unit", "mm")  # fmt: skip
+    assert "overlap no other tile" in msg
+    # a stage that reports x flipped: plausible overlaps, but they do not match
+    f = synthetic_scan(grid=(2, 3), seed=3, flip_x=True)
+    flipped = tmp_path / "flipped.ome.zarr"
+    _convert(tmp_path / "f", f, flipped)
+    msg = _refused("stitch", flipped, "--image", SCAN)
+    assert "stage layout is probably wrong" in msg
+    assert "--flip-x" in msg
+    assert read_tile_scan(flipped, SCAN).tiles[0].registered_um is None  # nothing recorded
+    _convert(tmp_path / "f", f, flipped, "--flip-x", "--overwrite")
+    _bridge("stitch", flipped, "--image", SCAN)
+    assert _rms_error_px(flipped, f)[0] <= 0.5
+    # one tile alone
+    one = _refused("convert", "tiles", paths[0], tmp_path / "one.ome.zarr", "--image", SCAN,
+                   "--positions", tmp_path / "tiles" / "positions.csv")  # fmt: skip
+    assert "at least two" in one
+
+
+def _volume_under(out: np.ndarray, s: SyntheticScan, store: Path) -> np.ndarray:
+    """The source volume on the fused grid (registered positions = truth + a common offset)."""
+    scan = read_tile_scan(store, SCAN)
+    reg = np.array([t.registered_um for t in scan.tiles]) / np.array(s.spacing_um)
+    assert np.ptp(s.true_origin_px - reg, axis=0).max() < 0.25  # one offset for all (nearest)
+    o = np.rint(s.true_origin_px.min(axis=0)).astype(int)
+    return s.volume[
+        o[0] : o[0] + out.shape[0], o[1] : o[1] + out.shape[1], o[2] : o[2] + out.shape[2]
+    ]
+
+
+def test_fused_image_equals_the_source_whatever_the_shard_geometry(tmp_path) -> None:
+    s = synthetic_scan(grid=(2, 3), noise=0, vignetting=0, seed=4)
+    store = tmp_path / "M.ome.zarr"
+    _convert(tmp_path, s, store)
+    stitch(store, SCAN)
+    # shards that cut across tiles and overlaps at odd places (the dask -> shard race)
+    res = fuse(store, SCAN, "twophoton/d1/fused", interpolation="nearest",
+               shards={"z": 8, "y": 40, "x": 56}, chunks={"z": 4, "y": 20, "x": 28})  # fmt: skip
+    assert res.shards_written == res.shards_total > 6
+    out = zarr.open_array(store, path="twophoton/d1/fused/s0")[...]
+    truth = _volume_under(out, s, store)
+    covered = out > 0
+    assert covered.mean() > 0.95
+    np.testing.assert_array_equal(out[covered], truth[covered])  # interiors and overlaps
+    # with noise: interiors are the tile (source + noise), overlaps average it down
+    n = synthetic_scan(grid=(2, 3), noise=30, vignetting=0, seed=4)
+    noisy = tmp_path / "N.ome.zarr"
+    _convert(tmp_path / "n", n, noisy)
+    stitch(noisy, SCAN)
+    fuse(noisy, SCAN, "twophoton/d1/fused", interpolation="nearest")
+    out = zarr.open_array(noisy, path="twophoton/d1/fused/s0")[...].astype(float)
+    d = (out - _volume_under(out, n, noisy))[out > 0]
+    assert abs(d.mean()) < 2
+    assert d.std() < 30 * 1.1
+    assert validate_store(noisy) == []
+
+
+def test_flat_field_takes_the_vignetting_out(tmp_path) -> None:
+    s = synthetic_scan(grid=(3, 3), noise=5, vignetting=0.4, seed=5)
+    errors = {}
+    for flat in (False, True):
+        store = tmp_path / f"{flat}.ome.zarr"
+        _convert(tmp_path / str(flat), s, store)
+        stitch(store, SCAN, flatfield=flat)
+        fuse(store, SCAN, "twophoton/d1/fused", interpolation="nearest")
+        out = zarr.open_array(store, path="twophoton/d1/fused/s0")[...].astype(float)
+        truth = _volume_under(out, s, store).astype(float)
+        ok = out > 0
+        ratio = out[ok] / truth[ok]
+        errors[flat] = float(np.std(ratio / ratio.mean()))
+    scan = read_tile_scan(tmp_path / "True.ome.zarr", SCAN)
+    field = zarr.open_array(tmp_path / "True.ome.zarr", path=f"{scan.flatfield}/s0")[...]
+    vig = s.vignette / s.vignette.mean()
+    assert np.median(np.abs(field / vig - 1)) < 0.05
+    assert errors[True] < 0.5 * errors[False]
+
+
+def test_fusion_on_a_local_cluster_is_byte_identical_to_threads(tmp_path) -> None:
+    s = synthetic_scan(grid=(2, 2), subpixel=True, seed=6)
+    store = tmp_path / "M.ome.zarr"
+    _convert(tmp_path, s, store)
+    stitch(store, SCAN)
+    fuse(store, SCAN, "twophoton/d1/threads", shards={"z": 8, "y": 64, "x": 64},
+         chunks={"z": 8, "y": 32, "x": 32})  # fmt: skip
+    _bridge("fuse", store, "--image", SCAN, "--image-out", "twophoton/d1/cluster",
+            "--workers", 2, "--shards", "8,64,64", "--chunks", "8,32,32")  # fmt: skip
+    a, b = store / "twophoton/d1/threads", store / "twophoton/d1/cluster"
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "zarr.json")
+    assert len(files) > 4
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+
+
+def test_killed_fusion_resumes_only_unfinished_shards_byte_identically(tmp_path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    s = synthetic_scan(grid=(2, 3), subpixel=True, seed=7)
+    store = tmp_path / "M.ome.zarr"
+    _convert(tmp_path, s, store)
+    stitch(store, SCAN)
+    geometry = {"shards": {"z": 8, "y": 32, "x": 64}, "chunks": {"z": 8, "y": 32, "x": 32}}
+    clean = fuse(store, SCAN, "twophoton/d1/clean", **geometry)
+    code = (
+        "from bridge_xr.tiles.fuse import fuse; "
+        f"fuse({str(store)!r}, {SCAN!r}, 'twophoton/d1/resumed', client=None, **{geometry!r})"
+    )
+    env = {**os.environ, "BRIDGE_XR_TEST_FUSE_DELAY": "0.25", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env)
+    journal = store / "bridge_xr" / "fusion" / "twophoton/d1/resumed"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        done = list(journal.glob("*/done/*"))
+        if len(done) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    finished = len(list(journal.glob("*/done/*")))
+    assert 3 <= finished < clean.shards_total
+    assert "twophoton/d1/resumed" not in read_subject(store).images  # not published
+    res = fuse(store, SCAN, "twophoton/d1/resumed", **geometry)
+    assert res.shards_skipped == finished
+    assert res.shards_written == clean.shards_total - finished
+    assert not journal.exists()  # records removed once published
+    a, b = store / "twophoton/d1/clean", store / "twophoton/d1/resumed"
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file() and p.name != "zarr.json")
+    for f in files:
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    with pytest.raises(Exception, match="already exists"):
+        fuse(store, SCAN, "twophoton/d1/resumed", **geometry)
