@@ -31,7 +31,7 @@ from bridge_xr.tiles.layout import (
     ome_position_um,
     read_positions_csv,
 )
-from bridge_xr.tiles.scan import publish_scan, put_bytes, side_key
+from bridge_xr.tiles.scan import drop_scan, publish_scan, put_bytes, side_key
 
 _MODALITY: dict[str, Modality] = {
     "twophoton": "twophoton",
@@ -123,6 +123,16 @@ def _check_alike(images: list[xr.DataArray], names: list[str]) -> None:
             )
 
 
+def _guard(store: Any, subject: Any, path: str, overwrite: bool) -> None:
+    clash = [k for k in subject.images if k == path or k.startswith(f"{path}/")]
+    taken = path in subject.tile_scans or clash or key_exists(store, f"{path}/zarr.json")
+    if taken and not overwrite:
+        raise InvalidInputError(
+            f"{path!r} already exists in {describe_store(store)}; choose another path or "
+            "pass `overwrite`"
+        )
+
+
 def convert_tiles(
     sources: Sequence[str | os.PathLike[str]],
     where: StoreLike,
@@ -196,19 +206,55 @@ def convert_tiles(
         if not s.is_file():
             raise InvalidInputError(f"no such file: {str(s)!r}; check the path")
     store = resolve_store(where, storage_options=storage_options)
-    subject = read_subject(store)
-    clash = [k for k in subject.images if k == path or k.startswith(f"{path}/")]
-    if (
-        path in subject.tile_scans or clash or key_exists(store, f"{path}/zarr.json")
-    ) and not overwrite:
-        raise InvalidInputError(
-            f"{path!r} already exists in {describe_store(store)}; choose another path or pass `overwrite`"
-        )
+    _guard(store, read_subject(store), path, overwrite)
     images, stage, names = _read_tiles(
         srcs, positions, positions_unit, _um(pixel_size), _um(z_step), channel_names, scene
     )
-    _check_alike(images, names)
     stage = fix_axes(stage, flip_x=flip_x, flip_y=flip_y, swap_xy=swap_xy)
+    params = {"flip_x": flip_x, "flip_y": flip_y, "swap_xy": swap_xy, "tiles": len(images)}
+    prov = Provenance.now("convert tiles", inputs=tuple(str(s) for s in srcs), image=path, **params)
+    return write_tile_scan(
+        store,
+        path,
+        images,
+        stage,
+        names=names,
+        stage_error=stage_error,
+        overwrite=overwrite,
+        compressor=compressor,
+        layout=layout,
+        provenance=prov,
+        progress=progress,
+    )
+
+
+def write_tile_scan(
+    where: StoreLike,
+    scan_path: str,
+    images: Sequence[xr.DataArray],
+    stage_um: np.ndarray,
+    *,
+    names: Sequence[str] | None = None,
+    stage_error: str | None = None,
+    overwrite: bool = False,
+    compressor: str = "blosc-zstd",
+    layout: str | os.PathLike[str] | None = None,
+    provenance: Provenance | None = None,
+    progress: Any = None,
+) -> TileScan:
+    """Write calibrated tiles (lazy images) at stage positions ``(n, 3)`` (z, y, x µm) as a scan.
+
+    The layout is checked and drawn as by :func:`convert_tiles`; nothing is left half-written.
+    """
+    # long by design: check the layout, write every tile, publish once: one transaction
+    path = check_image_path(scan_path)
+    store = resolve_store(where)
+    subject = read_subject(store)
+    _guard(store, subject, path, overwrite)
+    images = list(images)
+    names = list(names) if names is not None else [f"tile {k}" for k in range(len(images))]
+    _check_alike(images, names)
+    stage = np.array(stage_um, float, copy=True)
     stage -= stage.min(axis=0)  # the layout starts at 0: stage origins are arbitrary
     first = images[0]
     sdims = spatial_dims(tuple(str(d) for d in first.dims))
@@ -223,16 +269,14 @@ def convert_tiles(
     err = _um(stage_error) if stage_error else 0.1 * (shapes[0][2] - 1) * spacing[2]
     new_store = not key_exists(store, "zarr.json")
     tiles, metas = [], {}
-    params = {"flip_x": flip_x, "flip_y": flip_y, "swap_xy": swap_xy, "tiles": len(images)}
-    prov = Provenance.now("convert tiles", inputs=tuple(str(s) for s in srcs), image=path, **params)
+    prov = provenance or Provenance.now("write tile scan", image=path, tiles=len(images))
     names_c = (
         tuple(str(v) for v in first.coords["c"].values)
         if "c" in first.dims and "c" in first.coords
         else None
     )
+    old = subject.tile_scans.get(path)
     try:
-        if overwrite:
-            delete_prefix(store, f"{path}/")
         for k, (img, tid) in enumerate(zip(images, ids, strict=True)):
             tpath = f"{path}/{tid}"
             write_multiscale(
@@ -280,5 +324,12 @@ def convert_tiles(
         publish_scan(store, subject, scan, metas)
     except BaseException:
         delete_prefix(store, "" if new_store else f"{path}/")
+        if old is not None:  # an overwrite that failed: the old scan is gone, and says so
+            drop_scan(store, path)
         raise
+    if old is not None:  # tiles of the old scan the new one does not have
+        keep = {t.path for t in scan.tiles} | {f"{path}/flatfield"}
+        for t in old.tiles:
+            if t.path not in keep:
+                delete_prefix(store, f"{t.path}/")
     return scan

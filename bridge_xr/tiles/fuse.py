@@ -88,25 +88,29 @@ class FuseResult:
 
 def _axis_samples(
     v0: int, v1: int, origin: float, n: int, interpolation: Interpolation
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """Output range [a, b) inside the tile along one axis, lower/upper tile index and weight."""
+) -> tuple[int, int, int, float]:
+    """Output run [a, b) inside the tile along one axis, its first tile index and the weight.
+
+    Output voxel ``a + k`` reads tile index ``start + k`` (and ``start + k + 1`` with weight
+    ``frac`` when linear); a translation has one ``frac`` for the whole run.
+    """
     a = max(v0, int(np.ceil(origin - 1e-9)))
     b = min(v1, int(np.floor(origin + n - 1 + 1e-9)) + 1)
-    u = np.arange(a, b) - origin
+    u0 = a - origin
     if interpolation == "nearest":
-        i0 = np.clip(np.floor(u + 0.5).astype(int), 0, n - 1)
-        return a, b, i0, i0, np.zeros(len(u))
-    i0 = np.clip(np.floor(u + 1e-9).astype(int), 0, n - 1)
-    t = np.clip(u - i0, 0.0, 1.0)
-    i1 = np.minimum(i0 + 1, n - 1)
-    return a, b, i0, i1, t
+        return a, b, min(max(int(np.floor(u0 + 0.5)), 0), n - 1), 0.0
+    start = min(max(int(np.floor(u0 + 1e-9)), 0), n - 1)
+    frac = float(u0 - start)
+    if frac < 1e-9 or start + (b - a) >= n:  # whole voxels (or the clamped last one)
+        frac = 0.0
+    return a, b, start, frac
 
 
 def _ramp(u_lo: np.ndarray, n: int, blend: float) -> np.ndarray:
     if blend <= 0:
-        return np.ones(len(u_lo))
+        return np.ones(len(u_lo), np.float32)
     dist = np.minimum(u_lo + 0.5, n - 0.5 - u_lo)
-    return np.clip(dist / blend, 1e-6, 1.0)
+    return np.clip(dist / blend, 1e-6, 1.0).astype(np.float32)
 
 
 def fuse_box(
@@ -119,56 +123,69 @@ def fuse_box(
     blend: tuple[float, float, float],
     interpolation: Interpolation,
     flatfield: np.ndarray | None,
+    slab: tuple[int, int] = (32, 512),
 ) -> np.ndarray:
-    """The fused output over ``box`` (per spatial axis [start, stop) of level 0)."""
+    """The fused output over ``box`` (per spatial axis [start, stop) of level 0).
+
+    Worked through in pieces of ``slab`` = (planes, rows), so the float32 accumulators and the
+    tile crops stay a fraction of the box; the planes should be the tiles' chunk depth (each
+    tile chunk is then decompressed about once, not once per piece).
+    """
+    from bridge_xr.tiles._kernels import accumulate, finish
+
+    kernel: Any = accumulate
+    done: Any = finish
+    is_int = bool(np.issubdtype(dtype, np.integer))
+    lo_v, hi_v = (float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)) if is_int else (0.0, 0.0)
     shape = tuple(b - a for a, b in box)
-    acc = np.zeros((*lead, *shape), np.float32)
-    wsum = np.zeros(shape, np.float32)
-    for pl in places:
-        axes = [
-            _axis_samples(v0, v1, o, n, interpolation)
-            for (v0, v1), o, n in zip(box, pl.origin, pl.shape, strict=True)
-        ]
-        if any(b <= a for a, b, *_ in axes):
-            continue
-        lo = [int(min(i0.min(), i1.min())) for _, _, i0, i1, _ in axes]
-        hi = [int(max(i0.max(), i1.max())) + 1 for _, _, i0, i1, _ in axes]
-        arr = tile_array(store, pl.path)
-        sel = (slice(None),) * len(lead) + tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
-        crop = np.asarray(arr[sel], np.float32)
-        if flatfield is not None:
-            f = flatfield[..., lo[1] : hi[1], lo[2] : hi[2]]
-            crop = crop / (f[:, None] if f.ndim == 3 else f)
-        k = len(lead)
-        for ax, (_, _, i0, i1, t) in enumerate(axes):  # separable sampling, one axis at a time
-            j0, j1 = i0 - lo[ax], i1 - lo[ax]
-            if interpolation == "nearest" or not t.any():
-                crop = np.take(crop, j0, axis=k + ax)
-            else:
-                shp = [1] * crop.ndim
-                shp[k + ax] = -1
-                tt = t.reshape(shp).astype(np.float32)
-                crop = (
-                    np.take(crop, j0, axis=k + ax) * (1 - tt) + np.take(crop, j1, axis=k + ax) * tt
-                )
-        w = np.ones(1, np.float32)
-        ramps = [
-            _ramp(np.arange(a, b) - o, n, bl)
-            for (a, b, *_), o, n, bl in zip(axes, pl.origin, pl.shape, blend, strict=True)
-        ]
-        w = (ramps[0][:, None, None] * ramps[1][None, :, None] * ramps[2][None, None, :]).astype(
-            np.float32
-        )
-        region = tuple(slice(a - v0, b - v0) for (a, b, *_), (v0, _) in zip(axes, box, strict=True))
-        acc[(slice(None),) * len(lead) + region] += crop * w
-        wsum[region] += w
-    covered = wsum > 0
-    out = np.zeros_like(acc)
-    np.divide(acc, wsum, out=out, where=np.broadcast_to(covered, acc.shape))
-    if np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
-        out = np.clip(np.rint(out), info.min, info.max)
-    return out.astype(dtype)
+    out = np.zeros((*lead, *shape), dtype)
+    n_lead = len(lead)
+    pieces = [
+        ((zs, min(zs + slab[0], box[0][1])), (ys, min(ys + slab[1], box[1][1])), box[2])
+        for zs in range(box[0][0], box[0][1], slab[0])
+        for ys in range(box[1][0], box[1][1], slab[1])
+    ]
+    for sub in pieces:
+        sshape = tuple(b - a for a, b in sub)
+        acc = np.zeros((*lead, *sshape), np.float32)
+        wsum = np.zeros(sshape, np.float32)
+        for pl in places:
+            axes = [
+                _axis_samples(v0, v1, o, n, interpolation)
+                for (v0, v1), o, n in zip(sub, pl.origin, pl.shape, strict=True)
+            ]
+            if any(b <= a for a, b, *_ in axes):
+                continue
+            lo = [st for _, _, st, _ in axes]
+            hi = [st + (b - a) + (1 if fr > 0 else 0) for a, b, st, fr in axes]
+            sel = (slice(None),) * n_lead + tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            crop = np.asarray(tile_array(store, pl.path)[sel])
+            if flatfield is not None:
+                f = flatfield[..., lo[1] : hi[1], lo[2] : hi[2]]
+                crop = crop.astype(np.float32) / (f[:, None] if f.ndim == 3 else f)
+            ramps = [
+                _ramp(np.arange(a, b) - o, n, bl)
+                for (a, b, *_), o, n, bl in zip(axes, pl.origin, pl.shape, blend, strict=True)
+            ]
+            off = np.array([a - v0 for (a, *_), (v0, _) in zip(axes, sub, strict=True)], np.intp)
+            count = np.array([b - a for a, b, *_ in axes], np.intp)
+            start0 = np.zeros(3, np.intp)
+            frac = np.array([fr for *_, fr in axes], np.float64)
+            crops = [crop] if not n_lead else list(crop.reshape(-1, *crop.shape[n_lead:]))
+            for k, (cr, ac) in enumerate(zip(crops, accs_of(acc, n_lead, sshape), strict=True)):
+                kernel(ac, wsum, cr, off, count, start0, frac, *ramps, k == 0)
+        zsl = slice(sub[0][0] - box[0][0], sub[0][1] - box[0][0])
+        ysl = slice(sub[1][0] - box[1][0], sub[1][1] - box[1][0])
+        target = out[(slice(None),) * n_lead + (zsl, ysl)]
+        targets = [target] if not n_lead else list(target.reshape(-1, *sshape))
+        for ac, tg in zip(accs_of(acc, n_lead, sshape), targets, strict=True):
+            done(ac, wsum, tg, lo_v, hi_v, is_int)
+    return out
+
+
+def accs_of(acc: np.ndarray, n_lead: int, sshape: tuple[int, ...]) -> list[np.ndarray]:
+    """The per-channel 3-D views of an accumulator."""
+    return [acc] if not n_lead else list(acc.reshape(-1, *sshape))
 
 
 def _shard_task(
@@ -197,6 +214,7 @@ def _shard_task(
         blend=tuple(params["blend"]),
         interpolation=params["interpolation"],
         flatfield=flatfield,
+        slab=(int(params["tile_chunk_z"]), 512),
     )
     t0[tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))] = block
     cur = block
@@ -327,6 +345,7 @@ def fuse(
         "levels": [lv.path for lv in plan.levels[:n_fused]],
         "steps": level_steps(plan)[: n_fused - 1],
         "grid": list(plan.levels[0].shards or plan.levels[0].chunks),
+        "tile_chunk_z": int(arrays[0].chunks[-3]),
     }
     fp = _fingerprint(scan, params, full_shape)
     journal = f"{ATTRS_KEY}/fusion/{out_path}"

@@ -4,9 +4,10 @@ For tiles ``i`` and ``j`` the stage says where their overlap is; both crops are 
 corrected when a flat field is known, mean-subtracted and Hann-windowed (the window removes the
 crops' shared border, which would otherwise give a false peak at zero shift). The integer peak of
 the normalised cross-power spectrum is searched **only within the stage error bound**; the crops
-are then aligned at that integer shift and the sub-voxel rest comes from
-:func:`skimage.registration.phase_cross_correlation` (upsampled DFT). The quality is the
-normalised cross-correlation (NCC) of the aligned crops' fine detail (each minus its Gaussian
+are then aligned at that integer shift and the sub-voxel rest in y and x comes from
+:func:`skimage.registration.phase_cross_correlation` (upsampled DFT) on their z projections
+(z steps of 2P stacks are several µm: z is registered to whole planes). The quality is the
+normalised cross-correlation (NCC) of the aligned crops' (z-projected) fine detail (each minus its Gaussian
 blur, so that shading and vignetting do not correlate): near 1 for a true match, near 0 for a
 tile without content or a wrong layout.
 
@@ -108,12 +109,14 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
         return PairResult((0.0,) * a.ndim, 0.0, "overlap thinner than 8 voxels")
     if a.std() == 0 or b.std() == 0:
         return PairResult((0.0,) * a.ndim, 0.0, "no content (a constant overlap)")
-    w = _window(a.shape)
-    fa = np.fft.rfftn((a - a.mean()) * w)
-    fb = np.fft.rfftn((b - b.mean()) * w)
+    from scipy import fft
+
+    w = _window(a.shape).astype(np.float32)
+    fa = fft.rfftn(((a - a.mean()) * w).astype(np.float32))
+    fb = fft.rfftn(((b - b.mean()) * w).astype(np.float32))
     cross = fa * np.conj(fb)
     cross /= np.maximum(np.abs(cross), 1e-12)
-    r = np.fft.irfftn(cross, s=a.shape, axes=tuple(range(a.ndim)))
+    r = fft.irfftn(cross, s=a.shape, axes=tuple(range(a.ndim)))
     for ax, n in enumerate(a.shape):  # keep only shifts within the bound
         k = np.arange(n)
         k = np.where(k > n // 2, k - n, k)
@@ -125,17 +128,12 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
     ia, ib = _aligned(a, b, peak)
     if min(ia.shape[-2:]) < 8:
         return PairResult(tuple(map(float, peak)), 0.0, "aligned overlap too small")
-    quality = _ncc(_high_pass(ia), _high_pass(ib))
-    dims = tuple(range(a.ndim)) if bound[0] > 0 or a.ndim < 3 else (1, 2)
-    sub = np.zeros(a.ndim)
-    if ia.ndim == 3 and dims == (1, 2):
-        rest = phase_cross_correlation(
-            ia.mean(axis=0), ib.mean(axis=0), upsample_factor=upsample, normalization=None
-        )[0]
-        sub[1:] = rest
+    if ia.ndim == 3:  # z is settled by the integer peak; y, x sub-voxel on the z projection
+        pa, pb = ia.mean(axis=0), ib.mean(axis=0)
     else:
-        sub = np.asarray(
-            phase_cross_correlation(ia, ib, upsample_factor=upsample, normalization=None)[0]
-        )
+        pa, pb = ia, ib
+    quality = _ncc(_high_pass(pa), _high_pass(pb))
+    sub = np.zeros(a.ndim)
+    sub[-2:] = phase_cross_correlation(pa, pb, upsample_factor=upsample, normalization=None)[0]
     sub = np.where(np.abs(sub) <= 1.0, sub, 0.0)  # the integer peak is already right
     return PairResult(tuple(float(v) for v in peak + sub), float(quality))

@@ -169,6 +169,23 @@ def publish_scan(
     return subject
 
 
+def drop_scan(store: Store, scan: str) -> None:
+    """Forget scan ``scan``: its record, its tiles' images and its scene edges and systems."""
+    subject = read_subject(store)
+    edges = [t for t in scene_transforms(store) if not _belongs(t, scan)]
+    systems = [s for s in scene_systems(store) if not s.name.startswith(f"{scan}:")]
+    images = {k: v for k, v in subject.images.items() if not k.startswith(f"{scan}/")}
+    scans = {k: v for k, v in subject.tile_scans.items() if k != scan}
+    reference = subject.reference_image if subject.reference_image in images else None
+    if reference is None:
+        edges = [t for t in edges if not (t.name or "").endswith("_to_reference")]
+    subject = subject.model_copy(
+        update={"images": images, "tile_scans": scans, "reference_image": reference}
+    )
+    publish_subject(store, subject, edges, systems)
+    invalidate(store)
+
+
 def positions_of(scan: TileScan, which: str) -> np.ndarray:
     """(n, 3) first-voxel positions (z, y, x) µm: ``stage``, ``registered`` or ``auto``."""
     if which not in {"stage", "registered", "auto"}:
