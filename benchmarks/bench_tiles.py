@@ -50,21 +50,26 @@ def _grid(size_gb: float) -> tuple[int, int]:
 
 
 def _texture() -> np.ndarray:
+    """Two periodic vessel-like planes; the volume blends them along z (structure changes in z)."""
     from scipy import ndimage
 
     rng = np.random.default_rng(0)
-    base = ndimage.gaussian_filter(rng.standard_normal((PERIOD, PERIOD)), 2.0, mode="wrap")
-    return np.clip(base / base.std() - 0.6, 0, None).astype(np.float32)
+    out = []
+    for _ in range(2):
+        base = ndimage.gaussian_filter(rng.standard_normal((PERIOD, PERIOD)), 2.0, mode="wrap")
+        out.append(np.clip(base / base.std() - 0.6, 0, None).astype(np.float32))
+    return np.stack(out)
 
 
 def _tile(tex: np.ndarray, y0: int, x0: int, seed: int) -> np.ndarray:
     ys = (y0 + np.arange(TILE[1])) % PERIOD
     xs = (x0 + np.arange(TILE[2])) % PERIOD
-    plane = tex[np.ix_(ys, xs)]
-    z = np.arange(TILE[0], dtype=np.float32)
-    depth = (0.6 + 0.4 * np.cos(z / 9.0))[:, None, None]  # the same structure, dimmer deeper
+    a, b = tex[0][np.ix_(ys, xs)], tex[1][np.ix_(ys, xs)]
+    z = np.arange(TILE[0], dtype=np.float32)[:, None, None]
+    mix = np.cos(z / 6.0) ** 2
+    depth = 0.6 + 0.4 * np.cos(z / 23.0)  # dimmer deeper
     rng = np.random.default_rng(seed)
-    vol = (300.0 + 2500.0 * plane[None] * depth).astype(np.uint16)
+    vol = (300.0 + 2500.0 * (mix * a + (1 - mix) * b) * depth).astype(np.uint16)
     vol += rng.integers(0, 40, size=TILE, dtype=np.uint16)  # independent noise in every tile
     return vol
 
@@ -155,7 +160,8 @@ def case_raw(store: Path, _truth: np.ndarray) -> dict[str, Any]:
     def timed(fn: Any, items: list[Any]) -> float:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
-            list(pool.map(fn, items))
+            for _ in pool.map(lambda item: fn(item) is None, items):  # keep no results
+                pass
         return time.perf_counter() - t0
 
     read_tiles = timed(lambda t: zarr.open_array(store, path=f"{t.path}/s0")[...], list(scan.tiles))
@@ -214,12 +220,45 @@ def case_extract(store: Path, _truth: np.ndarray) -> dict[str, Any]:
 CASES = {"stitch": case_stitch, "fuse": case_fuse, "raw": case_raw, "extract": case_extract}
 
 
+def case_mvs(store: Path, truth: np.ndarray, python: str, workdir: Path) -> dict[str, Any] | None:
+    """multiview-stitcher on the same tiles (dumped as .npy first, not timed), own process."""
+    import zarr
+
+    from bridge_xr.tiles.scan import read_tile_scan
+
+    scan = read_tile_scan(store, SCAN)
+    folder = workdir / f"mvs_{store.stem}"
+    folder.mkdir(exist_ok=True)
+    for k, t in enumerate(scan.tiles):
+        f = folder / f"t{k:03d}.npy"
+        if not f.exists():
+            np.save(f, zarr.open_array(store, path=f"{t.path}/s0")[...])
+    meta = {"spacing": list(SPACING), "stage_um": [list(t.stage_um) for t in scan.tiles]}
+    (folder / "tiles.json").write_text(json.dumps(meta))
+    script = Path(__file__).with_name("_mvs_case.py")
+    done = subprocess.run([python, str(script), str(folder), str(folder / "fused.zarr")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if done.returncode:
+        print(f"multiview-stitcher failed:\n{done.stderr[-2000:]}", flush=True)
+        return None
+    res = json.loads(done.stdout.strip().splitlines()[-1])
+    reg = np.array(res.pop("positions_um")) / np.array(SPACING)
+    e = reg - truth
+    e -= e.mean(axis=0)
+    res["offset_rms_px"] = float(np.sqrt((e**2).sum(axis=1).mean()))
+    res["offset_max_px"] = float(np.abs(e).max())
+    res["bytes"] = int(np.prod(res["shape"])) * 2
+    res["gb_per_h"] = res["bytes"] / 1e9 / (res["fuse_s"] / 3600)
+    return res
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=float, nargs="*", default=[1.0, 2.0, 4.0], help="GB")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
     ap.add_argument("--cases", nargs="*", default=list(CASES))
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--mvs-python", help="a Python with multiview-stitcher (smallest size only)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
     ap.add_argument("--store", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -255,6 +294,20 @@ def main() -> int:
         fu, raw = results.get(f"fuse@{size:g}"), results.get(f"raw@{size:g}")
         if fu and raw:
             print(f"  fuse / raw bound time: {fu['wall_s'] / raw['wall_s']:.2f}x", flush=True)
+        st = results.get(f"stitch@{size:g}")
+        if args.mvs_python and size == min(args.sizes):
+            mv = case_mvs(store, np.load(str(store).replace(".ome.zarr", ".truth.npy")),
+                          args.mvs_python, args.workdir)  # fmt: skip
+            if mv:
+                results[f"multiview-stitcher@{size:g}"] = mv
+                print(f"{size:>6g} GB multiview-stitcher register {mv['register_s']:.1f} s, fuse "
+                      f"{mv['fuse_s']:.1f} s ({mv['gb_per_h']:.0f} GB/h), peak "
+                      f"{mv['peak_rss_mib']:.0f} MiB, offsets RMS {mv['offset_rms_px']:.3f} px",
+                      flush=True)  # fmt: skip
+                if st and fu:
+                    print(f"  multiview-stitcher / bridge_xr: register "
+                          f"{mv['register_s'] / st['wall_s']:.1f}x, fuse "
+                          f"{mv['fuse_s'] / fu['wall_s']:.1f}x", flush=True)  # fmt: skip
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
     return 0

@@ -28,6 +28,7 @@ from bridge_xr.testing.demo_steps import (
     _longitudinal,
     _registration,
     _resample,
+    _tiles,
 )
 
 __all__ = ["DemoSummary", "run_demo"]
@@ -93,6 +94,9 @@ class DemoSummary:
             f"Longitudinal: session motion recovered to {steps['longitudinal']['motion_error_um']:.1f} µm, "
             f"glioma density +{steps['longitudinal']['mean_growth_percent_per_day']:.2f} %/day in "
             f"{steps['longitudinal']['voxels']} voxels. "
+            + f"Tile scan: {steps['tiles']['tiles']} tiles stitched to "
+            f"{steps['tiles']['offset_rms_px']:.2f} voxels RMS of the known offsets and fused "
+            f"({steps['tiles']['fused_shards']} shards). "
             + _learning_sentence(steps["learning"])
             + f"Report: {out_dir / 'report'} (study report: {steps['correlation']['report']}; "
             f"{elapsed:.1f} s)."
@@ -129,7 +133,7 @@ def run_demo(
     >>> summary.passed  # doctest: +SKIP
     True
     """
-    # long by design: the demo's nine steps, each one call, in order
+    # long by design: the demo's ten steps, each one call, in order
     console_status: Status = status or (lambda text: contextlib.nullcontext())
     from bridge_xr.io.export import export_nifti, export_ome_zarr_05
     from bridge_xr.scene.info import describe
@@ -146,14 +150,14 @@ def run_demo(
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     steps: dict[str, Any] = {}
-    with console_status("1/9 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
+    with console_status("1/10 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
         study = write_phantom_study(out_dir, cfg)
     steps["phantom"] = phantom_summary(study.phantom)
-    with console_status("2/9 describing the subject store"):
+    with console_status("2/10 describing the subject store"):
         info = describe(study.store)
         (out_dir / "report").mkdir()
         (out_dir / "report" / "info.json").write_text(json.dumps(info, indent=2))
-    with console_status("3/9 NIfTI round trip and OME-Zarr 0.5 export"):
+    with console_status("3/10 NIfTI round trip and OME-Zarr 0.5 export"):
         rt = export_nifti(
             study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz"
         )
@@ -168,19 +172,23 @@ def run_demo(
             "twophoton/d060/angiogram",
             str(out_dir / "report" / "angiogram_v05.ome.zarr"),
         )
-    with console_status("4/9 registration: TPS from rater 1, model comparison, inter-rater"):
+    with console_status("4/10 registration: TPS from rater 1, model comparison, inter-rater"):
         steps["registration"] = _registration(study, out_dir / "report")
-    with console_status("5/9 resampling 2P channels onto the MRI grid, QC figure"):
+    with console_status("5/10 resampling 2P channels onto the MRI grid, QC figure"):
         steps["resample"] = _resample(study, out_dir / "report")
     with console_status(
-        "6/9 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
+        "6/10 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
     ):
         steps["correlation"] = _correlation(study, out_dir, compare_exact=size == "tiny")
-    with console_status("7/9 longitudinal: two sessions, rigid session registration, growth"):
+    with console_status("7/10 longitudinal: two sessions, rigid session registration, growth"):
         steps["longitudinal"] = _longitudinal(out_dir, seed)
-    with console_status("8/9 learning: nnU-Net 2d on MRI with 2P truth (export, train, predict)"):
+    with console_status(
+        "8/10 tile scan: stage layout, stitch (phase correlation), flat field, fuse"
+    ):
+        steps["tiles"] = _tiles(out_dir, seed)
+    with console_status("9/10 learning: nnU-Net 2d on MRI with 2P truth (export, train, predict)"):
         steps["learning"] = _learning(out_dir, seed, short=size == "tiny")
-    with console_status("9/9 validating the whole store with ngff-zarr and ome-zarr-models"):
+    with console_status("10/10 validating the whole store with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 

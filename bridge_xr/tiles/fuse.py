@@ -44,6 +44,7 @@ from bridge_xr.io.ome_zarr import (
     write_tail_levels,
 )
 from bridge_xr.io.subject import (
+    _touches,
     check_image_path,
     publish_subject,
     read_subject,
@@ -358,7 +359,13 @@ def fuse(
         ]
     else:
         delete_keys(store, journal)
-        if out_path in subject.images or key_exists(store, f"{out_path}/zarr.json"):
+        if out_path in subject.images:  # overwrite: unpublish first, so a failure hides nothing
+            images = {k: v for k, v in subject.images.items() if k != out_path}
+            subject = subject.model_copy(update={"images": images})
+            edges = [t for t in scene_transforms(store) if not _touches(t, out_path)]
+            publish_subject(store, subject, edges, scene_systems(store))
+            invalidate(store)
+        if key_exists(store, f"{out_path}/zarr.json"):
             delete_keys(store, f"{out_path}")
         targets = create_level_arrays(store, out_path, plan, compressor)
         put_bytes(store, f"{journal}/{fp}/params.json", json.dumps(params).encode())

@@ -82,7 +82,8 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
     a, b : ndarray
         The overlap of tile ``i`` and of tile ``j`` as the stage places them (same shape).
     bound_px : float or sequence of float
-        Largest correction per axis (the stage error), voxels.
+        Largest correction per axis (the stage error), voxels; never more than a third of the
+        overlap (beyond that too little of it is shared to trust a peak).
     upsample : int
         Sub-voxel precision 1/``upsample``.
 
@@ -103,6 +104,7 @@ def pair_shift(a: np.ndarray, b: np.ndarray, *, bound_px: Any, upsample: int = 2
     a = np.asarray(a, np.float64)
     b = np.asarray(b, np.float64)
     bound = np.broadcast_to(np.asarray(bound_px, float), (a.ndim,)).copy()
+    bound = np.minimum(bound, np.asarray(a.shape) // 3)  # a larger shift leaves too little overlap
     if a.ndim == 3 and a.shape[0] < MIN_Z_FOR_3D:
         bound[0] = 0
     if min(a.shape[-2:]) < 8:

@@ -14,6 +14,7 @@ import pytest
 import zarr
 from typer.testing import CliRunner
 
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.testing.tiles import SyntheticScan, synthetic_scan
@@ -169,6 +170,11 @@ def test_fused_image_equals_the_source_whatever_the_shard_geometry(tmp_path) -> 
     assert res.shards_written == res.shards_total > 6
     out = zarr.open_array(store, path="twophoton/d1/fused/s0")[...]
     truth = _volume_under(out, s, store)
+    # an ordinary calibrated image: its first voxel sits at the leftmost registered tile corner
+    img = read_image(store, "twophoton/d1/fused")
+    reg = np.array([t.registered_um for t in read_tile_scan(store, SCAN).tiles])
+    np.testing.assert_allclose([img.attrs["origin"][d] for d in "zyx"], reg.min(axis=0))
+    assert [img.attrs["spacing"][d] for d in "zyx"] == list(s.spacing_um)
     covered = out > 0
     assert covered.mean() > 0.95
     np.testing.assert_array_equal(out[covered], truth[covered])  # interiors and overlaps
