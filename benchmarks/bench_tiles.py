@@ -4,8 +4,8 @@ A synthetic whole-window scan (uint16 tiles of 64 x 1024 x 1024 voxels, 1.1838 Â
 z, 10 % overlap, stage error up to 6 voxels, serpentine order) is written once per size. Each
 phase runs in its own process, so its peak memory (VmHWM) is its own:
 
-* ``stitch``  : ``bridge_xr.tiles.stitch`` (pairwise phase correlation + global solve), threads;
-* ``fuse``    : ``bridge_xr.tiles.fuse``, one task per output shard, linear blending, threads;
+* ``stitch``  : ``bridge_xr.tiles.stitching`` (pairwise phase correlation + global solve), threads;
+* ``fuse``    : ``bridge_xr.tiles.fusion``, one task per output shard, linear blending, threads;
 * ``extract`` : ``bridge_xr.extract.densities.density`` of the fused image (thresholded) on a
                 25 Âµm MRI grid through an affine registration;
 * ``raw``     : the raw bound of fusion: the same bytes read from the tiles and written as the
@@ -109,7 +109,7 @@ def build(workdir: Path, size_gb: float) -> tuple[Path, np.ndarray]:
 
 
 def case_stitch(store: Path, truth: np.ndarray) -> dict[str, Any]:
-    from bridge_xr.tiles.stitch import stitch
+    from bridge_xr.tiles.stitching import stitch
 
     t0 = time.perf_counter()
     res = stitch(store, SCAN)
@@ -129,7 +129,7 @@ def case_stitch(store: Path, truth: np.ndarray) -> dict[str, Any]:
 def case_fuse(store: Path, _truth: np.ndarray) -> dict[str, Any]:
     import zarr
 
-    from bridge_xr.tiles.fuse import fuse
+    from bridge_xr.tiles.fusion import fuse
 
     res = fuse(store, SCAN, FUSED, overwrite=True)
     arr = zarr.open_array(store, path=f"{FUSED}/s0")

@@ -201,8 +201,8 @@ def _tiles(out_dir: Path, seed: int) -> dict[str, Any]:
 
     from bridge_xr.testing.tiles import synthetic_scan
     from bridge_xr.tiles.convert import convert_tiles
-    from bridge_xr.tiles.fuse import fuse
-    from bridge_xr.tiles.stitch import stitch
+    from bridge_xr.tiles.fusion import fuse
+    from bridge_xr.tiles.stitching import stitch
 
     root = out_dir / "tiles"
     s = synthetic_scan(grid=(2, 3), subpixel=True, vignetting=0.3, seed=seed)

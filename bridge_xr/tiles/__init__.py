@@ -15,6 +15,11 @@ __getattr__, __dir__, __all__ = attach(
     __name__,
     {
         "convert_tiles": "convert",
+        "write_tile_scan": "convert",
         "read_tile_scan": "scan",
+        "stitch": "stitching",
+        "estimate_flatfield": "flatfield",
+        "pair_shift": "pairwise",
+        "fuse": "fusion",
     },
 )

@@ -124,7 +124,7 @@ def stitch(
     ] = None,
 ) -> None:
     """Register overlapping tiles (phase correlation) and solve all links at once."""
-    from bridge_xr.tiles.stitch import stitch as run
+    from bridge_xr.tiles.stitching import stitch as run
 
     with level_progress(f"registering {image}", "links") as cb:
         res = run(
@@ -181,7 +181,7 @@ def fuse(
     overwrite: Annotated[bool, typer.Option("--overwrite", help="replace that image")] = False,
 ) -> None:
     """Fuse a tile scan into one image: a task per shard, blended overlaps, resumable."""
-    from bridge_xr.tiles.fuse import fuse as run
+    from bridge_xr.tiles.fusion import fuse as run
 
     client = _common._client
     cluster = None

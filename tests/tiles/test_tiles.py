@@ -18,9 +18,9 @@ from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject, scene_transforms
 from bridge_xr.io.validate import validate_store
 from bridge_xr.testing.tiles import SyntheticScan, synthetic_scan
-from bridge_xr.tiles.fuse import fuse
+from bridge_xr.tiles.fusion import fuse
 from bridge_xr.tiles.scan import read_tile_scan
-from bridge_xr.tiles.stitch import stitch
+from bridge_xr.tiles.stitching import stitch
 from bridge_xr_cli.main import app
 
 runner = CliRunner()
@@ -241,7 +241,7 @@ def test_killed_fusion_resumes_only_unfinished_shards_byte_identically(tmp_path)
     geometry = {"shards": {"z": 8, "y": 32, "x": 64}, "chunks": {"z": 8, "y": 32, "x": 32}}
     clean = fuse(store, SCAN, "twophoton/d1/clean", **geometry)
     code = (
-        "from bridge_xr.tiles.fuse import fuse; "
+        "from bridge_xr.tiles.fusion import fuse; "
         f"fuse({str(store)!r}, {SCAN!r}, 'twophoton/d1/resumed', client=None, **{geometry!r})"
     )
     env = {**os.environ, "BRIDGE_XR_TEST_FUSE_DELAY": "0.25", "OMP_NUM_THREADS": "1"}
