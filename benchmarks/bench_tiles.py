@@ -180,7 +180,6 @@ def case_raw(store: Path, _truth: np.ndarray) -> dict[str, Any]:
 def case_extract(store: Path, _truth: np.ndarray) -> dict[str, Any]:
     import dask
     import pandas as pd
-    import zarr
 
     from bridge_xr.extract.densities import density
     from bridge_xr.io.read import read_image
@@ -212,7 +211,6 @@ def case_extract(store: Path, _truth: np.ndarray) -> dict[str, Any]:
     with dask.config.set(scheduler="threads"):
         frac = dask.compute(ds["fraction"].data)[0]
     wall = time.perf_counter() - t0
-    _ = zarr
     return {"wall_s": wall, "mri_voxels": int(frac.size),
             "mean_fraction": float(np.nanmean(frac))}  # fmt: skip
 

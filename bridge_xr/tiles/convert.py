@@ -12,18 +12,18 @@ import xarray as xr
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, delete_prefix, describe_store, key_exists, resolve_store
+from bridge_xr.io.convert import _MODALITY_BY_PREFIX
 from bridge_xr.io.ome_zarr import write_multiscale
 from bridge_xr.io.subject import check_image_path, read_subject
 from bridge_xr.model.image import spatial_dims
 from bridge_xr.model.metadata import (
     Acquisition,
     ImageMetadata,
-    Modality,
     Provenance,
     Tile,
     TileScan,
 )
-from bridge_xr.model.units import conversion_factor, parse_length
+from bridge_xr.model.units import parse_length_um
 from bridge_xr.tiles.layout import (
     check_layout,
     fix_axes,
@@ -33,18 +33,9 @@ from bridge_xr.tiles.layout import (
 )
 from bridge_xr.tiles.scan import drop_scan, publish_scan, put_bytes, side_key
 
-_MODALITY: dict[str, Modality] = {
-    "twophoton": "twophoton",
-    "2p": "twophoton",
-    "exvivo": "widefield",
-}
-
 
 def _um(text: str | None) -> float | None:
-    if not text:
-        return None
-    value, unit = parse_length(text, default_unit="um")
-    return value * conversion_factor(unit, "micrometer")
+    return parse_length_um(text) if text else None
 
 
 def _read_tiles(
@@ -266,7 +257,7 @@ def write_tile_scan(
     shapes = [tuple(int(img.sizes[d]) for d in "zyx") for img in images]
     ids = [f"t{k:03d}" for k in range(len(images))]
     check_layout(ids, stage, shapes, spacing, where=f"tile scan {path!r}")
-    err = _um(stage_error) if stage_error else 0.1 * (shapes[0][2] - 1) * spacing[2]
+    err = _um(stage_error) or 0.1 * (shapes[0][2] - 1) * spacing[2]
     new_store = not key_exists(store, "zarr.json")
     tiles, metas = [], {}
     prov = provenance or Provenance.now("write tile scan", image=path, tiles=len(images))
@@ -292,7 +283,7 @@ def write_tile_scan(
             )
             metas[tpath] = ImageMetadata(
                 path=tpath,
-                modality=_MODALITY.get(path.split("/")[0], "other"),
+                modality=_MODALITY_BY_PREFIX.get(path.split("/")[0], "other"),
                 session=path.split("/")[1] if path.count("/") >= 2 else None,
                 source=names[k],
                 channel_names=names_c,

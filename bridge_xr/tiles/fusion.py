@@ -33,7 +33,14 @@ import zarr
 from bridge_xr._constants import ATTRS_KEY
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._plan import plan_storage
-from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
+from bridge_xr.io._store import (
+    StoreLike,
+    delete_prefix,
+    describe_store,
+    invalidate,
+    key_exists,
+    resolve_store,
+)
 from bridge_xr.io.downsample import downsample_block
 from bridge_xr.io.ome_zarr import (
     _publish_group_attrs,
@@ -54,7 +61,6 @@ from bridge_xr.io.subject import (
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance, TileScan
 from bridge_xr.tiles._run import run_tasks
 from bridge_xr.tiles.scan import (
-    delete_keys,
     list_prefix,
     positions_of,
     put_bytes,
@@ -358,7 +364,7 @@ def fuse(
             zarr.open_array(store, path=f"{out_path}/{lv.path}", mode="r+") for lv in plan.levels
         ]
     else:
-        delete_keys(store, journal)
+        delete_prefix(store, journal)
         if out_path in subject.images:  # overwrite: unpublish first, so a failure hides nothing
             images = {k: v for k, v in subject.images.items() if k != out_path}
             subject = subject.model_copy(update={"images": images})
@@ -366,7 +372,7 @@ def fuse(
             publish_subject(store, subject, edges, scene_systems(store))
             invalidate(store)
         if key_exists(store, f"{out_path}/zarr.json"):
-            delete_keys(store, f"{out_path}")
+            delete_prefix(store, f"{out_path}")
         targets = create_level_arrays(store, out_path, plan, compressor)
         put_bytes(store, f"{journal}/{fp}/params.json", json.dumps(params).encode())
     grid = tuple(params["grid"])
@@ -422,7 +428,7 @@ def fuse(
     )
     publish_subject(store, subject, scene_transforms(store), scene_systems(store))
     invalidate(store)
-    delete_keys(store, journal)
+    delete_prefix(store, journal)
     return FuseResult(meta, len(indices), len(todo), skipped, fp, time.perf_counter() - t_start)
 
 

@@ -74,12 +74,6 @@ def list_prefix(store: Store, prefix: str) -> list[str]:
     return [k[len(prefix) :].lstrip("/") for k in sync(collect())]
 
 
-def delete_keys(store: Store, prefix: str) -> None:
-    """Delete every key under ``prefix``."""
-    if store.supports_deletes:
-        sync(store.delete_dir(prefix))
-
-
 def read_tile_scan(where: StoreLike, scan: str) -> TileScan:
     """The record of tile scan ``scan`` in a subject store (one line when there is none)."""
     store = resolve_store(where)
