@@ -9,7 +9,18 @@ from typing import Annotated
 import typer
 
 from bridge_xr import __version__
-from bridge_xr_cli import analyze, convert, demo, export, info, learn, register, resample, tiles
+from bridge_xr_cli import (
+    analyze,
+    archive,
+    convert,
+    demo,
+    export,
+    info,
+    learn,
+    register,
+    resample,
+    tiles,
+)
 from bridge_xr_cli._common import use_scheduler
 
 app = typer.Typer(
@@ -68,6 +79,8 @@ app.command("report")(analyze.report)
 convert.app.command("tiles")(tiles.convert_tiles)
 app.command("stitch")(tiles.stitch)
 app.command("fuse")(tiles.fuse)
+app.command("archive")(archive.archive)
+app.command("verify")(archive.verify)
 
 
 def run() -> None:
