@@ -57,5 +57,7 @@ def block_error_path(image: str) -> str:
     'qc/registered/d060/angiogram/block_error'
     """
     return f"{QC_GROUP}/{image}/block_error"
+
+
 #: Key of an archive's manifest at the root of its prefix (``bridge archive`` writes it last).
 ARCHIVE_MANIFEST = "bridge_xr-manifest.json"

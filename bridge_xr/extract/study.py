@@ -80,7 +80,8 @@ def extract_study(
     bins: Sequence[float] = DENSITY_BINS,
     overwrite: bool = False,
     via: Via = None,
-) -> tuple[list[SessionPlan], list[Path]]:
+    live: bool = False,
+) -> tuple[list[SessionPlan], list[Any]]:
     """Extract every subject and session of a study into ``output`` (Parquet, partitioned).
 
     ``via``: registration names preferred where several chains join an image to its MRI (each
@@ -89,9 +90,9 @@ def extract_study(
     Parameters
     ----------
     study : str or path
-        Folder of subject stores.
+        Folder of subject stores, or an archived study's ``s3://`` prefix.
     output : str or path
-        Tables folder (Parquet, ``subject=/session=``).
+        Tables folder (Parquet, ``subject=/session=``), on disk or ``s3://``.
     thresholds : mapping channel -> float, optional
         Binarisation per microscopy channel (``"*"``: all).
     method : {'exact', 'resliced', 'bilinear'}
@@ -102,6 +103,8 @@ def extract_study(
         Replace existing partitions.
     via : str or list of str, optional
         Preferred registration names.
+    live : bool
+        Read an ``s3://`` study that has no archive manifest (see :func:`subject_stores`).
 
     Returns
     -------
@@ -118,7 +121,7 @@ def extract_study(
     >>> [(p.subject, p.mri) for p in plans]
     [('M001', 'mri')]
     """
-    plans = [p for s in subject_stores(study) for p in plan_subject(s)]
+    plans = [p for s in subject_stores(study, live=live) for p in plan_subject(s)]
     if not plans:
         raise InvalidInputError(
             f"no MRI image in {str(study)!r} has registered microscopy; run `bridge register` first"

@@ -229,7 +229,7 @@ def write_table(
     *,
     overwrite: bool = False,
     provenance: Mapping[str, Any] | None = None,
-) -> list[Path]:
+) -> list[Any]:
     """Parquet partitioned by subject and session (hive style: ``subject=M001/session=d060``).
 
     Written by dask block by block into a hidden folder, then each (subject, session) partition
@@ -250,8 +250,8 @@ def write_table(
 
     Returns
     -------
-    list of Path
-        The partitions written.
+    list of Path, or of str for an object-store ``output`` (``s3://``)
+        The Parquet files written.
 
     Examples
     --------
@@ -263,9 +263,13 @@ def write_table(
     ['session=d1']
     """
     import shutil
+    import tempfile
     import uuid
 
-    out = Path(output)
+    from bridge_xr.io.locations import is_remote
+
+    remote = is_remote(output)
+    out = Path(tempfile.mkdtemp(prefix="bridge_xr-tables-")) if remote else Path(output)
     out.mkdir(parents=True, exist_ok=True)
     tmp = out / f".tmp-{uuid.uuid4().hex[:8]}"
     table = table.assign(
@@ -278,14 +282,18 @@ def write_table(
         parts = sorted(p for p in tmp.glob("subject=*/session=*") if p.is_dir())
         if not parts:
             raise InvalidInputError("the table is empty: the mask keeps no voxel; check `mask`")
+        stamp = Provenance.now("extract", **dict(provenance or {}))
+        if remote:
+            return _upload_partitions(
+                parts, str(output), stamp.model_dump_json(indent=2), overwrite
+            )
         for part in parts:
             dest = out / part.parent.name / part.name
             if dest.exists() and not overwrite:
                 raise InvalidInputError(
                     f"{dest} already exists; pass `overwrite` to replace that subject/session"
                 )
-        written = []
-        stamp = Provenance.now("extract", **dict(provenance or {}))
+        written: list[Any] = []
         for part in parts:
             (part / "_provenance.json").write_text(stamp.model_dump_json(indent=2))
             dest = out / part.parent.name / part.name
@@ -297,6 +305,37 @@ def write_table(
         return written
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+        if remote:
+            shutil.rmtree(out, ignore_errors=True)
+
+
+def _upload_partitions(parts: list[Path], output: str, stamp: str, overwrite: bool) -> list[Any]:
+    """Send finished partitions to an object-store tables prefix; their Parquet URLs.
+
+    Every destination is checked before anything is sent; a replaced partition is removed first.
+    """
+    from bridge_xr.io.locations import filesystem, join
+
+    fs, _ = filesystem(output)
+    dests = [join(output, part.parent.name, part.name) for part in parts]
+    if not overwrite:
+        for dest in dests:
+            if fs.exists(filesystem(dest)[1]):
+                raise InvalidInputError(
+                    f"{dest} already exists; pass `overwrite` to replace that subject/session"
+                )
+    written: list[Any] = []
+    for part, dest in zip(parts, dests, strict=True):
+        (part / "_provenance.json").write_text(stamp)
+        path = filesystem(dest)[1]
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        for f in sorted(part.iterdir()):
+            fs.put_file(str(f), f"{path}/{f.name}")
+            if f.suffix == ".parquet":
+                written.append(f"{dest}/{f.name}")
+    fs.invalidate_cache()
+    return written
 
 
 def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame:
@@ -324,15 +363,27 @@ def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame
     >>> read_tables(out)[["subject", "session"]].drop_duplicates().values.tolist()
     [['M1', 'd1']]
     """
-    root = Path(tables)
-    folders = sorted(p for p in root.glob("subject=*/session=*") if p.is_dir())
+    from bridge_xr.io.locations import filesystem, is_remote
+
+    fs: Any = None
+    if is_remote(tables):
+        fs, base = filesystem(str(tables))
+        fs.invalidate_cache()
+        found = [Path(p) for p in fs.glob(f"{base.rstrip('/')}/subject=*/session=*") if fs.isdir(p)]
+    else:
+        found = [p for p in Path(tables).glob("subject=*/session=*") if p.is_dir()]
+    folders = sorted(found)
     if not folders:
         raise InvalidInputError(
-            f"no Parquet tables under {str(root)!r}; run `bridge extract` first"
+            f"no Parquet tables under {str(tables)!r}; run `bridge extract` first"
         )
     frames = []
     for folder in folders:
-        part = pd.read_parquet(folder)
+        if fs is None:
+            part = pd.read_parquet(folder)
+        else:
+            files = sorted(p for p in fs.ls(str(folder), detail=False) if p.endswith(".parquet"))
+            part = pd.concat([pd.read_parquet(f, filesystem=fs) for f in files], ignore_index=True)
         part.insert(0, "session", folder.name.split("=", 1)[1])
         part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
         frames.append(part)

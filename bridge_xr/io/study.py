@@ -38,22 +38,50 @@ def subject_name(store: Any, where: StoreLike) -> str:
     return re.sub(r"(\.ome)?\.zarr$", "", name)
 
 
-def subject_stores(study: str | Path) -> list[Path]:
-    """The subject stores of a study folder (``*.ome.zarr`` or ``*.zarr``), sorted.
+def _manifest_subjects(study: str) -> list[str] | None:
+    """Subject store names from the archive manifest at ``study``, or None without one."""
+    import json
+
+    from bridge_xr._constants import ARCHIVE_MANIFEST
+    from bridge_xr.io.locations import filesystem, join
+
+    fs, path = filesystem(join(study, ARCHIVE_MANIFEST))
+    try:
+        with fs.open(path, "rb") as fh:
+            doc = json.load(fh)
+    except FileNotFoundError:
+        return None
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(
+            f"the archive manifest of {study!r} cannot be read: {exc}"
+        ) from None
+    tops = {str(o["key"]).split("/", 1)[0] for o in doc.get("objects", []) if "/" in str(o["key"])}
+    return sorted(t for t in tops if t.endswith(".zarr"))
+
+
+def subject_stores(study: str | Path, *, live: bool = False) -> list[Any]:
+    """The subject stores of a study (``*.ome.zarr`` or ``*.zarr``), sorted.
+
+    A local folder gives :class:`~pathlib.Path` objects. An object-store prefix (``s3://``)
+    gives URLs: the subjects its archive manifest lists (``bridge archive``); a prefix without a
+    manifest is an unfinished archive or a study written in place, and is refused unless
+    ``live`` (an unfinished archive reads missing chunks as fill values: silently wrong numbers).
 
     Parameters
     ----------
     study : str or path
-        The study folder.
+        The study folder or prefix.
+    live : bool
+        Read an object-store study that has no archive manifest, by listing.
 
     Returns
     -------
-    list of Path
+    list of Path (local) or of str (URLs)
 
     Raises
     ------
     InvalidInputError
-        No such folder, or no subject store in it.
+        No such folder, no subject store in it, or (remote) no manifest without ``live``.
 
     Examples
     --------
@@ -64,7 +92,23 @@ def subject_stores(study: str | Path) -> list[Path]:
     >>> [p.name for p in subject_stores(root)]
     ['M001.ome.zarr', 'M002.ome.zarr']
     """
-    root = Path(study)
+    from bridge_xr.io.locations import is_remote, join, list_folders, local_path
+
+    if is_remote(study):
+        text = str(study).rstrip("/")
+        names = _manifest_subjects(text)
+        if names is None:
+            if not live:
+                raise InvalidInputError(
+                    f"{text} has no archive manifest: an unfinished archive (finish it with "
+                    "`bridge archive --resume`) or a study written in place (pass --live to "
+                    "read it as it is)"
+                )
+            names = [n for n in list_folders(text) if n.endswith(".zarr")]
+        if not names:
+            raise InvalidInputError(f"no subject stores (*.ome.zarr) in {text!r}")
+        return [join(text, n) for n in names]
+    root = local_path(study)
     if not root.is_dir():
         raise InvalidInputError(f"study folder {str(root)!r} does not exist")
     stores = sorted(p for p in root.iterdir() if p.is_dir() and p.name.endswith(".zarr"))
@@ -107,3 +151,66 @@ def find_subject(study: str | Path, subject: str) -> Path:
     if subject not in names:
         raise InvalidInputError(f"no subject {subject!r} in {str(study)!r}; have {sorted(names)}")
     return names[subject]
+
+
+def is_study(where: str | Path) -> bool:
+    """Whether ``where`` is a study (a folder or prefix of stores), not a subject store itself."""
+    from bridge_xr.io.locations import exists, join
+
+    return exists(where) and not exists(join(where, "zarr.json"))
+
+
+def describe_study(where: str | Path, *, live: bool = False) -> dict[str, Any]:
+    """The subjects of a study (images, registrations) and its archive manifest, if any.
+
+    Parameters
+    ----------
+    where : str or path
+        A study folder or an ``s3://`` prefix.
+    live : bool
+        Read an ``s3://`` study that has no archive manifest.
+
+    Returns
+    -------
+    dict
+        ``study``, ``archive`` (``None`` or count, total_bytes, created) and ``subjects``.
+
+    Examples
+    --------
+    >>> import tempfile, pathlib
+    >>> from bridge_xr.testing import tiny_scene
+    >>> root = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = tiny_scene(registered=True, where=root / "M001.ome.zarr")
+    >>> d = describe_study(root)
+    >>> [(s["subject"], s["images"]) for s in d["subjects"]], d["archive"]
+    ([('M001', 2)], None)
+    """
+    import json
+
+    from bridge_xr._constants import ARCHIVE_MANIFEST
+    from bridge_xr.io._store import resolve_store
+    from bridge_xr.io.locations import exists, filesystem, is_remote, join, local_path, name_of
+
+    archive = None
+    manifest = join(where, ARCHIVE_MANIFEST)
+    if exists(manifest):
+        if is_remote(manifest):
+            fs, path = filesystem(manifest)
+            with fs.open(path, "rb") as fh:
+                doc = json.load(fh)
+        else:
+            doc = json.loads(local_path(manifest).read_text())
+        archive = {k: doc.get(k) for k in ("count", "total_bytes", "created", "source")}
+    subjects = []
+    for store in subject_stores(where, live=live):
+        st = resolve_store(str(store), read_only=True)
+        meta = read_subject(st)
+        subjects.append(
+            {
+                "subject": subject_name(st, str(store)),
+                "store": name_of(store),
+                "images": len(meta.images),
+                "registrations": len(meta.registrations),
+            }
+        )
+    return {"study": str(where), "archive": archive, "subjects": subjects}

@@ -84,6 +84,24 @@ def _export_grid(
     return path
 
 
+def _work_store(store_path: str | Path, output: str | Path) -> Any:
+    """A subject store of an object-store study, with the export's own images kept locally.
+
+    The export grid and diameter maps go to ``output/bridge_xr-work/<store>``: an archive is
+    read, never written.
+    """
+    from bridge_xr.io.locations import is_remote, name_of
+    from bridge_xr.io.overlay import OverlayStore
+
+    if not is_remote(store_path):
+        return None
+    from zarr.storage import LocalStore
+
+    work = Path(output) / "bridge_xr-work" / name_of(store_path)
+    work.mkdir(parents=True, exist_ok=True)
+    return OverlayStore(resolve_store(str(store_path), read_only=True), LocalStore(work))
+
+
 def _write_nifti(path: Path, data: np.ndarray, spacing_um: Sequence[float]) -> None:
     zooms_mm = [float(s) / 1000 for s in spacing_um][::-1]  # x, y, z
     img = nib.Nifti1Image(
@@ -117,6 +135,7 @@ def export_dataset(
     max_tre_um: float | None = None,
     diameters: bool = True,
     via: Via = None,
+    live: bool = False,
 ) -> Path:
     """Write ``output/Dataset<ID>_<name>`` in nnU-Net v2 raw format; returns its folder.
 
@@ -154,6 +173,8 @@ def export_dataset(
         Also write 2P diameter maps.
     via : str or list of str, optional
         Preferred registration names.
+    live : bool
+        Read an ``s3://`` study that has no archive manifest (``study`` may be an archive).
 
     Returns
     -------
@@ -187,8 +208,8 @@ def export_dataset(
         min_vessel=min_vessel, method=method, max_tre_um=max_tre_um, diameters=diameters,
     )  # fmt: skip
     found = _Found()
-    for store_path in subject_stores(study):
-        opts.collect(store_path, found)
+    for store_path in subject_stores(study, live=live):
+        opts.collect(store_path, found, _work_store(store_path, output))
     if not found.cases:
         raise InvalidInputError(
             f"no crops: no subject in {str(study)!r} has an MRI {mri_sequence!r} with registered "
@@ -255,9 +276,9 @@ class _Export:
                 out.append((path, session, truth_path))
         return out
 
-    def collect(self, store_path: Path, found: _Found) -> None:
-        """Add the crops of every session of one subject store."""
-        st = resolve_store(str(store_path))
+    def collect(self, store_path: str | Path, found: _Found, st: Any = None) -> None:
+        """Add the crops of every session of one subject store (opened as ``st``, if given)."""
+        st = st if st is not None else resolve_store(str(store_path))
         meta = read_subject(st)
         subject = subject_name(st, str(store_path))
         for path, session, truth_path in self._sessions(meta):

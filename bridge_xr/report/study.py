@@ -27,12 +27,13 @@ def _table(df: pd.DataFrame, digits: int = 4) -> str:
     return df.to_html(index=False, float_format=lambda v: f"{v:.{digits}g}", border=0)
 
 
-def _subjects(study: Path) -> list[dict[str, Any]]:
+def _subjects(study: str | Path, live: bool = False) -> list[dict[str, Any]]:
+    from bridge_xr.io.locations import name_of
     from bridge_xr.io.study import subject_stores
     from bridge_xr.io.subject import read_subject
 
     rows = []
-    for store in subject_stores(study):
+    for store in subject_stores(study, live=live):
         meta = read_subject(str(store))
         regs = [
             {
@@ -48,7 +49,7 @@ def _subjects(study: Path) -> list[dict[str, Any]]:
         ]
         rows.append(
             {
-                "store": store.name,
+                "store": name_of(store),
                 "images": sorted(meta.images),
                 "registrations": regs,
                 "provenance": [p.model_dump(mode="json") for p in meta.provenance][-30:],
@@ -82,17 +83,25 @@ def analyse(df: pd.DataFrame, response: str) -> list[dict[str, Any]]:
     return results
 
 
-def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Path:
+def write_report(
+    study: str | Path,
+    output: str | Path,
+    *,
+    tables: str | Path | None = None,
+    live: bool = False,
+) -> Path:
     """Write ``output/index.html`` (+ figures, CSVs, ``summary.json``); returns the index path.
 
     Parameters
     ----------
-    study : Path
-        Folder of subject stores.
-    output : Path
-        Report folder.
-    tables : Path, optional
-        Tables folder (default: ``study/tables``).
+    study : str or path
+        Folder of subject stores, or an archived study's ``s3://`` prefix.
+    output : str or path
+        Report folder (local).
+    tables : str or path, optional
+        Tables folder or ``s3://`` prefix (default: ``study/tables``).
+    live : bool
+        Read an ``s3://`` study that has no archive manifest.
 
     Returns
     -------
@@ -111,23 +120,26 @@ def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Pa
     'index.html'
     """
     # long by design: an HTML page assembled section by section
-    study = Path(study)
-    tables = Path(tables) if tables else study / "tables"
-    if not tables.exists():
+    from bridge_xr.io.locations import exists, is_remote, join, name_of
+
+    tables = tables if tables else join(study, "tables")
+    if not is_remote(tables):
+        tables = Path(tables)
+    if not exists(tables):
         raise InvalidInputError(f"no tables at {str(tables)!r}; run `bridge extract-study` first")
     df = read_tables(tables)
     output = Path(output)
     figs = output / "figures"
     figs.mkdir(parents=True, exist_ok=True)
     response = "mri_z" if "mri_z" in df.columns and df["mri_z"].notna().any() else "mri"
-    subjects = _subjects(study)
+    subjects = _subjects(study, live)
     results = analyse(df, response)
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>bridge_xr report</title>",
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "table{border-collapse:collapse;font-size:12px}td,th{padding:2px 8px;border-bottom:"
         "1px solid #ddd}img{max-width:48%}</style></head><body>",
-        f"<h1>bridge_xr report: {html.escape(study.name)}</h1>",
+        f"<h1>bridge_xr report: {html.escape(name_of(study))}</h1>",
         f"<p>bridge_xr {__version__}, {_dt.datetime.now(_dt.UTC).isoformat(timespec='seconds')}; "
         f"tables: {html.escape(str(tables))}; response: <b>{response}</b></p>",
         "<h2>Voxels per subject and session</h2>",
@@ -165,8 +177,8 @@ def write_report(study: Path, output: Path, *, tables: Path | None = None) -> Pa
             "spearman_rho": float(r["spearman"]["statistic"]),
             "spearman_p": float(r["spearman"]["p"]),
         }
-    longi = tables / "longitudinal"
-    if longi.exists():
+    longi = join(tables, "longitudinal")
+    if exists(longi):
         ldf = read_tables(longi)
         col = "mri_z" if "mri_z" in ldf.columns else "mri"
         tl = plots.timeline(ldf, response=col, output=figs / "timeline.png")

@@ -55,6 +55,17 @@ class MethodChoice(StrEnum):
 
 
 # -- options shared by many commands ----------------------------------------------------------
+#: study commands on an ``s3://`` prefix without an archive manifest
+Live = Annotated[
+    bool,
+    typer.Option(
+        "--live",
+        help="read an s3:// study that has no archive manifest (written in place, not archived)",
+    ),
+]
+StudyArg = Annotated[
+    str, typer.Argument(help="study folder of subject stores, or an archived study's s3:// prefix")
+]
 StoreArg = Annotated[str, typer.Argument(help="subject store")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="replace what is there")]
 Fixed = Annotated[str, typer.Option("--fixed", help="fixed image (e.g. invivo_mri/d060/T2w)")]

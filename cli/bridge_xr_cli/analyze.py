@@ -9,10 +9,12 @@ import typer
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr_cli._common import (
+    Live,
     MethodChoice,
     MethodOpt,
     Overwrite,
     StoreArg,
+    StudyArg,
     Via,
     console,
     handle_errors,
@@ -184,8 +186,10 @@ def extract(
 
 @handle_errors
 def extract_study(
-    study: Annotated[Path, typer.Argument(help="study folder of subject stores")],
-    output: Annotated[Path, typer.Option("--output", help="tables folder (Parquet)")],
+    study: StudyArg,
+    output: Annotated[
+        str, typer.Option("--output", help="tables folder or s3:// prefix (Parquet)")
+    ],
     threshold: Annotated[
         list[str] | None, typer.Option(help="binarise: NAME=VALUE per channel, or VALUE for all")
     ] = None,
@@ -196,6 +200,7 @@ def extract_study(
     ] = 0,
     overwrite: Overwrite = False,
     via: Via = None,
+    live: Live = False,
 ) -> None:
     """Every subject and session of a study into one partitioned table (dask, or a cluster)."""
     from bridge_xr.extract.study import extract_study as run
@@ -216,6 +221,7 @@ def extract_study(
                 bins=parse_bins(bins) or [],
                 overwrite=overwrite,
                 via=via,
+                live=live,
             )
     finally:
         if client is not None:
@@ -365,14 +371,15 @@ def plot(
 
 @handle_errors
 def report(
-    study: Annotated[Path, typer.Argument(help="study folder (subject stores + tables/)")],
+    study: StudyArg,
     output: Annotated[Path, typer.Option(help="report folder")],
     tables: Annotated[
-        Path | None, typer.Option(help="tables folder (default: STUDY/tables)")
+        str | None, typer.Option(help="tables folder or s3:// prefix (default: STUDY/tables)")
     ] = None,
+    live: Live = False,
 ) -> None:
     """HTML report of a study: registrations, tables, statistics, figures and provenance."""
     from bridge_xr.report.study import write_report
 
-    index = write_report(study, output, tables=tables)
+    index = write_report(study, output, tables=tables, live=live)
     out.print(f"report: {index}")

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bridge_xr_cli._common import fail, handle_errors, out
+from bridge_xr_cli._common import Live, fail, handle_errors, out
 
 
 def _short_unit(unit: str) -> str:
@@ -19,12 +19,42 @@ def _fmt_extent(extent: dict[str, list[float]], unit: str) -> str:
     return " × ".join(f"{hi - lo:.4g}" for lo, hi in extent.values()) + f" {unit}"
 
 
+def _study(d: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        typer.echo(json.dumps(d, indent=2))
+        return
+    arc = d["archive"]
+    note = (
+        f"archive: {arc['count']} objects, {arc['total_bytes'] / 1e6:.1f} MB, {arc['created']}"
+        if arc
+        else "no archive manifest"
+    )
+    out.print(f"[bold]{d['study']}[/]  study of {len(d['subjects'])} subjects; {note}")
+    table = Table(show_lines=False)
+    for col in ("subject", "store", "images", "registrations"):
+        table.add_column(col)
+    for s in d["subjects"]:
+        table.add_row(s["subject"], s["store"], str(s["images"]), str(s["registrations"]))
+    out.print(table)
+
+
 @handle_errors
 def main(
-    store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL)")],
+    store: Annotated[
+        str, typer.Argument(help="subject store, or a study (folder or s3:// prefix)")
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    live: Live = False,
 ) -> None:
-    """Images, shapes, physical extent, units, transforms and provenance of a store."""
+    """Images, shapes, physical extent, units, transforms and provenance of a store.
+
+    Given a study (a folder or an s3:// prefix of subject stores): its subjects and archive.
+    """
+    from bridge_xr.io.study import describe_study, is_study
+
+    if is_study(store):
+        _study(describe_study(store, live=live), as_json)
+        return
     from bridge_xr.scene.info import describe
 
     d = describe(store)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import Overwrite, StoreArg, Via, handle_errors, out
+from bridge_xr_cli._common import Live, Overwrite, StoreArg, StudyArg, Via, handle_errors, out
 
 app = typer.Typer(
     help="Microscopy-trained MRI vessel segmentation: filter, export, train, predict, evaluate."
@@ -91,7 +91,7 @@ def _spacing_zyx(text: str) -> tuple[float, float, float]:
 @app.command("export")
 @handle_errors
 def export(
-    study: Annotated[Path, typer.Argument(help="study folder of registered subject stores")],
+    study: StudyArg,
     output: Annotated[Path, typer.Option(help="nnU-Net raw folder (nnUNet_raw)")],
     mri_sequence: Annotated[str, typer.Option(help="MRI image name, e.g. T2w")] = "T2w",
     truth: Annotated[str, typer.Option(help="microscopy image name, e.g. angiogram")] = "angiogram",
@@ -138,6 +138,7 @@ def export(
         ),
     ] = None,
     via: Via = None,
+    live: Live = False,
 ) -> None:
     """Registered MRI crops + microscopy vessel truth -> an nnU-Net v2 raw dataset."""
     import pandas as pd
@@ -160,6 +161,7 @@ def export(
         crops=table, dataset_id=dataset_id, truth_threshold=truth_threshold,
         min_fraction=min_fraction, crop_yx=crop_size, min_vessel=min_vessel, n_folds=folds,
         negative_control=negative_control, max_tre_um=max_tre_um, diameters=diameters, via=via,
+        live=live,
     )  # fmt: skip
     if verify:
         check(folder)

@@ -412,3 +412,72 @@ def test_path_escape_and_credential_leaks_are_refused(
     ]
     written += list(_objects(s3_server, s3_bucket, "ok").values())
     assert all(secret.encode() not in b for b in written)
+
+
+def test_study_commands_run_in_place_on_an_archive(
+    tmp_path: Path, s3_server: str, s3_bucket: str, state: Path
+) -> None:
+    from bridge_xr.extract.tables import read_tables
+    from bridge_xr.testing.phantom import PhantomConfig
+    from bridge_xr.testing.study import write_analysis_study
+
+    write_analysis_study(tmp_path, ("M001", "M002"), PhantomConfig.tiny())
+    study = tmp_path / "study"
+    thr = ["--threshold", "angiogram=1000", "--threshold", "glioma=900"]
+    res = runner.invoke(app, ["extract-study", str(study), "--output", str(study / "tables"), *thr])
+    assert res.exit_code == 0, res.output
+    url = f"s3://{s3_bucket}/lab/study-2026"
+    assert runner.invoke(app, ["archive", str(study), url]).exit_code == 0
+
+    res = runner.invoke(app, ["info", url])
+    assert res.exit_code == 0, res.output
+    assert "2 subjects" in res.output
+    assert "archive:" in res.output
+    assert "M002" in res.output
+
+    # tables extracted from the archive, written to the object store, equal those made locally
+    out_url = f"s3://{s3_bucket}/lab/tables-2026"
+    res = runner.invoke(app, ["extract-study", url, "--output", out_url, *thr])
+    assert res.exit_code == 0, res.output
+    cols = ["subject", "session", "z", "y", "x"]
+    remote = read_tables(out_url).sort_values(cols).reset_index(drop=True)
+    local = read_tables(study / "tables").sort_values(cols).reset_index(drop=True)
+    pd.testing.assert_frame_equal(remote[local.columns], local, check_categorical=False)
+    res = runner.invoke(app, ["extract-study", url, "--output", out_url, *thr])
+    assert res.exit_code == 2
+    assert "already exists" in res.output
+
+    res = runner.invoke(app, ["report", url, "--output", str(tmp_path / "report")])
+    assert res.exit_code == 0, res.output
+    html = (tmp_path / "report" / "index.html").read_text()
+    assert "M001.ome.zarr" in html
+    assert "M002.ome.zarr" in html
+
+    base = ["learn", "export", "--spacing", "30um,30um,30um", "--crop-size", "4",
+            "--min-vessel", "1", "--no-verify", "--no-diameters"]  # fmt: skip
+    res = runner.invoke(app, [*base[:2], url, *base[2:], "--output", str(tmp_path / "ds_s3")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, [*base[:2], str(study), *base[2:], "--output", str(tmp_path / "ds")])
+    assert res.exit_code == 0, res.output
+    import nibabel as nib
+
+    here = sorted((tmp_path / "ds").glob("Dataset*/labelsTr/*.nii.gz"))
+    there = sorted((tmp_path / "ds_s3").glob("Dataset*/labelsTr/*.nii.gz"))
+    assert [p.name for p in here] == [p.name for p in there]
+    assert here
+    for a, b in zip(here, there, strict=True):
+        assert np.array_equal(np.asarray(nib.load(a).dataobj), np.asarray(nib.load(b).dataobj))
+
+    # none of it wrote into the archive
+    res = runner.invoke(app, ["verify", url, "--deep"])
+    assert res.exit_code == 0, res.output
+
+    # a prefix without a manifest (unfinished, or written in place) needs --live
+    _s3(s3_server).delete_object(Bucket=s3_bucket, Key="lab/study-2026/bridge_xr-manifest.json")
+    res = runner.invoke(app, ["report", url, "--output", str(tmp_path / "r2")])
+    assert res.exit_code == 2
+    assert "--live" in res.output
+    res = runner.invoke(app, ["info", url, "--live"])
+    assert res.exit_code == 0, res.output
+    assert "2 subjects" in res.output
+    assert "no archive manifest" in " ".join(res.output.split())

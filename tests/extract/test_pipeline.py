@@ -140,7 +140,7 @@ def test_plots_and_report(study, tmp_path) -> None:
                tmp_path / "box.png")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert (tmp_path / "box.png").stat().st_size > 1000
-    assert (tmp_path / "box.svg").read_text().lstrip().startswith("<?xml")
+    assert (tmp_path / "box.svg").read_text(encoding="utf-8").lstrip().startswith("<?xml")
     r = bridge("plot", tables, "--kind", "heatmap", "--by", "fraction_glioma", "--output",
                tmp_path / "heat.svg")  # fmt: skip
     assert r.exit_code == 0, r.output
