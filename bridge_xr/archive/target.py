@@ -43,6 +43,8 @@ SHA_ATTRIBUTE = "bridge-xr-sha256"
 _ENDPOINT_VARS = ("BRIDGE_XR_S3_ENDPOINT", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 _SECRET_VARS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f\\]")
+#: secrets read from a profile (not in the environment): redacted like the environment's
+_KNOWN_SECRETS: set[str] = set()
 
 
 def check_key(key: str) -> str:
@@ -61,8 +63,8 @@ def check_key(key: str) -> str:
 
 def redact(text: str) -> str:
     """``text`` with every credential value this process knows replaced by ``***``."""
-    for var in ("AWS_ACCESS_KEY_ID", *_SECRET_VARS):
-        value = os.environ.get(var)
+    values = {os.environ.get(var) for var in ("AWS_ACCESS_KEY_ID", *_SECRET_VARS)}
+    for value in values | _KNOWN_SECRETS:
         if value and len(value) >= 4:
             text = text.replace(value, "***")
     text = re.sub(
@@ -111,6 +113,7 @@ def _profile_credentials() -> Any:
 
     def provide() -> dict[str, Any]:
         frozen = creds.get_frozen_credentials()
+        _KNOWN_SECRETS.update(v for v in (frozen.access_key, frozen.secret_key, frozen.token) if v)
         return {
             "access_key_id": frozen.access_key,
             "secret_access_key": frozen.secret_key,
