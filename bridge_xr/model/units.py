@@ -145,3 +145,25 @@ def parse_spacing_um(text: str, *, default_unit: str = "um") -> tuple[float, flo
         raise UnitError(msg)
     x, y, z = (parse_length_um(p, default_unit=default_unit) for p in parts)
     return (z, y, x)
+
+
+def parse_time(text: str, *, to: str = "millisecond") -> float:
+    """A duration written with its unit (``'0.15ms'``, ``'1.2 us'``), in ``to``; no bare numbers.
+
+    Examples
+    --------
+    >>> parse_time("0.15ms"), parse_time("1.2us", to="microsecond"), parse_time("2 s")
+    (0.15, 1.2, 2000.0)
+    """
+    match = _QUANTITY.match(text)
+    if match is None or not match.group(2).strip():
+        raise UnitError(f"cannot read a duration from {text!r}; write it with its unit: '0.15ms'")
+    value = float(match.group(1))
+    try:
+        q = ureg().Quantity(value, _to_unit(match.group(2).strip()))
+        out = float(q.to(to).magnitude)
+    except Exception:
+        raise UnitError(f"{text!r} is not a duration; write it like '0.15ms'") from None
+    if out <= 0:
+        raise UnitError(f"duration {text!r} must be positive")
+    return out

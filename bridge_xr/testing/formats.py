@@ -183,6 +183,7 @@ def write_czi(
     tiles: int = 1,
     objective: str = "Plan-Apochromat 10x/0.45 M27",
     mosaic: Sequence[tuple[int, int]] | None = None,
+    laser_scan: tuple[float, float] | None = None,
 ) -> Path:
     """A Zeiss CZI (ZISRAW) file by its documented segment layout (czifile's reading of it).
 
@@ -192,6 +193,8 @@ def write_czi(
     ``tiles`` > 1 writes every plane as that many mosaic tiles (M), side by side in x.
     ``mosaic``: a tile scan of one scene instead; ``data`` is (tile, c, z, y, x) and tile ``m``
     starts at pixel ``mosaic[m]`` = (y, x) of the global grid (as ZEN writes stage positions).
+    ``laser_scan``: (line time, pixel dwell) in seconds, written as each channel's
+    ``LaserScanInfo/LineTime`` and ``PixelTime`` (as ZEN does for LSM line scans).
     """
     # long by design: a fixture writer laying out the CZI segments byte by byte, in file order
     import struct
@@ -203,9 +206,15 @@ def write_czi(
     pixel_type = {np.dtype("uint8"): 0, np.dtype("uint16"): 1, np.dtype("float32"): 2}[data.dtype]
     code = {"none": 0, "zstd0": 5, "zstd1": 6}[compression]
     names = channel_names or tuple(f"Ch{c + 1}" for c in range(n_c))
+    scan_xml = (
+        f"<LaserScanInfo><PixelTime>{laser_scan[1]!r}</PixelTime>"
+        f"<LineTime>{laser_scan[0]!r}</LineTime></LaserScanInfo>"
+        if laser_scan
+        else ""
+    )
     ch_xml = "".join(
         f'<Channel Id="Channel:{c}" Name="{n}"><ExcitationWavelength>{488 + 100 * c}'
-        "</ExcitationWavelength></Channel>"
+        f"</ExcitationWavelength>{scan_xml}</Channel>"
         for c, n in enumerate(names)
     )
     sc_xml = "".join(f'<Scene Index="{s}" Name="{n}"/>' for s, n in enumerate(scene_names))

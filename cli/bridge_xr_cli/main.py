@@ -17,6 +17,7 @@ from bridge_xr_cli import (
     export,
     info,
     learn,
+    linescan,
     register,
     resample,
     tiles,
@@ -55,6 +56,7 @@ def main(
 app.add_typer(convert.app, name="convert")
 app.add_typer(export.app, name="export")
 app.add_typer(learn.app, name="learn")
+app.add_typer(linescan.app, name="linescan")
 app.command("info")(info.main)
 app.command("validate")(info.validate)
 app.command("demo")(demo.main)
