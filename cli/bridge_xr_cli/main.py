@@ -19,6 +19,7 @@ from bridge_xr_cli import (
     learn,
     linescan,
     register,
+    relax,
     resample,
     tiles,
 )
@@ -81,6 +82,7 @@ app.command("report")(analyze.report)
 convert.app.command("tiles")(tiles.convert_tiles)
 app.command("stitch")(tiles.stitch)
 app.command("fuse")(tiles.fuse)
+app.command("relax")(relax.relax)
 app.command("archive")(archive.archive)
 app.command("verify")(archive.verify)
 
