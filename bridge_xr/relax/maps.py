@@ -29,6 +29,8 @@ from bridge_xr.io.subject import read_subject
 from bridge_xr.relax.fitting import MODELS, Model, fit_t2
 
 _TE_NAME = re.compile(r"TE\s*([0-9.eE+-]+)\s*ms")
+#: voxels per fitted block (each holds ~20 float64 temporaries per echo)
+_BLOCK_VOXELS = 32768
 #: echo times may differ from the store's by this much (rounding)
 _AGREE_MS = 1e-3
 
@@ -135,7 +137,7 @@ def relax(
     Returns
     -------
     dict
-        Echo times, fit, noise sigma, and the median of the map inside the mask.
+        Echo times, fit, noise sigma, the voxels fitted and the map's mean (ms).
     """
     from bridge_xr.extract.masks import write_on_grid_of
 
@@ -154,7 +156,9 @@ def relax(
             )
         sigma = background_sigma(store, echoes, background)
     data = read_image(store, echoes).data
-    data = data.rechunk({0: -1, 1: min(data.shape[1], 16)})
+    ny, nx = data.shape[2:]
+    rows = max(1, min(ny, _BLOCK_VOXELS // max(nx, 1)))  # bounded blocks: memory flat in size
+    data = data.rechunk({0: -1, 1: 1, 2: rows, 3: -1})
     m = None
     if mask is not None:
         m = read_image(store, mask).data
@@ -182,7 +186,8 @@ def relax(
             path = image_out + suffix
             write_on_grid_of(store, echoes, done[k], path, operation="relax",
                              overwrite=overwrite, **params)  # fmt: skip
-        median = float(np.nanmedian(np.asarray(done[0])))
+        t2 = done[0]
+        fitted_n, median = da.compute(da.isfinite(t2).sum(), da.nanmean(t2))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return {"image": image_out, "median_ms": median, **params}
+    return {"image": image_out, "fitted_voxels": int(fitted_n), "mean_ms": float(median), **params}

@@ -69,5 +69,5 @@ def relax(
     sigma = f", noise sigma {res['noise_sigma']:.4g}" if res["noise_sigma"] else ""
     out.print(
         f"{image_out}: {model.value} by {fit.value} fit over {len(res['echo_times_ms'])} echoes"
-        f"{sigma}; median {res['median_ms']:.4g} ms"
+        f"{sigma}; {res['fitted_voxels']} voxels fitted, mean {res['mean_ms']:.4g} ms"
     )
