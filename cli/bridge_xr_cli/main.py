@@ -17,6 +17,7 @@ from bridge_xr_cli import (
     export,
     info,
     learn,
+    lesions,
     linescan,
     register,
     relax,
@@ -83,6 +84,7 @@ convert.app.command("tiles")(tiles.convert_tiles)
 app.command("stitch")(tiles.stitch)
 app.command("fuse")(tiles.fuse)
 app.command("relax")(relax.relax)
+app.command("lesions")(lesions.lesions)
 app.command("archive")(archive.archive)
 app.command("verify")(archive.verify)
 
