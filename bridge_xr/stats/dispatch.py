@@ -9,7 +9,7 @@ import pandas as pd
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.stats.group_tests import anova_tukey, kruskal_dunn, pairwise, spearman
 
-TESTS = ("anova-tukey", "kruskal-dunn", "mann-whitney", "welch", "spearman")
+TESTS = ("anova-tukey", "kruskal-dunn", "mann-whitney", "welch", "spearman", "equivalence")
 
 
 def run_test(
@@ -19,6 +19,8 @@ def run_test(
     by: str,
     test: str,
     bins: Any = None,
+    margin: float = 0.05,
+    reference: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group ``response`` by ``by`` (binned into density categories when ``bins`` given).
 
@@ -34,6 +36,15 @@ def run_test(
         The test.
     bins : sequence of float, optional
         Bin ``by`` into density categories first.
+    margin : float
+        ``equivalence``: the margin on each category's proportion (the paper: 0.05).
+    reference : str, optional
+        ``equivalence``: the reference time point (default the first).
+
+    ``equivalence`` takes ``response`` as the category column (e.g. ``category_glioma``) and
+    ``by`` as the time point column (e.g. ``session``): the paper's ±margin rule on the maximum
+    absolute deviation of proportions, and a TOST per category
+    (:func:`bridge_xr.stats.stability.equivalence`).
 
     Returns
     -------
@@ -57,6 +68,19 @@ def run_test(
         if col not in df.columns:
             raise InvalidInputError(f"no column {col!r} in the tables; columns: {list(df.columns)}")
     data = df.copy()
+    if test == "equivalence":
+        from bridge_xr.stats.stability import equivalence
+
+        pairs = equivalence(data, category=response, timepoint=by, reference=reference,
+                            margin=margin)  # fmt: skip
+        per_cat = pairs.groupby("category", sort=True).agg(
+            max_abs_deviation=("max_abs_deviation", "max"),
+            stable_max_dev=("stable_max_dev", "all"),
+            stable_tost=("stable_tost", "all"),
+        )
+        omnibus = per_cat.reset_index().assign(test="equivalence", margin=margin,
+                                               response=response, by=by)  # fmt: skip
+        return omnibus, pairs.assign(response=response, by=by)
     if test == "spearman":
         r = spearman(data[by].to_numpy(float), data[response].to_numpy(float))
         return pd.DataFrame([{**r, "response": response, "by": by}]), pd.DataFrame()

@@ -304,8 +304,18 @@ def stats(
     response: Annotated[str, typer.Option(help="column to compare, e.g. mri_z")],
     by: Annotated[str, typer.Option(help="grouping column, e.g. fraction_glioma")],
     test: Annotated[
-        str, typer.Option(help="anova-tukey | kruskal-dunn | mann-whitney | welch | spearman")
+        str,
+        typer.Option(
+            help="anova-tukey | kruskal-dunn | mann-whitney | welch | spearman | equivalence "
+            "(--response CATEGORY --by TIMEPOINT)"
+        ),
     ] = "kruskal-dunn",
+    margin: Annotated[
+        str, typer.Option(help="equivalence margin on proportions, e.g. 5% or 0.05")
+    ] = "5%",
+    reference: Annotated[
+        str | None, typer.Option(help="equivalence: reference time point (default: first)")
+    ] = None,
     bins: Annotated[
         str | None, typer.Option(help="bin a numeric --by into categories at these edges")
     ] = None,
@@ -320,8 +330,16 @@ def stats(
     from bridge_xr.extract.tables import read_tables
     from bridge_xr.stats.dispatch import run_test
 
+    text = margin.strip()
+    try:
+        m = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise InvalidInputError(f"--margin takes 5% or 0.05; got {margin!r}") from None
+    if not 0 < m < 1:
+        raise InvalidInputError(f"--margin must lie between 0 and 100 %; got {margin!r}")
     df = read_tables(tables, where=where)
-    omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins))
+    omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins),
+                              margin=m, reference=reference)  # fmt: skip
     summary = omnibus.attrs.get("summary")
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)

@@ -146,3 +146,35 @@ def test_run_test_bins_density_into_paper_categories() -> None:
     assert summary["n"].sum() == 350
     assert np.all(np.diff(summary["median"]) > 0)
     assert omnibus["p"].item() < 1e-10
+
+
+def test_stats_cli_equivalence_over_sessions_by_hand(tmp_path) -> None:
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from bridge_xr_cli.main import app
+
+    # d060: 50 % strongly / 50 % not visible; d074: 53 % / 47 % (within 5 %); d088: 60 % / 40 %
+    counts = {"d060": (500, 500), "d074": (530, 470), "d088": (600, 400)}
+    for session, (a, b) in counts.items():
+        part = tmp_path / "t" / "subject=M001" / f"session={session}"
+        part.mkdir(parents=True)
+        pd.DataFrame({"visibility": ["strong"] * a + ["none"] * b}).to_parquet(part / "p.parquet")
+    out = tmp_path / "eq"
+    res = CliRunner().invoke(app, ["stats", str(tmp_path / "t"), "--response", "visibility",
+                                   "--by", "session", "--test", "equivalence", "--margin", "5%",
+                                   "--output", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    pairs = pd.read_csv(f"{out}_pairs.csv")
+    dev = pairs.set_index(["timepoint", "category"])["deviation"]
+    got = {
+        (r.category, r.max_abs_deviation) for r in pd.read_csv(f"{out}_omnibus.csv").itertuples()
+    }
+    assert {(c, round(d, 6)) for c, d in got} == {("none", 0.1), ("strong", 0.1)}
+    omni = pd.read_csv(f"{out}_omnibus.csv")
+    assert not omni["stable_max_dev"].any()  # d088 deviates by 10 % > 5 %
+    assert abs(dev.loc[("d074", "strong")] - 0.03) < 1e-9
+    assert abs(dev.loc[("d088", "none")] + 0.10) < 1e-9
+    res = CliRunner().invoke(app, ["stats", str(tmp_path / "t"), "--response", "visibility",
+                                   "--by", "session", "--test", "equivalence", "--margin", "x"])  # fmt: skip
+    assert res.exit_code == 2
