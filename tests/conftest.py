@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import locale
 import os
 import socket
 import uuid
@@ -11,6 +12,14 @@ from pathlib import Path
 import pytest
 
 from bridge_xr.testing.phantom import Phantom, PhantomConfig, make_phantom
+
+
+@pytest.fixture(autouse=True)
+def _keep_locale() -> Iterator[None]:
+    """GDCM's DICOM writer sets the process locale to "C"; one test must not change the next."""
+    saved = locale.setlocale(locale.LC_ALL)
+    yield
+    locale.setlocale(locale.LC_ALL, saved)
 
 
 def _free_port() -> int:

@@ -6,7 +6,6 @@ object read and hashed. zarr is no judge here: a missing chunk reads as the fill
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -14,13 +13,14 @@ from dataclasses import dataclass, field
 from bridge_xr.archive.manifest import Entry, Manifest, read_manifest
 from bridge_xr.archive.target import (
     MANIFEST_NAME,
-    SHA_ATTRIBUTE,
-    Target,
     list_objects,
     one_line,
     open_target,
+    read_sha,
+    recorded_sha,
+    store_errors,
 )
-from bridge_xr.archive.upload import ArchiveError, _store_errors
+from bridge_xr.archive.upload import ArchiveError
 from bridge_xr.errors import InvalidInputError
 
 READ_BYTES = 8 * 2**20
@@ -51,27 +51,6 @@ class VerifyReport:
     def ok(self) -> bool:
         """Nothing missing, extra, truncated or corrupted."""
         return not self.problems
-
-
-def _head_sha(target: Target, key: str) -> str:
-    import obstore
-
-    if target.kind == "local":  # a folder keeps no object metadata: read it
-        return _read_sha(target, key)[0]
-    res = obstore.get(target.store, key, options={"head": True})
-    return str(res.attributes.get(SHA_ATTRIBUTE, ""))
-
-
-def _read_sha(target: Target, key: str) -> tuple[str, int]:
-    import obstore
-
-    h = hashlib.sha256()
-    n = 0
-    for buf in obstore.get(target.store, key).stream(min_chunk_size=READ_BYTES):
-        view = memoryview(buf)
-        h.update(view)
-        n += len(view)
-    return h.hexdigest(), n
 
 
 def verify_archive(
@@ -117,7 +96,7 @@ def verify_archive(
     [('a.txt', 'checksum')]
     """
     tgt = open_target(target)
-    errors = _store_errors()
+    errors = store_errors()
     try:
         manifest: Manifest | None = read_manifest(tgt)
         if manifest is None:
@@ -154,8 +133,8 @@ def verify_archive(
 
     def check(entry: Entry) -> tuple[Entry, str, int]:
         if deep:
-            return (entry, *_read_sha(tgt, entry.key))
-        return entry, _head_sha(tgt, entry.key), 0
+            return (entry, *read_sha(tgt, entry.key, READ_BYTES))
+        return entry, recorded_sha(tgt, entry.key), 0
 
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         futures = {pool.submit(check, e): e for e in present}

@@ -240,3 +240,35 @@ def abort_multipart(target: Target) -> int:
             )
             aborted += 1
     return aborted
+
+
+def store_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions an object store raises when it fails (server gone, connection cut)."""
+    from obstore.exceptions import BaseError
+
+    return (BaseError, OSError, RuntimeError, TimeoutError)
+
+
+def read_sha(target: Target, key: str, chunk: int = 8 * 2**20) -> tuple[str, int]:
+    """SHA-256 and size of an object's bytes, read in parts of ``chunk`` bytes."""
+    import hashlib
+
+    import obstore
+
+    h = hashlib.sha256()
+    n = 0
+    for buf in obstore.get(target.store, key).stream(min_chunk_size=chunk):
+        view = memoryview(buf)
+        h.update(view)
+        n += len(view)
+    return h.hexdigest(), n
+
+
+def recorded_sha(target: Target, key: str) -> str:
+    """The SHA-256 recorded on an object at upload ('' if none); a folder's object is read."""
+    import obstore
+
+    if target.kind == "local":  # a folder keeps no object metadata
+        return read_sha(target, key)[0]
+    res = obstore.get(target.store, key, options={"head": True})
+    return str(res.attributes.get(SHA_ATTRIBUTE, "") or "")

@@ -35,6 +35,8 @@ from bridge_xr.archive.target import (
     list_objects,
     one_line,
     open_target,
+    recorded_sha,
+    store_errors,
 )
 from bridge_xr.errors import BridgeXRError, InvalidInputError
 
@@ -179,24 +181,12 @@ def _after_write() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def remote_sha(target: Target, key: str, *, read: bool = False) -> str | None:
-    """The SHA-256 an archived object carries in its metadata (or, ``read``, of its bytes).
-
-    Local folders keep no object metadata: there the object is always read.
-    """
-    import obstore
-
+def remote_sha(target: Target, key: str) -> str | None:
+    """The SHA-256 recorded on an archived object, or None (none recorded, or unreadable)."""
     try:
-        if read or target.kind == "local":
-            h = hashlib.sha256()
-            for buf in obstore.get(target.store, key).stream(min_chunk_size=8 * 2**20):
-                h.update(memoryview(buf))
-            return h.hexdigest()
-        res = obstore.get(target.store, key, options={"head": True})
+        return recorded_sha(target, key) or None
     except Exception:
         return None
-    value = res.attributes.get(SHA_ATTRIBUTE)
-    return str(value) if value else None
 
 
 def _put(target: Target, f: SourceFile) -> tuple[str, str | None, int]:
@@ -226,12 +216,6 @@ def _put(target: Target, f: SourceFile) -> tuple[str, str | None, int]:
     if size != f.size:
         raise InvalidInputError(f"{str(f.path)!r} changed while it was archived; run again")
     return sha, res.get("e_tag"), size
-
-
-def _store_errors() -> tuple[type[BaseException], ...]:
-    from obstore.exceptions import BaseError
-
-    return (BaseError, OSError, RuntimeError, TimeoutError)
 
 
 def archive_study(
@@ -285,7 +269,7 @@ def archive_study(
 
     files = scan_source(study)
     tgt = open_target(target, create=True)
-    errors = _store_errors()
+    errors = store_errors()
     result = ArchiveResult(target=tgt.url, objects=len(files), bytes=sum(f.size for f in files))
     try:
         existing = read_manifest(tgt)

@@ -316,18 +316,20 @@ def _upload_partitions(parts: list[Path], output: str, stamp: str, overwrite: bo
     """
     from bridge_xr.io.locations import filesystem, join
 
-    fs, _ = filesystem(output)
-    dests = [join(output, part.parent.name, part.name) for part in parts]
+    fs, base = filesystem(output)
+    base = base.rstrip("/")
+    names = [f"{part.parent.name}/{part.name}" for part in parts]
     if not overwrite:
-        for dest in dests:
-            if fs.exists(filesystem(dest)[1]):
+        for name in names:
+            if fs.exists(f"{base}/{name}"):
                 raise InvalidInputError(
-                    f"{dest} already exists; pass `overwrite` to replace that subject/session"
+                    f"{join(output, name)} already exists; pass `overwrite` to replace that "
+                    "subject/session"
                 )
     written: list[Any] = []
-    for part, dest in zip(parts, dests, strict=True):
+    for part, name in zip(parts, names, strict=True):
         (part / "_provenance.json").write_text(stamp)
-        path = filesystem(dest)[1]
+        dest, path = join(output, name), f"{base}/{name}"
         if fs.exists(path):
             fs.rm(path, recursive=True)
         for f in sorted(part.iterdir()):

@@ -38,23 +38,33 @@ def subject_name(store: Any, where: StoreLike) -> str:
     return re.sub(r"(\.ome)?\.zarr$", "", name)
 
 
-def _manifest_subjects(study: str) -> list[str] | None:
-    """Subject store names from the archive manifest at ``study``, or None without one."""
+def _manifest(study: str | Path) -> dict[str, Any] | None:
+    """The archive manifest at ``study`` (a folder or a URL) as parsed JSON, or None."""
     import json
 
     from bridge_xr._constants import ARCHIVE_MANIFEST
-    from bridge_xr.io.locations import filesystem, join
+    from bridge_xr.io.locations import filesystem, is_remote, join, local_path
 
-    fs, path = filesystem(join(study, ARCHIVE_MANIFEST))
+    where = join(study, ARCHIVE_MANIFEST)
     try:
-        with fs.open(path, "rb") as fh:
-            doc = json.load(fh)
+        if is_remote(where):
+            fs, path = filesystem(where)
+            with fs.open(path, "rb") as fh:
+                return dict(json.load(fh))
+        return dict(json.loads(local_path(where).read_text()))
     except FileNotFoundError:
         return None
     except (ValueError, OSError) as exc:
         raise InvalidInputError(
-            f"the archive manifest of {study!r} cannot be read: {exc}"
+            f"the archive manifest of {str(study)!r} cannot be read: {exc}"
         ) from None
+
+
+def _manifest_subjects(study: str) -> list[str] | None:
+    """Subject store names from the archive manifest at ``study``, or None without one."""
+    doc = _manifest(study)
+    if doc is None:
+        return None
     tops = {str(o["key"]).split("/", 1)[0] for o in doc.get("objects", []) if "/" in str(o["key"])}
     return sorted(t for t in tops if t.endswith(".zarr"))
 
@@ -185,22 +195,15 @@ def describe_study(where: str | Path, *, live: bool = False) -> dict[str, Any]:
     >>> [(s["subject"], s["images"]) for s in d["subjects"]], d["archive"]
     ([('M001', 2)], None)
     """
-    import json
-
-    from bridge_xr._constants import ARCHIVE_MANIFEST
     from bridge_xr.io._store import resolve_store
-    from bridge_xr.io.locations import exists, filesystem, is_remote, join, local_path, name_of
+    from bridge_xr.io.locations import name_of
 
-    archive = None
-    manifest = join(where, ARCHIVE_MANIFEST)
-    if exists(manifest):
-        if is_remote(manifest):
-            fs, path = filesystem(manifest)
-            with fs.open(path, "rb") as fh:
-                doc = json.load(fh)
-        else:
-            doc = json.loads(local_path(manifest).read_text())
-        archive = {k: doc.get(k) for k in ("count", "total_bytes", "created", "source")}
+    doc = _manifest(where)
+    archive = (
+        None
+        if doc is None
+        else {k: doc.get(k) for k in ("count", "total_bytes", "created", "source")}
+    )
     subjects = []
     for store in subject_stores(where, live=live):
         st = resolve_store(str(store), read_only=True)

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+import dask.array as da
 import pandas as pd
 
 from bridge_xr.errors import InvalidInputError
@@ -67,7 +67,7 @@ def lesion_table(
                     f"{tuple(img.shape)}; draw them on that image's grid"
                 )
             labels = lab.data.rechunk(mask.chunks)
-            rois = [int(v) for v in np.unique(np.asarray(labels)) if v > 0]
+            rois = [int(v) for v in da.unique(labels).compute() if v > 0]  # block by block
             if not rois:
                 raise InvalidInputError(f"ROI labels {roi_labels!r} hold no label > 0")
         for r in rois:

@@ -23,7 +23,21 @@ def rotation(deg_x: float, deg_z: float) -> np.ndarray:
 
 
 def write_dicom_series(folder: Path, *, oblique: bool = True, n_slices: int = 6) -> sitk.Image:
-    """A DICOM MR series made with SimpleITK (one file per slice, oblique geometry)."""
+    """A DICOM MR series made with SimpleITK (one file per slice, oblique geometry).
+
+    GDCM's writer sets the process locale to "C" (so text files would open as ASCII afterwards);
+    the locale is put back when the series is written.
+    """
+    import locale
+
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        return _write_dicom_series(folder, oblique=oblique, n_slices=n_slices)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved)
+
+
+def _write_dicom_series(folder: Path, *, oblique: bool, n_slices: int) -> sitk.Image:
     rng = np.random.default_rng(2)
     arr = rng.integers(0, 4000, size=(n_slices, 16, 20)).astype(np.int16)
     vol = sitk.GetImageFromArray(arr)

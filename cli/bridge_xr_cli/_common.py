@@ -151,12 +151,12 @@ def handle_errors(func: F) -> F:
 
 
 @contextlib.contextmanager
-def level_progress(description: str, unit: str = "levels") -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar fed by ``callback(done, total)``."""
+def _progress(description: str, *columns: Any) -> Iterator[Callable[[int, int], None]]:
+    """A rich progress bar (on a terminal only) fed by ``callback(done, total)``."""
     with Progress(
         TextColumn("[progress.description]{task.description}"),
         BarColumn(),
-        TextColumn("{task.completed}/{task.total} " + unit),
+        *columns,
         TimeElapsedColumn(),
         console=console,
         transient=not sys.stderr.isatty(),
@@ -168,6 +168,21 @@ def level_progress(description: str, unit: str = "levels") -> Iterator[Callable[
             progress.update(task, completed=done, total=total)
 
         yield callback
+
+
+Feed = contextlib.AbstractContextManager[Callable[[int, int], None]]
+
+
+def level_progress(description: str, unit: str = "levels") -> Feed:
+    """A progress bar counting ``unit`` (a context manager giving ``callback(done, total)``)."""
+    return _progress(description, TextColumn("{task.completed}/{task.total} " + unit))
+
+
+def byte_progress(description: str) -> Feed:
+    """A progress bar in bytes, with the transfer speed."""
+    from rich.progress import DownloadColumn, TransferSpeedColumn
+
+    return _progress(description, DownloadColumn(), TransferSpeedColumn())
 
 
 _client: Any = None

@@ -2,48 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 from rich.table import Table
 
-from bridge_xr_cli._common import console, handle_errors, out
+from bridge_xr_cli._common import byte_progress, handle_errors, out
 
 Workers = Annotated[int, typer.Option("--workers", min=1, help="objects in flight at once")]
-
-
-@contextlib.contextmanager
-def byte_progress(description: str) -> Iterator[Callable[[int, int], None]]:
-    """A rich progress bar in bytes, fed by ``callback(done, total)``."""
-    with Progress(
-        TextColumn("[progress.description]{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=not sys.stderr.isatty(),
-        disable=not sys.stderr.isatty(),
-    ) as progress:
-        task = progress.add_task(description, total=None)
-
-        def callback(done: int, total: int) -> None:
-            progress.update(task, completed=done, total=total)
-
-        yield callback
 
 
 def _mb(n: int) -> str:

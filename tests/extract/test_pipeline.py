@@ -146,10 +146,10 @@ def test_plots_and_report(study, tmp_path) -> None:
     assert r.exit_code == 0, r.output
     r = bridge("report", root / "study", "--output", tmp_path / "report")
     assert r.exit_code == 0, r.output
-    html = (tmp_path / "report" / "index.html").read_text()
+    html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
     assert "Kruskal-Wallis" in html
     assert "glioma_to_mri" in html
-    summary = json.loads((tmp_path / "report" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
     assert summary["channels"]["angiogram"]["spearman_rho"] < -0.5
     assert summary["channels"]["angiogram"]["kruskal_p"] < 1e-6
 
