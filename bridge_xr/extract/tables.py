@@ -346,7 +346,8 @@ def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame
     Parameters
     ----------
     tables : str or path
-        A tables folder written by :func:`write_table` / :func:`extract_study`.
+        A tables folder written by :func:`write_table` / :func:`extract_study`, or one table
+        file (``.parquet``, ``.csv``, ``.tsv``: a lesion table, per-vessel ratings).
     where : str, optional
         Keep only the rows of this pandas query (e.g. ``"mask_label == 2"``).
 
@@ -367,6 +368,8 @@ def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame
     """
     from bridge_xr.io.locations import filesystem, is_remote
 
+    if not is_remote(tables) and Path(tables).suffix.lower() in _TABLE_FILES:
+        return _query(_read_table_file(Path(tables)), where)
     fs: Any = None
     if is_remote(tables):
         fs, base = filesystem(str(tables))
@@ -389,13 +392,30 @@ def read_tables(tables: str | Path, *, where: str | None = None) -> pd.DataFrame
         part.insert(0, "session", folder.name.split("=", 1)[1])
         part.insert(0, "subject", folder.parent.name.split("=", 1)[1])
         frames.append(part)
-    df = pd.concat(frames, ignore_index=True)
-    if where:
-        try:
-            df = df.query(where)
-        except Exception as exc:  # pandas raises many kinds for a bad expression
-            raise InvalidInputError(f"`where` {where!r} is not a valid query: {exc}") from None
-    return df
+    return _query(pd.concat(frames, ignore_index=True), where)
+
+
+_TABLE_FILES = (".parquet", ".csv", ".tsv")
+
+
+def _read_table_file(path: Path) -> pd.DataFrame:
+    if not path.is_file():
+        raise InvalidInputError(f"no such table file: {str(path)!r}; check the path")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",")
+    except (ValueError, OSError, pd.errors.ParserError) as exc:
+        raise InvalidInputError(f"cannot read table {str(path)!r}: {exc}") from None
+
+
+def _query(df: pd.DataFrame, where: str | None) -> pd.DataFrame:
+    if not where:
+        return df
+    try:
+        return df.query(where)
+    except Exception as exc:  # pandas raises many kinds for a bad expression
+        raise InvalidInputError(f"`where` {where!r} is not a valid query: {exc}") from None
 
 
 #: the name the Python API uses: ``bx.extract.table(scene, mri=..., microscopy=[...])``

@@ -300,7 +300,10 @@ def longitudinal(
 
 @handle_errors
 def stats(
-    tables: Annotated[Path, typer.Argument(help="tables folder")],
+    tables: Annotated[
+        Path,
+        typer.Argument(help="tables folder, or one .parquet/.csv table (lesions, vessel ratings)"),
+    ],
     response: Annotated[str, typer.Option(help="column to compare, e.g. mri_z")],
     by: Annotated[str, typer.Option(help="grouping column, e.g. fraction_glioma")],
     test: Annotated[
