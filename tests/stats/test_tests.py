@@ -178,3 +178,33 @@ def test_stats_cli_equivalence_over_sessions_by_hand(tmp_path) -> None:
     res = CliRunner().invoke(app, ["stats", str(tmp_path / "t"), "--response", "visibility",
                                    "--by", "session", "--test", "equivalence", "--margin", "x"])  # fmt: skip
     assert res.exit_code == 2
+
+
+def test_stats_cli_on_one_rating_table_matches_scipy_kruskal(tmp_path) -> None:
+    """Fig. 2F: vessel diameter per MRI visibility category, from a hand-rated CSV."""
+    from typer.testing import CliRunner
+
+    from bridge_xr_cli.main import app
+
+    rng = np.random.default_rng(4)
+    cats = {"not visible": 4, "barely visible": 11, "visible": 4, "strongly visible": 6}
+    rows = [
+        {"vessel": f"v{i}_{c}", "t2star_visibility": c, "diameter_um": rng.normal(10 + 8 * k, 3)}
+        for k, (c, n) in enumerate(cats.items())
+        for i in range(n)
+    ]
+    table = pd.DataFrame(rows)
+    table.to_csv(tmp_path / "vessels.csv", index=False)
+    out = tmp_path / "fig2f"
+    res = CliRunner().invoke(app, ["stats", str(tmp_path / "vessels.csv"), "--response",
+                                   "diameter_um", "--by", "t2star_visibility", "--test",
+                                   "kruskal-dunn", "--output", str(out)])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    omni = pd.read_csv(f"{out}_omnibus.csv")
+    ref = stats.kruskal(*[g["diameter_um"] for _, g in table.groupby("t2star_visibility")])
+    assert omni["statistic"].item() == pytest.approx(ref.statistic)
+    assert omni["p"].item() == pytest.approx(ref.pvalue)
+    res = CliRunner().invoke(app, ["stats", str(tmp_path / "nope.csv"), "--response", "d",
+                                   "--by", "v"])  # fmt: skip
+    assert res.exit_code == 2
+    assert "no such table file" in res.output
