@@ -23,5 +23,9 @@ __getattr__, __dir__, __all__ = attach(
         "roi_mri": "status",
         "compare_status": "status",
         "read_status": "status",
+        "colocalize": "coloc",
+        "Colocalization": "coloc",
+        "agreement": "coloc",
+        "otsu_of": "coloc",
     },
 )

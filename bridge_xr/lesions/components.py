@@ -17,7 +17,7 @@ Examples
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import dask
@@ -45,12 +45,14 @@ class _UnionFind:
             self.parent[max(ra, rb)] = min(ra, rb)
 
 
-def _block_stats(block: np.ndarray, offset: tuple[int, ...], base: int) -> dict[str, Any]:
+def _block_stats(
+    block: np.ndarray, offset: tuple[int, ...], base: int, *values: np.ndarray
+) -> dict[str, Any]:
     """Label one block; per-label stats and the labels on its six faces (global ids)."""
     lab, n = ndimage.label(block)
     out: dict[str, Any] = {"n": n, "faces": {}}
     if n == 0:
-        out["stats"] = np.zeros((0, 11))
+        out["stats"] = np.zeros((0, 11 + len(values)))
         return out
     ids = np.arange(1, n + 1)
     counts = ndimage.sum_labels(np.ones_like(lab), lab, ids)
@@ -61,7 +63,8 @@ def _block_stats(block: np.ndarray, offset: tuple[int, ...], base: int) -> dict[
     sl = ndimage.find_objects(lab)
     lo = np.array([[s[ax].start + offset[ax] for ax in range(3)] for s in sl], float)
     hi = np.array([[s[ax].stop + offset[ax] for ax in range(3)] for s in sl], float)
-    out["stats"] = np.column_stack([*rows, lo, hi])
+    sums = [ndimage.sum_labels(np.asarray(v, np.float64), lab, ids) for v in values]
+    out["stats"] = np.column_stack([*rows, lo, hi, *sums])
     glab = np.where(lab > 0, lab + base, 0)
     for ax in range(3):
         out["faces"][(ax, 0)] = np.take(glab, 0, axis=ax)
@@ -69,14 +72,22 @@ def _block_stats(block: np.ndarray, offset: tuple[int, ...], base: int) -> dict[
     return out
 
 
-def component_table(mask: da.Array, spacing_um: Sequence[float]) -> pd.DataFrame:
+def component_table(
+    mask: da.Array,
+    spacing_um: Sequence[float],
+    values: Mapping[str, da.Array] | None = None,
+) -> pd.DataFrame:
     """One row per connected component of a 3-D boolean dask array (face connectivity).
 
     Columns: ``lesion`` (1.., by first voxel in C order of the bounding boxes), ``voxels``,
-    ``volume_um3``, ``centroid_{z,y,x}_um`` (voxel centres), ``bbox_{lo,hi}_{z,y,x}`` (voxels).
+    ``volume_um3``, ``centroid_{z,y,x}_um`` (voxel centres), ``bbox_{lo,hi}_{z,y,x}`` (voxels),
+    and ``mean_<name>`` for each image in ``values`` (same shape as the mask: the component's
+    mean intensity, summed block by block).
     """
     if mask.ndim != 3:
         raise ValueError(f"component_table takes a 3-D mask; got {mask.ndim}-D")
+    named = dict(values or {})
+    chans = [v.rechunk(mask.chunks) for v in named.values()]
     blocks = list(np.ndindex(*mask.numblocks))
     starts = [np.cumsum((0, *c[:-1])) for c in mask.chunks]
     # labels are numbered block by block; a block holds at most half its voxels as components
@@ -84,7 +95,10 @@ def component_table(mask: da.Array, spacing_um: Sequence[float]) -> pd.DataFrame
     bases = np.cumsum([0, *sizes[:-1]])
     tasks = [
         dask.delayed(_block_stats)(
-            mask.blocks[i], tuple(int(starts[a][i[a]]) for a in range(3)), int(bases[k])
+            mask.blocks[i],
+            tuple(int(starts[a][i[a]]) for a in range(3)),
+            int(bases[k]),
+            *[c.blocks[i] for c in chans],
         )
         for k, i in enumerate(blocks)
     ]
@@ -101,18 +115,24 @@ def component_table(mask: da.Array, spacing_um: Sequence[float]) -> pd.DataFrame
             both = (a > 0) & (b > 0)
             for x, y in set(zip(a[both].tolist(), b[both].tolist(), strict=True)):
                 uf.union(x, y)
-    stats = np.concatenate([r["stats"] for r in results.values()]) if results else np.zeros((0, 11))
+    width = 11 + len(chans)
+    stats = (
+        np.concatenate([r["stats"] for r in results.values()]) if results else np.zeros((0, width))
+    )
+    means = [f"mean_{k}" for k in named]
     if not len(stats):
         return pd.DataFrame(columns=["lesion", "voxels", "volume_um3", "centroid_z_um",
-                                     "centroid_y_um", "centroid_x_um"])  # fmt: skip
+                                     "centroid_y_um", "centroid_x_um", *means])  # fmt: skip
     roots = np.array([uf.find(int(g)) for g in stats[:, 0]])
+    sums = [f"v{k}" for k in range(len(chans))]
     df = pd.DataFrame(stats[:, 1:], columns=["voxels", "sz", "sy", "sx", "lz", "ly", "lx",
-                                             "hz", "hy", "hx"])  # fmt: skip
+                                             "hz", "hy", "hx", *sums])  # fmt: skip
     df["root"] = roots
     agg = df.groupby("root").agg(
         voxels=("voxels", "sum"), sz=("sz", "sum"), sy=("sy", "sum"), sx=("sx", "sum"),
         lz=("lz", "min"), ly=("ly", "min"), lx=("lx", "min"),
         hz=("hz", "max"), hy=("hy", "max"), hx=("hx", "max"),
+        **{c: (c, "sum") for c in sums},
     )  # fmt: skip
     sp = [float(s) for s in spacing_um]
     out = pd.DataFrame({
@@ -123,6 +143,7 @@ def component_table(mask: da.Array, spacing_um: Sequence[float]) -> pd.DataFrame
         "centroid_x_um": (agg["sx"] / agg["voxels"] + 0.5) * sp[2],
         **{f"bbox_{e}_{ax}": agg[f"{e[0]}{ax}"].astype(np.int64)
            for e in ("lo", "hi") for ax in "zyx"},
+        **{m: agg[c] / agg["voxels"] for m, c in zip(means, sums, strict=True)},
     })  # fmt: skip
     out = out.sort_values(["bbox_lo_z", "bbox_lo_y", "bbox_lo_x", "voxels"]).reset_index(drop=True)
     out.insert(0, "lesion", np.arange(1, len(out) + 1))

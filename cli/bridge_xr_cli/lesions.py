@@ -94,3 +94,56 @@ def lesions(
         out.print(cmp)
     elif has_status:
         out.print("no comparison: every ROI has the same MRI status")
+
+
+def _image_threshold(item: str, option: str) -> tuple[str, float | str]:
+    from bridge_xr.errors import InvalidInputError
+
+    image, sep, value = item.rpartition("=")
+    if not sep or not image or not value:
+        raise InvalidInputError(f"{option} takes IMAGE=THRESHOLD or IMAGE=otsu; got {item!r}")
+    if value.strip().lower() == "otsu":
+        return image, "otsu"
+    try:
+        return image, float(value)
+    except ValueError:
+        raise InvalidInputError(
+            f"{option} takes IMAGE=THRESHOLD or IMAGE=otsu; got {item!r}"
+        ) from None
+
+
+@handle_errors
+def colocalize(
+    store: StoreArg,
+    nuclei: Annotated[
+        str, typer.Option(help="IMAGE=THRESHOLD (or =otsu) of the nuclear stain, e.g. DAPI")
+    ],
+    marker: Annotated[
+        list[str],
+        typer.Option("--marker", help="IMAGE=THRESHOLD (or =otsu) on the nucleus mean (repeat)"),
+    ],
+    output: Annotated[
+        Path, typer.Option(help="CSV/Parquet per nucleus; the summary beside it as _summary.csv")
+    ],
+    min_volume: Annotated[
+        float, typer.Option(help="drop objects smaller than this, µm³ (debris)")
+    ] = 0.0,
+) -> None:
+    """Nuclei from a DAPI channel, per-nucleus marker positivity, double positives, agreement."""
+    from bridge_xr.lesions.coloc import colocalize as run
+
+    image, thr = _image_threshold(nuclei, "--nuclei")
+    markers = dict(_image_threshold(m, "--marker") for m in marker)
+    res = run(store, nuclei=image, nuclei_threshold=thr, markers=markers,
+              min_volume_um3=min_volume, output=output)  # fmt: skip
+    used = ", ".join(f"{k} {v:.4g}" for k, v in res.thresholds.items())
+    out.print(f"{len(res.nuclei)} nuclei -> {output} (thresholds: {used})")
+    table = Table(title="marker agreement (test against reference)")
+    for col in ("reference", "test", "ref +", "test +", "double +", "sensitivity", "specificity"):
+        table.add_column(col)
+    for r in res.summary.itertuples():
+        table.add_row(str(r.reference), str(r.test), str(r.reference_positive),
+                      str(r.test_positive), str(r.double_positive), f"{r.sensitivity:.1%}",
+                      f"{r.specificity:.1%}")  # fmt: skip
+    if not res.summary.empty:
+        out.print(table)

@@ -85,6 +85,7 @@ app.command("stitch")(tiles.stitch)
 app.command("fuse")(tiles.fuse)
 app.command("relax")(relax.relax)
 app.command("lesions")(lesions.lesions)
+app.command("colocalize")(lesions.colocalize)
 app.command("archive")(archive.archive)
 app.command("verify")(archive.verify)
 
