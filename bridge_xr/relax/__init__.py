@@ -18,5 +18,7 @@ __getattr__, __dir__, __all__ = attach(
         "rician_mean": "fitting",
         "relax": "maps",
         "echo_times": "maps",
+        "pse": "enhancement",
+        "roi_means": "enhancement",
     },
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -71,3 +72,43 @@ def relax(
         f"{image_out}: {model.value} by {fit.value} fit over {len(res['echo_times_ms'])} echoes"
         f"{sigma}; {res['fitted_voxels']} voxels fitted, mean {res['mean_ms']:.4g} ms"
     )
+
+
+@handle_errors
+def pse(
+    store: StoreArg,
+    pre: Annotated[str, typer.Option(help="pre-contrast image (e.g. invivo_mri/d060/T1w)")],
+    post: Annotated[str, typer.Option(help="post-contrast image on the same grid")],
+    image_out: Annotated[str | None, typer.Option(help="write the PSE map (%) here")] = None,
+    roi_labels: Annotated[
+        str | None, typer.Option(help="label image of ROIs (e.g. the sigmoid sinus)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="CSV: PSE of the ROI means")] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Percent signal enhancement (post - pre) / pre x 100 %: a map and/or per ROI."""
+    from bridge_xr.relax.enhancement import pse as run
+
+    res = run(store, pre=pre, post=post, image_out=image_out, roi_labels=roi_labels,
+              output=output, overwrite=overwrite)  # fmt: skip
+    if res["image"]:
+        out.print(f"PSE map -> {res['image']}")
+    for r in res["rois"].itertuples():
+        out.print(f"ROI {r.roi}: pre {r.pre_mean:.5g}, post {r.post_mean:.5g}, n {r.n}, "
+                  f"PSE {r.pse_percent:.1f} %")  # fmt: skip
+
+
+@handle_errors
+def roi_means(
+    store: StoreArg,
+    image: Annotated[list[str], typer.Option("--image", help="image to average (repeat)")],
+    roi_labels: Annotated[str, typer.Option(help="label image of the ROIs, same grid")],
+    output: Annotated[Path, typer.Option(help="CSV: image, roi, n, mean, sd")],
+) -> None:
+    """Mean and SD of images inside each drawn ROI, into a table."""
+    from bridge_xr.relax.enhancement import roi_means as run
+
+    df = run(store, images=image, roi_labels=roi_labels)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(output, index=False)
+    out.print(df.to_string(index=False))
