@@ -53,6 +53,71 @@ def _float(tags: Mapping[str, str], key: str) -> float | None:
         return None
 
 
+def _seconds_to_ms(value: Any, key: str, where: Path) -> list[float]:
+    vals = value if isinstance(value, list) else [value]
+    try:
+        out = [float(v) for v in vals]
+    except (TypeError, ValueError):
+        raise InvalidInputError(
+            f"{str(where)!r}: {key} must be numbers (s); got {value!r}"
+        ) from None
+    if any(not 0 < v < 1 for v in out):
+        raise InvalidInputError(
+            f"{str(where)!r}: {key} {value!r} is not in seconds (BIDS sidecars state times in s, "
+            "between 0 and 1 for an echo); correct the sidecar"
+        )
+    return [v * 1000.0 for v in out]
+
+
+def bids_sidecar(nifti: Path, *, echoes: int | None = None) -> Acquisition:
+    """Acquisition parameters from a NIfTI's BIDS JSON sidecar (``X.json`` beside ``X.nii.gz``).
+
+    ``EchoTime`` (s; a list, or ``EchoTimes``, for a 4-D multi-echo file whose volumes are the
+    echoes), ``RepetitionTime`` (s), ``MagneticFieldStrength`` (T), ``SequenceName``. No sidecar:
+    nothing is known. Times not in seconds are refused, not rescaled.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> d = pathlib.Path(tempfile.mkdtemp())
+    >>> _ = (d / "T2star.json").write_text(json.dumps({"EchoTime": [0.0026, 0.0066],
+    ...                                                "MagneticFieldStrength": 9.4}))
+    >>> bids_sidecar(d / "T2star.nii.gz", echoes=2).extra["echo_times_ms"]
+    [2.6, 6.6]
+    """
+    import json
+
+    name = nifti.name.removesuffix(".gz").removesuffix(".nii")
+    side = nifti.with_name(f"{name}.json")
+    if not side.is_file():
+        return Acquisition()
+    try:
+        info = json.loads(side.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        raise InvalidInputError(f"cannot read the sidecar {str(side)!r}: {exc}") from None
+    if not isinstance(info, dict):
+        raise InvalidInputError(f"the sidecar {str(side)!r} is not a JSON object")
+    te_raw = info.get("EchoTimes", info.get("EchoTime"))
+    te = _seconds_to_ms(te_raw, "EchoTime", side) if te_raw is not None else []
+    extra: dict[str, Any] = {}
+    if len(te) > 1:
+        if echoes != len(te):
+            raise InvalidInputError(
+                f"{str(side)!r} states {len(te)} echo times but {str(nifti)!r} has "
+                f"{echoes or 1} volume(s); they must match"
+            )
+        extra["echo_times_ms"] = [round(t, 9) for t in te]
+    tr = info.get("RepetitionTime")
+    field = info.get("MagneticFieldStrength")
+    return Acquisition(
+        field_strength_T=float(field) if isinstance(field, int | float) else None,
+        echo_time_ms=round(te[0], 9) if len(te) == 1 else None,
+        repetition_time_ms=float(tr) * 1000.0 if isinstance(tr, int | float) and tr > 0 else None,
+        sequence=info.get("SequenceName") if isinstance(info.get("SequenceName"), str) else None,
+        extra=extra,
+    )
+
+
 def convert_mri(
     source: str | os.PathLike[str],
     where: StoreLike,
@@ -133,7 +198,7 @@ def convert_mri(
         fmt = "dicom"
     elif src.name.endswith((".nii", ".nii.gz")):
         image, nifti, systems = read_nifti(src)
-        acq = Acquisition()
+        acq = bids_sidecar(src, echoes=image.sizes.get("t"))
         fmt = "nifti"
     else:
         msg = (

@@ -42,9 +42,17 @@ def echo_times(store: Any, image: str, given: Sequence[float] | None = None) -> 
         raise InvalidInputError(f"no image {image!r} in the store")
     found: list[float] | None = meta.acquisition.extra.get("echo_times_ms")
     img = read_image(store, image)
-    if "c" not in img.dims:
+    axis = "c" if "c" in img.dims else "t"
+    if axis not in img.dims:
         raise InvalidInputError(f"{image!r} has one echo (no channel axis); a fit needs several")
-    n = img.sizes["c"]
+    if (
+        axis == "t" and not found and given is None
+    ):  # a 4-D NIfTI: volumes are echoes only when a sidecar says so
+        raise InvalidInputError(
+            f"{image!r} has a t axis but no echo times for it; convert it with its BIDS sidecar "
+            "(EchoTime list), or pass `echo_times` if its volumes are echoes"
+        )
+    n = img.sizes[axis]
     if not found:
         names = [str(c) for c in img.coords["c"].values] if "c" in img.coords else []
         parsed = [_TE_NAME.search(nm) for nm in names]

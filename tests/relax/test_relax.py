@@ -117,3 +117,45 @@ def test_relax_refuses_missing_or_contradicting_echo_times_and_a_guessed_noise(
                               "--echo-times", bad, "--noise-sigma", "5"])  # fmt: skip
     assert res.exit_code == 2
     assert "states echo times" in res.output
+
+
+def test_multi_echo_nifti_with_bids_sidecar_gives_echo_times_to_relax(tmp_path: Path) -> None:
+    import json
+
+    import nibabel as nib
+
+    from bridge_xr.io.read import read_image
+
+    rng = np.random.default_rng(8)
+    t2 = np.full((20, 16, 4), 25.0)  # x, y, z as NIfTI stores it
+    data = 1000.0 * np.exp(-TE[None, None, None, :] / t2[..., None])
+    data = _rician(data, 10.0, rng).astype(np.float32)
+    nib.save(nib.Nifti1Image(data, np.diag([0.05, 0.05, 0.1, 1.0])), tmp_path / "MGE.nii.gz")
+    side = tmp_path / "MGE.json"
+    side.write_text(json.dumps({"EchoTime": (TE / 1000).tolist(), "MagneticFieldStrength": 9.4,
+                                "RepetitionTime": 1.2}))  # fmt: skip
+    store = tmp_path / "M001.ome.zarr"
+    runner = CliRunner()
+    res = runner.invoke(app, ["convert", "mri", str(tmp_path / "MGE.nii.gz"), str(store),
+                              "--image", "invivo_mri/d060/MGE"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["relax", str(store), "--echoes", "invivo_mri/d060/MGE",
+                              "--image-out", "maps/T2star", "--noise-sigma", "10"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    got = np.asarray(read_image(str(store), "maps/T2star").values)
+    assert np.median(np.abs(got / 25.0 - 1)) <= 0.02
+    # a sidecar in ms (not BIDS seconds) is refused, not rescaled
+    side.write_text(json.dumps({"EchoTime": TE.tolist()}))
+    res = runner.invoke(app, ["convert", "mri", str(tmp_path / "MGE.nii.gz"), str(store),
+                              "--image", "invivo_mri/d074/MGE"])  # fmt: skip
+    assert res.exit_code == 2
+    assert "not in seconds" in res.output
+    # without a sidecar a 4-D volume is a time series: relax refuses to call it echoes
+    side.unlink()
+    res = runner.invoke(app, ["convert", "mri", str(tmp_path / "MGE.nii.gz"), str(store),
+                              "--image", "invivo_mri/d088/MGE"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["relax", str(store), "--echoes", "invivo_mri/d088/MGE",
+                              "--image-out", "maps/T2b", "--noise-sigma", "10"])  # fmt: skip
+    assert res.exit_code == 2
+    assert "no echo times" in res.output
