@@ -170,3 +170,38 @@ def compare_status(
                 **mann_whitney(neg, pos),
             })  # fmt: skip
     return pd.DataFrame(rows)
+
+
+def status_figure(rois: pd.DataFrame, comparison: pd.DataFrame, output: str | Path) -> list[Path]:
+    """Fig. 3E-H: lesion count and total volume per ROI, negative vs positive, with the test.
+
+    One row of panels per object; boxes (median, quartiles) with every ROI as a point, and the
+    Mann-Whitney p above each panel. PNG also writes an SVG beside it.
+    """
+    from bridge_xr.stats.plots import _plt, _save
+
+    if "mri_status" not in rois:
+        raise InvalidInputError("a status figure needs each ROI's MRI status (--mri or --status)")
+    plt = _plt()
+    objects = sorted(rois["object"].unique())
+    metrics = (("lesions", "lesions per ROI"), ("total_um3", "total volume per ROI (µm³)"))
+    fig, axes = plt.subplots(len(objects), 2, figsize=(6.4, 3.2 * len(objects)), squeeze=False)
+    rng = np.random.default_rng(0)
+    for i, obj in enumerate(objects):
+        part = rois[rois["object"] == obj]
+        for j, (metric, label) in enumerate(metrics):
+            ax = axes[i][j]
+            vals = [part.loc[part["mri_status"] == s, metric].to_numpy(float) for s in STATUSES]
+            ax.boxplot([v if len(v) else [np.nan] for v in vals], showfliers=False,
+                       medianprops={"color": "black"})  # fmt: skip
+            for k, v in enumerate(vals, start=1):
+                ax.plot(k + rng.uniform(-0.12, 0.12, len(v)), v, "o", ms=3, alpha=0.7)
+            ax.set_xticks([1, 2], [f"{s}\nn={len(v)}" for s, v in zip(STATUSES, vals, strict=True)])
+            row = pd.DataFrame()
+            if not comparison.empty:
+                row = comparison[(comparison["object"] == obj) & (comparison["metric"] == metric)]
+            p = f"Mann-Whitney p = {row['p'].iloc[0]:.3g}" if len(row) else "no test (one group)"
+            ax.set_title(f"{obj.rsplit('/', 1)[-1]}: {p}", fontsize=9)
+            ax.set_ylabel(label)
+    fig.tight_layout()
+    return _save(fig, Path(output))

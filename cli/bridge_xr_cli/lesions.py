@@ -41,6 +41,9 @@ def lesions(
     via: Annotated[
         list[str] | None, typer.Option(help="registration chain from the MRI, when ambiguous")
     ] = None,
+    figure: Annotated[
+        Path | None, typer.Option(help="with a status: box plots negative vs positive (.png/.svg)")
+    ] = None,
     roi_output: Annotated[
         Path | None,
         typer.Option(
@@ -63,6 +66,12 @@ def lesions(
         if not sep or not image:
             raise InvalidInputError(f"--objects takes IMAGE=THRESHOLD; got {item!r}")
     roi_out = roi_output or output.with_name(f"{output.stem}_rois.parquet")
+    if figure is not None and mri is None and status is None:
+        raise InvalidInputError(
+            "--figure compares MRI-positive and -negative ROIs: give --mri or --status"
+        )
+    if figure is not None and figure.suffix.lower() not in (".png", ".svg"):
+        raise InvalidInputError(f"--figure {str(figure)!r} must end in .png or .svg")
     res = lesion_tables(store, objects=parsed, roi_labels=roi_labels, rois=rois, mri=mri,
                         positive_below=positive_below, positive_fraction=positive_fraction,
                         status=status, via=via or None, output=output, roi_output=roi_out)  # fmt: skip
@@ -94,6 +103,11 @@ def lesions(
         out.print(cmp)
     elif has_status:
         out.print("no comparison: every ROI has the same MRI status")
+    if figure is not None:
+        from bridge_xr.lesions.status import status_figure
+
+        paths = status_figure(res.rois, res.comparison, figure)
+        out.print(f"figure -> {', '.join(str(p) for p in paths)}")
 
 
 def _image_threshold(item: str, option: str) -> tuple[str, float | str]:

@@ -203,8 +203,13 @@ def test_cli_polygon_rois_with_rated_status_give_mann_whitney_as_scipy(tmp_path:
     out = tmp_path / "les.parquet"
     args = ["lesions", str(store), "--objects", "prob=0.5", "--rois", str(tmp_path / "rois.csv"),
             "--status", str(tmp_path / "st.csv"), "--output", str(out)]  # fmt: skip
-    res = CliRunner().invoke(app, args)
+    res = CliRunner().invoke(app, [*args, "--figure", str(tmp_path / "fig3.png")])
     assert res.exit_code == 0, res.output
+    from PIL import Image
+
+    with Image.open(tmp_path / "fig3.png") as im:
+        assert im.size[0] > 300
+    assert (tmp_path / "fig3.svg").stat().st_size > 1000
     rois = pd.read_parquet(tmp_path / "les_rois.parquet").sort_values("roi")
     assert rois["lesions"].tolist() == counts
     assert np.allclose(rois["total_um3"], np.array(counts) * 2 * 2 * 3)
