@@ -25,5 +25,6 @@ __getattr__, __dir__, __all__ = attach(
         "inter_rater": "raters",
         "refine_landmarks": "refine",
         "export_itk": "itk",
+        "registration_table": "summary",
     },
 )

@@ -288,3 +288,31 @@ def inter_rater(
     out.print(
         f"inter-rater RMSE {paper['rmse_um']:.3g} µm (50x50 per slice), {dense['rmse_um']:.3g} µm (dense grid)"
     )
+
+
+@handle_errors
+def registrations(
+    where: Annotated[str, typer.Argument(help="subject store, or a study folder / s3:// prefix")],
+    output: Annotated[
+        Path | None, typer.Option(help="CSV/Parquet: one row per registration")
+    ] = None,
+    live: Annotated[
+        bool, typer.Option(help="read an s3:// study without an archive manifest")
+    ] = False,
+) -> None:
+    """Landmark count, RMSE and LOO-TRE of every registration (compare with `bridge stats`)."""
+    from bridge_xr.register.summary import registration_table
+
+    df = registration_table(where, live=live, output=output)
+    cols = [
+        "subject",
+        "registration",
+        "sequence",
+        "model",
+        "n_landmarks",
+        "rmse_um",
+        "loo_tre_rms_um",
+    ]
+    out.print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
+    if output:
+        out.print(f"{len(df)} registrations -> {output}")
