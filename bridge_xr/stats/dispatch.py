@@ -21,6 +21,7 @@ def run_test(
     bins: Any = None,
     margin: float = 0.05,
     reference: str | None = None,
+    weight: str | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Group ``response`` by ``by`` (binned into density categories when ``bins`` given).
 
@@ -40,6 +41,8 @@ def run_test(
         ``equivalence``: the margin on each category's proportion (the paper: 0.05).
     reference : str, optional
         ``equivalence``: the reference time point (default the first).
+    weight : str, optional
+        ``equivalence``: a count column (rows stand for that many units).
 
     ``equivalence`` takes ``response`` as the category column (e.g. ``category_glioma``) and
     ``by`` as the time point column (e.g. ``session``): the paper's ±margin rule on the maximum
@@ -72,7 +75,7 @@ def run_test(
         from bridge_xr.stats.stability import equivalence
 
         pairs = equivalence(data, category=response, timepoint=by, reference=reference,
-                            margin=margin)  # fmt: skip
+                            margin=margin, weight=weight)  # fmt: skip
         per_cat = pairs.groupby("category", sort=True).agg(
             max_abs_deviation=("max_abs_deviation", "max"),
             stable_max_dev=("stable_max_dev", "all"),

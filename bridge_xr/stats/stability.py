@@ -17,6 +17,7 @@ def equivalence(
     reference: str | None = None,
     margin: float = 0.05,
     alpha: float = 0.05,
+    weight: str | None = None,
 ) -> pd.DataFrame:
     """The paper's ±margin equivalence of category proportions across time points.
 
@@ -38,6 +39,9 @@ def equivalence(
         Equivalence margin on the proportion (the paper: 5 %).
     alpha : float
         TOST level.
+    weight : str, optional
+        A count column: each row stands for that many units (e.g. voxels per diameter category
+        and session, as ``bridge vessel-diameters`` writes them).
 
     Returns
     -------
@@ -52,10 +56,17 @@ def equivalence(
     >>> equivalence(df, category="cat", timepoint="tp")["deviation"].tolist()
     [0.0, 0.0]
     """
-    for col in (category, timepoint):
+    for col in (category, timepoint, *([weight] if weight else [])):
         if col not in df.columns:
             raise InvalidInputError(f"no column {col!r}; columns are {list(df.columns)}")
-    counts = pd.crosstab(df[timepoint].astype(str), df[category].astype(str))
+    if weight is None:
+        counts = pd.crosstab(df[timepoint].astype(str), df[category].astype(str))
+    else:
+        w = pd.to_numeric(df[weight], errors="coerce")
+        if w.isna().any() or (w < 0).any():
+            raise InvalidInputError(f"weight column {weight!r} must hold counts >= 0")
+        counts = pd.crosstab(df[timepoint].astype(str), df[category].astype(str), values=w,
+                             aggfunc="sum").fillna(0)  # fmt: skip
     if reference is None:
         reference = str(counts.index[0])
     if reference not in counts.index:

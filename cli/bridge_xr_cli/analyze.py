@@ -328,6 +328,9 @@ def stats(
     output: Annotated[
         Path | None, typer.Option(help="write omnibus/pairs/summary CSVs with this prefix")
     ] = None,
+    weight: Annotated[
+        str | None, typer.Option(help="equivalence: count column (e.g. voxels per row)")
+    ] = None,
 ) -> None:
     """Group comparisons as tidy tables (test, n per group, statistic, p, effect size)."""
     from bridge_xr.extract.tables import read_tables
@@ -342,7 +345,7 @@ def stats(
         raise InvalidInputError(f"--margin must lie between 0 and 100 %; got {margin!r}")
     df = read_tables(tables, where=where)
     omnibus, pairs = run_test(df, response=response, by=by, test=test, bins=parse_bins(bins),
-                              margin=m, reference=reference)  # fmt: skip
+                              margin=m, reference=reference, weight=weight)  # fmt: skip
     summary = omnibus.attrs.get("summary")
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -404,3 +407,23 @@ def report(
 
     index = write_report(study, output, tables=tables, live=live)
     out.print(f"report: {index}")
+
+
+@handle_errors
+def vessel_diameters(
+    store: StoreArg,
+    mask: Annotated[
+        list[str], typer.Option("--mask", help="vessel mask, one per session (repeat)")
+    ],
+    bins: Annotated[str, typer.Option(help="diameter category edges in µm, e.g. 0,10,20,40,inf")],
+    output: Annotated[Path, typer.Option(help="CSV/Parquet: voxels and share per category")],
+) -> None:
+    """Share of vessel voxels per local-diameter category, per mask (stability over sessions)."""
+    from bridge_xr.learn.vessels import diameter_distribution
+
+    edges = parse_bins(bins)
+    df = diameter_distribution(store, masks=mask, bins=edges or [], output=output)
+    out.print(df.pivot(index="diameter_um", columns="session", values="proportion")
+              .to_string(float_format=lambda v: f"{v:.1%}"))  # fmt: skip
+    out.print(f"-> {output}; stability: bridge stats {output} --response diameter_um --by session "
+              "--test equivalence --weight voxels")  # fmt: skip
