@@ -9,6 +9,8 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +85,17 @@ def analyse(df: pd.DataFrame, response: str) -> list[dict[str, Any]]:
     return results
 
 
+_TABLES = (".csv", ".parquet", ".tsv")
+_FIGURES = (".png", ".svg")
+
+
 def write_report(
     study: str | Path,
     output: str | Path,
     *,
     tables: str | Path | None = None,
     live: bool = False,
+    include: Sequence[str | Path] = (),
 ) -> Path:
     """Write ``output/index.html`` (+ figures, CSVs, ``summary.json``); returns the index path.
 
@@ -102,6 +109,10 @@ def write_report(
         Tables folder or ``s3://`` prefix (default: ``study/tables``).
     live : bool
         Read an ``s3://`` study that has no archive manifest.
+    include : sequence of paths
+        Further results to show in an "Analyses" section, in order: tables (``.csv``,
+        ``.parquet``, ``.tsv``: lesion, colocalisation, PSE, equivalence tables) rendered and
+        copied, figures (``.png``, ``.svg``) copied and shown.
 
     Returns
     -------
@@ -122,6 +133,14 @@ def write_report(
     # long by design: an HTML page assembled section by section
     from bridge_xr.io.locations import exists, is_remote, join, name_of
 
+    extras = [Path(x) for x in include]
+    for x in extras:  # all checked before anything is written
+        if not x.is_file():
+            raise InvalidInputError(f"--include {str(x)!r}: no such file")
+        if x.suffix.lower() not in (*_TABLES, *_FIGURES):
+            raise InvalidInputError(
+                f"--include {str(x)!r}: give a table (.csv, .parquet, .tsv) or a figure (.png, .svg)"
+            )
     tables = tables if tables else join(study, "tables")
     if not is_remote(tables):
         tables = Path(tables)
@@ -187,6 +206,20 @@ def write_report(
             f"<img src='figures/{tl[0].name}'>",
             _table(ldf.groupby(["subject", "session", "day"]).size().reset_index(name="voxels")),
         ]
+    if extras:
+        parts.append("<h2>Analyses</h2>")
+        summary["included"] = []
+        for k, x in enumerate(extras):
+            dest = f"{k:02d}_{x.name}"
+            parts.append(f"<h3>{html.escape(x.name)}</h3>")
+            if x.suffix.lower() in _FIGURES:
+                shutil.copyfile(x, figs / dest)
+                parts.append(f"<img src='figures/{html.escape(dest)}'>")
+            else:
+                shutil.copyfile(x, output / dest)
+                parts.append(_table(read_tables(x)))
+                parts.append(f"<p><a href='{html.escape(dest)}'>{html.escape(dest)}</a></p>")
+            summary["included"].append(dest)
     parts.append("<h2>Provenance</h2>")
     for s in subjects:
         parts.append(f"<h3>{html.escape(s['store'])}</h3><ul>")

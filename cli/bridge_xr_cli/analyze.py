@@ -401,11 +401,15 @@ def report(
         str | None, typer.Option(help="tables folder or s3:// prefix (default: STUDY/tables)")
     ] = None,
     live: Live = False,
+    include: Annotated[
+        list[Path] | None,
+        typer.Option(help="a further table (.csv/.parquet) or figure (.png/.svg) to show (repeat)"),
+    ] = None,
 ) -> None:
     """HTML report of a study: registrations, tables, statistics, figures and provenance."""
     from bridge_xr.report.study import write_report
 
-    index = write_report(study, output, tables=tables, live=live)
+    index = write_report(study, output, tables=tables, live=live, include=include or ())
     out.print(f"report: {index}")
 
 

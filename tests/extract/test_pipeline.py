@@ -144,9 +144,19 @@ def test_plots_and_report(study, tmp_path) -> None:
     r = bridge("plot", tables, "--kind", "heatmap", "--by", "fraction_glioma", "--output",
                tmp_path / "heat.svg")  # fmt: skip
     assert r.exit_code == 0, r.output
-    r = bridge("report", root / "study", "--output", tmp_path / "report")
+    lesions_csv = tmp_path / "lesions_mann_whitney.csv"
+    lesions_csv.write_text("object,metric,p\nexvivo/tumour,lesions,0.0123\n", encoding="utf-8")
+    r = bridge("report", root / "study", "--output", tmp_path / "bad", "--include",
+               tmp_path / "notes.txt")  # fmt: skip
+    assert r.exit_code == 2
+    assert not (tmp_path / "bad").exists()  # refused before anything is written
+    r = bridge("report", root / "study", "--output", tmp_path / "report", "--include",
+               lesions_csv, "--include", tmp_path / "box.png")  # fmt: skip
     assert r.exit_code == 0, r.output
     html = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    assert "Analyses" in html
+    assert "0.0123" in html
+    assert (tmp_path / "report" / "figures" / "01_box.png").stat().st_size > 1000
     assert "Kruskal-Wallis" in html
     assert "glioma_to_mri" in html
     summary = json.loads((tmp_path / "report" / "summary.json").read_text(encoding="utf-8"))
