@@ -4,13 +4,6 @@ The table feeds ``bridge stats`` (``--response n_landmarks --by sequence --test 
 the paper compares the landmarks found and the registration error across MRI sequences. The
 ``sequence`` of a registration is its fixed image's acquisition sequence when the store records
 one, else the last part of the fixed image's path (``invivo_mri/d060/T2w`` -> ``T2w``).
-
-Examples
---------
->>> from bridge_xr.testing import tiny_scene
->>> t = registration_table(tiny_scene(registered=True).store)
->>> t[["registration", "fixed", "n_landmarks", "sequence"]].values.tolist()
-[['micro_to_mri', 'mri', 5, 'mri']]
 """
 
 from __future__ import annotations
@@ -71,6 +64,13 @@ def registration_table(
         Read an object-store study without an archive manifest (see ``subject_stores``).
     output : str or path, optional
         CSV (or ``.parquet``) to write.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> t = registration_table(tiny_scene(registered=True).store)
+    >>> t[["registration", "fixed", "n_landmarks", "sequence"]].values.tolist()
+    [['micro_to_mri', 'mri', 5, 'mri']]
     """
     from bridge_xr.io.study import is_study, subject_stores
 
