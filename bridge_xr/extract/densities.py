@@ -32,6 +32,7 @@ from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.pointmaps import LinearModel
+from bridge_xr.model.slices import SliceStackModel
 from bridge_xr.model.units import conversion_factor
 
 
@@ -102,6 +103,13 @@ def footprint_sums(
     """Lazy (2, *bbox) sums over the MRI bounding box, its offset, and a description."""
     st = resolve_store(store)
     fp = plan_footprint(st, microscopy, mri)
+    if any(isinstance(m, SliceStackModel) for m, _ in fp.models):
+        # a section is a 2D image standing for its whole slab: an MRI voxel's corners sit on
+        # slab faces, where two sections' maps meet, so the footprint polyhedra are not defined
+        raise InvalidInputError(
+            f"the chain from {microscopy!r} to {mri!r} goes through a slice-by-slice "
+            "registration; use method 'resliced' (--method resliced) for its densities"
+        )
     if force_general:
         fp = dataclasses.replace(fp, diagonal=None)
     mic = read_image(st, microscopy)
@@ -375,5 +383,9 @@ def density(
     org = tuple(mr.attrs["origin"][d] for d in "zyx")
     kw = {"dims": ("z", "y", "x"), "spacing": sp, "origin": org, "unit": mr.attrs["unit"]}
     ds = xr.Dataset({"fraction": make_image(frac, **kw), "coverage": make_image(cov, **kw)})
-    ds.attrs["density"] = {**info, "method": method}
+    from bridge_xr.scene.chains import chain_error
+    from bridge_xr.scene.mapping import path_between
+
+    chain = path_between(st, mri, microscopy) if microscopy != mri else []
+    ds.attrs["density"] = {**info, "method": method, "chain_error": chain_error(chain)}
     return ds

@@ -22,6 +22,7 @@ __getattr__, __dir__, __all__ = attach(
         "read_subject": "subject",
         "convert_mri": "convert",
         "convert_microscopy": "convert",
+        "convert_slices": "slices",
         "export_nifti": "export",
         "export_ome_zarr_05": "export",
         "validate_store": "validate",

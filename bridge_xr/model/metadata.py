@@ -128,7 +128,9 @@ class Registration(_Frozen):
     name: str
     fixed: str
     moving: str
-    model: Literal["rigid", "similarity", "affine", "tps"]
+    model: Literal["rigid", "similarity", "affine", "tps", "slices"] = Field(
+        description="'slices': one 2D model per slice of a slice stack (definition.planes)"
+    )
     kernel: Literal["r", "r2logr"] | None = None
     smoothing: float | None = None
     direction: Literal["fixed->moving"] = "fixed->moving"

@@ -22,12 +22,15 @@ True
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 from numpy.typing import NDArray
 
 from bridge_xr.errors import EstimationError, NoAffineError, NotInvertibleError
+
+if TYPE_CHECKING:
+    from bridge_xr.model.slices import SliceStackModel
 
 Array = NDArray[Any]
 
@@ -366,12 +369,13 @@ class ThinPlateSpline(_ZyxMap):
         )
 
 
-Model = LinearModel | ThinPlateSpline
+#: every stored map; a slice stack (one 2D model per slice) is :mod:`bridge_xr.model.slices`
+Model = Union[LinearModel, ThinPlateSpline, "SliceStackModel"]
 
 
 def fit(
     model: str, fixed: Array, moving: Array, *, kernel: Kernel = "r", smoothing: float = 0.0
-) -> Model:
+) -> LinearModel | ThinPlateSpline:
     """Fit ``model`` (rigid, similarity, affine, tps) mapping fixed -> moving landmarks."""
     if model not in MIN_POINTS:
         raise EstimationError(f"unknown model {model!r}; use rigid, similarity, affine or tps")
@@ -389,7 +393,7 @@ def fit(
     return LinearModel(model, a, t)  # type: ignore[arg-type]
 
 
-def folding(model: Model, points: Array) -> dict[str, float]:
+def folding(model: LinearModel | ThinPlateSpline, points: Array) -> dict[str, float]:
     """Jacobian determinant statistics at ``points``; negative values mean folding."""
     det = np.linalg.det(model.jacobian(points))
     return {

@@ -26,5 +26,6 @@ __getattr__, __dir__, __all__ = attach(
         "refine_landmarks": "refine",
         "export_itk": "itk",
         "registration_table": "summary",
+        "register_slices": "slices",
     },
 )

@@ -17,5 +17,6 @@ __getattr__, __dir__, __all__ = attach(
         "registration_qc": "qc",
         "compare_models": "compare",
         "write_report": "study",
+        "register_slices_with_report": "slices_run",
     },
 )

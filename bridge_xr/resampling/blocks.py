@@ -276,7 +276,7 @@ def map_block(
             )
     else:
         grid = np.stack([g.ravel() for g in np.meshgrid(*axes, indexing="ij")], axis=1)
-        coords = model.transform_points(grid, inverse=True, strict=False).T.reshape(3, *shape)
+        coords = model.transform_points(grid, inverse=not fwd, strict=False).T.reshape(3, *shape)
     if len(models) > 1:
         moved = apply_hops(models[1:], coords.reshape(3, -1).T)
         coords = moved.T.reshape(3, *shape)

@@ -35,6 +35,7 @@ from bridge_xr.model.metadata import (
     SubjectMetadata,
 )
 from bridge_xr.model.pointmaps import LinearModel, Model, ThinPlateSpline
+from bridge_xr.model.slices import SliceStackModel
 
 Hop = tuple[Registration, bool]  # (registration, walked forwards fixed -> moving?)
 Via = Sequence[str] | str | None  # registration names in chain order ("a,b" or ["a", "b"])
@@ -278,6 +279,8 @@ def model_from_record(rec: Registration) -> Model:
     d = rec.definition
     if rec.model == "tps":
         return ThinPlateSpline.from_description(d)
+    if rec.model == "slices":
+        return SliceStackModel.from_description(d)
     return LinearModel(rec.model, np.asarray(d["matrix"]), np.asarray(d["translation"]))
 
 
@@ -302,3 +305,43 @@ def apply_hops(
     for model, forward in hops:
         out = model.transform_points(out, inverse=not forward, strict=strict)
     return out
+
+
+def chain_error(chain: Sequence[Hop]) -> dict[str, Any]:
+    """Each hop's landmark error and the chain's accumulated error (root sum of squares).
+
+    A hop's error is its leave-one-out TRE RMS (its RMSE where LOO was not possible). Hops are
+    independent registrations, so their errors add in quadrature; this assumes the later hops
+    neither magnify nor shrink distances much (near-isometric), as between MRI and microscopy of
+    the same tissue. ``accumulated_um`` is None when a hop has no error figure.
+
+    Parameters
+    ----------
+    chain : sequence of (Registration, bool)
+        Hops, e.g. from :func:`resolve_chain`.
+
+    Returns
+    -------
+    dict
+        ``hops`` (name, model, direction, loo_tre_rms_um, rmse_um) and ``accumulated_um``.
+
+    Examples
+    --------
+    >>> from bridge_xr.testing import tiny_scene
+    >>> scene = tiny_scene(registered=True)
+    >>> chain_error(resolve_chain(scene.subject, "mri", "micro"))["accumulated_um"] < 1e-6
+    True
+    """
+    hops = []
+    for rec, forward in chain:
+        loo, rmse = rec.report.get("loo_tre_rms_um"), rec.report.get("rmse_um")
+        hops.append({
+            "registration": rec.name,
+            "model": rec.model,
+            "direction": "fixed->moving" if forward else "moving->fixed",
+            "loo_tre_rms_um": loo,
+            "rmse_um": rmse,
+        })  # fmt: skip
+    errs = [h["loo_tre_rms_um"] if h["loo_tre_rms_um"] is not None else h["rmse_um"] for h in hops]
+    total = float(np.sqrt(sum(e**2 for e in errs))) if all(e is not None for e in errs) else None
+    return {"hops": hops, "accumulated_um": total}

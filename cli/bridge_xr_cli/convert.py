@@ -104,3 +104,39 @@ def microscopy(
         )
     px = meta.acquisition.pixel_size_um
     out.print(f"wrote {meta.path} (voxel {px} µm) to {store}")
+
+
+@app.command("slices")
+@handle_errors
+def slices(
+    sources: Annotated[
+        list[Path], typer.Argument(help="one 2D section image per file (TIFF, OME-TIFF, CZI, LIF)")
+    ],
+    store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
+    image: ImageOpt,
+    thickness: Annotated[
+        str, typer.Option("--thickness", help="section thickness with its unit, e.g. 100um")
+    ],
+    order: Annotated[
+        str | None,
+        typer.Option("--order", help="cutting order of the files: 1..N, N..1 or e.g. 3,1,2"),
+    ] = None,
+    pixel_size: Annotated[
+        str | None, typer.Option(help="in-plane pixel size when the files lack it, e.g. 0.325um")
+    ] = None,
+    channel_names: Annotated[
+        str | None, typer.Option(help="comma-separated channel names, e.g. DAPI,nestin")
+    ] = None,
+    overwrite: Overwrite = False,
+) -> None:
+    """Stack 2D section images into one image, each section a slab as thick as it was cut."""
+    from bridge_xr.io.slices import convert_slices
+
+    names = tuple(n.strip() for n in channel_names.split(",")) if channel_names else None
+    with level_progress(f"writing {image}") as cb:
+        meta = convert_slices(
+            sources, store, image, thickness=thickness, order=order, pixel_size=pixel_size,
+            channel_names=names, overwrite=overwrite, progress=cb,
+        )  # fmt: skip
+    n = len(meta.acquisition.extra["slices"])
+    out.print(f"wrote {meta.path} ({n} sections, voxel {meta.acquisition.pixel_size_um} µm)")

@@ -250,7 +250,8 @@ def transform_points(
     lost = int(np.isnan(mapped).any(axis=1).sum())
     if lost:
         typer.echo(
-            f"warning: {lost} points fall where the TPS folds and have no inverse; written as NaN",
+            f"warning: {lost} points have no place in {dst} (a TPS fold without inverse, or a "
+            "section without a registration); written as NaN",
             err=True,
         )
     res = df.copy()
@@ -260,6 +261,22 @@ def transform_points(
     out.print(
         f"mapped {len(res)} points from {src} to {dst} via {','.join(chain) or 'identity'} -> {output}"
     )
+    from bridge_xr.io.subject import read_subject
+    from bridge_xr.scene.chains import chain_error
+
+    regs = read_subject(store).registrations
+    hops = [(regs[n], True) for n in chain if n in regs]
+    if len(hops) > 1:
+        err = chain_error(hops)
+        parts = ", ".join(
+            f"{h['registration']} {h['loo_tre_rms_um'] or h['rmse_um'] or float('nan'):.3g} µm"
+            for h in err["hops"]
+        )
+        total = err["accumulated_um"]
+        out.print(
+            f"landmark error per hop (LOO TRE RMS): {parts}; accumulated "
+            + (f"{total:.3g} µm (root sum of squares)" if total is not None else "unknown")
+        )
 
 
 @handle_errors
@@ -316,3 +333,60 @@ def registrations(
     out.print(df[cols].to_string(index=False, float_format=lambda v: f"{v:.3g}"))
     if output:
         out.print(f"{len(df)} registrations -> {output}")
+
+
+@handle_errors
+def register_slices(
+    store: Store,
+    fixed: Annotated[
+        str, typer.Option("--fixed", help="resliced MRI, slices as thick as the sections")
+    ],
+    moving: Annotated[str, typer.Option("--moving", help="section stack (bridge convert slices)")],
+    landmarks: Annotated[
+        Path,
+        typer.Option("--landmarks", help="canonical landmark CSV (moving z names the section)"),
+    ],
+    model: ModelOpt = ModelChoice.tps,
+    name: Annotated[str, typer.Option("--name", help="registration name")] = "slices",
+    kernel: Annotated[
+        KernelChoice, typer.Option("--kernel", help="2D TPS kernel: r2logr (thin plate) or r")
+    ] = KernelChoice.r2logr,
+    smoothing: Annotated[float, typer.Option("--smoothing", help="TPS smoothing λ")] = 0.0,
+    channel: Annotated[
+        str | None, typer.Option("--channel", help="section channel for the overlay (e.g. DAPI)")
+    ] = None,
+    report: Annotated[
+        Path | None,
+        typer.Option("--report", help="JSON report; _errors.png and _overlay.png beside it"),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="replace a registration of that name")
+    ] = False,
+    current: Annotated[
+        bool, typer.Option("--current", help="use this one for the image pair")
+    ] = False,
+) -> None:
+    """Register each section of a slice stack in 2D onto its MRI slice (one scene edge)."""
+    from bridge_xr.register.landmarks import read_csv
+    from bridge_xr.report.slices_run import register_slices_with_report
+
+    rec, rep = register_slices_with_report(
+        store, fixed=fixed, moving=moving, landmarks=read_csv(landmarks), model=model.value,
+        name=name, kernel=kernel.value, smoothing=smoothing, overwrite=overwrite,
+        current=current, report=report, channel=channel,
+    )  # fmt: skip
+    for row in rep["per_slice"]:
+        loo = row["loo_tre_rms_um"]
+        out.print(
+            f"  section {row['section']:>3} -> MRI slice {row['mri_slice']:>3}: "
+            f"{row['n_landmarks']} landmarks, RMSE {row['rmse_um']:.3g} µm"
+            + (f", LOO TRE {loo:.3g} µm" if loo is not None else "")
+            + (" FOLDED" if row["folded"] else "")
+        )
+    missing = rep["unregistered_slices"]
+    out.print(
+        f"{rec.name}: {len(rep['per_slice'])} sections ({model.value} each), RMSE "
+        f"{rep['rmse_um']:.3g} µm"
+        + (f"; sections without landmarks (not mapped): {missing}" if missing else "")
+        + ("" if rep["consecutive"] else "; sections pair with non-consecutive MRI slices")
+    )
