@@ -332,9 +332,11 @@ def chain_error(chain: Sequence[Hop]) -> dict[str, Any]:
     >>> chain_error(resolve_chain(scene.subject, "mri", "micro"))["accumulated_um"] < 1e-6
     True
     """
-    hops = []
+    hops: list[dict[str, Any]] = []
+    errs: list[float | None] = []
     for rec, forward in chain:
         loo, rmse = rec.report.get("loo_tre_rms_um"), rec.report.get("rmse_um")
+        errs.append(float(loo) if loo is not None else None if rmse is None else float(rmse))
         hops.append({
             "registration": rec.name,
             "model": rec.model,
@@ -342,6 +344,6 @@ def chain_error(chain: Sequence[Hop]) -> dict[str, Any]:
             "loo_tre_rms_um": loo,
             "rmse_um": rmse,
         })  # fmt: skip
-    errs = [h["loo_tre_rms_um"] if h["loo_tre_rms_um"] is not None else h["rmse_um"] for h in hops]
-    total = float(np.sqrt(sum(e**2 for e in errs))) if all(e is not None for e in errs) else None
+    known = [e for e in errs if e is not None]
+    total = float(np.sqrt(sum(e**2 for e in known))) if len(known) == len(errs) else None
     return {"hops": hops, "accumulated_um": total}
