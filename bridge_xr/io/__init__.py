@@ -23,6 +23,7 @@ __getattr__, __dir__, __all__ = attach(
         "convert_mri": "convert",
         "convert_microscopy": "convert",
         "convert_slices": "slices",
+        "convert_expansion": "expansion",
         "export_nifti": "export",
         "export_ome_zarr_05": "export",
         "validate_store": "validate",

@@ -268,6 +268,7 @@ def convert_microscopy(
     storage_options: dict[str, Any] | None = None,
     progress: Any = None,
     scene: int | None = None,
+    expansion: Mapping[str, Any] | None = None,
 ) -> ImageMetadata:
     """Convert a TIFF/OME-TIFF stack, a Zeiss CZI or a Leica LIF into the store, lazily.
 
@@ -299,6 +300,9 @@ def convert_microscopy(
         ``progress(levels_done, levels_total)``.
     scene : int, optional
         CZI scene / LIF image index when the file holds several.
+    expansion : mapping, optional
+        An expanded sample (``bridge_xr.io.expansion``): ``factor`` divides every length, so the
+        image lies in pre-expansion tissue µm; the gel's own µm become the system ``gel``.
 
     Returns
     -------
@@ -355,6 +359,12 @@ def convert_microscopy(
             channel_names=channel_names,
             chunks=dict(zip(image.dims, grid, strict=True)),
         )
+    systems: list[tuple[Any, Any]] = []
+    extra = dict(getattr(cal, "extra", {}) or {})
+    if expansion is not None:
+        gel = [float(image.attrs["spacing"][d]) for d in spatial_dims(image.dims)]
+        image, systems = _to_tissue(image, float(expansion["factor"]))
+        extra["expansion"] = {**expansion, "gel_voxel_size": gel, "unit": image.attrs["unit"]}
     mod = modality or ("labels" if labels else _MODALITY_BY_PREFIX.get(path.split("/")[0], "other"))
     names = (
         tuple(str(v) for v in image.c.values) if "c" in image.dims and "c" in image.coords else None
@@ -370,7 +380,8 @@ def convert_microscopy(
             pixel_size_um=tuple(image.attrs["spacing"][d] for d in spatial_dims(image.dims)),
             objective=getattr(cal, "objective", None),
             excitation_nm=getattr(cal, "excitation_nm", None),
-            extra=dict(getattr(cal, "extra", {}) or {}),
+            expansion_factor=float(expansion["factor"]) if expansion else None,
+            extra=extra,
         ),
         provenance=Provenance.now(
             "convert microscopy",
@@ -378,12 +389,14 @@ def convert_microscopy(
             image=path,
             calibration_source="options" if px else cal.source,
             **({"scene": scene} if scene is not None else {}),
+            **({"expansion_factor": float(expansion["factor"])} if expansion else {}),
         ),
     )
     add_image(
         store,
         image,
         meta,
+        extra_systems=systems,
         overwrite=overwrite,
         method="mode" if labels else "mean",
         chunks=chunks,
@@ -392,6 +405,28 @@ def convert_microscopy(
         progress=progress,
     )
     return meta
+
+
+def _to_tissue(image: Any, factor: float) -> tuple[Any, list[tuple[Any, Any]]]:
+    """An expanded sample's image in pre-expansion µm, and the ``gel`` system it came from."""
+    from bridge_xr.model.coords import spatial_system
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.transforms import Scale
+
+    if not factor > 0:
+        raise InvalidInputError(f"expansion factor must be positive; got {factor}")
+    sd = spatial_dims(image.dims)
+    out = make_image(
+        image.data,
+        dims=image.dims,
+        spacing={d: image.attrs["spacing"][d] / factor for d in sd},
+        origin={d: image.attrs["origin"][d] / factor for d in sd},
+        unit=image.attrs["unit"],
+        channel_names=[str(c) for c in image.c.values] if "c" in image.dims else None,
+    )
+    if sd != ("z", "y", "x"):
+        return out, []
+    return out, [(spatial_system("gel", image.attrs["unit"]), Scale(scale=(factor,) * 3))]
 
 
 def _discover(store: Any) -> list[str]:

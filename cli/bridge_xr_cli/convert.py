@@ -140,3 +140,56 @@ def slices(
         )  # fmt: skip
     n = len(meta.acquisition.extra["slices"])
     out.print(f"wrote {meta.path} ({n} sections, voxel {meta.acquisition.pixel_size_um} µm)")
+
+
+@app.command("expansion")
+@handle_errors
+def expansion(
+    source: Annotated[
+        Path, typer.Argument(help="post-expansion image (TIFF/OME-TIFF, CZI, LIF) in gel µm")
+    ],
+    store: Annotated[str, typer.Argument(help="subject store (path or s3:// URL), created if new")],
+    image: ImageOpt,
+    expansion_factor: Annotated[
+        float | None, typer.Option("--expansion-factor", help="the gel's expansion, e.g. 4.1")
+    ] = None,
+    estimate_from: Annotated[
+        Path | None,
+        typer.Option(
+            "--estimate-from",
+            help="landmark CSV: fixed = pre-expansion image (µm), moving = this image (gel µm)",
+        ),
+    ] = None,
+    pixel_size: Annotated[
+        str | None, typer.Option(help="gel pixel size when the file lacks it, e.g. 59.54nm")
+    ] = None,
+    z_step: Annotated[str | None, typer.Option(help="gel z step, e.g. 0.2um")] = None,
+    channel_names: Annotated[
+        str | None, typer.Option(help="comma-separated channel names, e.g. nestin,vacht")
+    ] = None,
+    overwrite: Overwrite = False,
+    scene: Annotated[int | None, typer.Option(help="CZI scene / LIF image (0-based)")] = None,
+) -> None:
+    """Convert an expansion microscopy image into tissue µm (given or estimated factor)."""
+    from bridge_xr.io.expansion import convert_expansion
+
+    if estimate_from is not None and not estimate_from.is_file():
+        raise InvalidInputError(f"no such landmark file: {str(estimate_from)!r}")
+    names = tuple(n.strip() for n in channel_names.split(",")) if channel_names else None
+    with level_progress(f"writing {image}") as cb:
+        meta = convert_expansion(
+            source, store, image, expansion_factor=expansion_factor, landmarks=estimate_from,
+            pixel_size=pixel_size, z_step=z_step, channel_names=names, overwrite=overwrite,
+            progress=cb, scene=scene,
+        )  # fmt: skip
+    info = meta.acquisition.extra["expansion"]
+    unc = (
+        f" ± {info['sd']:.3g} (95 % CI {info['ci95'][0]:.4g}-{info['ci95'][1]:.4g}, "
+        f"{info['n_landmarks']} landmarks)"
+        if "sd" in info
+        else " (given)"
+    )
+    out.print(
+        f"wrote {meta.path}: expansion factor {info['factor']:.4g}{unc}; voxel "
+        f"{tuple(round(v, 6) for v in meta.acquisition.pixel_size_um or ())} µm in the tissue"
+    )
