@@ -178,6 +178,37 @@ class TileScan(_Frozen):
     provenance: tuple[Provenance, ...] = ()
 
 
+class AtlasSection(_Frozen):
+    """One section's atlas anchoring (QuickNII) and nonlinear markers (VisuAlign)."""
+
+    nr: int = Field(description="section number in the alignment file")
+    filename: str
+    stack_index: int = Field(description="plane of the slice stack it anchors (0-based)")
+    width: int = Field(description="width (px) of the image the anchoring was made on")
+    height: int = Field(description="height (px) of that image")
+    anchoring: tuple[float, ...] = Field(
+        description="o, u, v (9 numbers, atlas voxels): atlas = o + x/width u + y/height v"
+    )
+    markers: tuple[tuple[float, float, float, float], ...] = Field(
+        default=(), description="VisuAlign markers x0, y0, x1, y1 (px of the anchoring image)"
+    )
+
+
+class AtlasAlignment(_Frozen):
+    """A slice stack's alignment to a reference atlas (e.g. Allen CCFv3 via QuickNII)."""
+
+    image: str = Field(description="the slice stack it aligns")
+    source: str = Field(description="the QuickNII/VisuAlign JSON it came from")
+    target: str | None = Field(default=None, description="atlas named in the file")
+    target_resolution: tuple[int, ...] | None = Field(
+        default=None, description="the atlas' voxel grid (x, y, z) named in the file"
+    )
+    voxel_um: float = Field(description="atlas voxel size (µm)")
+    axes: str = "QuickNII atlas voxels: x left->right, y posterior->anterior, z inferior->superior"
+    sections: tuple[AtlasSection, ...]
+    provenance: Provenance
+
+
 class SubjectMetadata(_Frozen):
     """The ``bridge_xr`` block of a subject store's root group."""
 
@@ -195,6 +226,9 @@ class SubjectMetadata(_Frozen):
         "an ambiguous chain uses them instead of refusing",
     )
     tile_scans: dict[str, TileScan] = Field(default_factory=dict)
+    atlas: dict[str, AtlasAlignment] = Field(
+        default_factory=dict, description="atlas alignments of slice stacks, by image path"
+    )
     provenance: tuple[Provenance, ...] = ()
 
     model_config = ConfigDict(frozen=True, extra="allow", populate_by_name=True)
@@ -207,6 +241,7 @@ SCHEMA_MODELS: dict[str, type[BaseModel]] = {
     "landmarks": LandmarkSet,
     "registration": Registration,
     "tilescan": TileScan,
+    "atlas": AtlasAlignment,
 }
 
 

@@ -27,5 +27,7 @@ __getattr__, __dir__, __all__ = attach(
         "export_itk": "itk",
         "registration_table": "summary",
         "register_slices": "slices",
+        "import_atlas": "atlas",
+        "atlas_points": "atlas",
     },
 )

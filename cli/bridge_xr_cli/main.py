@@ -12,6 +12,7 @@ from bridge_xr import __version__
 from bridge_xr_cli import (
     analyze,
     archive,
+    atlas,
     convert,
     demo,
     export,
@@ -59,6 +60,7 @@ app.add_typer(convert.app, name="convert")
 app.add_typer(export.app, name="export")
 app.add_typer(learn.app, name="learn")
 app.add_typer(linescan.app, name="linescan")
+app.add_typer(atlas.app, name="atlas")
 app.command("info")(info.main)
 app.command("validate")(info.validate)
 app.command("demo")(demo.main)
