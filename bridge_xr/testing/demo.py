@@ -22,6 +22,7 @@ import numpy as np
 
 from bridge_xr.testing.demo_steps import (
     _correlation,
+    _exvivo,
     _figure,
     _learning,
     _learning_sentence,
@@ -97,6 +98,13 @@ class DemoSummary:
             + f"Tile scan: {steps['tiles']['tiles']} tiles stitched to "
             f"{steps['tiles']['offset_rms_px']:.2f} voxels RMS of the known offsets and fused "
             f"({steps['tiles']['fused_shards']} shards). "
+            + f"Ex vivo: {steps['exvivo']['sections']} sections registered one by one (2D TPS, "
+            f"LOO TRE RMS {steps['exvivo']['loo_tre_rms_um']:.1f} µm; "
+            f"{steps['exvivo']['truth_rms_um']:.1f} µm RMS from the known maps) and chained "
+            f"through the ex vivo MRI to the in vivo MRI: tumour fraction in "
+            f"{steps['exvivo']['chain_voxels']} in vivo voxels within "
+            f"{steps['exvivo']['chain_density_mean_abs_error']:.3f} (mean) of the phantom, "
+            f"accumulated landmark error {steps['exvivo']['chain_accumulated_error_um']:.1f} µm. "
             + _learning_sentence(steps["learning"])
             + f"Report: {out_dir / 'report'} (study report: {steps['correlation']['report']}; "
             f"{elapsed:.1f} s)."
@@ -150,14 +158,14 @@ def run_demo(
     out_dir.mkdir(parents=True)
     t0 = time.perf_counter()
     steps: dict[str, Any] = {}
-    with console_status("1/10 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
+    with console_status("1/11 phantom: vessel tree, glioma, 2P and MRI volumes, landmarks"):
         study = write_phantom_study(out_dir, cfg)
     steps["phantom"] = phantom_summary(study.phantom)
-    with console_status("2/10 describing the subject store"):
+    with console_status("2/11 describing the subject store"):
         info = describe(study.store)
         (out_dir / "report").mkdir()
         (out_dir / "report" / "info.json").write_text(json.dumps(info, indent=2))
-    with console_status("3/10 NIfTI round trip and OME-Zarr 0.5 export"):
+    with console_status("3/11 NIfTI round trip and OME-Zarr 0.5 export"):
         rt = export_nifti(
             study.store, "invivo_mri/d060/T2w", out_dir / "report" / "T2w_roundtrip.nii.gz"
         )
@@ -172,23 +180,25 @@ def run_demo(
             "twophoton/d060/angiogram",
             str(out_dir / "report" / "angiogram_v05.ome.zarr"),
         )
-    with console_status("4/10 registration: TPS from rater 1, model comparison, inter-rater"):
+    with console_status("4/11 registration: TPS from rater 1, model comparison, inter-rater"):
         steps["registration"] = _registration(study, out_dir / "report")
-    with console_status("5/10 resampling 2P channels onto the MRI grid, QC figure"):
+    with console_status("5/11 resampling 2P channels onto the MRI grid, QC figure"):
         steps["resample"] = _resample(study, out_dir / "report")
     with console_status(
-        "6/10 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
+        "6/11 voxel correlation: masks, NAGM z-score, exact densities, stats, report"
     ):
         steps["correlation"] = _correlation(study, out_dir, compare_exact=size == "tiny")
-    with console_status("7/10 longitudinal: two sessions, rigid session registration, growth"):
+    with console_status("7/11 longitudinal: two sessions, rigid session registration, growth"):
         steps["longitudinal"] = _longitudinal(out_dir, seed)
     with console_status(
-        "8/10 tile scan: stage layout, stitch (phase correlation), flat field, fuse"
+        "8/11 tile scan: stage layout, stitch (phase correlation), flat field, fuse"
     ):
         steps["tiles"] = _tiles(out_dir, seed)
-    with console_status("9/10 learning: nnU-Net 2d on MRI with 2P truth (export, train, predict)"):
+    with console_status("9/11 ex vivo: sections registered slice by slice, chained to in vivo MRI"):
+        steps["exvivo"] = _exvivo(out_dir, seed)
+    with console_status("10/11 learning: nnU-Net 2d on MRI with 2P truth (export, train, predict)"):
         steps["learning"] = _learning(out_dir, seed, short=size == "tiny")
-    with console_status("10/10 validating the whole store with ngff-zarr and ome-zarr-models"):
+    with console_status("11/11 validating the whole store with ngff-zarr and ome-zarr-models"):
         try:
             from bridge_xr.io.validate import validate_store
 

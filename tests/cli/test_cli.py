@@ -258,6 +258,11 @@ def test_demo_runs_end_to_end(tmp_path) -> None:
     assert (out / "report" / "study" / "index.html").exists()
     assert summary["longitudinal"]["motion_error_um"] < 5.0
     assert summary["longitudinal"]["mean_growth_percent_per_day"] > 0
+    ex = summary["exvivo"]
+    assert ex["sections"] == 3
+    assert ex["truth_rms_um"] < 2.0  # 2D TPS per section, 1 µm landmark noise
+    assert ex["chain_density_mean_abs_error"] < 0.02
+    assert (out / "report" / "exvivo" / "slices_overlay.png").exists()
     assert summary["learning"]["cases"] >= 3
     assert summary["learning"]["summary"]["cases"] >= 1
     vis = summary["learning"]["visibility_by_diameter"]
