@@ -22,5 +22,6 @@ __getattr__, __dir__, __all__ = attach(
         "analysis_mask": "masks",
         "extract_study": "study",
         "run_longitudinal": "longitudinal",
+        "region_densities": "regions",
     },
 )

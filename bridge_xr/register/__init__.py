@@ -29,5 +29,6 @@ __getattr__, __dir__, __all__ = attach(
         "register_slices": "slices",
         "import_atlas": "atlas",
         "atlas_points": "atlas",
+        "place_sample": "navigation",
     },
 )

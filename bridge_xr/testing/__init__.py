@@ -17,5 +17,6 @@ __getattr__, __dir__, __all__ = attach(
         "tiny_scene": "tiny",
         "tiny_landmarks": "tiny",
         "slice_scene": "exvivo",
+        "human_scene": "human",
     },
 )

@@ -390,3 +390,62 @@ def register_slices(
         + (f"; sections without landmarks (not mapped): {missing}" if missing else "")
         + ("" if rep["consecutive"] else "; sections pair with non-consecutive MRI slices")
     )
+
+
+def _three_lengths_mm(text: str, option: str) -> list[float]:
+    from bridge_xr.model.units import parse_length_um
+
+    parts = [p.strip() for p in text.split(",")]
+    if len(parts) != 3:
+        raise InvalidInputError(f"{option} needs three lengths x,y,z (e.g. 12.5mm,-3mm,40mm)")
+    if not all(any(ch.isalpha() or ch == "µ" for ch in p) for p in parts):
+        raise InvalidInputError(f"{option} {text!r}: give every length with its unit (mm, um)")
+    return [parse_length_um(p) / 1000.0 for p in parts]
+
+
+@handle_errors
+def place_sample(
+    store: Store,
+    clinical: Annotated[str, typer.Option("--clinical", help="clinical MRI (scanner affine)")],
+    sample: Annotated[str, typer.Option("--sample", help="the sample's ex vivo MRI")],
+    position: Annotated[
+        str | None,
+        typer.Option("--position", help="navigated point in scanner RAS, e.g. 12.5mm,-3mm,40mm"),
+    ] = None,
+    pose: Annotated[
+        Path | None,
+        typer.Option("--pose", help="4x4 pose file: sample x,y,z mm -> scanner RAS mm (rigid)"),
+    ] = None,
+    sample_point: Annotated[
+        str | None,
+        typer.Option(help="with --position: the navigated point in the sample (default centre)"),
+    ] = None,
+    navigation_error: Annotated[
+        str | None, typer.Option(help="navigation error, e.g. 2mm (kept as the hop's error)")
+    ] = None,
+    name: Annotated[str, typer.Option("--name", help="registration name")] = "navigation",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace that name")] = False,
+) -> None:
+    """Place a resected sample's ex vivo MRI in the clinical MRI from neuronavigation."""
+    from bridge_xr.model.units import parse_length_um
+    from bridge_xr.register.navigation import place_sample as run
+    from bridge_xr.register.navigation import read_pose
+
+    if (position is None) == (pose is None):
+        raise InvalidInputError("give the navigated --position or a --pose file, exactly one")
+    if pose is not None and not pose.is_file():
+        raise InvalidInputError(f"no such pose file: {str(pose)!r}")
+    rec, rep = run(
+        store, clinical=clinical, sample=sample,
+        position_ras_mm=_three_lengths_mm(position, "--position") if position else None,
+        pose=read_pose(pose.read_text()) if pose is not None else None,
+        sample_point_um=[v * 1000.0 for v in _three_lengths_mm(sample_point, "--sample-point")]
+        if sample_point else None,
+        navigation_error_um=parse_length_um(navigation_error) if navigation_error else None,
+        name=name, overwrite=overwrite,
+    )  # fmt: skip
+    err = rep["navigation_error_um"]
+    out.print(
+        f"{rec.name}: {sample} placed in {clinical} ({rep['orientation']}); navigation error "
+        + (f"{err:.3g} µm" if err is not None else "not given (chains through it: unknown)")
+    )
