@@ -116,7 +116,9 @@ def extract_table(
     mri : str
         The MRI image (one table row per voxel).
     microscopy : sequence of str
-        Microscopy images; each gives ``fraction_<ch>``, ``coverage_<ch>``, ``category_<ch>``.
+        Microscopy images; each gives ``fraction_<ch>``, ``coverage_<ch>``, ``category_<ch>``
+        (``<ch>`` the image's last path part, or ``CHANNEL`` of ``IMAGE#CHANNEL``, one channel
+        of a multichannel image).
     mask : str, optional
         Label image on the MRI grid; rows where it is 0 are dropped.
     mri_z, reference_mask : str, optional
@@ -166,13 +168,16 @@ def extract_table(
         sd = da.sqrt((da.where(sel, (vals - mean) ** 2, 0).sum()) / (n - 1))
         columns["mri_z"] = (vals - mean) / sd
     names = []
-    for path in microscopy:
-        ch = channel_name(path)
+    for item in microscopy:
+        # IMAGE#CHANNEL: one channel of a multichannel image (e.g. a section stack)
+        path, _, channel = item.partition("#")
+        ch = channel_name(channel or path)
         if ch in names:
             raise InvalidInputError(f"two microscopy images are both called {ch!r}; rename one")
         names.append(ch)
         thr = thresholds.get(ch, thresholds.get("*"))
-        ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method)
+        ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method,
+                     channel=channel or None)  # fmt: skip
         columns[f"fraction_{ch}"] = ds["fraction"].data.rechunk(chunks)
         columns[f"coverage_{ch}"] = ds["coverage"].data.rechunk(chunks)
     keep = da.ones(ref.shape, dtype=bool, chunks=chunks)

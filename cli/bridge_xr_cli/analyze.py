@@ -138,7 +138,11 @@ def extract(
     store: StoreArg,
     mri: Annotated[str, typer.Option("--mri", help="MRI image (one row per voxel)")],
     microscopy: Annotated[
-        list[str], typer.Option("--microscopy", help="microscopy image(s) registered to the MRI")
+        list[str],
+        typer.Option(
+            "--microscopy",
+            help="microscopy image(s) registered to the MRI; IMAGE#CHANNEL for one channel",
+        ),
     ],
     output: Annotated[Path, typer.Option("--output", help="tables folder (Parquet)")],
     mask: Annotated[str | None, typer.Option(help="keep voxels where this mask > 0")] = None,
@@ -175,7 +179,19 @@ def extract(
             bins=parse_bins(bins) or [],
             via=via,
         )
-    prov = {"mri": mri, "microscopy": list(microscopy), "registrations": list(used)}
+        from bridge_xr.scene.chains import chain_error
+        from bridge_xr.scene.mapping import path_between
+
+        errors = {
+            p: chain_error(path_between(store, mri, p.partition("#")[0], via=via))
+            for p in microscopy
+        }
+    prov = {
+        "mri": mri,
+        "microscopy": list(microscopy),
+        "registrations": list(used),
+        "registration_errors": errors,
+    }
     with console.status("extracting voxels"):
         written = write_table(table, output, overwrite=overwrite, provenance=prov)
     import pyarrow.parquet as pq

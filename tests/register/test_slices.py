@@ -294,3 +294,14 @@ def test_points_and_densities_go_through_the_whole_chain(tmp_path: Path) -> None
     hops = ds.attrs["density"]["chain_error"]
     assert [h["registration"] for h in hops["hops"]] == ["invivo_to_exvivo", "slices"]
     assert hops["accumulated_um"] is not None
+    # the same through `bridge extract`, one channel of the stack, errors in the provenance
+    res = runner.invoke(app, ["extract", str(store), "--mri", "invivo_mri/d060/T2w",
+                              "--microscopy", f"{MOVING}#tumour", "--threshold", "0.5",
+                              "--method", "resliced", "--output", str(tmp_path / "tables")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    table = pd.read_parquet(tmp_path / "tables")
+    col = table["fraction_tumour"].to_numpy()
+    assert np.isclose(np.nansum(col), np.nansum(np.where(cov > 0, fr, np.nan)), rtol=1e-6)
+    prov = json.loads(next((tmp_path / "tables").rglob("_provenance.json")).read_text())
+    errs = prov["parameters"]["registration_errors"][f"{MOVING}#tumour"]
+    assert errs["accumulated_um"] == pytest.approx(hops["accumulated_um"])
