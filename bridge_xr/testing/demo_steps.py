@@ -232,11 +232,15 @@ def _tiles(out_dir: Path, seed: int) -> dict[str, Any]:
 def _exvivo(out_dir: Path, seed: int) -> dict[str, Any]:
     """Demo step: three sections registered slice by slice, chained to the in vivo MRI."""
     from bridge_xr.extract.densities import density
-    from bridge_xr.model.slices import slice_index
     from bridge_xr.register.registration import register
     from bridge_xr.report.slices_run import register_slices_with_report
     from bridge_xr.scene.mapping import map_points
-    from bridge_xr.testing.exvivo import exvivo_tissue, invivo_landmarks, slice_scene, slice_truth
+    from bridge_xr.testing.exvivo import (
+        invivo_landmarks,
+        invivo_tumour_fraction,
+        slice_scene,
+        slice_truth,
+    )
 
     store = out_dir / "exvivo" / "M002.ome.zarr"
     scene, lms = slice_scene(3, nonlinear=True, noise_um=1.0, invivo=True, where=store, seed=seed)
@@ -258,13 +262,7 @@ def _exvivo(out_dir: Path, seed: int) -> dict[str, Any]:
     ds = density(scene, microscopy="exvivo/slab03", mri="invivo_mri/d060/T2w", channel="tumour",
                  threshold=0.5, method="resliced")  # fmt: skip
     fr, cov = ds["fraction"].values, ds["coverage"].values
-    n = 6
-    axes = [(np.arange(m * n) + 0.5) * 50.0 / n for m in fr.shape]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    q = truth.invivo_to_exvivo(np.column_stack([xx.ravel(), yy.ravel(), zz.ravel()]))
-    zc = (slice_index(q[:, 2], 50.0, 100.0) + 0.5) * 100.0
-    t = exvivo_tissue(q[:, 0], q[:, 1], zc, "tumour").reshape(zz.shape)
-    t = t.reshape(fr.shape[0], n, fr.shape[1], n, fr.shape[2], n).mean(axis=(1, 3, 5))
+    t = invivo_tumour_fraction(truth, fr.shape, sub=6)
     full = cov > 0.999
     chain = ds.attrs["density"]["chain_error"]
     return {

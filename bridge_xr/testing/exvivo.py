@@ -34,7 +34,14 @@ from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance
 from bridge_xr.scene.core import Scene
 
-__all__ = ["SliceTruth", "exvivo_tissue", "invivo_landmarks", "slice_scene", "slice_truth"]
+__all__ = [
+    "SliceTruth",
+    "exvivo_tissue",
+    "invivo_landmarks",
+    "invivo_tumour_fraction",
+    "slice_scene",
+    "slice_truth",
+]
 
 FIELD_UM = 800.0  # in-plane field of view (µm)
 
@@ -251,3 +258,27 @@ def invivo_landmarks(
         for a, axis in enumerate("xyz"):
             frame[f"{side}_{axis}"] = pts[:, a]
     return pd.DataFrame(frame)
+
+
+def invivo_tumour_fraction(
+    truth: SliceTruth, shape: tuple[int, ...], *, voxel_um: float = 50.0, sub: int = 10
+) -> np.ndarray:
+    """The sections' tumour fraction in every in vivo voxel, through the known deformation.
+
+    Each in vivo voxel is sampled ``sub`` times per axis; a sample's ex vivo position picks its
+    section (slab), whose image shows the tumour at the slab's centre depth.
+
+    Examples
+    --------
+    >>> invivo_tumour_fraction(slice_truth(3), (6, 16, 16), sub=2).shape
+    (6, 16, 16)
+    """
+    from bridge_xr.model.slices import slice_index
+
+    axes = [(np.arange(m * sub) + 0.5) * voxel_um / sub for m in shape]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    q = truth.invivo_to_exvivo(np.column_stack([xx.ravel(), yy.ravel(), zz.ravel()]))
+    t_um = truth.thickness_um
+    zc = (slice_index(q[:, 2], t_um / 2, t_um) + 0.5) * t_um
+    t = exvivo_tissue(q[:, 0], q[:, 1], zc, "tumour").reshape(zz.shape)
+    return t.reshape(shape[0], sub, shape[1], sub, shape[2], sub).mean(axis=(1, 3, 5))

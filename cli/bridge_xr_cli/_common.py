@@ -188,6 +188,21 @@ def byte_progress(description: str) -> Feed:
 _client: Any = None
 
 
+def read_points(path: Any) -> Any:
+    """A points CSV (``x, y, z`` in µm, other columns kept) as a DataFrame; one line if not."""
+    import pandas as pd
+
+    from bridge_xr.errors import InvalidInputError
+
+    if not path.is_file():
+        raise InvalidInputError(f"no such points file: {str(path)!r}")
+    df = pd.read_csv(path)
+    missing = [c for c in ("x", "y", "z") if c not in df.columns]
+    if missing:
+        raise InvalidInputError(f"{str(path)!r} lacks columns {missing}; points need x,y,z in µm")
+    return df
+
+
 def use_scheduler(address: str | None) -> None:
     """Connect to a dask-distributed scheduler (``tcp://host:port``) for all later work."""
     global _client

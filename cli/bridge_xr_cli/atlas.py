@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import StoreArg, handle_errors, out
+from bridge_xr_cli._common import StoreArg, handle_errors, out, read_points
 
 app = typer.Typer(
     help="Atlas coordinates (QuickNII/VisuAlign, e.g. Allen CCFv3) of sections and MRI voxels.",
@@ -70,12 +70,7 @@ def map_(
 
     from bridge_xr.register.atlas import atlas_points
 
-    if not points.is_file():
-        raise InvalidInputError(f"no such points file: {str(points)!r}")
-    df = pd.read_csv(points)
-    missing = [c for c in ("x", "y", "z") if c not in df.columns]
-    if missing:
-        raise InvalidInputError(f"{str(points)!r} lacks columns {missing}; points need x,y,z in µm")
+    df = read_points(points)
     res = atlas_points(
         store, df[["z", "y", "x"]].to_numpy(float), src=src, slices=slices,
         annotation=annotation, via=via,

@@ -19,6 +19,7 @@ from bridge_xr_cli._common import (
     StoreArg,
     handle_errors,
     out,
+    read_points,
 )
 
 landmarks_app = typer.Typer(help="Import and export landmark sets.", no_args_is_help=True)
@@ -236,16 +237,10 @@ def transform_points(
     scene are followed too.
     """
     import numpy as np
-    import pandas as pd
 
     from bridge_xr.scene.mapping import map_points_any
 
-    if not points.is_file():
-        raise InvalidInputError(f"no such points file: {str(points)!r}")
-    df = pd.read_csv(points)
-    missing = [c for c in ("x", "y", "z") if c not in df.columns]
-    if missing:
-        raise InvalidInputError(f"{str(points)!r} lacks columns {missing}; points need x,y,z in µm")
+    df = read_points(points)
     mapped, chain = map_points_any(store, df[["x", "y", "z"]].to_numpy(float), src, dst, via=via)
     lost = int(np.isnan(mapped).any(axis=1).sum())
     if lost:

@@ -23,7 +23,13 @@ from bridge_xr.register.registration import register
 from bridge_xr.register.slices import register_slices
 from bridge_xr.resampling import resample
 from bridge_xr.scene.mapping import map_points
-from bridge_xr.testing.exvivo import exvivo_tissue, invivo_landmarks, slice_scene, slice_truth
+from bridge_xr.testing.exvivo import (
+    exvivo_tissue,
+    invivo_landmarks,
+    invivo_tumour_fraction,
+    slice_scene,
+    slice_truth,
+)
 from bridge_xr_cli.main import app
 
 runner = CliRunner()
@@ -280,13 +286,7 @@ def test_points_and_densities_go_through_the_whole_chain(tmp_path: Path) -> None
     ds = density(scene, microscopy=MOVING, mri="invivo_mri/d060/T2w", channel="tumour",
                  threshold=0.5, method="resliced")  # fmt: skip
     fr, cov = ds["fraction"].values, ds["coverage"].values
-    n = 10
-    axes = [(np.arange(m * n) + 0.5) * 50.0 / n for m in fr.shape]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    q = truth.invivo_to_exvivo(np.column_stack([xx.ravel(), yy.ravel(), zz.ravel()]))
-    zc = (slice_index(q[:, 2], 50.0, 100.0) + 0.5) * 100.0
-    t = exvivo_tissue(q[:, 0], q[:, 1], zc, "tumour").reshape(zz.shape)
-    t = t.reshape(fr.shape[0], n, fr.shape[1], n, fr.shape[2], n).mean(axis=(1, 3, 5))
+    t = invivo_tumour_fraction(truth, fr.shape)
     full = cov > 0.999
     assert full.sum() > 500
     err = np.abs(fr[full] - t[full])
