@@ -29,6 +29,7 @@ __getattr__, __dir__, __all__ = attach(
         "register_slices": "slices",
         "import_atlas": "atlas",
         "atlas_points": "atlas",
+        "atlas_image": "atlas",
         "place_sample": "navigation",
     },
 )

@@ -31,7 +31,7 @@ from bridge_xr.model.image import um_factor
 from bridge_xr.model.metadata import AtlasAlignment, AtlasSection, Provenance
 from bridge_xr.model.slices import slice_index
 
-__all__ = ["atlas_points", "import_atlas"]
+__all__ = ["atlas_image", "atlas_points", "import_atlas"]
 
 
 def _stem(name: str) -> str:
@@ -289,3 +289,104 @@ def _regions(path: Any, vox: np.ndarray, rec: AtlasAlignment) -> np.ndarray:
     ok &= (idx >= 0).all(axis=1) & (idx < np.array(ann.shape)).all(axis=1)
     out[ok] = ann[idx[ok, 0], idx[ok, 1], idx[ok, 2]]
     return out
+
+
+def atlas_image(
+    where: StoreLike,
+    *,
+    image: str,
+    image_out: str,
+    slices: str | None = None,
+    annotation: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    chunks: tuple[int, int, int] = (8, 128, 128),
+) -> list[str]:
+    """Atlas coordinates of every voxel of ``image`` as an image (and region labels), block-wise.
+
+    Writes ``image_out`` on ``image``'s grid: channels ``atlas_x``, ``atlas_y``, ``atlas_z`` in
+    atlas µm (NaN where no aligned section lies), and with ``annotation`` also
+    ``<image_out>_region`` (labels, 0 outside).
+
+    Parameters
+    ----------
+    where : Scene, str, path or zarr store
+        The subject.
+    image : str
+        The image whose voxels to place (a section stack, an MRI chained to it ...).
+    image_out : str
+        Path of the coordinate image.
+    slices : str, optional
+        The aligned slice stack (default: the only one).
+    annotation : path, optional
+        The atlas' label volume.
+    overwrite : bool
+        Replace existing images.
+    chunks : (z, y, x)
+        Voxels per task.
+
+    Returns
+    -------
+    list of str
+        The images written.
+
+    Examples
+    --------
+    >>> import json, tempfile, pathlib
+    >>> from bridge_xr.testing.exvivo import slice_scene
+    >>> scene, _ = slice_scene(1)
+    >>> f = pathlib.Path(tempfile.mkdtemp()) / "q.json"
+    >>> _ = f.write_text(json.dumps({"slices": [{"filename": "a.png", "nr": 1, "width": 176,
+    ...     "height": 176, "anchoring": [0, 0, 0, 176, 0, 0, 0, 176, 0]}]}))
+    >>> _ = import_atlas(scene, f, slices="exvivo/slab03", voxel_um=25.0)
+    >>> atlas_image(scene, image="exvivo/slab03", image_out="atlas/slab03")
+    ['atlas/slab03']
+    """
+    import dask.array as da
+
+    from bridge_xr.io.subject import add_image
+    from bridge_xr.model.image import make_image
+    from bridge_xr.model.metadata import ImageMetadata
+
+    store = resolve_store(where)
+    # no points: resolves the alignment, the chain and the annotation now, not inside a task
+    atlas_points(store, np.empty((0, 3)), src=image, slices=slices, annotation=annotation)
+    ref = read_image(store, image)
+    f = um_factor(ref)
+    shape = tuple(int(ref.sizes[d]) for d in "zyx")
+    axes = [
+        (ref.attrs["origin"][d] + np.arange(n) * ref.attrs["spacing"][d]) * f
+        for d, n in zip("zyx", shape, strict=True)
+    ]
+    grid = da.zeros(shape, chunks=chunks, dtype=np.float32)
+    n_out = 4 if annotation is not None else 3
+
+    def block(x: np.ndarray, block_info: Any = None) -> np.ndarray:
+        loc = block_info[0]["array-location"]
+        ax = [a[lo:hi] for a, (lo, hi) in zip(axes, loc, strict=True)]
+        zz, yy, xx = np.meshgrid(*ax, indexing="ij")
+        pts = np.column_stack([zz.ravel(), yy.ravel(), xx.ravel()])
+        t = atlas_points(store, pts, src=image, slices=slices, annotation=annotation)
+        cols = ["atlas_x_um", "atlas_y_um", "atlas_z_um"] + (["region"] if n_out == 4 else [])
+        return t[cols].to_numpy(np.float64).T.reshape(n_out, *x.shape)
+
+    out = grid.map_blocks(block, new_axis=0, chunks=((n_out,), *grid.chunks), dtype=np.float64)
+    kw = {
+        "spacing": tuple(ref.attrs["spacing"][d] for d in "zyx"),
+        "origin": tuple(ref.attrs["origin"][d] for d in "zyx"),
+        "unit": ref.attrs["unit"],
+    }
+    prov = Provenance.now("atlas coordinates", inputs=(image,), slices=slices or "",
+                          annotation=str(annotation or ""))  # fmt: skip
+    coords = make_image(out[:3].astype(np.float32), dims="czyx",
+                        channel_names=["atlas_x", "atlas_y", "atlas_z"], **kw)  # fmt: skip
+    add_image(store, coords, ImageMetadata(path=image_out, modality="derived",
+              channel_names=("atlas_x", "atlas_y", "atlas_z"), source="atlas µm",
+              provenance=prov), overwrite=overwrite, levels=1, shards=False)  # fmt: skip
+    written = [image_out]
+    if annotation is not None:
+        lab = make_image(out[3].astype(np.int32), dims="zyx", **kw)
+        add_image(store, lab, ImageMetadata(path=f"{image_out}_region", modality="labels",
+                  kind="labels", provenance=prov), overwrite=overwrite, levels=1, method="mode",
+                  shards=False)  # fmt: skip
+        written.append(f"{image_out}_region")
+    return written

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from bridge_xr.errors import InvalidInputError
-from bridge_xr_cli._common import StoreArg, handle_errors, out, read_points
+from bridge_xr_cli._common import StoreArg, console, handle_errors, out, read_points
 
 app = typer.Typer(
     help="Atlas coordinates (QuickNII/VisuAlign, e.g. Allen CCFv3) of sections and MRI voxels.",
@@ -83,3 +83,28 @@ def map_(
         f"{len(table)} points -> atlas coordinates in {output}"
         + (f"; {lost} lie in no aligned section (NaN)" if lost else "")
     )
+
+
+@app.command("image")
+@handle_errors
+def image(
+    store: StoreArg,
+    image_path: Annotated[str, typer.Option("--image", help="image whose voxels to place")],
+    image_out: Annotated[str, typer.Option("--image-out", help="atlas coordinate image")],
+    slices: Annotated[
+        str | None, typer.Option("--slices", help="the aligned slice stack (if several)")
+    ] = None,
+    annotation: Annotated[
+        Path | None, typer.Option(help="atlas label volume (NIfTI): also <image-out>_region")
+    ] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace those images")] = False,
+) -> None:
+    """Atlas µm of every voxel of an image (and its region label), on that image's grid."""
+    from bridge_xr.register.atlas import atlas_image
+
+    with console.status(f"placing the voxels of {image_path} in the atlas"):
+        written = atlas_image(
+            store, image=image_path, image_out=image_out, slices=slices,
+            annotation=annotation, overwrite=overwrite,
+        )  # fmt: skip
+    out.print(f"wrote {', '.join(written)} on the grid of {image_path}")

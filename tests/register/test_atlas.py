@@ -17,6 +17,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from bridge_xr.io.read import read_image
 from bridge_xr.register.atlas import atlas_points, import_atlas
 from bridge_xr.register.slices import register_slices
 from bridge_xr.testing.exvivo import slice_scene, slice_truth
@@ -115,7 +116,8 @@ def test_visualign_markers_move_points_as_the_triangulation_says(tmp_path: Path)
 
 
 def test_mri_voxels_reach_the_atlas_through_the_slice_registration(tmp_path: Path) -> None:
-    scene, lms = slice_scene(3)
+    store = tmp_path / "M.ome.zarr"
+    scene, lms = slice_scene(3, where=store)
     truth = slice_truth(3)
     register_slices(scene, fixed="exvivo_mri/T2w", moving=STACK, landmarks=lms, model="affine")
     import_atlas(scene, _alignment(tmp_path / "q.json"), slices=STACK)
@@ -140,6 +142,23 @@ def test_mri_voxels_reach_the_atlas_through_the_slice_registration(tmp_path: Pat
     want = np.where(v[:, 2] >= 200, 315, np.where(v[:, 0] >= 200, 1089, 0))
     assert np.array_equal(lab["region"].to_numpy(), want)
     assert set(want) >= {315, 1089}
+    # the same for every voxel of the MRI, as images on its grid
+    res = runner.invoke(app, ["atlas", "image", str(store), "--image", "exvivo_mri/T2w",
+                              "--image-out", "atlas/T2w", "--annotation",
+                              str(tmp_path / "annotation.nii.gz")])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    img = read_image(store, "atlas/T2w")
+    mri = read_image(store, "exvivo_mri/T2w")
+    zz, yy, xx = np.meshgrid(mri.z.values, mri.y.values, mri.x.values, indexing="ij")
+    ref = atlas_points(store, np.column_stack([zz.ravel(), yy.ravel(), xx.ravel()]),
+                       src="exvivo_mri/T2w", annotation=tmp_path / "annotation.nii.gz")  # fmt: skip
+    for c, col in enumerate(("atlas_x_um", "atlas_y_um", "atlas_z_um")):
+        got = img.isel(c=c).values.ravel()
+        want = ref[col].to_numpy()
+        assert np.array_equal(np.isnan(got), np.isnan(want))
+        assert np.allclose(got[~np.isnan(got)], want[~np.isnan(want)], rtol=1e-6)
+    assert np.array_equal(read_image(store, "atlas/T2w_region").values.ravel(), ref["region"])
+    assert {315, 1089} <= set(np.unique(ref["region"]))
     nib.save(nib.Nifti1Image(ann[:100], np.eye(4)), tmp_path / "small.nii.gz")
     with pytest.raises(Exception, match="same atlas"):
         atlas_points(scene, np.zeros((1, 3)), src=STACK, annotation=tmp_path / "small.nii.gz")
