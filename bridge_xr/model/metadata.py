@@ -128,8 +128,9 @@ class Registration(_Frozen):
     name: str
     fixed: str
     moving: str
-    model: Literal["rigid", "similarity", "affine", "tps", "slices"] = Field(
-        description="'slices': one 2D model per slice of a slice stack (definition.planes)"
+    model: Literal["rigid", "similarity", "affine", "tps", "slices", "bspline"] = Field(
+        description="'slices': one 2D model per slice of a slice stack (definition.planes); "
+        "'bspline': an intensity registration (affine + cubic B-spline lattice, inline)"
     )
     kernel: Literal["r", "r2logr"] | None = None
     smoothing: float | None = None

@@ -30,6 +30,7 @@ from numpy.typing import NDArray
 from bridge_xr.errors import EstimationError, NoAffineError, NotInvertibleError
 
 if TYPE_CHECKING:
+    from bridge_xr.model.bspline import BSplineModel
     from bridge_xr.model.slices import SliceStackModel
 
 Array = NDArray[Any]
@@ -369,8 +370,9 @@ class ThinPlateSpline(_ZyxMap):
         )
 
 
-#: every stored map; a slice stack (one 2D model per slice) is :mod:`bridge_xr.model.slices`
-Model = Union[LinearModel, ThinPlateSpline, "SliceStackModel"]
+#: every stored map; a slice stack (one 2D model per slice) is :mod:`bridge_xr.model.slices`,
+#: an intensity B-spline registration :mod:`bridge_xr.model.bspline`
+Model = Union[LinearModel, ThinPlateSpline, "SliceStackModel", "BSplineModel"]
 
 
 def fit(

@@ -31,5 +31,6 @@ __getattr__, __dir__, __all__ = attach(
         "atlas_points": "atlas",
         "atlas_image": "atlas",
         "place_sample": "navigation",
+        "register_intensity": "intensity",
     },
 )

@@ -30,6 +30,7 @@ from typing import Any, ParamSpec, TypeVar
 import numpy as np
 
 from bridge_xr.errors import InvalidInputError
+from bridge_xr.model.bspline import BSplineModel
 from bridge_xr.model.metadata import (
     Registration,
     SubjectMetadata,
@@ -281,6 +282,8 @@ def model_from_record(rec: Registration) -> Model:
         return ThinPlateSpline.from_description(d)
     if rec.model == "slices":
         return SliceStackModel.from_description(d)
+    if rec.model == "bspline":
+        return BSplineModel.from_description(d)
     return LinearModel(rec.model, np.asarray(d["matrix"]), np.asarray(d["translation"]))
 
 

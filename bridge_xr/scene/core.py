@@ -20,6 +20,7 @@ from zarr.abc.store import Store
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import (
     StoreLike,
+    cached,
     describe_store,
     hold_cache,
     invalidate,
@@ -66,7 +67,6 @@ class Scene(Mapping[str, xr.DataArray]):
     def __init__(self, store: Store) -> None:
         self._store = store
         hold_cache(store)
-        self._graph: TransformGraph | None = None
 
     # -- what it holds ---------------------------------------------------------------------------
     @property
@@ -86,10 +86,8 @@ class Scene(Mapping[str, xr.DataArray]):
 
     @property
     def graph(self) -> TransformGraph:
-        """The transform graph (built once per state of the store)."""
-        if self._graph is None:
-            self._graph = TransformGraph(self._store)
-        return self._graph
+        """The transform graph (built once per state of the store: any write rebuilds it)."""
+        return cached(self._store, ("scene", "graph"), lambda: TransformGraph(self._store))
 
     def __getitem__(self, path: str) -> xr.DataArray:
         """The image at ``path`` (full resolution), lazy; see :meth:`image` for other levels."""
@@ -169,7 +167,6 @@ class Scene(Mapping[str, xr.DataArray]):
     def refresh(self) -> Scene:
         """Forget what was read (after another process changed the store)."""
         invalidate(self._store)
-        self._graph = None
         return self
 
     def add_registration(
@@ -203,13 +200,11 @@ class Scene(Mapping[str, xr.DataArray]):
             self._store, model, fixed=fixed, moving=moving, name=name, landmarks=lms,
             report=report, overwrite=overwrite, current=current,
         )  # fmt: skip
-        self._graph = None
         return rec
 
     def set_current(self, name: str) -> Registration:
         """Mark registration ``name`` the one to use for its image pair."""
         rec = set_current(self._store, name)
-        self._graph = None
         return rec
 
     def write_image(
@@ -253,7 +248,6 @@ class Scene(Mapping[str, xr.DataArray]):
         )
         storage.setdefault("method", "mode" if labels else "mean")
         subject = add_image(self._store, image, meta, overwrite=overwrite, **storage)
-        self._graph = None
         return subject.images[meta.path]
 
     # -- display -------------------------------------------------------------------------------

@@ -35,10 +35,12 @@ from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance
 from bridge_xr.scene.core import Scene
 
 __all__ = [
+    "MRIPair",
     "SliceTruth",
     "exvivo_tissue",
     "invivo_landmarks",
     "invivo_tumour_fraction",
+    "mri_pair",
     "slice_scene",
     "slice_truth",
 ]
@@ -282,3 +284,82 @@ def invivo_tumour_fraction(
     zc = (slice_index(q[:, 2], t_um / 2, t_um) + 0.5) * t_um
     t = exvivo_tissue(q[:, 0], q[:, 1], zc, "tumour").reshape(zz.shape)
     return t.reshape(shape[0], sub, shape[1], sub, shape[2], sub).mean(axis=(1, 3, 5))
+
+
+@dataclass(frozen=True)
+class MRIPair:
+    """Ex vivo (fixed) and in vivo (moving) MRI of one textured tissue, a known map between them."""
+
+    scene: Scene
+    rotation: np.ndarray  # moving -> fixed: S(q) = R q + t + bump(q), x, y, z µm
+    translation: np.ndarray
+    bump_um: float
+    extent_um: float  # both images cover 0..extent_um on every axis
+
+    def to_fixed(self, q: np.ndarray) -> np.ndarray:
+        """In vivo (moving) x, y, z µm -> ex vivo (fixed)."""
+        q = np.asarray(q, dtype=np.float64)
+        bump = self.bump_um * np.stack(
+            [np.sin(q[:, 1] / 300.0), np.cos(q[:, 2] / 350.0), np.sin(q[:, 0] / 400.0)], axis=1
+        )
+        return q @ self.rotation.T + self.translation + bump
+
+    def to_moving(self, p: np.ndarray) -> np.ndarray:
+        """Ex vivo (fixed) x, y, z µm -> in vivo (moving): the truth a registration recovers."""
+        p = np.asarray(p, dtype=np.float64)
+        inv = np.linalg.inv(self.rotation)
+        q = (p - self.translation) @ inv.T
+        for _ in range(100):
+            q = q - (self.to_fixed(q) - p) @ inv.T
+        return q
+
+    def landmarks(self, n: int, seed: int) -> pd.DataFrame:
+        """``n`` exact landmark pairs inside the images (canonical columns)."""
+        rng = np.random.default_rng(seed)
+        f = rng.uniform(0.15, 0.85, size=(n, 3)) * self.extent_um
+        m = self.to_moving(f)
+        frame: dict[str, object] = {"name": [f"P{i + 1}" for i in range(n)]}
+        for side, pts in (("fixed", f), ("moving", m)):
+            for a, axis in enumerate("xyz"):
+                frame[f"{side}_{axis}"] = pts[:, a]
+        return pd.DataFrame(frame)
+
+
+def mri_pair(*, n: int = 40, bump_um: float = 40.0, seed: int = 0,
+             where: StoreLike | None = None) -> MRIPair:  # fmt: skip
+    """Two 50 µm MRIs (``exvivo_mri/T2w`` fixed, ``invivo_mri/d060/T2w`` moving) of one tissue.
+
+    The tissue is a smooth random texture; the in vivo image shows it through a small rotation,
+    a shift and a smooth bump of ``bump_um`` (:meth:`MRIPair.to_fixed`).
+
+    Examples
+    --------
+    >>> pair = mri_pair(n=16)
+    >>> pair.scene["invivo_mri/d060/T2w"].shape
+    (16, 16, 16)
+    """
+    from scipy import ndimage
+
+    rng = np.random.default_rng(seed)
+    fine = 25.0
+    tex = ndimage.gaussian_filter(rng.standard_normal((2 * n + 20,) * 3), 3.0)
+    tex = (tex - tex.mean()) / tex.std()
+
+    def tissue(xyz: np.ndarray) -> np.ndarray:
+        idx = (xyz[:, ::-1] + 250.0) / fine  # z, y, x fine-grid index
+        return ndimage.map_coordinates(tex, idx.T, order=3, mode="nearest")
+
+    a = np.deg2rad(3.0)
+    rot = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1.0]])
+    pair = MRIPair(Scene(MemoryStore()), rot, np.array([30.0, -20.0, 10.0]), bump_um, n * 50.0)
+    store = MemoryStore() if where is None else resolve_store(where)
+    sp = 50.0
+    g = (np.arange(n) + 0.5) * sp
+    zz, yy, xx = np.meshgrid(g, g, g, indexing="ij")
+    grid = np.column_stack([xx.ravel(), yy.ravel(), zz.ravel()])
+    for path, pts in (("exvivo_mri/T2w", grid), ("invivo_mri/d060/T2w", pair.to_fixed(grid))):
+        vals = (1000 + 200 * tissue(pts)).reshape(n, n, n).astype(np.float32)
+        img = make_image(vals, dims="zyx", spacing=(sp,) * 3, origin=(sp / 2,) * 3, unit="um")
+        add_image(store, img, ImageMetadata(path=path, modality="mri",
+                  provenance=Provenance.now("MRI pair phantom")), levels=1)  # fmt: skip
+    return MRIPair(Scene(store), rot, pair.translation, bump_um, n * 50.0)

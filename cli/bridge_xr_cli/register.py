@@ -17,6 +17,7 @@ from bridge_xr_cli._common import (
     ModelOpt,
     Moving,
     StoreArg,
+    console,
     handle_errors,
     out,
     read_points,
@@ -443,4 +444,56 @@ def place_sample(
     out.print(
         f"{rec.name}: {sample} placed in {clinical} ({rep['orientation']}); navigation error "
         + (f"{err:.3g} µm" if err is not None else "not given (chains through it: unknown)")
+    )
+
+
+@handle_errors
+def register_intensity(
+    store: Store,
+    fixed: Fixed,
+    moving: Moving,
+    name: Annotated[str, typer.Option("--name", help="registration name")] = "intensity",
+    landmarks: Annotated[
+        Path | None, typer.Option("--landmarks", help="landmark CSV for the start (affine fit)")
+    ] = None,
+    check_landmarks: Annotated[
+        Path | None,
+        typer.Option(help="independent landmark CSV to measure the result (the hop's error)"),
+    ] = None,
+    mesh: Annotated[int, typer.Option(help="B-spline lattice cells per axis")] = 6,
+    iterations: Annotated[int, typer.Option(help="B-spline optimiser iterations")] = 100,
+    affine: Annotated[
+        bool, typer.Option("--affine/--no-affine", help="optimise an affine first")
+    ] = True,
+    seed: Annotated[int, typer.Option(help="seed of the metric's random sampling")] = 0,
+    report: Annotated[Path | None, typer.Option("--report", help="JSON report")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="replace that name")] = False,
+    current: Annotated[
+        bool, typer.Option("--current", help="use this one for the image pair")
+    ] = False,
+) -> None:
+    """Elastic intensity registration (Mattes MI: affine, then cubic B-spline), stored exactly."""
+    from bridge_xr.io.jsonio import write_json
+    from bridge_xr.register.intensity import register_intensity as run
+    from bridge_xr.register.landmarks import read_csv
+
+    with console.status(f"registering {moving} onto {fixed} (affine, then B-spline)"):
+        rec, rep = run(
+            store, fixed=fixed, moving=moving, name=name,
+            landmarks=read_csv(landmarks) if landmarks else None,
+            check_landmarks=read_csv(check_landmarks) if check_landmarks else None,
+            mesh=mesh, iterations=iterations, affine=affine, seed=seed, overwrite=overwrite,
+            current=current,
+        )  # fmt: skip
+    if report is not None:
+        write_json({"registration": rec.name, "fixed": fixed, "moving": moving, **rep}, report)
+    tre = rep.get("tre_rms_um")
+    out.print(
+        f"{rec.name}: B-spline {'x'.join(map(str, rep['lattice_nodes']))} lattice from "
+        f"{rep['start']}, Mattes MI {rep['final_metric']:.4g}; "
+        + (
+            f"TRE RMS {tre:.3g} µm at {rep['check_landmarks']} check landmarks"
+            if tre is not None
+            else "no check landmarks: its error is unknown to chains"
+        )
     )

@@ -305,3 +305,19 @@ def test_points_and_densities_go_through_the_whole_chain(tmp_path: Path) -> None
     prov = json.loads(next((tmp_path / "tables").rglob("_provenance.json")).read_text())
     errs = prov["parameters"]["registration_errors"][f"{MOVING}#tumour"]
     assert errs["accumulated_um"] == pytest.approx(hops["accumulated_um"])
+
+
+def test_a_scene_sees_registrations_written_through_it_by_any_function() -> None:
+    # the Scene's transform graph is rebuilt after every write, whoever made it
+    scene, lms = slice_scene(2)
+    register_slices(scene, fixed=FIXED, moving=MOVING, landmarks=lms, model="affine", name="a")
+    assert [r.name for r, _ in scene.graph.chain(FIXED, MOVING)] == ["a"]
+    moved = lms.assign(moving_x=lms["moving_x"] + 7.0)
+    register_slices(scene, fixed=FIXED, moving=MOVING, landmarks=moved, model="affine", name="a",
+                    overwrite=True)  # fmt: skip
+    p = np.array([[50.0, 300.0, 300.0]])
+    got = scene.map_points(p, src=FIXED, dst=MOVING)  # the new model, not the overwritten one
+    assert np.isclose(got[0, 2] - map_points(scene.store, p, FIXED, MOVING)[0, 2], 0.0)
+    first, _ = slice_scene(2)
+    register_slices(first, fixed=FIXED, moving=MOVING, landmarks=lms, model="affine", name="a")
+    assert np.isclose(got[0, 2] - first.map_points(p, src=FIXED, dst=MOVING)[0, 2], 7.0)
