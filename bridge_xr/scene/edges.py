@@ -16,7 +16,7 @@ A registration of ``moving`` onto ``fixed`` is kept twice:
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import xarray as xr
@@ -150,6 +150,35 @@ def _tps_edge(
     return edge, figures
 
 
+def _um_extents(
+    images: tuple[xr.DataArray, xr.DataArray],
+) -> tuple[float, float, dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
+    """µm per unit of the fixed and moving images, and their extents in µm."""
+    facs = [um_factor(img) for img in images]
+    ext = [{d: (lo * f, hi * f) for d, (lo, hi) in physical_extent(img).items()}
+           for img, f in zip(images, facs, strict=True)]  # fmt: skip
+    return facs[0], facs[1], ext[0], ext[1]
+
+
+def _field_pair(
+    store: Any,
+    name: str,
+    forward: tuple[np.ndarray, np.ndarray, Any],
+    inverse: tuple[np.ndarray, np.ndarray, Any],
+    facs: tuple[float, float],
+    interpolation: Literal["nearest", "linear"],
+) -> Transform:
+    """Write a map's forward and inverse fields (field, origin, spacing); their bijection edge."""
+    fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
+    _write_field(store, fwd_path, *forward)
+    _write_field(store, inv_path, *inverse)
+    f_fac, m_fac = facs
+    return Bijection(  # type: ignore[call-arg]
+        forward=_scaled(Displacements(path=fwd_path, interpolation=interpolation), f_fac, m_fac),
+        inverse=_scaled(Displacements(path=inv_path, interpolation=interpolation), m_fac, f_fac),
+    )
+
+
 def _slices_edge(
     store: Any,
     model: SliceStackModel,
@@ -158,10 +187,8 @@ def _slices_edge(
     field_spacing_um: float | None,
 ) -> tuple[Transform, dict[str, Any]]:
     """Forward and inverse fields of a slice stack, one plane per slice, nearest interpolation."""
-    fimg, mimg = images
-    f_fac, m_fac = um_factor(fimg), um_factor(mimg)
-    ext = {d: (lo * f_fac, hi * f_fac) for d, (lo, hi) in physical_extent(fimg).items()}
-    m_ext = {d: (lo * m_fac, hi * m_fac) for d, (lo, hi) in physical_extent(mimg).items()}
+    fimg = images[0]
+    f_fac, m_fac, ext, m_ext = _um_extents(images)
     if field_spacing_um is None:
         field_spacing_um = default_field_spacing(
             {d: ext[d] for d in "yx"}, min(fimg.attrs["spacing"][d] for d in "yx") * f_fac,
@@ -169,13 +196,9 @@ def _slices_edge(
         )  # fmt: skip
     fwd, f_org, f_sp, f_err = rasterise_slices(model, ext, field_spacing_um)
     inv, i_org, i_sp, i_err = rasterise_slices(model, m_ext, field_spacing_um, inverse=True)
+    edge = _field_pair(store, name, (fwd, f_org, f_sp), (inv, i_org, i_sp), (f_fac, m_fac),
+                       "nearest")  # fmt: skip
     fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
-    _write_field(store, fwd_path, fwd, f_org, f_sp)
-    _write_field(store, inv_path, inv, i_org, i_sp)
-    edge = Bijection(  # type: ignore[call-arg]
-        forward=_scaled(Displacements(path=fwd_path, interpolation="nearest"), f_fac, m_fac),
-        inverse=_scaled(Displacements(path=inv_path, interpolation="nearest"), m_fac, f_fac),
-    )
     return edge, {
         "field_path": fwd_path,
         "field_spacing_um": field_spacing_um,
@@ -193,10 +216,8 @@ def _smooth_edge(
     field_spacing_um: float | None,
 ) -> tuple[Transform, dict[str, Any]]:
     """Forward and inverse trilinear fields of any smooth non-linear map (a B-spline)."""
-    fimg, mimg = images
-    f_fac, m_fac = um_factor(fimg), um_factor(mimg)
-    ext = {d: (lo * f_fac, hi * f_fac) for d, (lo, hi) in physical_extent(fimg).items()}
-    m_ext = {d: (lo * m_fac, hi * m_fac) for d, (lo, hi) in physical_extent(mimg).items()}
+    fimg = images[0]
+    f_fac, m_fac, ext, m_ext = _um_extents(images)
     if field_spacing_um is None:  # smooth on the lattice scale: one sample per fixed voxel
         field_spacing_um = default_field_spacing(
             ext, 2 * min(fimg.attrs["spacing"].values()) * f_fac, max_points=2e6
@@ -206,13 +227,9 @@ def _smooth_edge(
         field_spacing_um, default_field_spacing(m_ext, 2 * field_spacing_um, max_points=5e5)
     )
     inv, i_org, i_err = rasterise_model(model, m_ext, inv_spacing, inverse=True)
+    edge = _field_pair(store, name, (fwd, f_org, field_spacing_um), (inv, i_org, inv_spacing),
+                       (f_fac, m_fac), "linear")  # fmt: skip
     fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
-    _write_field(store, fwd_path, fwd, f_org, field_spacing_um)
-    _write_field(store, inv_path, inv, i_org, inv_spacing)
-    edge = Bijection(  # type: ignore[call-arg]
-        forward=_scaled(Displacements(path=fwd_path, interpolation="linear"), f_fac, m_fac),
-        inverse=_scaled(Displacements(path=inv_path, interpolation="linear"), m_fac, f_fac),
-    )
     return edge, {
         "field_path": fwd_path,
         "field_spacing_um": field_spacing_um,

@@ -24,6 +24,18 @@ def default_field_spacing(
     return float(spacing)
 
 
+def _regular_grid(
+    extent_zyx_um: dict[str, tuple[float, float]], spacing_um: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(lo, shape, points (n, 3) zyx)`` of a grid covering ``extent`` at ``spacing_um``."""
+    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
+    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
+    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
+    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
+    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
+    return lo, shape, np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+
+
 def rasterise_tps_inverse(
     tps: ThinPlateSpline,
     extent_zyx_um: dict[str, tuple[float, float]],
@@ -39,12 +51,7 @@ def rasterise_tps_inverse(
     """
     from scipy.ndimage import distance_transform_edt, map_coordinates
 
-    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
-    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
-    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
-    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    q = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    lo, shape, q = _regular_grid(extent_zyx_um, spacing_um)
     p = tps.transform_points(q, inverse=True, strict=False)
     disp = (p - q).T.reshape(3, *shape)
     bad = ~np.isfinite(disp).all(axis=0)
@@ -82,12 +89,7 @@ def rasterise_tps(
     """
     from scipy.ndimage import map_coordinates
 
-    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
-    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
-    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
-    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    pts_zyx = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    lo, shape, pts_zyx = _regular_grid(extent_zyx_um, spacing_um)
     moved = tps.transform_points(pts_zyx)
     field = (moved - pts_zyx).T.reshape(3, *shape).astype(np.float32)
     rng = np.random.default_rng(seed)
@@ -161,12 +163,7 @@ def rasterise_model(
     """
     from scipy.ndimage import distance_transform_edt, map_coordinates
 
-    lo = np.array([extent_zyx_um[d][0] for d in "zyx"])
-    hi = np.array([extent_zyx_um[d][1] for d in "zyx"])
-    shape = np.maximum(2, np.ceil((hi - lo) / spacing_um).astype(int) + 1)
-    axes = [lo[i] + np.arange(shape[i]) * spacing_um for i in range(3)]
-    zz, yy, xx = np.meshgrid(*axes, indexing="ij")
-    q = np.stack([zz.ravel(), yy.ravel(), xx.ravel()], axis=1)
+    lo, shape, q = _regular_grid(extent_zyx_um, spacing_um)
     disp = (model.transform_points(q, inverse=inverse, strict=False) - q).T.reshape(3, *shape)
     bad = ~np.isfinite(disp).all(axis=0)
     if bad.all():
