@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import pandas as pd
 
@@ -117,7 +118,7 @@ def region_densities(
         )
     ds = density(store, microscopy=microscopy, mri=mri, channel=channel, threshold=threshold,
                  method=method)  # fmt: skip
-    ids = [int(v) for v in np.unique(lab.data.compute()) if v > 0]
+    ids = [int(v) for v in da.unique(lab.data).compute() if v > 0]
     if not ids:
         raise InvalidInputError(f"region labels {regions!r} hold no label > 0")
     n = max(ids) + 1

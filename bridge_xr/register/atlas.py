@@ -222,6 +222,13 @@ def atlas_points(
     [[1.0, 0.5, 0.5]]
     """
     store = resolve_store(where)
+    rec = _alignment(store, slices)
+    ann = _load_annotation(annotation, rec) if annotation is not None else None
+    return _place(store, points_zyx_um, src, rec, ann, via)
+
+
+def _alignment(store: Any, slices: str | None) -> AtlasAlignment:
+    """The stored alignment of ``slices`` (or of the only aligned stack)."""
     subject = read_subject(store)
     if slices is None:
         if len(subject.atlas) != 1:
@@ -234,7 +241,14 @@ def atlas_points(
         raise InvalidInputError(
             f"{slices!r} has no atlas alignment; run `bridge atlas import` first"
         )
-    rec = subject.atlas[slices]
+    return subject.atlas[slices]
+
+
+def _place(
+    store: Any, points_zyx_um: Any, src: str, rec: AtlasAlignment, ann: Any, via: Any
+) -> pd.DataFrame:
+    """:func:`atlas_points` once the alignment (and the annotation array) are at hand."""
+    slices = rec.image
     pts = np.asarray(points_zyx_um, dtype=np.float64).reshape(-1, 3)
     if src != slices:
         from bridge_xr.scene.mapping import map_points
@@ -244,7 +258,7 @@ def atlas_points(
     f = um_factor(img)
     k_of = slice_index(pts[:, 0], img.attrs["origin"]["z"] * f, img.attrs["spacing"]["z"] * f)
     shapes = {s["index"]: s["shape_yx"] for s in
-              subject.images[slices].acquisition.extra.get("slices", [])}  # fmt: skip
+              read_subject(store).images[slices].acquisition.extra.get("slices", [])}  # fmt: skip
     out = np.full((len(pts), 3), np.nan)
     section = np.full(len(pts), np.nan)
     px = _section_px(img, pts[:, [2, 1]])
@@ -262,12 +276,13 @@ def atlas_points(
         frame[f"atlas_{axis}"] = out[:, a]
     for a, axis in enumerate("xyz"):
         frame[f"atlas_{axis}_um"] = out[:, a] * rec.voxel_um
-    if annotation is not None:
-        frame["region"] = _regions(annotation, out, rec)
+    if ann is not None:
+        frame["region"] = _regions(ann, out)
     return frame
 
 
-def _regions(path: Any, vox: np.ndarray, rec: AtlasAlignment) -> np.ndarray:
+def _load_annotation(path: Any, rec: AtlasAlignment) -> np.ndarray:
+    """The atlas label volume, refused unless it is 3D on the alignment's atlas grid."""
     import nibabel as nib
 
     try:
@@ -282,6 +297,11 @@ def _regions(path: Any, vox: np.ndarray, rec: AtlasAlignment) -> np.ndarray:
             f"annotation {str(path)!r} is {ann.shape} voxels, the alignment's atlas "
             f"{tuple(rec.target_resolution)}; give the annotation of the same atlas"
         )
+    return ann
+
+
+def _regions(ann: np.ndarray, vox: np.ndarray) -> np.ndarray:
+    """Labels of ``ann`` at atlas voxel coordinates ``vox`` (N, 3); 0 outside or at NaN."""
     out = np.zeros(len(vox), dtype=np.int64)  # 0: outside the atlas (or no section)
     ok = np.isfinite(vox).all(axis=1)
     idx = np.zeros(vox.shape, dtype=np.int64)
@@ -305,7 +325,8 @@ def atlas_image(
 
     Writes ``image_out`` on ``image``'s grid: channels ``atlas_x``, ``atlas_y``, ``atlas_z`` in
     atlas µm (NaN where no aligned section lies), and with ``annotation`` also
-    ``<image_out>_region`` (labels, 0 outside).
+    ``<image_out>_region`` (labels, 0 outside), looked up from the coordinates as written
+    (float32), so the two images agree voxel for voxel.
 
     Parameters
     ----------
@@ -348,8 +369,9 @@ def atlas_image(
     from bridge_xr.model.metadata import ImageMetadata
 
     store = resolve_store(where)
-    # no points: resolves the alignment, the chain and the annotation now, not inside a task
-    atlas_points(store, np.empty((0, 3)), src=image, slices=slices, annotation=annotation)
+    rec = _alignment(store, slices)
+    ann = _load_annotation(annotation, rec) if annotation is not None else None
+    _place(store, np.empty((0, 3)), image, rec, None, None)  # the chain resolves now, not in a task
     ref = read_image(store, image)
     f = um_factor(ref)
     shape = tuple(int(ref.sizes[d]) for d in "zyx")
@@ -358,18 +380,17 @@ def atlas_image(
         for d, n in zip("zyx", shape, strict=True)
     ]
     grid = da.zeros(shape, chunks=chunks, dtype=np.float32)
-    n_out = 4 if annotation is not None else 3
 
     def block(x: np.ndarray, block_info: Any = None) -> np.ndarray:
         loc = block_info[0]["array-location"]
         ax = [a[lo:hi] for a, (lo, hi) in zip(axes, loc, strict=True)]
         zz, yy, xx = np.meshgrid(*ax, indexing="ij")
         pts = np.column_stack([zz.ravel(), yy.ravel(), xx.ravel()])
-        t = atlas_points(store, pts, src=image, slices=slices, annotation=annotation)
-        cols = ["atlas_x_um", "atlas_y_um", "atlas_z_um"] + (["region"] if n_out == 4 else [])
-        return t[cols].to_numpy(np.float64).T.reshape(n_out, *x.shape)
+        t = _place(store, pts, image, rec, None, None)
+        cols = ["atlas_x_um", "atlas_y_um", "atlas_z_um"]
+        return t[cols].to_numpy(np.float64).T.reshape(3, *x.shape)
 
-    out = grid.map_blocks(block, new_axis=0, chunks=((n_out,), *grid.chunks), dtype=np.float64)
+    out = grid.map_blocks(block, new_axis=0, chunks=((3,), *grid.chunks), dtype=np.float64)
     kw = {
         "spacing": tuple(ref.attrs["spacing"][d] for d in "zyx"),
         "origin": tuple(ref.attrs["origin"][d] for d in "zyx"),
@@ -377,14 +398,23 @@ def atlas_image(
     }
     prov = Provenance.now("atlas coordinates", inputs=(image,), slices=slices or "",
                           annotation=str(annotation or ""))  # fmt: skip
-    coords = make_image(out[:3].astype(np.float32), dims="czyx",
+    coords = make_image(out.astype(np.float32), dims="czyx",
                         channel_names=["atlas_x", "atlas_y", "atlas_z"], **kw)  # fmt: skip
     add_image(store, coords, ImageMetadata(path=image_out, modality="derived",
               channel_names=("atlas_x", "atlas_y", "atlas_z"), source="atlas µm",
               provenance=prov), overwrite=overwrite, levels=1, shards=False)  # fmt: skip
     written = [image_out]
-    if annotation is not None:
-        lab = make_image(out[3].astype(np.int32), dims="zyx", **kw)
+    if ann is not None:
+        # regions from the coordinates just written, not by mapping every voxel again
+        um = read_image(store, image_out).data
+        vox_um = rec.voxel_um
+
+        def regions(c: np.ndarray) -> np.ndarray:
+            vox = c.reshape(3, -1).T.astype(np.float64) / vox_um
+            return _regions(ann, vox).reshape(c.shape[1:]).astype(np.int32)
+
+        labels = um.rechunk({0: 3}).map_blocks(regions, drop_axis=0, dtype=np.int32)
+        lab = make_image(labels, dims="zyx", **kw)
         add_image(store, lab, ImageMetadata(path=f"{image_out}_region", modality="labels",
                   kind="labels", provenance=prov), overwrite=overwrite, levels=1, method="mode",
                   shards=False)  # fmt: skip

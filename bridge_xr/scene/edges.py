@@ -167,16 +167,17 @@ def _field_pair(
     inverse: tuple[np.ndarray, np.ndarray, Any],
     facs: tuple[float, float],
     interpolation: Literal["nearest", "linear"],
-) -> Transform:
-    """Write a map's forward and inverse fields (field, origin, spacing); their bijection edge."""
+) -> tuple[Transform, str, str]:
+    """Write a map's forward and inverse fields (field, origin, spacing); their edge and paths."""
     fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
     _write_field(store, fwd_path, *forward)
     _write_field(store, inv_path, *inverse)
     f_fac, m_fac = facs
-    return Bijection(  # type: ignore[call-arg]
+    edge = Bijection(  # type: ignore[call-arg]
         forward=_scaled(Displacements(path=fwd_path, interpolation=interpolation), f_fac, m_fac),
         inverse=_scaled(Displacements(path=inv_path, interpolation=interpolation), m_fac, f_fac),
     )
+    return edge, fwd_path, inv_path
 
 
 def _slices_edge(
@@ -196,9 +197,8 @@ def _slices_edge(
         )  # fmt: skip
     fwd, f_org, f_sp, f_err = rasterise_slices(model, ext, field_spacing_um)
     inv, i_org, i_sp, i_err = rasterise_slices(model, m_ext, field_spacing_um, inverse=True)
-    edge = _field_pair(store, name, (fwd, f_org, f_sp), (inv, i_org, i_sp), (f_fac, m_fac),
-                       "nearest")  # fmt: skip
-    fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
+    edge, fwd_path, inv_path = _field_pair(store, name, (fwd, f_org, f_sp), (inv, i_org, i_sp),
+                                           (f_fac, m_fac), "nearest")  # fmt: skip
     return edge, {
         "field_path": fwd_path,
         "field_spacing_um": field_spacing_um,
@@ -227,9 +227,8 @@ def _smooth_edge(
         field_spacing_um, default_field_spacing(m_ext, 2 * field_spacing_um, max_points=5e5)
     )
     inv, i_org, i_err = rasterise_model(model, m_ext, inv_spacing, inverse=True)
-    edge = _field_pair(store, name, (fwd, f_org, field_spacing_um), (inv, i_org, inv_spacing),
-                       (f_fac, m_fac), "linear")  # fmt: skip
-    fwd_path, inv_path = field_path(name), field_path(name, inverse=True)
+    edge, fwd_path, inv_path = _field_pair(store, name, (fwd, f_org, field_spacing_um),
+                                           (inv, i_org, inv_spacing), (f_fac, m_fac), "linear")  # fmt: skip
     return edge, {
         "field_path": fwd_path,
         "field_spacing_um": field_spacing_um,
