@@ -160,6 +160,11 @@ class Tile(_Frozen):
     registered_um: tuple[float, float, float] | None = Field(
         default=None, description="(z, y, x) after `bridge stitch`; the stage position is kept"
     )
+    registered_affine: tuple[tuple[float, float, float, float], ...] | None = Field(
+        default=None,
+        description="after `bridge stitch --model affine`: 3 rows (z, y, x) of 4 numbers mapping "
+        "the tile's intrinsic µm to registered µm; its last column is `registered_um`",
+    )
 
 
 class TileScan(_Frozen):

@@ -97,14 +97,23 @@ def _eligible(subject: SubjectMetadata, via: list[str] | None) -> list[Registrat
 
 
 def simple_paths(
-    adj: Mapping[Any, Sequence[tuple[Any, Any]]], src: Any, dst: Any, *, limit: int = _MAX_CHAINS
+    adj: Mapping[Any, Sequence[tuple[Any, Any]]],
+    src: Any,
+    dst: Any,
+    *,
+    limit: int = _MAX_CHAINS,
+    exclusive: Mapping[Any, Any] | None = None,
 ) -> list[list[Any]]:
     """Every simple path from ``src`` to ``dst``.
 
     Every simple path from ``src`` to ``dst`` as its list of edges (``adj``: node ->
-    ``(next node, edge)``), depth first, at most ``limit`` paths.
+    ``(next node, edge)``), depth first, at most ``limit`` paths. ``exclusive`` maps nodes to
+    a group: a path visits at most one node of each group (the stage and the registered
+    layout of one tile scan are alternatives, never steps of one route).
     """
     found: list[list[Any]] = []
+    groups = exclusive or {}
+    taken: dict[Any, Any] = {}
 
     def walk(node: Any, seen: set[Any], edges: list[Any]) -> None:
         if len(found) >= limit:
@@ -113,13 +122,23 @@ def simple_paths(
             found.append(list(edges))
             return
         for nxt, edge in adj.get(node, ()):
-            if nxt not in seen:
-                seen.add(nxt)
-                edges.append(edge)
-                walk(nxt, seen, edges)
-                edges.pop()
-                seen.discard(nxt)
+            if nxt in seen:
+                continue
+            group = groups.get(nxt)
+            if group is not None and taken.get(group, nxt) != nxt:
+                continue
+            if group is not None:
+                taken[group] = nxt
+            seen.add(nxt)
+            edges.append(edge)
+            walk(nxt, seen, edges)
+            edges.pop()
+            seen.discard(nxt)
+            if group is not None and taken.get(group) == nxt and nxt not in seen:
+                del taken[group]
 
+    if src in groups:
+        taken[groups[src]] = src
     walk(src, {src}, [])
     return found
 

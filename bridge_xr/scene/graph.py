@@ -331,7 +331,12 @@ class TransformGraph:
             adj.setdefault(e.src, []).append((e.dst, (e, True)))
             if e.backward is not None:
                 adj.setdefault(e.dst, []).append((e.src, (e, False)))
-        found: list[list[tuple[Edge, bool]]] = simple_paths(adj, src, dst)
+        layouts = {
+            ("", f"{scan}:{kind}"): scan
+            for scan in self.subject.tile_scans
+            for kind in ("stage", "registered")
+        }
+        found: list[list[tuple[Edge, bool]]] = simple_paths(adj, src, dst, exclusive=layouts)
         if via:
 
             def in_order(c: list[tuple[Edge, bool]]) -> bool:

@@ -3,7 +3,10 @@
 The stage reports the nominal grid; the true tile origins differ from it by a known integer
 jitter (the stage error), so stitching must recover the jitter. Options add what real scans do:
 noise, vignetting (one multiplicative field for every tile), zig-zag (serpentine) acquisition
-order, a stage that reports x flipped, and one tile with no content.
+order, a stage that reports x flipped, and one tile with no content. ``rotation_deg`` and
+``scale`` give every tile its own small rotation (about its centre, in y/x) and magnification,
+which no translation can fit (``bridge stitch --model affine``); ``true_affine`` then holds each
+tile's map from its voxels to the volume's.
 """
 
 from __future__ import annotations
@@ -28,6 +31,15 @@ class SyntheticScan:
     empty: int | None = None  # index of the tile with no content
     grid: tuple[int, int] = (2, 2)
     order: list[tuple[int, int]] = field(default_factory=list)  # (row, col) of each tile
+    true_affine: np.ndarray | None = None  # (n, 3, 4): tile voxel (z, y, x) -> volume voxel
+
+    def true_points(self, k: int, points_px: np.ndarray) -> np.ndarray:
+        """Volume voxel coordinates of tile ``k``'s voxel coordinates ``points_px`` (m, 3)."""
+        p = np.asarray(points_px, float)
+        if self.true_affine is None:
+            return p + self.true_origin_px[k]
+        m = self.true_affine[k]
+        return p @ m[:, :3].T + m[:, 3]
 
     def write_tiffs(self, folder: Path, *, ome_positions: bool = False) -> list[Path]:
         """One ImageJ/OME-TIFF per tile, and ``positions.csv`` (file,x_um,y_um,z_um)."""
@@ -90,6 +102,8 @@ def synthetic_scan(
     flip_x: bool = False,
     empty_tile: int | None = None,
     subpixel: bool = False,
+    rotation_deg: float = 0.0,
+    scale: float = 0.0,
     seed: int = 0,
 ) -> SyntheticScan:
     """A ``grid`` = (rows, cols) tile scan of a vessel-like random volume; see the module doc."""
@@ -122,15 +136,34 @@ def synthetic_scan(
     yy, xx = np.meshgrid(np.linspace(-1, 1, ty), np.linspace(-1, 1, tx), indexing="ij")
     vig = (1.0 - vignetting * (yy**2 + xx**2) / 2).astype(np.float64)
     tiles = []
+    affines = []
     for z0, y0, x0 in true:
-        iz, iy, ix = int(z0), int(np.floor(y0)), int(np.floor(x0))
-        region = volume[iz : iz + nz, iy : iy + ty + 1, ix : ix + tx + 1].astype(float)
-        frac = (0.0, y0 - iy, x0 - ix)
-        if any(frac):
-            region = ndimage.shift(region, tuple(-f for f in frac), order=1, mode="nearest")
-        t = region[:, :ty, :tx] * vig
+        ang = np.deg2rad(rng.uniform(-rotation_deg, rotation_deg)) if rotation_deg else 0.0
+        mag = 1.0 + (rng.uniform(-scale, scale) if scale else 0.0)
+        lin = mag * np.array([[np.cos(ang), -np.sin(ang)], [np.sin(ang), np.cos(ang)]])
+        centre = np.array([(ty - 1) / 2, (tx - 1) / 2])
+        m = np.zeros((3, 4))
+        m[0, 0], m[0, 3] = 1.0, z0
+        m[1:, 1:3] = lin
+        m[1:, 3] = np.array([y0, x0]) + centre - lin @ centre  # rotate about the tile centre
+        affines.append(m)
+        if ang or scale:
+            grid_idx = np.indices((nz, ty, tx)).reshape(3, -1).T.astype(float)
+            src = grid_idx @ m[:, :3].T + m[:, 3]
+            region = ndimage.map_coordinates(vol, src.T, order=3, mode="nearest")
+            region = region.reshape(nz, ty, tx)
+        else:
+            iz, iy, ix = int(z0), int(np.floor(y0)), int(np.floor(x0))
+            region = volume[iz : iz + nz, iy : iy + ty + 1, ix : ix + tx + 1].astype(float)
+            frac = (0.0, y0 - iy, x0 - ix)
+            if any(frac):
+                region = ndimage.shift(region, tuple(-f for f in frac), order=1, mode="nearest")
+            region = region[:, :ty, :tx]
+        t = region * vig
         t += rng.normal(0, noise, t.shape) if noise else 0
         tiles.append(np.clip(np.rint(t), 0, 65535).astype(np.uint16))
+    if rotation_deg or scale:
+        true = np.array([m[:, 3] for m in affines])
     stage = nominal * np.asarray(spacing_um)
     if flip_x:
         stage[:, 2] = -stage[:, 2]
@@ -144,4 +177,5 @@ def synthetic_scan(
         empty=empty_tile,
         grid=grid,
         order=order,
+        true_affine=np.array(affines) if (rotation_deg or scale) else None,
     )

@@ -12,7 +12,16 @@ Resume: completion records live next to the image, outside it, at
 (tiles, positions, flat field, provenance), the parameters and the output layout. A rerun with
 the same fingerprint redoes only the shards without a record; a different fingerprint starts
 afresh. The image is published (group metadata, then the subject) only when every shard is done,
-so a reader never sees a half-fused image; then the records are removed.
+so a reader never sees a half-fused image; then the records are removed. The fused image's µm
+*are* the layout's: an identity scene edge ``<image>:layout`` joins it to ``<scan>:registered``
+(or ``:stage``), so points on any raw tile map into the fused image and on along its
+registrations (``transform-points --from <scan>/t003 --to invivo_mri/T2w``). A new ``stitch``
+of the scan drops that edge (the fused image no longer matches the new layout).
+
+Tiles placed by an affine (``stitch --model rigid|affine``) are sampled through it instead
+(:func:`_accumulate_affine`: per output plane, the inverse map to tile voxels and
+``scipy.ndimage.map_coordinates``, linear or nearest; ramps from the tile coordinates); slower
+than the translation kernel, and only for those tiles.
 
 Voxels no tile covers are 0. Flat-field correction (``stitch --flatfield``) divides each tile by
 the field before blending.
@@ -30,7 +39,7 @@ from typing import Any, Literal
 import numpy as np
 import zarr
 
-from bridge_xr._constants import ATTRS_KEY
+from bridge_xr._constants import ATTRS_KEY, INTRINSIC
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._plan import plan_storage
 from bridge_xr.io._store import (
@@ -59,13 +68,18 @@ from bridge_xr.io.subject import (
     scene_transforms,
 )
 from bridge_xr.model.metadata import Acquisition, ImageMetadata, Provenance, TileScan
+from bridge_xr.model.transforms import CoordinateSystemRef, Identity
 from bridge_xr.tiles._run import run_tasks
 from bridge_xr.tiles.scan import (
+    REGISTERED,
+    STAGE,
     list_prefix,
     positions_of,
     put_bytes,
     read_tile_scan,
+    system_name,
     tile_array,
+    tile_matrices,
 )
 
 Interpolation = Literal["linear", "nearest"]
@@ -79,6 +93,17 @@ class TilePlace:
     path: str
     origin: tuple[float, ...]  # output voxel coordinate of the tile's voxel (0, 0, 0)
     shape: tuple[int, ...]
+    matrix: tuple[tuple[float, ...], ...] | None = None  # 3 x 4: tile voxel -> output voxel
+
+    def box(self) -> tuple[np.ndarray, np.ndarray]:
+        """Output voxel bounds (lowest, highest) of the tile's voxel centres."""
+        if self.matrix is None:
+            o = np.asarray(self.origin)
+            return o, o + np.asarray(self.shape) - 1
+        m = np.asarray(self.matrix)
+        corners = np.array(np.meshgrid(*[(0, n - 1) for n in self.shape], indexing="ij"))
+        pts = corners.reshape(3, -1).T @ m[:, :3].T + m[:, 3]
+        return pts.min(axis=0), pts.max(axis=0)
 
 
 @dataclass(frozen=True)
@@ -157,6 +182,11 @@ def fuse_box(
         acc = np.zeros((*lead, *sshape), np.float32)
         wsum = np.zeros(sshape, np.float32)
         for pl in places:
+            if pl.matrix is not None:
+                _accumulate_affine(
+                    store, pl, sub, acc, wsum, n_lead, blend, interpolation, flatfield
+                )
+                continue
             axes = [
                 _axis_samples(v0, v1, o, n, interpolation)
                 for (v0, v1), o, n in zip(sub, pl.origin, pl.shape, strict=True)
@@ -188,6 +218,70 @@ def fuse_box(
         for ac, tg in zip(accs_of(acc, n_lead, sshape), targets, strict=True):
             done(ac, wsum, tg, lo_v, hi_v, is_int)
     return out
+
+
+def _accumulate_affine(
+    store: Any,
+    pl: TilePlace,
+    sub: tuple[tuple[int, int], ...],
+    acc: np.ndarray,
+    wsum: np.ndarray,
+    n_lead: int,
+    blend: tuple[float, float, float],
+    interpolation: Interpolation,
+    flatfield: np.ndarray | None,
+) -> None:
+    """Add one affinely placed tile to the accumulators of piece ``sub``.
+
+    The tile's z row is a translation (``stitch`` refines y and x only), so every output plane
+    reads one tile plane (two, linearly, for a fractional z offset).
+    """
+    from scipy import ndimage
+
+    m = np.asarray(pl.matrix, float)
+    lo, hi = pl.box()
+    za, zb, zs, zf = _axis_samples(sub[0][0], sub[0][1], m[0, 3], pl.shape[0], interpolation)
+    ya, yb = max(sub[1][0], int(np.ceil(lo[1]))), min(sub[1][1], int(np.floor(hi[1])) + 1)
+    xa, xb = max(sub[2][0], int(np.ceil(lo[2]))), min(sub[2][1], int(np.floor(hi[2])) + 1)
+    if zb <= za or yb <= ya or xb <= xa:
+        return
+    inv = np.linalg.inv(m[1:, 1:3])
+    yy, xx = np.mgrid[ya:yb, xa:xb]
+    dy, dx = yy - m[1, 3], xx - m[2, 3]
+    uy = inv[0, 0] * dy + inv[0, 1] * dx
+    ux = inv[1, 0] * dy + inv[1, 1] * dx
+    ny, nx = pl.shape[1], pl.shape[2]
+    inside = (uy > -1e-6) & (uy < ny - 1 + 1e-6) & (ux > -1e-6) & (ux < nx - 1 + 1e-6)
+    if not inside.any():
+        return
+    uy, ux = np.clip(uy[inside], 0, ny - 1), np.clip(ux[inside], 0, nx - 1)
+    y0, y1 = int(np.floor(uy.min())), min(ny, int(np.ceil(uy.max())) + 1)
+    x0, x1 = int(np.floor(ux.min())), min(nx, int(np.ceil(ux.max())) + 1)
+    z1 = min(pl.shape[0], zs + (zb - za) + (1 if zf > 0 else 0))
+    sel = (slice(None),) * n_lead + (slice(zs, z1), slice(y0, y1), slice(x0, x1))
+    crop = np.asarray(tile_array(store, pl.path)[sel], np.float32)
+    if flatfield is not None:
+        f = flatfield[..., y0:y1, x0:x1]
+        crop = crop / (f[:, None] if f.ndim == 3 else f)
+    weight = np.ones(len(uy), np.float32)
+    for u, n, bl in ((uy, ny, blend[1]), (ux, nx, blend[2])):
+        if bl > 0:
+            weight *= np.clip(np.minimum(u + 0.5, n - 0.5 - u) / bl, 1e-6, 1.0).astype(np.float32)
+    coords = np.stack([uy - y0, ux - x0])
+    order = 1 if interpolation == "linear" else 0
+    planes = crop.reshape(-1, *crop.shape[n_lead:])
+    accs = accs_of(acc, n_lead, wsum.shape)
+    ys, xs = yy[inside] - sub[1][0], xx[inside] - sub[2][0]
+    for k in range(zb - za):
+        oz = za + k - sub[0][0]
+        for c, (vol, ac) in enumerate(zip(planes, accs, strict=True)):
+            plane = vol[k]
+            if zf > 0:
+                plane = (1 - zf) * plane + zf * vol[k + 1]
+            vals = ndimage.map_coordinates(plane, coords, order=order, mode="nearest")
+            ac[oz, ys, xs] += weight * vals
+            if c == 0:
+                wsum[oz, ys, xs] += weight
 
 
 def accs_of(acc: np.ndarray, n_lead: int, sshape: tuple[int, ...]) -> list[np.ndarray]:
@@ -315,15 +409,28 @@ def fuse(
     arrays = [tile_array(store, t.path) for t in scan.tiles]
     lead = tuple(arrays[0].shape[:-3])
     dims = ("c", "z", "y", "x") if lead else ("z", "y", "x")
-    origin_um = pos.min(axis=0)
-    rel = (pos - origin_um) / sp
     shapes = [tuple(int(n) for n in a.shape[-3:]) for a in arrays]
-    extent = np.max(rel + np.asarray(shapes) - 1, axis=0)
-    shape = tuple(int(np.floor(e + 1e-6)) + 1 for e in extent)
-    places = [
-        TilePlace(t.path, tuple(map(float, r)), s)
-        for t, r, s in zip(scan.tiles, rel, shapes, strict=True)
+    mats = tile_matrices(scan, positions)
+    linear = [bool(np.allclose(m[:, :3], np.diag(sp), rtol=0, atol=1e-12)) for m in mats]
+    corners = [
+        np.array(np.meshgrid(*[(0, n - 1) for n in sh], indexing="ij")).reshape(3, -1).T
+        @ m[:, :3].T
+        + m[:, 3]
+        for m, sh in zip(mats, shapes, strict=True)
     ]
+    origin_um = np.min([c.min(axis=0) for c in corners], axis=0)
+    if all(linear):
+        origin_um = pos.min(axis=0)
+    rel = (pos - origin_um) / sp
+    extent = np.max([(c.max(axis=0) - origin_um) / sp for c in corners], axis=0)
+    shape = tuple(int(np.floor(e + 1e-6)) + 1 for e in extent)
+    places = []
+    for t, r, sh, m, lin in zip(scan.tiles, rel, shapes, mats, linear, strict=True):
+        out_m = None
+        if not lin:  # tile voxel -> registered µm -> output voxel
+            om = np.c_[m[:, :3], m[:, 3] - origin_um] / sp[:, None]
+            out_m = tuple(tuple(float(v) for v in row) for row in om)
+        places.append(TilePlace(t.path, tuple(map(float, r)), sh, out_m))
     use_ff = bool(scan.flatfield) if flatfield is None else flatfield
     if use_ff and not scan.flatfield:
         raise InvalidInputError(
@@ -379,6 +486,7 @@ def fuse(
     counts = [int(np.ceil(n / g)) for n, g in zip(full_shape, grid, strict=True)]
     indices = [tuple(int(v) for v in ix) for ix in np.ndindex(*counts)]
     todo = []
+    boxes = [pl.box() for pl in places]
     for ix in indices:
         name = ".".join(map(str, ix))
         if name in done:
@@ -387,9 +495,8 @@ def fuse(
         box_hi = np.minimum(box_lo + np.array(grid[len(lead) :]), shape)
         touching = [
             pl
-            for pl in places
-            if np.all(np.asarray(pl.origin) <= box_hi)
-            and np.all(np.asarray(pl.origin) + np.asarray(pl.shape) - 1 >= box_lo - 1)
+            for pl, (lo, hi) in zip(places, boxes, strict=True)
+            if np.all(lo <= box_hi) and np.all(hi >= box_lo - 1)
         ]
         todo.append(
             (store, out_path, touching, ix, grid, params, ff, f"{journal}/{fp}/done/{name}")
@@ -426,7 +533,16 @@ def fuse(
     subject = subject.model_copy(
         update={"images": images, "provenance": (*subject.provenance, meta.provenance)}
     )
-    publish_subject(store, subject, scene_transforms(store), scene_systems(store))
+    use_reg = positions != "stage" and all(t.registered_um is not None for t in scan.tiles)
+    layout = Identity().with_io(
+        CoordinateSystemRef(name=INTRINSIC, path=out_path),
+        CoordinateSystemRef(name=system_name(scan.path, REGISTERED if use_reg else STAGE)),
+    )
+    edges = [
+        *(t for t in scene_transforms(store) if not _touches(t, out_path)),
+        layout.model_copy(update={"name": f"{out_path}:layout"}),
+    ]
+    publish_subject(store, subject, edges, scene_systems(store))
     invalidate(store)
     delete_prefix(store, journal)
     return FuseResult(meta, len(indices), len(todo), skipped, fp, time.perf_counter() - t_start)

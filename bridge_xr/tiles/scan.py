@@ -12,7 +12,8 @@ Layout::
 The record (:class:`~bridge_xr.model.metadata.TileScan`) sits under ``bridge_xr.tile_scans``. In
 the OME-Zarr 0.6 scene every tile has a ``translation`` edge from its ``intrinsic`` system to
 the scene system ``<scan>:stage`` (from the file's metadata) and, once stitched, a second one to
-``<scan>:registered``; the stage edge is never overwritten.
+``<scan>:registered`` (an ``affine`` after ``stitch --model affine``); the stage edge is never
+overwritten.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from bridge_xr.io.subject import (
 )
 from bridge_xr.model.coords import CoordinateSystem, spatial_system
 from bridge_xr.model.metadata import ImageMetadata, SubjectMetadata, TileScan
-from bridge_xr.model.transforms import CoordinateSystemRef, Transform, Translation
+from bridge_xr.model.transforms import Affine, CoordinateSystemRef, Transform, Translation
 
 STAGE = "stage"
 REGISTERED = "registered"
@@ -105,7 +106,10 @@ def tile_edges(scan: TileScan) -> tuple[list[Transform], list[CoordinateSystem]]
         if registered and tile.registered_um is not None:
             kinds.append((REGISTERED, tile.registered_um))
         for kind, pos in kinds:
-            t = Translation(translation=tuple(float(v) for v in pos)).with_io(
+            shape: Transform = Translation(translation=tuple(float(v) for v in pos))
+            if kind == REGISTERED and tile.registered_affine is not None:
+                shape = Affine(affine=tile.registered_affine)
+            t = shape.with_io(
                 CoordinateSystemRef(name="intrinsic", path=tile.path),
                 CoordinateSystemRef(name=system_name(scan.path, kind)),
             )
@@ -191,3 +195,24 @@ def positions_of(scan: TileScan, which: str) -> np.ndarray:
         )
     use_reg = have and which != "stage"
     return np.array([t.registered_um if use_reg else t.stage_um for t in scan.tiles], float)
+
+
+def tile_matrices(scan: TileScan, which: str) -> np.ndarray:
+    """(n, 3, 4) maps of each tile's voxel (z, y, x) to µm of the chosen layout.
+
+    ``which`` as in :func:`positions_of`; a registered layout from ``stitch --model affine``
+    gives each tile its own linear part, every other layout a pure translation.
+    """
+    pos = positions_of(scan, which)
+    sp = np.asarray(scan.spacing_um, float)
+    out = np.zeros((len(scan.tiles), 3, 4))
+    use_reg = which != "stage" and all(t.registered_um is not None for t in scan.tiles)
+    for k, (tile, p) in enumerate(zip(scan.tiles, pos, strict=True)):
+        if use_reg and tile.registered_affine is not None:
+            m = np.asarray(tile.registered_affine, float)
+            out[k, :, :3] = m[:, :3] * sp  # voxel -> intrinsic µm -> registered µm
+            out[k, :, 3] = m[:, 3]
+        else:
+            out[k, :, :3] = np.diag(sp)
+            out[k, :, 3] = p
+    return out

@@ -33,9 +33,10 @@ from bridge_xr.io.ome_zarr import write_multiscale
 from bridge_xr.io.subject import read_subject
 from bridge_xr.model.metadata import Provenance, TileScan
 from bridge_xr.tiles._run import run_tasks
-from bridge_xr.tiles.flatfield import apply_flatfield, estimate_flatfield
+from bridge_xr.tiles.flatfield import estimate_flatfield
 from bridge_xr.tiles.layout import layout_figure, overlaps
 from bridge_xr.tiles.pairwise import pair_shift
+from bridge_xr.tiles.refine import crop_slices, points_task, read_crop, refine_affine
 from bridge_xr.tiles.scan import publish_scan, put_bytes, read_tile_scan, side_key, tile_array
 
 
@@ -49,28 +50,6 @@ class StitchResult:
     figures: dict[str, bytes] = field(default_factory=dict)
 
 
-def _crop_slices(
-    d: np.ndarray, shape_i: tuple[int, ...], shape_j: tuple[int, ...]
-) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
-    """Overlap of tile i (at 0) and tile j (at integer offset ``d``) in each tile's indices."""
-    si, sj = [], []
-    for off, ni, nj in zip(d.astype(int), shape_i, shape_j, strict=True):
-        lo, hi = max(0, off), min(ni, off + nj)
-        si.append(slice(lo, hi))
-        sj.append(slice(lo - off, hi - off))
-    return tuple(si), tuple(sj)
-
-
-def _read(
-    store: Any, path: str, zyx: tuple[slice, ...], channel: int | None, ff: np.ndarray | None
-) -> np.ndarray:
-    arr = tile_array(store, path)
-    sel: tuple[Any, ...] = zyx if arr.ndim == 3 else (channel or 0, *zyx)
-    block = np.asarray(arr[sel])
-    f = None if ff is None else (ff if ff.ndim == 2 else ff[channel or 0])
-    return np.asarray(apply_flatfield(block, f, zyx[1], zyx[2]))
-
-
 def _link_task(
     store: Any,
     pi: str,
@@ -81,8 +60,8 @@ def _link_task(
     ff: np.ndarray | None,
     bound: np.ndarray,
 ) -> Any:
-    a = _read(store, pi, si, channel, ff)
-    b = _read(store, pj, sj, channel, ff)
+    a = read_crop(store, pi, si, channel, ff)
+    b = read_crop(store, pj, sj, channel, ff)
     return pair_shift(a, b, bound_px=bound)
 
 
@@ -126,6 +105,7 @@ def stitch(
     max_residual: float = 1.5,
     corners: bool = False,
     stage_error: str | None = None,
+    model: str = "translation",
     report: str | os.PathLike[str] | None = None,
     storage_options: dict[str, Any] | None = None,
     progress: Any = None,
@@ -150,6 +130,10 @@ def stitch(
         Also use corner overlaps (diagonal neighbours; small, so easily matched wrongly).
     stage_error : str, optional
         Override the scan's stage error bound (e.g. ``"20um"``).
+    model : {'translation', 'rigid', 'affine'}
+        ``rigid`` and ``affine`` refine the translation solution with a rotation, or a 2-D
+        affine, per tile (y, x) from block-wise correspondences in every kept overlap
+        (:mod:`bridge_xr.tiles.refine`): for tiles that differ in rotation or magnification.
     report : path, optional
         Folder for ``stitch.json``, ``layout_registered.png`` and ``residuals.png``.
     storage_options : dict, optional
@@ -164,6 +148,8 @@ def stitch(
     # long by design: links, solve, robust pruning, record and report are one pass over one table
     from bridge_xr.tiles.convert import _um
 
+    if model not in {"translation", "rigid", "affine"}:
+        raise InvalidInputError(f"stitch model must be translation, rigid or affine; got {model!r}")
     store = resolve_store(where, storage_options=storage_options)
     scan = read_tile_scan(store, scan_path)
     subject = read_subject(store)
@@ -200,7 +186,7 @@ def stitch(
     for o in pairs:
         d = (stage[o.j] - stage[o.i]) / sp
         dr = np.rint(d)
-        si, sj = _crop_slices(dr, shapes[o.i], shapes[o.j])
+        si, sj = crop_slices(dr, shapes[o.i], shapes[o.j])
         tasks.append((store, scan.tiles[o.i].path, scan.tiles[o.j].path, si, sj, ch, ff, bound))
         side = any(o.size_px[a] >= 0.5 * min(shapes[o.i][a], shapes[o.j][a]) for a in (1, 2))
         meta.append((o.i, o.j, d, dr, side))
@@ -253,7 +239,14 @@ def stitch(
     linked = {lk["i"] for lk in links if lk["used"]} | {lk["j"] for lk in links if lk["used"]}
     unlinked = [t.id for k, t in enumerate(scan.tiles) if k not in linked]
     registered = stage + c * sp
+    affines = None
+    if model != "translation":
+        affines, refine_summary = _refine(
+            store, scan, links, registered, shapes, sp, ch, ff, model, min_quality, max_residual
+        )
+        registered = affines[:, :, 3]
     summary = {
+        "model": model,
         "links": len(links),
         "links_used": n_ok,
         "links_dropped": [
@@ -270,6 +263,8 @@ def stitch(
         "min_quality": min_quality,
         "flatfield": ff_path,
     }
+    if affines is not None:
+        summary.update(refine_summary)
     ids = [t.id for t in scan.tiles]
     figures = {
         "layout_registered.png": layout_figure(
@@ -300,7 +295,14 @@ def stitch(
             "--swap-xy" + (f" (report in {report})" if report else "")
         )
     tiles = tuple(
-        t.model_copy(update={"registered_um": tuple(round(float(v), 6) for v in registered[k])})
+        t.model_copy(
+            update={
+                "registered_um": tuple(round(float(v), 6) for v in registered[k]),
+                "registered_affine": None
+                if affines is None
+                else tuple(tuple(round(float(v), 9) for v in row) for row in affines[k]),
+            }
+        )
         for k, t in enumerate(scan.tiles)
     )
     prov = Provenance.now(
@@ -310,6 +312,7 @@ def stitch(
         flatfield=flatfield,
         min_quality=min_quality,
         max_residual=max_residual,
+        model=model,
     )
     scan = scan.model_copy(
         update={
@@ -328,6 +331,75 @@ def stitch(
         put_bytes(store, side_key(scan.path, name), png)
     publish_scan(store, subject, scan)
     return StitchResult(scan, links, summary, figures)
+
+
+def _refine(
+    store: Any,
+    scan: TileScan,
+    links: list[dict[str, Any]],
+    registered: np.ndarray,
+    shapes: list[tuple[int, ...]],
+    sp: np.ndarray,
+    ch: int | None,
+    ff: np.ndarray | None,
+    model: str,
+    min_quality: float,
+    max_residual: float,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rigid/affine refinement of the translation solution; adds per-link figures to ``links``."""
+    used = [lk for lk in links if lk["used"]]
+    tasks = []
+    for lk in used:
+        i, j = lk["i"], lk["j"]
+        d = np.rint((registered[j] - registered[i]) / sp)
+        si, sj = crop_slices(d, shapes[i], shapes[j])
+        tasks.append((store, scan.tiles[i].path, scan.tiles[j].path, si, sj, ch, ff))
+    found = run_tasks(points_task, tasks)
+    points, owner = [], []
+    for k, (lk, pts) in enumerate(zip(used, found, strict=True)):
+        for p_i, p_j, q in pts:
+            if q < min_quality:
+                continue
+            points.append((lk["i"], lk["j"], p_i, p_j, q))
+            owner.append(k)
+    affines, keep, res = refine_affine(
+        points, registered, shapes, sp, model=model, max_residual_px=max_residual
+    )
+    px = float(np.mean(sp[1:]))
+    own = np.asarray(owner, int)
+    trans = (
+        np.array(
+            [
+                np.linalg.norm((registered[j] + p_j * sp - registered[i] - p_i * sp)[1:])
+                for i, j, p_i, p_j, _ in points
+            ]
+        ).reshape(-1)
+        / px
+    )
+    for k, lk in enumerate(used):
+        mine = (own == k) & keep
+        lk["points"] = int(mine.sum())
+        lk["points_dropped"] = int(((own == k) & ~keep).sum())
+        lk["point_residual_px"] = (
+            round(float(np.sqrt(np.mean(res[mine] ** 2))), 4) if mine.any() else None
+        )
+        lk["translation_point_residual_px"] = (
+            round(float(np.sqrt(np.mean(trans[mine] ** 2))), 4) if mine.any() else None
+        )
+    lin = affines[:, 1:, 1:3]
+    rot = np.degrees(np.arctan2(lin[:, 1, 0] - lin[:, 0, 1], lin[:, 0, 0] + lin[:, 1, 1]))
+    mag = np.sqrt(np.abs(np.linalg.det(lin)))
+    summary = {
+        "points": int(keep.sum()),
+        "points_dropped": int((~keep).sum()),
+        "point_residual_rms_px": float(np.sqrt(np.mean(res[keep] ** 2))) if keep.any() else None,
+        "translation_point_rms_px": float(np.sqrt(np.mean(trans[keep] ** 2)))
+        if keep.any()
+        else None,
+        "rotation_deg_range": [round(float(rot.min()), 4), round(float(rot.max()), 4)],
+        "magnification_range": [round(float(mag.min()), 6), round(float(mag.max()), 6)],
+    }
+    return affines, summary
 
 
 def _channel_index(scan: TileScan, channel: str | int | None) -> int | None:
@@ -358,7 +430,25 @@ def _residual_figure(links: list[dict[str, Any]]) -> bytes:
     labels = [f"{lk['tile_i']}-{lk['tile_j']}" for lk in links]
     vals = [lk["residual_px"] if lk["residual_px"] is not None else 0.0 for lk in links]
     colors = ["C2" if lk["used"] else "red" for lk in links]
-    ax.bar(range(len(links)), vals, color=colors)
+    ax.bar(range(len(links)), vals, color=colors, label="link (translation solve)")
+    refined = [k for k, lk in enumerate(links) if lk.get("point_residual_px") is not None]
+    if refined:  # block matches of stitch --model rigid|affine, before and after the refinement
+        ax.plot(
+            refined,
+            [links[k]["translation_point_residual_px"] for k in refined],
+            "x",
+            color="0.4",
+            label="block matches, translation",
+        )
+        ax.plot(
+            refined,
+            [links[k]["point_residual_px"] for k in refined],
+            "o",
+            color="k",
+            ms=3,
+            label="block matches, refined",
+        )
+        ax.legend(fontsize=6)
     ax.set_xticks(range(len(links)), labels, rotation=90, fontsize=6)
     ax.set_ylabel("residual (voxels)")
     ax.set_title("per-link residual after the global solve (red: dropped)", fontsize=9)

@@ -26,6 +26,14 @@ class Positions(StrEnum):
     stage = "stage"
 
 
+class StitchModel(StrEnum):
+    """Per-tile model of ``stitch``."""
+
+    translation = "translation"
+    rigid = "rigid"
+    affine = "affine"
+
+
 class Interp(StrEnum):
     """Sampling of tiles at the output grid."""
 
@@ -119,6 +127,14 @@ def stitch(
         float, typer.Option(help="largest residual (voxels) of a kept link")
     ] = 1.5,
     stage_error: Annotated[str | None, typer.Option(help="override the stage error bound")] = None,
+    model: Annotated[
+        StitchModel,
+        typer.Option(
+            help="translation per tile, or refined by a rotation (rigid) or a 2-D affine per "
+            "tile from block-wise matches in every overlap (tiles differing in rotation or "
+            "magnification)"
+        ),
+    ] = StitchModel.translation,
     report: Annotated[
         Path | None, typer.Option(help="folder for stitch.json and the layout/residual figures")
     ] = None,
@@ -135,6 +151,7 @@ def stitch(
             min_quality=min_quality,
             max_residual=max_residual,
             stage_error=stage_error,
+            model=model.value,
             report=report,
             progress=cb,
         )
@@ -144,6 +161,15 @@ def stitch(
         f"{s['links_used']}/{s['links']} links used, residual RMS {rms} voxels, largest "
         f"correction {s['correction_max_um']:.2f} µm"
     )
+    if s.get("points") is not None:
+        pr, tr = s["point_residual_rms_px"], s["translation_point_rms_px"]
+        rot, mag = s["rotation_deg_range"], s["magnification_range"]
+        out.print(
+            f"{model.value}: {s['points']} block matches ({s['points_dropped']} dropped), "
+            f"residual RMS {pr if pr is None else round(pr, 3)} voxels (translation "
+            f"{tr if tr is None else round(tr, 3)}); rotations {rot[0]:+.3f}..{rot[1]:+.3f}°, "
+            f"magnification {mag[0]:.4f}..{mag[1]:.4f}"
+        )
     for d in s["links_dropped"]:
         out.print(f"  dropped {d['tiles'][0]}-{d['tiles'][1]}: {d['reason']}")
     if s["unlinked_tiles"]:
