@@ -202,6 +202,66 @@ def _add(out: Any, z: int, y: int, x: int, value: float, vol: float) -> None:
         out[1, z, y, x] += vol
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _frac_below(h0: float, h1: float, h2: float, h3: float) -> float:
+    """Fraction of a tetrahedron's volume where a linear function is < 0, from its 4 values.
+
+    The volume fraction below a level is the divided difference of ``(-h)^3_+`` over the
+    vertex values; in the forms below every term is non-negative, so near-equal values (a
+    nearly axis-aligned voxel) lose no precision. One vertex below at depth ``u``, the others
+    at heights ``v``: ``u^3 / prod(u + v)``; three below: one minus the mirror image; two below
+    (depths ``u1, u2``, heights ``v1, v2``)::
+
+        (u1^2 u2^2 + (v1 + v2) u1 u2 (u1 + u2) + v1 v2 (u1^2 + u1 u2 + u2^2))
+        / ((u1 + v1) (u1 + v2) (u2 + v1) (u2 + v2))
+    """
+    n = (h0 < 0.0) + (h1 < 0.0) + (h2 < 0.0) + (h3 < 0.0)
+    if n == 0:
+        return 0.0
+    if n == 4:
+        return 1.0
+    if n == 2:
+        if h0 < 0.0:
+            u1 = -h0
+            if h1 < 0.0:
+                u2, v1, v2 = -h1, h2, h3
+            elif h2 < 0.0:
+                u2, v1, v2 = -h2, h1, h3
+            else:
+                u2, v1, v2 = -h3, h1, h2
+        elif h1 < 0.0:
+            u1 = -h1
+            if h2 < 0.0:
+                u2, v1, v2 = -h2, h0, h3
+            else:
+                u2, v1, v2 = -h3, h0, h2
+        else:
+            u1, u2, v1, v2 = -h2, -h3, h0, h1
+        num = u1 * u1 * u2 * u2 + (v1 + v2) * u1 * u2 * (u1 + u2)
+        num += v1 * v2 * (u1 * u1 + u1 * u2 + u2 * u2)
+        return num / ((u1 + v1) * (u1 + v2) * (u2 + v1) * (u2 + v2))
+    lone_below = n == 1
+    # the vertex alone on its side, and its distances to the three others
+    if (h0 < 0.0) == lone_below:
+        a, b, c, d = h0, h1, h2, h3
+    elif (h1 < 0.0) == lone_below:
+        a, b, c, d = h1, h0, h2, h3
+    elif (h2 < 0.0) == lone_below:
+        a, b, c, d = h2, h0, h1, h3
+    else:
+        a, b, c, d = h3, h0, h1, h2
+    t = abs(a)
+    f = t * t * t / ((t + abs(b)) * (t + abs(c)) * (t + abs(d)))
+    return f if lone_below else 1.0 - f
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> None:
+    if 0 <= z < out.shape[1] and 0 <= y < out.shape[2] and 0 <= x < out.shape[3]:
+        out[0, z, y, x] += weighted
+        out[1, z, y, x] += vol
+
+
 @nb.njit(nogil=True, cache=True)
 def _two_faces(
     c8: Any,
@@ -220,8 +280,15 @@ def _two_faces(
     va, vb, vab = 0.0, 0.0, 0.0
     for t in range(6):
         _load_tet(c8, kuhn, t, tet)
-        va += _volume_below(tet, a, pa, tv[t], w, d)
-        vb += _volume_below(tet, b, pb, tv[t], w, d)
+        fa = _frac_below(tet[0, a] - pa, tet[1, a] - pa, tet[2, a] - pa, tet[3, a] - pa)
+        fb = _frac_below(tet[0, b] - pb, tet[1, b] - pb, tet[2, b] - pb, tet[3, b] - pb)
+        va += tv[t] * fa
+        vb += tv[t] * fb
+        if fa == 0.0 or fb == 0.0:
+            continue
+        if fa == 1.0 or fb == 1.0:
+            vab += tv[t] * (fb if fa == 1.0 else fa)
+            continue
         for n in range(_pieces_below(tet, a, pa, w, d, buf)):
             piece = buf[n]
             vab += _volume_below(piece, b, pb, abs(_det(piece, 0, 1, 2, 3)) / 6.0, w, d)
@@ -305,24 +372,250 @@ def _kuhn_volume(c8: Any, parity: Any, e: Any, tv: Any) -> tuple[float, bool]:
     return vol / 6.0, not (pos == 6 or neg == 6)
 
 
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _row_geometry(c: Any, j: int, nx: int, parity: Any, geo: Any) -> None:
+    """Per voxel of row ``j`` of a slab of corners ``c`` (3, 2, ny + 1, nx + 1): box, volume, fold.
+
+    ``geo`` (8, nx): rows 0-2 the lowest corner coordinate (z, y, x), 3-5 the highest, 6 the
+    volume, 7 > 0 when the voxel is folded (its tetrahedra disagree in orientation, or one is
+    flat). The determinants of :func:`_kuhn_volume`, written out; a voxel's right corner
+    column is the next one's left, so each column is read and bounded once (kept in
+    registers). Only for rows without NaN (fast math assumes none).
+    """
+    p0, p1, p2, p3, p4, p5 = parity[0], parity[1], parity[2], parity[3], parity[4], parity[5]
+    lz0 = c[0, 0, j + 0, 0]
+    ly0 = c[1, 0, j + 0, 0]
+    lx0 = c[2, 0, j + 0, 0]
+    lz1 = c[0, 0, j + 1, 0]
+    ly1 = c[1, 0, j + 1, 0]
+    lx1 = c[2, 0, j + 1, 0]
+    lz2 = c[0, 1, j + 0, 0]
+    ly2 = c[1, 1, j + 0, 0]
+    lx2 = c[2, 1, j + 0, 0]
+    lz3 = c[0, 1, j + 1, 0]
+    ly3 = c[1, 1, j + 1, 0]
+    lx3 = c[2, 1, j + 1, 0]
+    lloz = min(min(lz0, lz1), min(lz2, lz3))
+    lhiz = max(max(lz0, lz1), max(lz2, lz3))
+    lloy = min(min(ly0, ly1), min(ly2, ly3))
+    lhiy = max(max(ly0, ly1), max(ly2, ly3))
+    llox = min(min(lx0, lx1), min(lx2, lx3))
+    lhix = max(max(lx0, lx1), max(lx2, lx3))
+    for i in range(nx):
+        rz0 = c[0, 0, j + 0, i + 1]
+        ry0 = c[1, 0, j + 0, i + 1]
+        rx0 = c[2, 0, j + 0, i + 1]
+        rz1 = c[0, 0, j + 1, i + 1]
+        ry1 = c[1, 0, j + 1, i + 1]
+        rx1 = c[2, 0, j + 1, i + 1]
+        rz2 = c[0, 1, j + 0, i + 1]
+        ry2 = c[1, 1, j + 0, i + 1]
+        rx2 = c[2, 1, j + 0, i + 1]
+        rz3 = c[0, 1, j + 1, i + 1]
+        ry3 = c[1, 1, j + 1, i + 1]
+        rx3 = c[2, 1, j + 1, i + 1]
+        rloz = min(min(rz0, rz1), min(rz2, rz3))
+        rhiz = max(max(rz0, rz1), max(rz2, rz3))
+        rloy = min(min(ry0, ry1), min(ry2, ry3))
+        rhiy = max(max(ry0, ry1), max(ry2, ry3))
+        rlox = min(min(rx0, rx1), min(rx2, rx3))
+        rhix = max(max(rx0, rx1), max(rx2, rx3))
+        geo[0, i] = min(lloz, rloz)
+        geo[3, i] = max(lhiz, rhiz)
+        geo[1, i] = min(lloy, rloy)
+        geo[4, i] = max(lhiy, rhiy)
+        geo[2, i] = min(llox, rlox)
+        geo[5, i] = max(lhix, rhix)
+        e1z, e1y, e1x = rz0 - lz0, ry0 - ly0, rx0 - lx0
+        e2z, e2y, e2x = lz1 - lz0, ly1 - ly0, lx1 - lx0
+        e3z, e3y, e3x = rz1 - lz0, ry1 - ly0, rx1 - lx0
+        e4z, e4y, e4x = lz2 - lz0, ly2 - ly0, lx2 - lx0
+        e5z, e5y, e5x = rz2 - lz0, ry2 - ly0, rx2 - lx0
+        e6z, e6y, e6x = lz3 - lz0, ly3 - ly0, lx3 - lx0
+        dz, dy, dx = rz3 - lz0, ry3 - ly0, rx3 - lx0
+        c3z = e3y * dx - e3x * dy
+        c3y = e3x * dz - e3z * dx
+        c3x = e3z * dy - e3y * dz
+        c5z = e5y * dx - e5x * dy
+        c5y = e5x * dz - e5z * dx
+        c5x = e5z * dy - e5y * dz
+        c6z = e6y * dx - e6x * dy
+        c6y = e6x * dz - e6z * dx
+        c6x = e6z * dy - e6y * dz
+        t0 = e4z * c6z + e4y * c6y + e4x * c6x
+        t1 = e4z * c5z + e4y * c5y + e4x * c5x
+        t2 = e2z * c6z + e2y * c6y + e2x * c6x
+        t3 = e2z * c3z + e2y * c3y + e2x * c3x
+        t4 = e1z * c5z + e1y * c5y + e1x * c5x
+        t5 = e1z * c3z + e1y * c3y + e1x * c3x
+        geo[6, i] = (abs(t0) + abs(t1) + abs(t2) + abs(t3) + abs(t4) + abs(t5)) / 6.0
+        o0, o1, o2, o3, o4, o5 = p0 * t0, p1 * t1, p2 * t2, p3 * t3, p4 * t4, p5 * t5
+        lo_o = min(min(min(o0, o1), min(o2, o3)), min(o4, o5))
+        hi_o = max(max(max(o0, o1), max(o2, o3)), max(o4, o5))
+        geo[7, i] = 1.0 if (lo_o <= 0.0 and hi_o >= 0.0) else 0.0
+        lz0, ly0, lx0 = rz0, ry0, rx0
+        lz1, ly1, lx1 = rz1, ry1, rx1
+        lz2, ly2, lx2 = rz2, ry2, rx2
+        lz3, ly3, lx3 = rz3, ry3, rx3
+        lloz, lhiz = rloz, rhiz
+        lloy, lhiy = rloy, rhiy
+        llox, lhix = rlox, rhix
+
+
+@nb.njit(nogil=True, cache=True)
+def _straddler(
+    out: Any,
+    c8: Any,
+    v: float,
+    vol: float,
+    cell_lo: Any,
+    cell_n: Any,
+    lo: Any,
+    shape: Any,
+    kuhn: Any,
+    tv: Any,
+    scratch: Any,
+    stack: Any,
+) -> Any:
+    """Add a voxel whose box crosses MRI voxel faces (corners ``c8``, tetrahedra volumes ``tv``).
+
+    One face: each tetrahedron's volume below it in closed form (:func:`_frac_below`); two
+    faces of different axes: inclusion-exclusion of closed forms; otherwise the tetrahedra
+    are split on a stack. Returns the stack (grown if needed).
+    """
+    tet, piece, buf, w, d = scratch
+    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+    if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
+        ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+        plane = float(cell_lo[ax] + 1)
+        for b in range(8):
+            d[b] = c8[b, ax] - plane
+        below = 0.0
+        for t in range(6):
+            below += tv[t] * _frac_below(d[kuhn[t, 0]], d[kuhn[t, 1]], d[kuhn[t, 2]], d[kuhn[t, 3]])
+        _add(out, z, y, x, v, below)
+        _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
+        return stack
+    if cell_n[0] + cell_n[1] + cell_n[2] == 2 and max(cell_n[0], cell_n[1], cell_n[2]) == 1:
+        # two faces (near an MRI voxel edge): inclusion-exclusion of closed forms
+        a = 0 if cell_n[0] else 1
+        b = 2 if cell_n[2] else 1
+        va, vb, vab = _two_faces(
+            c8, kuhn, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1), tet, buf, w, d
+        )
+        za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
+        _add(out, z, y, x, v, vab)
+        _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
+        _add(out, za, ya, xa, v, vb - vab)
+        _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
+        return stack
+    for t in range(6):
+        _load_tet(c8, kuhn, t, tet)
+        stack = tet_into_cells(tet, v, lo, shape, out, stack, piece, w, d)
+    return stack
+
+
+#: the same, inlined where it runs often (rows without unmapped corners): a call passes a
+#: dozen arrays and their reference counts, which costs as much as the work itself
+_straddler_inline = nb.njit(inline="always", nogil=True, cache=True)(_straddler.py_func)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _clean_row(
+    values: Any,
+    k: int,
+    j: int,
+    row: Any,
+    geo: Any,
+    out: Any,
+    lo: Any,
+    shape: Any,
+    max_span: float,
+    kuhn: Any,
+    parity: Any,
+    scratch: Any,
+    vox: Any,
+    stack: Any,
+) -> Any:
+    """Add row ``(k, j)`` of a block whose corners are all mapped.
+
+    ``row`` (3, 2, ny + 1, nx + 1) holds the corner planes ``k`` and ``k + 1``.
+    The row's boxes, volumes and fold tests come from :func:`_row_geometry`. A voxel inside one
+    MRI voxel (most) adds to a running sum that is written out when the next voxel lies in
+    another MRI voxel; the rest go to :func:`_straddler`.
+    """
+    nx = values.shape[2]
+    _row_geometry(row, j, nx, parity, geo)
+    c8, e8, tv, cell_lo, cell_n = vox
+    run_z, run_y, run_x = -(2**62), 0, 0  # the MRI voxel the current run lies in
+    run_v, run_w = 0.0, 0.0
+    for i in range(nx):
+        if geo[7, i] > 0.0:  # folded
+            continue
+        fz, fy, fx = math.floor(geo[0, i]), math.floor(geo[1, i]), math.floor(geo[2, i])
+        if geo[3, i] <= fz + 1 and geo[4, i] <= fy + 1 and geo[5, i] <= fx + 1:
+            iz, iy, ix = int(fz), int(fy), int(fx)
+            if iz != run_z or iy != run_y or ix != run_x:
+                if run_w > 0.0:
+                    _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
+                run_z, run_y, run_x = iz, iy, ix
+                run_v, run_w = 0.0, 0.0
+            vol = geo[6, i]
+            run_v += float(values[k, j, i]) * vol
+            run_w += vol
+            continue
+        span = 0.0
+        relevant = True
+        for m in range(3):
+            mn, mx = geo[m, i], geo[m + 3, i]
+            span = max(span, mx - mn)
+            a = int(math.floor(mn))
+            e = max(int(math.ceil(mx)) - 1, a)
+            cell_lo[m] = a
+            cell_n[m] = e - a
+            relevant = relevant and e >= lo[m] and a < lo[m] + shape[m]
+        if span > max_span or not relevant:
+            continue
+        for b in range(8):
+            for m in range(3):
+                c8[b, m] = row[m, b >> 2, j + ((b >> 1) & 1), i + (b & 1)]
+        _kuhn_volume(c8, parity, e8, tv)  # the tetrahedra's volumes
+        stack = _straddler_inline(
+            out, c8, float(values[k, j, i]), geo[6, i], cell_lo, cell_n, lo, shape, kuhn, tv,
+            scratch, stack,
+        )  # fmt: skip
+    if run_w > 0.0:
+        _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
+    return stack
+
+
+def _scratch() -> tuple[Any, ...]:
+    return (np.empty((4, 3)), np.empty((4, 3)), np.empty((3, 4, 3)), np.empty((8, 3)), np.empty(8))
+
+
 @nb.njit(nogil=True, cache=True)
 def general_kernel(
-    values: Any, corners: Any, lo: Any, shape: Any, max_span: float, kuhn: Any, parity: Any
+    values: Any,
+    corners: Any,
+    lo: Any,
+    shape: Any,
+    max_span: float,
+    kuhn: Any,
+    parity: Any,
+    scratch: Any,
 ) -> Any:
     """(2, *shape) value-weighted volume and volume of a block's voxels in the MRI box ``lo``.
 
     ``corners`` (3, nz+1, ny+1, nx+1): MRI index positions of the voxel corners (NaN where the
     chain does not map). Voxels with an unmapped corner, folded (tetrahedra of mixed
-    orientation) or spanning more than ``max_span`` MRI voxels are left out.
+    orientation) or spanning more than ``max_span`` MRI voxels are left out. Voxel by voxel:
+    for blocks with unmapped corners; :func:`general_kernel_nodes` does the rest.
     """
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     c8 = np.empty((8, 3))
-    tet = np.empty((4, 3))
-    piece, w, d = np.empty((4, 3)), np.empty((8, 3)), np.empty(8)
     cell_lo = np.empty(3, np.int64)
     cell_n = np.empty(3, np.int64)  # how many MRI voxel faces the voxel's box crosses, per axis
-    buf = np.empty((3, 4, 3))
     e8, tv = np.empty((8, 3)), np.empty(6)
     nz, ny, nx = values.shape
     for k in range(nz):
@@ -359,49 +652,77 @@ def general_kernel(
                     continue
                 v = float(values[k, j, i])
                 if same:
-                    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
-                    _add(out, z, y, x, v, vol)
+                    _add(out, cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2], v, vol)
                     continue
-                z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
-                if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
-                    ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
-                    plane = float(cell_lo[ax] + 1)
-                    below = 0.0
-                    for t in range(6):
-                        _load_tet(c8, kuhn, t, tet)
-                        below += _volume_below(tet, ax, plane, tv[t], w, d)
-                    _add(out, z, y, x, v, below)
-                    _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
-                    continue
-                if (
-                    cell_n[0] + cell_n[1] + cell_n[2] == 2
-                    and max(cell_n[0], cell_n[1], cell_n[2]) == 1
-                ):
-                    # two faces (near an MRI voxel edge): inclusion-exclusion of closed forms
-                    a = 0 if cell_n[0] else 1
-                    b = 2 if cell_n[2] else 1
-                    va, vb, vab = _two_faces(
-                        c8,
-                        kuhn,
-                        tv,
-                        a,
-                        float(cell_lo[a] + 1),
-                        b,
-                        float(cell_lo[b] + 1),
-                        tet,
-                        buf,
-                        w,
-                        d,
-                    )
-                    za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
-                    _add(out, z, y, x, v, vab)
-                    _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
-                    _add(out, za, ya, xa, v, vb - vab)
-                    _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
-                    continue
-                for t in range(6):
-                    _load_tet(c8, kuhn, t, tet)
-                    stack = tet_into_cells(tet, v, lo, shape, out, stack, piece, w, d)
+                stack = _straddler(
+                    out, c8, v, vol, cell_lo, cell_n, lo, shape, kuhn, tv, scratch, stack
+                )
+    return out
+
+
+@nb.njit(nogil=True, cache=True)
+def general_kernel_nodes(
+    values: Any,
+    nodes: Any,
+    zi: Any,
+    zt: Any,
+    yi: Any,
+    yt: Any,
+    xi: Any,
+    xt: Any,
+    lo: Any,
+    shape: Any,
+    max_span: float,
+    kuhn: Any,
+    parity: Any,
+    scratch: Any,
+) -> Any:
+    """:func:`general_kernel` with the corners interpolated row by row from ``nodes``.
+
+    ``nodes`` (3, nzn, nyn, nxn): the exactly mapped nodes around the block (all finite);
+    per axis, ``*i`` (2, n + 1) the left and right node of every corner and ``*t`` (n + 1) the
+    right node's weight (trilinear, as :func:`bridge_xr.extract.footprint.block_corners`).
+    Each plane of corners is interpolated once, into a two-plane slab; no corner array of the
+    block is ever made.
+    """
+    out = np.zeros((2, shape[0], shape[1], shape[2]))
+    stack = np.empty((_STACK, 4, 3))
+    nz, ny, nx = values.shape
+    geo = np.empty((8, nx))
+    row = np.empty((3, 2, ny + 1, nx + 1))
+    tmp = np.empty(nodes.shape[3])
+    vox = (
+        np.empty((8, 3)),
+        np.empty((8, 3)),
+        np.empty(6),
+        np.empty(3, np.int64),
+        np.empty(3, np.int64),
+    )
+    for k in range(nz):
+        for dz in range(2):
+            if dz == 0 and k > 0:  # the plane below is the last slab's upper one
+                row[:, 0] = row[:, 1]
+                continue
+            kk = k + dz
+            z0, z1, tz = zi[0, kk], zi[1, kk], zt[kk]
+            for m in range(3):
+                for jj in range(ny + 1):
+                    y0, y1, ty = yi[0, jj], yi[1, jj], yt[jj]
+                    w00, w01 = (1.0 - tz) * (1.0 - ty), (1.0 - tz) * ty
+                    w10, w11 = tz * (1.0 - ty), tz * ty
+                    for n in range(nodes.shape[3]):
+                        tmp[n] = (
+                            w00 * nodes[m, z0, y0, n]
+                            + w01 * nodes[m, z0, y1, n]
+                            + w10 * nodes[m, z1, y0, n]
+                            + w11 * nodes[m, z1, y1, n]
+                        )
+                    for i in range(nx + 1):
+                        row[m, dz, jj, i] = (1.0 - xt[i]) * tmp[xi[0, i]] + xt[i] * tmp[xi[1, i]]
+        for j in range(ny):
+            stack = _clean_row(
+                values, k, j, row, geo, out, lo, shape, max_span, kuhn, parity, scratch, vox, stack
+            )
     return out
 
 
@@ -417,12 +738,68 @@ def general_block(
     """
     if values.dtype == np.bool_:
         values = values.view(np.uint8)
+    corners = np.ascontiguousarray(corners, dtype=np.float64)
+    if np.isfinite(corners).all():  # every corner a node: the fast kernel, weights 0
+        nodes = [np.arange(n + 1) for n in values.shape]
+        shape = values.shape
+        return general_block_nodes(values, nodes, corners, (0, 0, 0), shape, bbox_lo, bbox_shape)
     return general_kernel(
         values,
-        np.ascontiguousarray(corners, dtype=np.float64),
+        corners,
         np.asarray(bbox_lo, dtype=np.int64),
         np.asarray(bbox_shape, dtype=np.int64),
         MAX_SPAN,
         _KUHN_CORNER.astype(np.int64),
         _PARITY.astype(np.float64),
+        _scratch(),
+    )
+
+
+def general_block_nodes(
+    values: np.ndarray,
+    node_idx: list[np.ndarray],
+    node_val: np.ndarray,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    bbox_lo: np.ndarray,
+    bbox_shape: tuple[int, ...],
+) -> np.ndarray:
+    """:func:`general_block` of block ``lo:hi`` straight from the mapped nodes.
+
+    The corners are interpolated inside the kernel, one row at a time, instead of as a
+    (3, nz+1, ny+1, nx+1) float64 array (24 bytes a voxel written and read back). Where a
+    node near the block is unmapped (NaN), the corner array is made after all (NaN marks the
+    voxels it touches) and :func:`general_block` runs.
+    """
+    from bridge_xr.extract.footprint import _interp, block_corners
+
+    axes, used = [], []
+    for a in range(3):
+        pos = np.arange(lo[a], hi[a] + 1)
+        k, t = _interp(node_idx[a], pos)
+        k1 = np.minimum(k + 1, len(node_idx[a]) - 1)
+        first = int(k.min())
+        used.append(slice(first, int(k1.max()) + 1))
+        axes.append((k - first, k1 - first, t))
+    sub = node_val[:, used[0], used[1], used[2]]
+    if not np.isfinite(sub).all():
+        return general_block(values, block_corners(node_idx, node_val, lo, hi), bbox_lo, bbox_shape)
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    (zk, zk1, zt), (yk, yk1, yt), (xk, xk1, xt) = axes
+    return general_kernel_nodes(
+        values,
+        np.ascontiguousarray(sub, dtype=np.float64),
+        np.stack([zk, zk1]).astype(np.int64),
+        np.asarray(zt, np.float64),
+        np.stack([yk, yk1]).astype(np.int64),
+        np.asarray(yt, np.float64),
+        np.stack([xk, xk1]).astype(np.int64),
+        np.asarray(xt, np.float64),
+        np.asarray(bbox_lo, dtype=np.int64),
+        np.asarray(bbox_shape, dtype=np.int64),
+        MAX_SPAN,
+        _KUHN_CORNER.astype(np.int64),
+        _PARITY.astype(np.float64),
+        _scratch(),
     )

@@ -18,13 +18,12 @@ import xarray as xr
 
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract._bilinear import _bilinear
-from bridge_xr.extract._kuhn import general_block
+from bridge_xr.extract._kuhn import general_block_nodes
 from bridge_xr.extract._separable import separable_block, separable_pair
 from bridge_xr.extract.footprint import (
     NODE_UM,
     Footprint,
     Method,
-    block_corners,
     corner_nodes,
     plan_footprint,
 )
@@ -213,8 +212,9 @@ def _slab_total(
             elif fp.diagonal is not None:
                 part = dask.delayed(separable_block)(block, fp.diagonal, lo, slab_lo, slab_shape)
             else:
-                corners = dask.delayed(block_corners)(node_idx, nodes_key, lo, hi)
-                part = dask.delayed(general_block)(block, corners, slab_lo, slab_shape)
+                part = dask.delayed(general_block_nodes)(
+                    block, node_idx, nodes_key, lo, hi, slab_lo, slab_shape
+                )
             parts.append(da.from_delayed(part, shape=(2, *slab_shape), dtype=np.float64))
         slab = da.stack(parts).sum(axis=0, split_every=8)
         before = s_lo - int(bbox_lo[0])

@@ -253,7 +253,7 @@ def test_compiled_separable_sums_equal_the_sparse_products(dtype, monkeypatch) -
 
 
 def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
-    from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block
+    from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block, general_block_nodes
 
     rng = np.random.default_rng(6)
     values = rng.uniform(0, 1, size=(5, 7, 8))
@@ -267,11 +267,28 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     lo, shape = np.array([1, 2, 2]), (5, 6, 6)
     got = general_block(values, corners, lo, shape)
     ref = np.zeros((2, *shape))
+    holed_ref = np.zeros((2, *shape))  # without the 8 voxels around corner (2, 3, 4)
     scratch = (np.empty((4, 3)), np.empty((8, 3)), np.empty(8))
     for z, y, x in np.ndindex(*values.shape):
         c8 = np.stack([corners[:, z + b // 4, y + (b // 2) % 2, x + b % 2] for b in range(8)])
         for tet in c8[_KUHN_CORNER]:
             tet_into_cells(tet.copy(), values[z, y, x], lo, np.array(shape), ref,
                            np.empty((64, 4, 3)), *scratch)  # fmt: skip
+            if not (z in (1, 2) and y in (2, 3) and x in (3, 4)):
+                tet_into_cells(tet.copy(), values[z, y, x], lo, np.array(shape), holed_ref,
+                               np.empty((64, 4, 3)), *scratch)  # fmt: skip
     assert ref[1].sum() > 1.0
     np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12)
+    # corners interpolated inside the kernel from nodes (here every corner is a node)
+    nodes = [np.arange(n + 1) for n in values.shape]
+    from_nodes = general_block_nodes(values, nodes, corners, (0, 0, 0), values.shape, lo, shape)
+    np.testing.assert_allclose(from_nodes, ref, rtol=1e-9, atol=1e-12)
+    # an unmapped corner: the voxel-by-voxel path leaves out exactly the voxels it touches
+    holed = corners.copy()
+    holed[:, 2, 3, 4] = np.nan
+    np.testing.assert_allclose(general_block(values, holed, lo, shape), holed_ref, rtol=1e-9,
+                               atol=1e-12)  # fmt: skip
+    np.testing.assert_allclose(
+        general_block_nodes(values, nodes, holed, (0, 0, 0), values.shape, lo, shape),
+        holed_ref, rtol=1e-9, atol=1e-12,
+    )  # fmt: skip
