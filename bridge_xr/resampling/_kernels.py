@@ -68,6 +68,55 @@ def _sample(
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _trilinear(sub: Any, z: float, y: float, x: float, b: Any) -> float:
+    """:func:`_sample` (order 1) where all 8 neighbours are inside ``sub``: no tests, no clamps."""
+    k0, j0, i0 = int(z), int(y), int(x)
+    tz, ty, tx = z - k0, y - j0, x - i0
+    v000, v001 = float(sub[k0, j0, i0]), float(sub[k0, j0, i0 + 1])
+    v010, v011 = float(sub[k0, j0 + 1, i0]), float(sub[k0, j0 + 1, i0 + 1])
+    v100, v101 = float(sub[k0 + 1, j0, i0]), float(sub[k0 + 1, j0, i0 + 1])
+    v110, v111 = float(sub[k0 + 1, j0 + 1, i0]), float(sub[k0 + 1, j0 + 1, i0 + 1])
+    c00 = v000 + (v001 - v000) * tx
+    c01 = v010 + (v011 - v010) * tx
+    c10 = v100 + (v101 - v100) * tx
+    c11 = v110 + (v111 - v110) * tx
+    c0 = c00 + (c01 - c00) * ty
+    c1 = c10 + (c11 - c10) * ty
+    v = c0 + (c1 - c0) * tz
+    if b[10]:
+        v = np.rint(v)
+        v = b[11] if v < b[11] else (b[12] if v > b[12] else v)
+    return v
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _interior(p0: float, step: float, n: int, ia: int, ib: int) -> tuple[int, int]:
+    """Narrow ``[ia, ib)`` to the ``i`` with ``0 <= p0 + step * i <= n - 2`` (whole voxels).
+
+    The bounds are solved, then moved inwards until their ends pass the test itself, so
+    rounding can never let a position outside through (the run is an interval: positions
+    are linear in ``i``).
+    """
+    top = n - 2.0
+    if top < 0.0:
+        return ia, ia
+    if step == 0.0:
+        return (ia, ib) if 0.0 <= p0 <= top else (ia, ia)
+    lo_i, hi_i = (0.0 - p0) / step, (top - p0) / step
+    if step < 0.0:
+        lo_i, hi_i = hi_i, lo_i
+    if not (lo_i == lo_i and hi_i == hi_i):  # NaN
+        return ia, ia
+    a = max(ia, int(math.ceil(max(lo_i, -1.0)))) if lo_i > ia else ia
+    e = min(ib, int(math.floor(min(hi_i, ib + 1.0))) + 1) if hi_i < ib else ib
+    while a < e and not (0.0 <= p0 + step * a <= top):
+        a += 1
+    while e > a and not (0.0 <= p0 + step * (e - 1) <= top):
+        e -= 1
+    return a, max(a, e)
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
 def _scalars(sub: Any, p: Any) -> Any:
     nz, ny, nx = sub.shape
     return (
@@ -98,16 +147,24 @@ def sample_affine(
     """``out[k, j, i]`` = ``sub`` at ``h @ (k, j, i, 1)`` (h: 3x4, output index -> sub index)."""
     b = _scalars(sub, params)
     dz, dy, dx = h[0, 2], h[1, 2], h[2, 2]
+    n = out.shape[2]
     for k in range(out.shape[0]):
         for j in range(out.shape[1]):
             bz = h[0, 0] * k + h[0, 1] * j + h[0, 3]
             by = h[1, 0] * k + h[1, 1] * j + h[1, 3]
             bx = h[2, 0] * k + h[2, 1] * j + h[2, 3]
             row = out[k, j]
-            for i in range(out.shape[2]):
-                row[i] = _sample(
-                    sub, bz + dz * i, by + dy * i, bx + dx * i, b
-                )  # fmt: skip
+            ia, ib = 0, 0  # the run of the row whose 8 neighbours all lie inside ``sub``
+            if b[9] == 1:
+                ia, ib = _interior(bz, dz, b[6], 0, n)
+                ia, ib = _interior(by, dy, b[7], ia, ib)
+                ia, ib = _interior(bx, dx, b[8], ia, ib)
+            for i in range(0, min(ia, n)):
+                row[i] = _sample(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
+            for i in range(ia, ib):
+                row[i] = _trilinear(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
+            for i in range(max(ib, ia), n):
+                row[i] = _sample(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
@@ -130,6 +187,8 @@ def sample_nodes(
     linear along x.
     """
     b = _scalars(sub, params)
+    lin = b[9] == 1
+    tz_, ty_, tx_ = b[6] - 2.0, b[7] - 2.0, b[8] - 2.0
     n_x, n_i = nodes.shape[3], out.shape[2]
     row = np.empty((3, n_x))
     pz, py, px = np.empty(n_i), np.empty(n_i), np.empty(n_i)
@@ -151,7 +210,11 @@ def sample_nodes(
                 px[i] = row[2, m] + (row[2, m + 1] - row[2, m]) * w
             line = out[k, j]
             for i in range(n_i):
-                line[i] = _sample(sub, pz[i], py[i], px[i], b)
+                z, y, x = pz[i], py[i], px[i]
+                if lin and 0.0 <= z <= tz_ and 0.0 <= y <= ty_ and 0.0 <= x <= tx_:
+                    line[i] = _trilinear(sub, z, y, x, b)  # all 8 neighbours inside
+                else:
+                    line[i] = _sample(sub, z, y, x, b)
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
