@@ -108,11 +108,11 @@ def build(workdir: Path, size_gb: float) -> tuple[Path, np.ndarray]:
     return store, true
 
 
-def case_stitch(store: Path, truth: np.ndarray) -> dict[str, Any]:
+def case_stitch(store: Path, truth: np.ndarray, model: str = "translation") -> dict[str, Any]:
     from bridge_xr.tiles.stitching import stitch
 
     t0 = time.perf_counter()
-    res = stitch(store, SCAN)
+    res = stitch(store, SCAN, model=model)
     wall = time.perf_counter() - t0
     reg = np.array([t.registered_um for t in res.scan.tiles]) / np.array(SPACING)
     e = reg - truth
@@ -126,13 +126,13 @@ def case_stitch(store: Path, truth: np.ndarray) -> dict[str, Any]:
     }
 
 
-def case_fuse(store: Path, _truth: np.ndarray) -> dict[str, Any]:
+def case_fuse(store: Path, _truth: np.ndarray, image: str = FUSED) -> dict[str, Any]:
     import zarr
 
     from bridge_xr.tiles.fusion import fuse
 
-    res = fuse(store, SCAN, FUSED, overwrite=True)
-    arr = zarr.open_array(store, path=f"{FUSED}/s0")
+    res = fuse(store, SCAN, image, overwrite=True)
+    arr = zarr.open_array(store, path=f"{image}/s0")
     nbytes = int(np.prod(arr.shape)) * arr.dtype.itemsize
     return {"wall_s": res.seconds, "bytes": nbytes, "shards": res.shards_total,
             "gb_per_h": nbytes / 1e9 / (res.seconds / 3600)}  # fmt: skip
@@ -215,7 +215,24 @@ def case_extract(store: Path, _truth: np.ndarray) -> dict[str, Any]:
             "mean_fraction": float(np.nanmean(frac))}  # fmt: skip
 
 
-CASES = {"stitch": case_stitch, "fuse": case_fuse, "raw": case_raw, "extract": case_extract}
+def case_stitch_affine(store: Path, truth: np.ndarray) -> dict[str, Any]:
+    """``stitch --model affine`` (after the translation cases: it replaces the layout)."""
+    return case_stitch(store, truth, model="affine")
+
+
+def case_fuse_affine(store: Path, truth: np.ndarray) -> dict[str, Any]:
+    """Fusion of the affine layout: every tile sampled through its map."""
+    return case_fuse(store, truth, image=f"{FUSED}_affine")
+
+
+CASES = {
+    "stitch": case_stitch,
+    "fuse": case_fuse,
+    "raw": case_raw,
+    "extract": case_extract,
+    "stitch-affine": case_stitch_affine,
+    "fuse-affine": case_fuse_affine,
+}
 
 
 def case_mvs(store: Path, truth: np.ndarray, python: str, workdir: Path) -> dict[str, Any] | None:
@@ -254,7 +271,9 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--sizes", type=float, nargs="*", default=[1.0, 2.0, 4.0], help="GB")
     ap.add_argument("--workdir", type=Path, default=Path("bench-out"))
-    ap.add_argument("--cases", nargs="*", default=list(CASES))
+    ap.add_argument(
+        "--cases", nargs="*", default=["stitch", "fuse", "raw", "extract"], choices=list(CASES)
+    )
     ap.add_argument("--json", type=Path)
     ap.add_argument("--mvs-python", help="a Python with multiview-stitcher (smallest size only)")
     ap.add_argument("--case", help=argparse.SUPPRESS)
@@ -287,7 +306,7 @@ def main() -> int:
             if "offset_rms_px" in res:
                 extra = (f"  offsets RMS {res['offset_rms_px']:.3f} px (max "
                          f"{res['offset_max_px']:.2f}), {res['links_used']}/{res['links']} links")  # fmt: skip
-            print(f"{size:>6g} GB {case:<8} {res['wall_s']:8.1f} s  peak "
+            print(f"{size:>6g} GB {case:<13} {res['wall_s']:8.1f} s  peak "
                   f"{res['peak_rss_mib']:6.0f} MiB{extra}", flush=True)  # fmt: skip
         fu, raw = results.get(f"fuse@{size:g}"), results.get(f"raw@{size:g}")
         if fu and raw:
