@@ -73,6 +73,68 @@ def _inner_chunked(st: Any, path: str, img: xr.DataArray, read_voxels: int = 2**
     return da.from_zarr(arr, chunks=tuple(inner))
 
 
+def _block_box(
+    fp: Footprint,
+    node_idx: list[np.ndarray],
+    node_val: np.ndarray,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    slab_lo: np.ndarray,
+    slab_shape: tuple[int, ...],
+) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """The MRI voxels (inside the slab) block ``lo:hi``'s voxel corners can reach, or None.
+
+    A block's partial sums cover only these, not the whole slab: memory per task stays at the
+    block's own footprint however wide the image is. The corners lie between the exactly
+    mapped nodes bracketing the block (trilinear interpolation stays in their range), or on
+    the per-axis linear map of the separable path.
+    """
+    if fp.diagonal is not None:
+        ends = fp.diagonal[0][:, None] * (np.array([lo, hi], float).T - 0.5)
+        ends = ends + fp.diagonal[1][:, None]
+        mn, mx = ends.min(axis=1), ends.max(axis=1)
+    else:
+        sl = []
+        for a in range(3):
+            k0 = max(int(np.searchsorted(node_idx[a], lo[a], side="right")) - 1, 0)
+            k1 = min(int(np.searchsorted(node_idx[a], hi[a], side="left")), len(node_idx[a]) - 1)
+            sl.append(slice(k0, k1 + 1))
+        sub = node_val[:, sl[0], sl[1], sl[2]].reshape(3, -1)
+        sub = sub[:, np.isfinite(sub).all(axis=0)]
+        if sub.shape[1] == 0:
+            return None
+        mn, mx = sub.min(axis=1), sub.max(axis=1)
+    b_lo = np.maximum(np.floor(mn).astype(int) - 1, slab_lo)
+    b_hi = np.minimum(np.ceil(mx).astype(int) + 1, np.asarray(slab_lo) + np.asarray(slab_shape))
+    if np.any(b_hi <= b_lo):
+        return None
+    return b_lo, tuple(int(v) for v in b_hi - b_lo)
+
+
+def _boxed(lo: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return np.asarray(lo, int), part
+
+
+def _merge(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Sum boxed partials ``(lo, (2, *shape))`` over the union of their boxes."""
+    lo = np.min([p[0] for p in parts], axis=0)
+    hi = np.max([p[0] + np.asarray(p[1].shape[1:]) for p in parts], axis=0)
+    out = np.zeros((2, *(hi - lo)))
+    for b_lo, arr in parts:
+        o = b_lo - lo
+        out[
+            :, o[0] : o[0] + arr.shape[1], o[1] : o[1] + arr.shape[2], o[2] : o[2] + arr.shape[3]
+        ] += arr
+    return lo, out
+
+
+def _place(
+    part: tuple[np.ndarray, np.ndarray], slab_lo: np.ndarray, slab_shape: tuple[int, ...]
+) -> np.ndarray:
+    """A boxed partial placed into the whole (2, *slab_shape) slab."""
+    return _merge(part, (np.asarray(slab_lo, int), np.zeros((2, *slab_shape))))[1]
+
+
 def _sum_slabs(slabs: list[tuple[int, int, da.Array]], bbox_shape: tuple[int, ...]) -> da.Array:
     """Add z-slab partials (each placed at its own depth) into the bounding box."""
     # each padded to one chunk first (explicitly by tasks: dask's automatic choice imports
@@ -204,19 +266,28 @@ def _slab_total(
             idx = (iz, iy, ix)
             lo = tuple(int(offsets[a][i]) for a, i in enumerate(idx))
             hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
+            box = _block_box(fp, node_idx, node_val, lo, hi, slab_lo, slab_shape)
+            if box is None:  # the block maps nowhere in the slab
+                continue
+            b_lo, b_shape = box
             block = blocks[idx]
             if valid_blocks is not None:
                 part = dask.delayed(separable_pair)(
-                    block, valid_blocks[idx], fp.diagonal, lo, slab_lo, slab_shape
+                    block, valid_blocks[idx], fp.diagonal, lo, b_lo, b_shape
                 )
             elif fp.diagonal is not None:
-                part = dask.delayed(separable_block)(block, fp.diagonal, lo, slab_lo, slab_shape)
+                part = dask.delayed(separable_block)(block, fp.diagonal, lo, b_lo, b_shape)
             else:
                 part = dask.delayed(general_block_nodes)(
-                    block, node_idx, nodes_key, lo, hi, slab_lo, slab_shape
+                    block, node_idx, nodes_key, lo, hi, b_lo, b_shape
                 )
-            parts.append(da.from_delayed(part, shape=(2, *slab_shape), dtype=np.float64))
-        slab = da.stack(parts).sum(axis=0, split_every=8)
+            parts.append(dask.delayed(_boxed)(b_lo, part))
+        if not parts:
+            continue
+        while len(parts) > 1:  # a tree of sums, each over the union of its parts' boxes
+            parts = [dask.delayed(_merge)(*parts[i : i + 8]) for i in range(0, len(parts), 8)]
+        placed = dask.delayed(_place)(parts[0], slab_lo, slab_shape)
+        slab = da.from_delayed(placed, shape=(2, *slab_shape), dtype=np.float64)
         before = s_lo - int(bbox_lo[0])
         after = int(bbox_lo[0]) + bbox_shape[0] - s_hi
         slabs.append((before, after, slab))
