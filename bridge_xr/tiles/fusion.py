@@ -156,8 +156,12 @@ def fuse_box(
     interpolation: Interpolation,
     flatfield: np.ndarray | None,
     slab: tuple[int, int] = (32, 512),
+    lead_sel: tuple[slice, ...] | None = None,
 ) -> np.ndarray:
     """The fused output over ``box`` (per spatial axis [start, stop) of level 0).
+
+    ``lead_sel`` picks the channels (leading axes) of the tiles that ``lead`` counts (default
+    all): a shard holds only its own channels.
 
     Worked through in pieces of ``slab`` = (planes, rows), so the float32 accumulators and the
     tile crops stay a fraction of the box; the planes should be the tiles' chunk depth (each
@@ -172,6 +176,10 @@ def fuse_box(
     shape = tuple(b - a for a, b in box)
     out = np.zeros((*lead, *shape), dtype)
     n_lead = len(lead)
+    if lead_sel is None:
+        lead_sel = tuple(slice(0, n) for n in lead)
+    if flatfield is not None and flatfield.ndim == 3 and n_lead:
+        flatfield = flatfield[lead_sel[0]]
     pieces = [
         ((zs, min(zs + slab[0], box[0][1])), (ys, min(ys + slab[1], box[1][1])), box[2])
         for zs in range(box[0][0], box[0][1], slab[0])
@@ -184,7 +192,7 @@ def fuse_box(
         for pl in places:
             if pl.matrix is not None:
                 _accumulate_affine(
-                    store, pl, sub, acc, wsum, n_lead, blend, interpolation, flatfield
+                    store, pl, sub, acc, wsum, lead_sel, blend, interpolation, flatfield
                 )
                 continue
             axes = [
@@ -195,7 +203,7 @@ def fuse_box(
                 continue
             lo = [st for _, _, st, _ in axes]
             hi = [st + (b - a) + (1 if fr > 0 else 0) for a, b, st, fr in axes]
-            sel = (slice(None),) * n_lead + tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
+            sel = lead_sel + tuple(slice(a, b) for a, b in zip(lo, hi, strict=True))
             crop = np.asarray(tile_array(store, pl.path)[sel])
             if flatfield is not None:
                 f = flatfield[..., lo[1] : hi[1], lo[2] : hi[2]]
@@ -226,7 +234,7 @@ def _accumulate_affine(
     sub: tuple[tuple[int, int], ...],
     acc: np.ndarray,
     wsum: np.ndarray,
-    n_lead: int,
+    lead_sel: tuple[slice, ...],
     blend: tuple[float, float, float],
     interpolation: Interpolation,
     flatfield: np.ndarray | None,
@@ -258,7 +266,8 @@ def _accumulate_affine(
     y0, y1 = int(np.floor(uy.min())), min(ny, int(np.ceil(uy.max())) + 1)
     x0, x1 = int(np.floor(ux.min())), min(nx, int(np.ceil(ux.max())) + 1)
     z1 = min(pl.shape[0], zs + (zb - za) + (1 if zf > 0 else 0))
-    sel = (slice(None),) * n_lead + (slice(zs, z1), slice(y0, y1), slice(x0, x1))
+    n_lead = len(lead_sel)
+    sel = lead_sel + (slice(zs, z1), slice(y0, y1), slice(x0, x1))
     crop = np.asarray(tile_array(store, pl.path)[sel], np.float32)
     if flatfield is not None:
         f = flatfield[..., y0:y1, x0:x1]
@@ -306,11 +315,13 @@ def _shard_task(
     starts = [i * g for i, g in zip(index, grid, strict=True)]
     stops = [min(s + g, n) for s, g, n in zip(starts, grid, t0.shape, strict=True)]
     box = tuple(zip(starts[lead_n:], stops[lead_n:], strict=True))
+    lead_sel = tuple(slice(a, b) for a, b in zip(starts[:lead_n], stops[:lead_n], strict=True))
     block = fuse_box(
         store,
         places,
         box,
-        lead=tuple(t0.shape[:lead_n]),
+        lead=tuple(b - a for a, b in zip(starts[:lead_n], stops[:lead_n], strict=True)),
+        lead_sel=lead_sel,
         dtype=np.dtype(t0.dtype),
         blend=tuple(params["blend"]),
         interpolation=params["interpolation"],

@@ -395,3 +395,25 @@ def test_affine_refinement_leaves_a_translation_scan_as_it_was(tmp_path) -> None
     assert "'affine'" in _refused("stitch", store, "--image", SCAN, "--model", "spline")
     with pytest.raises(InvalidInputError, match="model must be"):
         stitch(store, SCAN, model="spline")
+
+
+def test_every_channel_of_a_multichannel_scan_is_fused_from_its_own_tiles(tmp_path) -> None:
+    # shards hold one channel each: a shard task once wrote channel 0 into every channel
+    from bridge_xr.model.image import make_image
+    from bridge_xr.tiles.convert import write_tile_scan
+
+    s = synthetic_scan(grid=(2, 2), overlap=0.25, rotation_deg=1.0, noise=0, vignetting=0, seed=3)
+    images = [
+        make_image(np.stack([t, t // 2]), dims="czyx", spacing=s.spacing_um, unit="um",
+                   channel_names=["vessel", "half"])
+        for t in s.tiles
+    ]  # fmt: skip
+    store = tmp_path / "M.ome.zarr"
+    write_tile_scan(store, SCAN, images, s.stage_um)
+    for model in ("translation", "affine"):
+        stitch(store, SCAN, channel="vessel", model=model)
+        fuse(store, SCAN, f"twophoton/d1/{model}")
+        out = np.asarray(read_image(store, f"twophoton/d1/{model}").data).astype(int)
+        assert out.shape[0] == 2
+        assert out[0].max() > 1000
+        assert np.abs(out[1] - out[0] / 2).max() <= 1.0  # rounding only
