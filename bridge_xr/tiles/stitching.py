@@ -13,7 +13,10 @@
    corner overlaps do not count) match is refused: the stage metadata is then
    almost certainly wrong (flipped/swapped axes, serpentine order, units).
 
-The registered positions go into a second scene edge per tile; the stage edge stays.
+5. ``model="rigid"`` or ``"affine"`` then refines the translation solution from block-wise
+   matches in every kept overlap (:mod:`bridge_xr.tiles.refine`).
+
+The registered positions (or maps) go into a second scene edge per tile; the stage edge stays.
 """
 
 from __future__ import annotations
