@@ -135,6 +135,20 @@ class _Rows:
         return np.asarray(spsolve((a.T @ a).tocsc(), a.T @ np.asarray(self.rhs)))
 
 
+def linked_groups(
+    n: int, points: list[tuple[int, int, np.ndarray, np.ndarray, float]]
+) -> np.ndarray:
+    """Connected groups of tiles joined by correspondences (a tile without any: its own)."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    if not points:
+        return np.arange(n)
+    ij = np.array([(i, j) for i, j, *_ in points])
+    adj = coo_matrix((np.ones(len(ij)), (ij[:, 0], ij[:, 1])), shape=(n, n))
+    return np.asarray(connected_components(adj, directed=False)[1])
+
+
 def solve_rigid(
     n: int,
     points: list[tuple[int, int, np.ndarray, np.ndarray, float]],
@@ -144,8 +158,10 @@ def solve_rigid(
 ) -> np.ndarray:
     """(n, 2, 3) rigid maps (small-angle solve) of ``p - centre`` to registered µm.
 
-    ``target`` (n, 2): each tile centre's translation-solution position; the mean rotation is
-    zero and the mean centre stays.
+    ``target`` (n, 2): each tile centre's translation-solution position. In every group of
+    tiles linked by correspondences the mean rotation is zero and the mean centre stays (a
+    tile without correspondences keeps its translation solution exactly: were it in another
+    group's gauge, its free rotation would let that group turn as a whole).
     """
     eq = _Rows()
     for i, j, p_i, p_j, w in points:  # q_i + th_i J q_i + t_i = q_j + th_j J q_j + t_j
@@ -167,9 +183,12 @@ def solve_rigid(
         eq.add([(3 * k, lam * scale_um)], 0.0)
         for ax in (0, 1):
             eq.add([(3 * k + 1 + ax, lam)], lam * target[k, ax])
-    eq.add([(3 * k, gauge / n) for k in range(n)], 0.0)
-    for ax in (0, 1):
-        eq.add([(3 * k + 1 + ax, gauge / n) for k in range(n)], gauge * target[:, ax].mean())
+    group = linked_groups(n, points)
+    for g in np.unique(group):  # each linked group's gauge, as the translation solve's
+        ks = np.nonzero(group == g)[0]
+        eq.add([(3 * k, gauge / len(ks)) for k in ks], 0.0)
+        for ax in (0, 1):
+            eq.add([(3 * k + 1 + ax, gauge / len(ks)) for k in ks], gauge * target[ks, ax].mean())
     x = eq.solve(3 * n).reshape(n, 3)
     out = np.zeros((n, 2, 3))
     c, s = np.cos(x[:, 0]), np.sin(x[:, 0])
@@ -190,7 +209,7 @@ def solve_affine(
     """(n, 2, 3) affines of ``p - centre`` to registered µm, pulled towards ``prior`` (n, 2, 3).
 
     ``points`` holds ``(i, j, p_i, p_j, weight)`` with ``p`` (y, x) in each tile's intrinsic
-    µm. The mean affine equals the prior's mean (the gauge).
+    µm. In every linked group the mean affine equals the prior's mean (the gauge).
     """
     eq = _Rows()
     for i, j, p_i, p_j, w in points:
@@ -203,14 +222,19 @@ def solve_affine(
                 entries += [(base, sign * q[0]), (base + 1, sign * q[1]), (base + 2, sign)]
             eq.add(entries, 0.0)
     gauge = 10.0 * scale_um
-    mean = prior.mean(axis=0)
+    group = linked_groups(n, points)
     for ax in (0, 1):
         for c in range(3):
             weight = pull * (scale_um if c < 2 else 1.0)
             for k in range(n):
                 eq.add([(6 * k + 3 * ax + c, weight)], weight * prior[k, ax, c])
             w_g = gauge if c < 2 else 10.0
-            eq.add([(6 * k + 3 * ax + c, w_g / n) for k in range(n)], w_g * mean[ax, c])
+            for g in np.unique(group):
+                ks = np.nonzero(group == g)[0]
+                eq.add(
+                    [(6 * k + 3 * ax + c, w_g / len(ks)) for k in ks],
+                    w_g * prior[ks, ax, c].mean(),
+                )
     return eq.solve(6 * n).reshape(n, 2, 3)
 
 

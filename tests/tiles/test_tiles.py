@@ -271,7 +271,9 @@ def test_killed_fusion_resumes_only_unfinished_shards_byte_identically(tmp_path)
         fuse(store, SCAN, "twophoton/d1/resumed", **geometry)
 
 
-def _layout_error_px(store: Path, s: SyntheticScan) -> tuple[float, float]:
+def _layout_error_px(
+    store: Path, s: SyntheticScan, skip: tuple[int, ...] = ()
+) -> tuple[float, float]:
     """RMS and largest distance (voxels, y/x) of registered to true tile points, gauge removed.
 
     A 7 x 7 grid of points per tile is mapped by the stored registered layout and by the truth;
@@ -285,8 +287,9 @@ def _layout_error_px(store: Path, s: SyntheticScan) -> tuple[float, float]:
     grid = np.array(
         [(0.0, y, x) for y in np.linspace(0, ny - 1, 7) for x in np.linspace(0, nx - 1, 7)]
     )
-    got = np.concatenate([grid @ mk[:, :3].T + mk[:, 3] for mk in m])
-    true = np.concatenate([s.true_points(k, grid) for k in range(len(m))])
+    keep = [k for k in range(len(m)) if k not in skip]
+    got = np.concatenate([grid @ m[k][:, :3].T + m[k][:, 3] for k in keep])
+    true = np.concatenate([s.true_points(k, grid) for k in keep])
     x = np.c_[got, np.ones(len(got))]
     gauge = np.linalg.lstsq(x, true, rcond=None)[0]
     e = (x @ gauge - true)[:, 1:]
@@ -393,6 +396,15 @@ def test_affine_refinement_leaves_a_translation_scan_as_it_was(tmp_path) -> None
     assert before < 0.15
     assert _layout_error_px(store, s)[0] < 0.25
     assert "'affine'" in _refused("stitch", store, "--image", SCAN, "--model", "spline")
+    # a tile without content keeps its translation solution; the others are not turned with it
+    e = synthetic_scan(grid=(3, 3), overlap=0.25, rotation_deg=0.5, empty_tile=4, seed=5)
+    holed = tmp_path / "E.ome.zarr"
+    _convert(tmp_path / "e", e, holed)
+    res = stitch(holed, SCAN, model="affine")
+    assert res.summary["unlinked_tiles"] == ["t004"]
+    assert max(abs(v) for v in res.summary["rotation_deg_range"]) < 0.7
+    np.testing.assert_allclose(res.scan.tiles[4].registered_um, res.scan.tiles[4].stage_um)
+    assert _layout_error_px(holed, e, skip=(4,))[0] < 0.3
     with pytest.raises(InvalidInputError, match="model must be"):
         stitch(store, SCAN, model="spline")
 
