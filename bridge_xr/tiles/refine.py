@@ -185,7 +185,7 @@ def solve_rigid(
             eq.add([(3 * k + 1 + ax, lam)], lam * target[k, ax])
     group = linked_groups(n, points)
     for g in np.unique(group):  # each linked group's gauge, as the translation solve's
-        ks = np.nonzero(group == g)[0]
+        ks = [int(v) for v in np.nonzero(group == g)[0]]
         eq.add([(3 * k, gauge / len(ks)) for k in ks], 0.0)
         for ax in (0, 1):
             eq.add([(3 * k + 1 + ax, gauge / len(ks)) for k in ks], gauge * target[ks, ax].mean())
@@ -230,7 +230,7 @@ def solve_affine(
                 eq.add([(6 * k + 3 * ax + c, weight)], weight * prior[k, ax, c])
             w_g = gauge if c < 2 else 10.0
             for g in np.unique(group):
-                ks = np.nonzero(group == g)[0]
+                ks = [int(v) for v in np.nonzero(group == g)[0]]
                 eq.add(
                     [(6 * k + 3 * ax + c, w_g / len(ks)) for k in ks],
                     w_g * prior[ks, ax, c].mean(),
