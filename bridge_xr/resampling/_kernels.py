@@ -26,6 +26,33 @@ import numpy as np
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _lerp(
+    sub: Any, k0: int, k1: int, j0: int, j1: int, i0: int, i1: int, tz: float, ty: float, tx: float
+) -> float:
+    """Trilinear interpolation between the 8 voxels ``(k0|k1, j0|j1, i0|i1)`` of ``sub``."""
+    v000, v001 = float(sub[k0, j0, i0]), float(sub[k0, j0, i1])
+    v010, v011 = float(sub[k0, j1, i0]), float(sub[k0, j1, i1])
+    v100, v101 = float(sub[k1, j0, i0]), float(sub[k1, j0, i1])
+    v110, v111 = float(sub[k1, j1, i0]), float(sub[k1, j1, i1])
+    c00 = v000 + (v001 - v000) * tx
+    c01 = v010 + (v011 - v010) * tx
+    c10 = v100 + (v101 - v100) * tx
+    c11 = v110 + (v111 - v110) * tx
+    c0 = c00 + (c01 - c00) * ty
+    c1 = c10 + (c11 - c10) * ty
+    return c0 + (c1 - c0) * tz
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _to_output(v: float, b: Any) -> float:
+    """Round half to even and clip to the integer output type (``b[10]``), else unchanged."""
+    if b[10]:
+        v = np.rint(v)
+        v = b[11] if v < b[11] else (b[12] if v > b[12] else v)
+    return v
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
 def _sample(
     sub: Any,
     z: float,
@@ -43,50 +70,21 @@ def _sample(
         k = min(max(math.floor(z + 0.5), 0), nz - 1)
         j = min(max(math.floor(y + 0.5), 0), ny - 1)
         i = min(max(math.floor(x + 0.5), 0), nx - 1)
-        v = float(sub[k, j, i])
-    else:
-        # positions are > -1 here (bounds start at -0.5 or above): int(p + 1) - 1 is the floor
-        k0, j0, i0 = int(z + 1.0) - 1, int(y + 1.0) - 1, int(x + 1.0) - 1
-        tz, ty, tx = z - k0, y - j0, x - i0
-        k1, j1, i1 = min(k0 + 1, nz - 1), min(j0 + 1, ny - 1), min(i0 + 1, nx - 1)
-        k0, j0, i0 = max(k0, 0), max(j0, 0), max(i0, 0)
-        v000, v001 = float(sub[k0, j0, i0]), float(sub[k0, j0, i1])
-        v010, v011 = float(sub[k0, j1, i0]), float(sub[k0, j1, i1])
-        v100, v101 = float(sub[k1, j0, i0]), float(sub[k1, j0, i1])
-        v110, v111 = float(sub[k1, j1, i0]), float(sub[k1, j1, i1])
-        c00 = v000 + (v001 - v000) * tx
-        c01 = v010 + (v011 - v010) * tx
-        c10 = v100 + (v101 - v100) * tx
-        c11 = v110 + (v111 - v110) * tx
-        c0 = c00 + (c01 - c00) * ty
-        c1 = c10 + (c11 - c10) * ty
-        v = c0 + (c1 - c0) * tz
-    if b[10]:
-        v = np.rint(v)
-        v = b[11] if v < b[11] else (b[12] if v > b[12] else v)
-    return v
+        return _to_output(float(sub[k, j, i]), b)
+    # positions are > -1 here (bounds start at -0.5 or above): int(p + 1) - 1 is the floor
+    k0, j0, i0 = int(z + 1.0) - 1, int(y + 1.0) - 1, int(x + 1.0) - 1
+    tz, ty, tx = z - k0, y - j0, x - i0
+    k1, j1, i1 = min(k0 + 1, nz - 1), min(j0 + 1, ny - 1), min(i0 + 1, nx - 1)
+    k0, j0, i0 = max(k0, 0), max(j0, 0), max(i0, 0)
+    return _to_output(_lerp(sub, k0, k1, j0, j1, i0, i1, tz, ty, tx), b)
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
 def _trilinear(sub: Any, z: float, y: float, x: float, b: Any) -> float:
     """:func:`_sample` (order 1) where all 8 neighbours are inside ``sub``: no tests, no clamps."""
     k0, j0, i0 = int(z), int(y), int(x)
-    tz, ty, tx = z - k0, y - j0, x - i0
-    v000, v001 = float(sub[k0, j0, i0]), float(sub[k0, j0, i0 + 1])
-    v010, v011 = float(sub[k0, j0 + 1, i0]), float(sub[k0, j0 + 1, i0 + 1])
-    v100, v101 = float(sub[k0 + 1, j0, i0]), float(sub[k0 + 1, j0, i0 + 1])
-    v110, v111 = float(sub[k0 + 1, j0 + 1, i0]), float(sub[k0 + 1, j0 + 1, i0 + 1])
-    c00 = v000 + (v001 - v000) * tx
-    c01 = v010 + (v011 - v010) * tx
-    c10 = v100 + (v101 - v100) * tx
-    c11 = v110 + (v111 - v110) * tx
-    c0 = c00 + (c01 - c00) * ty
-    c1 = c10 + (c11 - c10) * ty
-    v = c0 + (c1 - c0) * tz
-    if b[10]:
-        v = np.rint(v)
-        v = b[11] if v < b[11] else (b[12] if v > b[12] else v)
-    return v
+    v = _lerp(sub, k0, k0 + 1, j0, j0 + 1, i0, i0 + 1, z - k0, y - j0, x - i0)
+    return _to_output(v, b)
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
