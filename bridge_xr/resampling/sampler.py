@@ -246,7 +246,7 @@ class _BlockSampler:
             h = mapping.copy()
             h[:, 3] -= lo
             for c in range(self.n_c):
-                _kernels.sample_affine(sub[c], h, target[c], prm)
+                _kernels.sample_affine(np.ascontiguousarray(sub[c]), h, target[c], prm)
         elif bm.nodes is not None:
             nodes, exact = mapping
             nodes = nodes - lo[:, None, None, None]
@@ -261,7 +261,8 @@ class _BlockSampler:
             ]
             pts = None if exact is None else np.ascontiguousarray(exact - lo[:, None])
             for c in range(self.n_c):
-                _kernels.sample_nodes(sub[c], nodes, *cells, target[c], prm)  # type: ignore[call-arg]
+                plane = np.ascontiguousarray(sub[c])
+                _kernels.sample_nodes(plane, nodes, *cells, target[c], prm)
                 if pts is not None and bm.exact_at is not None:
                     vals = np.empty(pts.shape[1], dtype=target.dtype)
                     _kernels.sample_points(sub[c], pts, vals, prm)

@@ -136,3 +136,57 @@ def test_chunk_cache_reads_what_slicing_reads_and_stays_bounded() -> None:
     assert again._bytes == 0
     assert again.max_bytes == cache.max_bytes
     assert np.array_equal(again.read(np.array([0, 0, 0]), np.array([3, 3, 3])), data[:, :3, :3, :3])
+
+
+def test_kernels_compile_noalias() -> None:
+    # the row kernels' speed rests on it; a numba without the internals falls back silently
+    from bridge_xr._jit import NOALIAS
+
+    assert NOALIAS
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint8, np.float32, np.float64])
+def test_row_kernels_equal_the_scalar_sampler_voxel_for_voxel(dtype) -> None:
+    # rows that cross the edge of ``sub`` (edge voxels redone, bounds-checked), NaN positions,
+    # integer rounding and clipping: the affine and node kernels against ``sample_points``,
+    # the scalar sampler, bit for bit
+    rng = np.random.default_rng(3)
+    sub = rng.uniform(0, 250, size=(12, 17, 21)).astype(dtype)
+    clip = (0.0, 255.0) if np.dtype(dtype).kind == "u" else None
+    prm = _kernels.params(np.full(3, -0.5), np.array(sub.shape) - 0.5, 1, clip, 3.0)
+    h = _h().copy()
+    h[:, :3] *= 1.3
+    h[:, 3] = [-2.2, -3.1, -4.3]  # the block overhangs every face of ``sub``
+    shape = (9, 15, 19)
+    k, j, i = (np.arange(n, dtype=float) for n in shape)
+    pos = np.stack([(h[c, 0] * k[:, None, None] + h[c, 1] * j[None, :, None] + h[c, 3])
+                    + h[c, 2] * i for c in range(3)])  # the kernel's arithmetic  # fmt: skip
+    out = np.empty(shape, dtype)
+    _kernels.sample_affine(sub, h, out, prm)
+    ref = np.empty(pos[0].size, dtype)
+    _kernels.sample_points(sub, np.ascontiguousarray(pos.reshape(3, -1)), ref, prm)
+    inside = np.all((pos >= 0) & (pos <= (np.array(sub.shape) - 2.0)[:, None, None, None]), 0)
+    assert 0.2 < inside.mean() < 0.8
+    assert np.array_equal(out.ravel(), ref)
+    # nodes: 3 x 4 x 5 of them, one NaN (no inverse there): trilinear in between
+    nodes = np.stack(np.meshgrid(*(np.linspace(-3, n + 2, m) for n, m in zip(sub.shape,
+                     (3, 4, 5), strict=True)), indexing="ij"))  # fmt: skip
+    nodes[:, 1, 2, 3] = np.nan
+    nodes = np.ascontiguousarray(nodes + rng.uniform(-0.4, 0.4, size=nodes.shape))
+    cells = [_kernels.cells_of(n, np.linspace(0, n - 1, m).round().astype(int))
+             for n, m in zip(shape, (3, 4, 5), strict=True)]  # fmt: skip
+    out = np.empty(shape, dtype)
+    _kernels.sample_nodes(sub, nodes, *(a for c in cells for a in c), out, prm)
+    # the node kernel's positions, the same arithmetic in numpy: bilinear (z, y), then x
+    (cz, tz), (cy, ty), (cx, tx) = cells
+    wa, wb = tz[:, None, None, None], ty[None, :, None, None]
+    a, c = cz[:, None], cy[None, :]
+    row = (1.0 - wa) * ((1.0 - wb) * nodes[:, a, c].transpose(1, 2, 0, 3)
+                        + wb * nodes[:, a, c + 1].transpose(1, 2, 0, 3)) + wa * (
+        (1.0 - wb) * nodes[:, a + 1, c].transpose(1, 2, 0, 3)
+        + wb * nodes[:, a + 1, c + 1].transpose(1, 2, 0, 3))  # fmt: skip
+    dense = (row[..., cx] + (row[..., cx + 1] - row[..., cx]) * tx).transpose(2, 0, 1, 3)
+    ref = np.empty(dense[0].size, dtype)
+    _kernels.sample_points(sub, np.ascontiguousarray(dense.reshape(3, -1)), ref, prm)
+    assert np.isnan(dense).any()
+    assert np.array_equal(out.ravel(), ref, equal_nan=np.dtype(dtype).kind == "f")
