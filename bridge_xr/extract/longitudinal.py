@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from bridge_xr._dask import scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.study import SessionPlan, plan_subject
@@ -195,7 +196,7 @@ def longitudinal_table(
     import dask
 
     names = [(i, n) for i, cols in enumerate(per_session) for n in cols]
-    computed = dask.compute(keep, *[per_session[i][n] for i, n in names])
+    computed = dask.compute(keep, *[per_session[i][n] for i, n in names], scheduler=scheduler())
     keep_np = computed[0]
     for (i, n), value in zip(names, computed[1:], strict=True):
         per_session[i][n] = value

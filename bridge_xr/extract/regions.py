@@ -18,6 +18,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from bridge_xr._dask import scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
@@ -128,7 +129,7 @@ def region_densities(
     parts = [dask.delayed(_block_sums)(a, b, c, n) for a, b, c in zip(
         lab.data.to_delayed().ravel(), frac.to_delayed().ravel(), cov.to_delayed().ravel(),
         strict=True)]  # fmt: skip
-    tot = np.sum(dask.compute(*parts), axis=0)
+    tot = np.sum(dask.compute(*parts, scheduler=scheduler()), axis=0)
     vox_um3 = float(np.prod([mr.attrs["spacing"][d] * um_factor(mr) for d in "zyx"]))
     rows: list[dict[str, Any]] = []
     for r in ids:

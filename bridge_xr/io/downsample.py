@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from bridge_xr._dask import scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._plan import LevelPlan
 
@@ -119,7 +120,7 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array[Any], *, compute: bool
         msg = f"array shape {arr.shape} does not match target {target.shape}"
         raise InvalidInputError(msg)
     aligned = arr.rechunk(tuple(grid))
-    return da.store(aligned, target, lock=False, compute=compute)  # type: ignore[arg-type]
+    return da.store(aligned, target, lock=False, compute=compute, scheduler=scheduler())  # type: ignore[arg-type]
 
 
 def _takewhile_fused(levels: Sequence[LevelPlan]) -> list[LevelPlan]:
@@ -160,4 +161,4 @@ def write_fused_levels(
     done = aligned.map_blocks(
         write_shard_pyramid, dtype=bool, chunks=tuple((1,) * len(c) for c in aligned.chunks)
     )
-    done.compute()
+    done.compute(scheduler=scheduler())
