@@ -333,11 +333,11 @@ def warm(case: str) -> float:
     """
     t0 = time.perf_counter()
     import dask.array
-    import dask.threaded
-    import zarr
+    import dask.threaded  # noqa: F401
+    import zarr  # noqa: F401
 
     if case.startswith("bridge_xr"):
-        import bridge_xr.resampling
+        import bridge_xr.resampling  # noqa: F401
         from bridge_xr.resampling import _kernels
 
         sub, out = np.zeros((4, 4, 4), np.uint16), np.zeros((2, 2, 2), np.uint16)
@@ -345,12 +345,10 @@ def warm(case: str) -> float:
         _kernels.sample_affine(sub, np.c_[np.eye(3), np.ones(3)], out, prm)
         cell = (np.zeros(2, np.int64), np.zeros(2))
         _kernels.sample_nodes(sub, np.ones((3, 2, 2, 2)), *cell, *cell, *cell, out, prm)
-        del bridge_xr
     elif case == "sitk-affine":
         import SimpleITK  # noqa: F401
     elif case == "exact-tps":
         import scipy.ndimage  # noqa: F401
-    del dask, zarr
     return time.perf_counter() - t0
 
 

@@ -5,8 +5,8 @@ arrays (24 bytes a voxel, written then read again), converts the moving region t
 holds the GIL; these kernels compute each voxel's position where it is needed (from an affine,
 or from a TPS's exact coarse nodes by separable trilinear interpolation), sample the moving
 sub-volume in its own dtype (nearest or trilinear, edge values replicated like scipy's
-``mode="nearest"``), round and clip to the output type and write the voxel, without
-temporaries and without the GIL (dask's threads run them in parallel).
+``mode="nearest"``), round and clip to the output type and write the voxel, with only one
+row's positions held at a time and without the GIL (dask's threads run them in parallel).
 
 Conventions, shared with :mod:`bridge_xr.resampling.sampler`: positions are voxel indices of
 ``sub`` (the moving region read for the block); ``params`` (11,) float64 = lower z, y, x, upper
@@ -28,6 +28,21 @@ from bridge_xr._jit import njit_noalias
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _blend(
+    v000: float, v001: float, v010: float, v011: float, v100: float, v101: float, v110: float,
+    v111: float, tz: float, ty: float, tx: float,
+) -> float:  # fmt: skip
+    """Trilinear blend of 8 corner values (``v<z><y><x>``): along x, then y, then z."""
+    c00 = v000 + (v001 - v000) * tx
+    c01 = v010 + (v011 - v010) * tx
+    c10 = v100 + (v101 - v100) * tx
+    c11 = v110 + (v111 - v110) * tx
+    c0 = c00 + (c01 - c00) * ty
+    c1 = c10 + (c11 - c10) * ty
+    return c0 + (c1 - c0) * tz
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
 def _lerp(
     sub: Any, k0: int, k1: int, j0: int, j1: int, i0: int, i1: int, tz: float, ty: float, tx: float
 ) -> float:
@@ -36,13 +51,7 @@ def _lerp(
     v010, v011 = float(sub[k0, j1, i0]), float(sub[k0, j1, i1])
     v100, v101 = float(sub[k1, j0, i0]), float(sub[k1, j0, i1])
     v110, v111 = float(sub[k1, j1, i0]), float(sub[k1, j1, i1])
-    c00 = v000 + (v001 - v000) * tx
-    c01 = v010 + (v011 - v010) * tx
-    c10 = v100 + (v101 - v100) * tx
-    c11 = v110 + (v111 - v110) * tx
-    c0 = c00 + (c01 - c00) * ty
-    c1 = c10 + (c11 - c10) * ty
-    return c0 + (c1 - c0) * tz
+    return _blend(v000, v001, v010, v011, v100, v101, v110, v111, tz, ty, tx)
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
@@ -145,7 +154,7 @@ def _gather_row(
 
     One branch-free loop over the whole row (the form LLVM keeps scalar but unrolls and
     schedules well once the arrays are ``noalias``; on this hardware its AVX-512 gathers of
-    16-bit voxels are slower). The same arithmetic, in the same order, as :func:`_lerp`.
+    16-bit voxels are slower). The same :func:`_blend` as :func:`_lerp`.
     """
     one = np.uint64(1)
     for i in range(row.shape[0]):
@@ -155,14 +164,8 @@ def _gather_row(
         v010, v011 = float(flat[p + s1]), float(flat[p + s1 + one])
         v100, v101 = float(flat[q]), float(flat[q + one])
         v110, v111 = float(flat[q + s1]), float(flat[q + s1 + one])
-        tx, ty, tz = fx[i], fy[i], fz[i]
-        c00 = v000 + (v001 - v000) * tx
-        c01 = v010 + (v011 - v010) * tx
-        c10 = v100 + (v101 - v100) * tx
-        c11 = v110 + (v111 - v110) * tx
-        c0 = c00 + (c01 - c00) * ty
-        c1 = c10 + (c11 - c10) * ty
-        row[i] = _to_output(c0 + (c1 - c0) * tz, b)
+        v = _blend(v000, v001, v010, v011, v100, v101, v110, v111, fz[i], fy[i], fx[i])
+        row[i] = _to_output(v, b)
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
