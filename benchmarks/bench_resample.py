@@ -122,12 +122,16 @@ def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
     import dask
     import dask.array as da
 
+    from bridge_xr._dask import rechunk_method
+
     t0 = time.perf_counter()
     img = _resampled(store, name)
-    # dask's threads, named as a callable: the string "threads" makes dask import distributed
-    # (0.3 s) to look for a client, inside the timing; `bridge resample` does the same
+    # dask's threads named as a callable and the rechunk method named: left to dask, either
+    # imports distributed (0.3 s) to look for a client, inside the timing; bridge_xr's own
+    # writers name both the same way
     with dask.config.set(scheduler=dask.threaded.get):
-        da.store(img.data.rechunk((32, 512, 512)), _target(out, store), lock=False)
+        aligned = img.data.rechunk((32, 512, 512), method=rechunk_method())
+        da.store(aligned, _target(out, store), lock=False)
     res: dict[str, Any] = {"wall_s": time.perf_counter() - t0, "voxels": int(np.prod(img.shape))}
     if name == "tps":  # the per-block certified error map `bridge resample` stores beside it
         t1 = time.perf_counter()
@@ -220,7 +224,7 @@ def case_exact(store: Path, out: Path) -> dict[str, Any]:
     template = da.zeros(shape, dtype=np.uint16, chunks=(32, 256, 256))
     with dask.config.set(scheduler=dask.threaded.get):
         da.store(
-            template.map_blocks(block, dtype=np.uint16).rechunk((32, 512, 512)),
+            template.map_blocks(block, dtype=np.uint16).rechunk((32, 512, 512), method="tasks"),
             _target(out, store),
             lock=False,
         )
@@ -337,7 +341,7 @@ def warm(case: str) -> float:
     import zarr  # noqa: F401
 
     if case.startswith("bridge_xr"):
-        import bridge_xr.resampling  # noqa: F401
+        import bridge_xr.resampling.blockwise  # noqa: F401  (bx.resample loads it lazily)
         from bridge_xr.resampling import _kernels
 
         sub, out = np.zeros((4, 4, 4), np.uint16), np.zeros((2, 2, 2), np.uint16)

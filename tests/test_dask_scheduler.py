@@ -8,7 +8,7 @@ import sys
 import dask
 import dask.threaded
 
-from bridge_xr._dask import scheduler
+from bridge_xr._dask import rechunk_method, scheduler
 
 
 def test_a_configured_scheduler_or_a_possible_client_leaves_the_choice_to_dask() -> None:
@@ -18,6 +18,12 @@ def test_a_configured_scheduler_or_a_possible_client_leaves_the_choice_to_dask()
         assert scheduler() is None
     else:
         assert scheduler() is dask.threaded.get
+
+
+def test_rechunk_method_is_tasks_until_a_client_could_exist() -> None:
+    with dask.config.set({"array.rechunk.method": "p2p"}):
+        assert rechunk_method() is None  # the user's choice stands
+    assert rechunk_method() == (None if "distributed" in sys.modules else "tasks")
 
 
 def test_resample_into_a_store_does_not_import_distributed() -> None:
@@ -33,3 +39,22 @@ def test_resample_into_a_store_does_not_import_distributed() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.split() == ["registered/micro", "False"]
+
+
+def test_a_rechunking_write_and_a_density_table_do_not_import_distributed() -> None:
+    # a rechunk given no method imports distributed to look for a client, like a compute
+    code = (
+        "import sys\n"
+        "import dask, dask.array as da, numpy as np, zarr\n"
+        "from bridge_xr.io.downsample import store_shard_aligned\n"
+        "from bridge_xr.extract import density\n"
+        "from bridge_xr.testing import tiny_scene\n"
+        "t = zarr.create_array(zarr.storage.MemoryStore(), shape=(8, 8), chunks=(4, 4),\n"
+        "                      shards=(8, 8), dtype='u1')\n"
+        "store_shard_aligned(da.ones((8, 8), dtype='u1', chunks=(2, 2)), t)\n"
+        "ds = density(tiny_scene(registered=True), microscopy='micro', mri='mri')\n"
+        "cov = ds['coverage'].data.compute(scheduler=dask.get)  # the caller's own compute\n"
+        "print(int(t[...].sum()), cov.max() > 0, 'distributed' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["64", "True", "False"]

@@ -38,6 +38,12 @@ def _axis_cells(
     return cell, w0, w1
 
 
+def _whole(cell: np.ndarray, w0: np.ndarray, w1: np.ndarray, n_out: int, length: float) -> Any:
+    """Voxels wholly inside one cell of the box (their full ``length`` in cell ``cell``)."""
+    inside = (cell >= 0) & (cell < n_out) & (w1 == 0)
+    return inside & np.isclose(w0, length, rtol=1e-12, atol=0)
+
+
 def _x_runs(
     cell: np.ndarray, w0: np.ndarray, w1: np.ndarray, length: float
 ) -> tuple[np.ndarray, ...]:
@@ -58,10 +64,45 @@ def _x_runs(
             np.nonzero(~whole)[0].astype(np.int64))  # fmt: skip
 
 
+@nb.njit(
+    inline="always", nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "contract"}
+)
+def _x_pass(
+    row: Any, cx: Any, x0: Any, x1: Any, starts: Any, stops: Any, run_cell: Any, special: Any,
+    length: float, acc: Any,
+) -> None:  # fmt: skip
+    """``acc[c + 1]`` = the x row's sum into cell ``c`` (cells -1 .. n_x: edge parts off the box).
+
+    Integer segment sums over the runs of whole voxels (exact in any order), times ``length``;
+    then the ``special`` voxels by their own two lengths.
+    """
+    acc[:] = 0.0
+    for r in range(starts.shape[0]):
+        tot = 0
+        for i in range(starts[r], stops[r]):
+            tot += row[i]
+        acc[run_cell[r] + 1] += tot * length
+    for m in range(special.shape[0]):
+        i = special[m]
+        v = float(row[i])
+        c = cx[i] + 1
+        acc[c] += v * x0[i]
+        acc[c + 1] += v * x1[i]
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _add_row(dst: Any, cov: Any, w: float, acc: Any, ones: Any) -> None:
+    # same operations in the same order: a full voxel's fraction is 1.0
+    for c in range(dst.shape[0]):
+        dst[c] += w * acc[c + 1]
+        cov[c] += w * ones[c + 1]
+
+
 @nb.njit(nogil=True, cache=True, boundscheck=False, fastmath={"reassoc", "contract"})
 def _separable_kernel(
     values: Any, cz: Any, z0: Any, z1: Any, cy: Any, y0: Any, y1: Any, cx: Any, x0: Any, x1: Any,
-    starts: Any, stops: Any, run_cell: Any, special: Any, length: float, out: Any,
+    starts: Any, stops: Any, run_cell: Any, special: Any, length: float, whole_z: Any,
+    whole_y: Any, w_whole: float, grp: Any, out: Any,
 ) -> None:  # fmt: skip
     """Add ``sum_kji wz[k, Z] wy[j, Y] wx[i, X] values[k, j, i]`` to ``out[0, Z, Y, X]``.
 
@@ -69,9 +110,15 @@ def _separable_kernel(
 
     x: integer sums over runs of whole voxels (``starts``/``stops``/``run_cell``, each voxel
     ``length`` long) plus the ``special`` voxels by their own lengths (``x0``, ``x1``).
+
+    Rows whole in one MRI cell in z and y (``whole_z[k]`` and ``whole_y[j]``: most of them) weigh
+    ``w_whole`` each: with integer
+    values and a ``grp`` of shape ``(n_z, n_y, values.shape[2])``, they are first added up per
+    cell as integers (one vectorised add a voxel) and the x sums done once per cell; a ``grp``
+    of size 0 does every row on its own.
     """
     n_z, n_y, n_x = out.shape[1:]
-    acc = np.zeros(n_x + 2)  # cells -1 .. n_x: the edge voxels' outside parts land off the box
+    acc = np.zeros(n_x + 2)
     ones = np.zeros(n_x + 2)  # the same row sums for a row of ones: the volume (coverage)
     for r in range(starts.shape[0]):
         ones[run_cell[r] + 1] += float(stops[r] - starts[r]) * length
@@ -79,21 +126,19 @@ def _separable_kernel(
         i = special[m]
         ones[cx[i] + 1] += x0[i]
         ones[cx[i] + 2] += x1[i]
+    grouped = grp.size > 0
+    n_rows = np.zeros((n_z, n_y), np.int64)
     for k in range(values.shape[0]):
+        in_z = grouped and whole_z[k]
         for j in range(values.shape[1]):
-            acc[:] = 0.0
             row = values[k, j]
-            for r in range(starts.shape[0]):
-                tot = 0.0
-                for i in range(starts[r], stops[r]):
-                    tot += row[i]
-                acc[run_cell[r] + 1] += tot * length
-            for m in range(special.shape[0]):
-                i = special[m]
-                v = float(row[i])
-                c = cx[i] + 1
-                acc[c] += v * x0[i]
-                acc[c + 1] += v * x1[i]
+            if in_z and whole_y[j]:
+                g = grp[cz[k], cy[j]]
+                for i in range(row.shape[0]):
+                    g[i] += row[i]
+                n_rows[cz[k], cy[j]] += 1
+                continue
+            _x_pass(row, cx, x0, x1, starts, stops, run_cell, special, length, acc)
             for dz in range(2):
                 zc = cz[k] + dz
                 wz = z0[k] if dz == 0 else z1[k]
@@ -104,11 +149,31 @@ def _separable_kernel(
                     w = wz * (y0[j] if dy == 0 else y1[j])
                     if w == 0.0 or yc < 0 or yc >= n_y:
                         continue
-                    dst, cov = out[0, zc, yc], out[1, zc, yc]
-                    for c in range(n_x):
-                        # same operations in the same order: a full voxel's fraction is 1.0
-                        dst[c] += w * acc[c + 1]
-                        cov[c] += w * ones[c + 1]
+                    _add_row(out[0, zc, yc], out[1, zc, yc], w, acc, ones)
+    if not grouped:
+        return
+    count = np.empty(values.shape[2], np.int64)
+    ones_n = np.zeros(n_x + 2)
+    for zc in range(n_z):
+        for yc in range(n_y):
+            n = n_rows[zc, yc]
+            if n == 0:
+                continue
+            _x_pass(grp[zc, yc], cx, x0, x1, starts, stops, run_cell, special, length, acc)
+            count[:] = n  # the volume of those n rows: the same sums over a row of n
+            _x_pass(count, cx, x0, x1, starts, stops, run_cell, special, length, ones_n)
+            _add_row(out[0, zc, yc], out[1, zc, yc], w_whole, acc, ones_n)
+
+
+def _touched(
+    scale: float, offset: float, k_lo: int, k_hi: int, i_lo: int, i_hi: int
+) -> tuple[int, int]:
+    """The MRI voxels ``[first, last)`` that microscopy voxels ``k_lo .. k_hi - 1`` touch.
+
+    Clipped to ``[i_lo, i_hi)``: the rows of :func:`_overlap_matrix`.
+    """
+    ends = scale * (np.array([k_lo, k_hi - 1]) + np.array([[-0.5], [0.5]])) + offset
+    return max(int(np.floor(ends.min())), i_lo), min(int(np.ceil(ends.max())), i_hi)
 
 
 def _overlap_matrix(
@@ -125,8 +190,7 @@ def _overlap_matrix(
     a = scale * (k - 0.5) + offset
     b = scale * (k + 0.5) + offset
     left, right = np.minimum(a, b), np.maximum(a, b)
-    first = max(int(np.floor(left.min())), i_lo)
-    last = min(int(np.ceil(right.max())), i_hi)
+    first, last = _touched(scale, offset, k_lo, k_hi, i_lo, i_hi)
     if last <= first:
         return sparse.csr_matrix((0, len(k))), first
     rows, cols, vals = [], [], []
@@ -197,19 +261,14 @@ def separable_block(
     """
     out = np.zeros((2, *bbox_shape))
     nz, ny, nx = values.shape
-    ws, firsts = [], []
-    for a in range(3):
-        w, first = _overlap_matrix(
-            diagonal[0, a],
-            diagonal[1, a],
-            lo[a],
-            lo[a] + values.shape[a],
-            int(bbox_lo[a]),
-            int(bbox_lo[a]) + bbox_shape[a],
-        )
-        ws.append(w)
-        firsts.append(first)
-    n_z, n_y, n_x = (w.shape[0] for w in ws)
+    spans = [
+        (diagonal[0, a], diagonal[1, a], lo[a], lo[a] + values.shape[a], int(bbox_lo[a]),
+         int(bbox_lo[a]) + bbox_shape[a])
+        for a in range(3)
+    ]  # fmt: skip
+    touched = [_touched(*span) for span in spans]
+    firsts = [f for f, _ in touched]
+    n_z, n_y, n_x = (max(b - f, 0) for f, b in touched)
     if min(n_z, n_y, n_x) == 0:
         return out
     rel = [f - int(b) for f, b in zip(firsts, bbox_lo, strict=True)]
@@ -223,10 +282,17 @@ def separable_block(
         s = np.zeros((2, n_z, n_y, n_x))
         vals = values.view(np.uint8) if values.dtype == np.bool_ else values
         length = abs(float(diagonal[0, 2]))
+        w_whole = abs(float(diagonal[0, 0])) * abs(float(diagonal[0, 1]))
+        # integer voxels of at most 16 bits are added up per MRI row in int32 first
+        small_int = vals.dtype.kind in "ui" and vals.dtype.itemsize <= 2
+        grp = np.zeros((n_z, n_y, nx) if small_int else (0, 0, 0), dtype=np.int32)
         kernel: Any = _separable_kernel
-        kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, s)
+        whole = [_whole(*c, n, abs(float(diagonal[0, a]))) for a, (c, n) in
+                 enumerate(zip((cz, cy), (n_z, n_y), strict=True))]  # fmt: skip
+        kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, *whole, w_whole, grp, s)
         out[(slice(None), *sl)] = s
         return out
+    ws = [_overlap_matrix(*span)[0] for span in spans]
     out[1][sl] = np.einsum(
         "i,j,k->ijk",
         np.asarray(ws[0].sum(axis=1)).ravel(),

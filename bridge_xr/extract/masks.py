@@ -10,6 +10,7 @@ import dask.array as da
 import numpy as np
 
 from bridge_xr._constants import SCANNER_RAS
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
@@ -208,8 +209,8 @@ def analysis_mask(
         if not path:
             continue
         ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method)
-        cov = ds["coverage"].data.rechunk(ref.data.chunks)
-        frac = ds["fraction"].data.rechunk(ref.data.chunks)
+        cov = ds["coverage"].data.rechunk(ref.data.chunks, method=rechunk_method())
+        frac = ds["fraction"].data.rechunk(ref.data.chunks, method=rechunk_method())
         keep &= cov >= min_coverage
         if path == vessels:
             keep &= da.where(da.isnan(frac), 1.0, frac) <= vessel_max
@@ -217,7 +218,7 @@ def analysis_mask(
             glioma |= da.where(da.isnan(frac), 0.0, frac) > 0
     for art in artefacts:
         ds = density(st, microscopy=art, mri=mri, threshold=0.0, method=method)
-        art_frac = ds["fraction"].data.rechunk(ref.data.chunks)
+        art_frac = ds["fraction"].data.rechunk(ref.data.chunks, method=rechunk_method())
         keep &= ~(da.where(da.isnan(art_frac), 0.0, art_frac) > 0)
     labels = da.where(keep, da.where(glioma, GLIOMA, NAGM), 0).astype(np.uint8)
     labels = labels.persist()

@@ -18,7 +18,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from bridge_xr._dask import scheduler
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
@@ -124,8 +124,8 @@ def region_densities(
         raise InvalidInputError(f"region labels {regions!r} hold no label > 0")
     n = max(ids) + 1
     chunks = lab.data.chunks
-    frac = ds["fraction"].data.rechunk(chunks)
-    cov = ds["coverage"].data.rechunk(chunks)
+    frac = ds["fraction"].data.rechunk(chunks, method=rechunk_method())
+    cov = ds["coverage"].data.rechunk(chunks, method=rechunk_method())
     parts = [dask.delayed(_block_sums)(a, b, c, n) for a, b, c in zip(
         lab.data.to_delayed().ravel(), frac.to_delayed().ravel(), cov.to_delayed().ravel(),
         strict=True)]  # fmt: skip

@@ -25,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from bridge_xr._constants import SCANNER_RAS
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
@@ -157,7 +158,7 @@ def extract_table(
         zimg = read_image(st, mri_z)
         if tuple(zimg.shape) != tuple(ref.shape):
             raise InvalidInputError(f"{mri_z!r} is not on the grid of {mri!r}")
-        columns["mri_z"] = zimg.data.astype(np.float64).rechunk(chunks)
+        columns["mri_z"] = zimg.data.astype(np.float64).rechunk(chunks, method=rechunk_method())
     elif reference_mask:
         sel = _mask_values(
             st, reference_mask, mri, NAGM if _is_analysis(st, reference_mask) else None
@@ -178,12 +179,12 @@ def extract_table(
         thr = thresholds.get(ch, thresholds.get("*"))
         ds = density(st, microscopy=path, mri=mri, threshold=thr, method=method,
                      channel=channel or None)  # fmt: skip
-        columns[f"fraction_{ch}"] = ds["fraction"].data.rechunk(chunks)
-        columns[f"coverage_{ch}"] = ds["coverage"].data.rechunk(chunks)
+        columns[f"fraction_{ch}"] = ds["fraction"].data.rechunk(chunks, method=rechunk_method())
+        columns[f"coverage_{ch}"] = ds["coverage"].data.rechunk(chunks, method=rechunk_method())
     keep = da.ones(ref.shape, dtype=bool, chunks=chunks)
     label = None
     if mask:
-        label = _mask_on_grid(st, mask, mri).rechunk(chunks)
+        label = _mask_on_grid(st, mask, mri).rechunk(chunks, method=rechunk_method())
         keep = label > 0
     meta_img = read_subject(st).images.get(mri)
     fixed = {

@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from bridge_xr._dask import scheduler
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._plan import LevelPlan
 
@@ -98,7 +98,8 @@ def _downsample(
     trimmed = arr[tuple(slice(0, (n // s) * s) for n, s in zip(arr.shape, steps, strict=True))]
     if any(c % s for cs, s in zip(trimmed.chunks, steps, strict=True) for c in cs):
         trimmed = trimmed.rechunk(
-            tuple(max(s, (cs[0] // s) * s) for cs, s in zip(trimmed.chunks, steps, strict=True))
+            tuple(max(s, (cs[0] // s) * s) for cs, s in zip(trimmed.chunks, steps, strict=True)),
+            method=rechunk_method(),
         )
     out_chunks = tuple(
         tuple(c // s for c in cs) for cs, s in zip(trimmed.chunks, steps, strict=True)
@@ -119,7 +120,7 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array[Any], *, compute: bool
     if arr.shape != target.shape:
         msg = f"array shape {arr.shape} does not match target {target.shape}"
         raise InvalidInputError(msg)
-    aligned = arr.rechunk(tuple(grid))
+    aligned = arr.rechunk(tuple(grid), method=rechunk_method())
     return da.store(aligned, target, lock=False, compute=compute, scheduler=scheduler())  # type: ignore[arg-type]
 
 
@@ -144,7 +145,7 @@ def write_fused_levels(
     of every fused level, so the source is read once and no shard is shared between tasks.
     """
     grid = targets[0].shards or targets[0].chunks
-    aligned = data.rechunk(tuple(grid))
+    aligned = data.rechunk(tuple(grid), method=rechunk_method())
 
     def write_shard_pyramid(
         block: np.ndarray[Any, Any], block_info: Any = None

@@ -11,6 +11,7 @@ import numpy as np
 import zarr
 
 from bridge_xr._constants import SCANNER_RAS
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info
@@ -147,7 +148,7 @@ def export_ome_zarr_05(
                 fill_value=0,
                 overwrite=True,
             )
-            da.store(arr.rechunk(target.chunks), target, lock=False)  # type: ignore[arg-type]
+            da.store(arr.rechunk(target.chunks, method=rechunk_method()), target, lock=False)  # type: ignore[arg-type]
             datasets.append(
                 {
                     "path": lp,

@@ -26,6 +26,8 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
+from bridge_xr._dask import rechunk_method
+
 
 def _halo(reach_um: float, spacing: Sequence[float]) -> tuple[int, ...]:
     return tuple(int(np.ceil(reach_um / s)) + 1 for s in spacing)
@@ -36,7 +38,7 @@ def _with_halo(arr: da.Array, depth: tuple[int, ...]) -> tuple[da.Array, tuple[i
     chunks = []
     for n, c, d in zip(arr.shape, arr.chunksize, depth, strict=True):
         chunks.append(n if c >= n or d >= n else max(c, d))
-    arr = arr.rechunk(tuple(chunks))
+    arr = arr.rechunk(tuple(chunks), method=rechunk_method())
     depth = tuple(0 if len(c) == 1 else d for c, d in zip(arr.chunks, depth, strict=True))
     return arr, depth
 

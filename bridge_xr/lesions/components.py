@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
+from bridge_xr._dask import rechunk_method
+
 
 class _UnionFind:
     def __init__(self) -> None:
@@ -87,7 +89,7 @@ def component_table(
     if mask.ndim != 3:
         raise ValueError(f"component_table takes a 3-D mask; got {mask.ndim}-D")
     named = dict(values or {})
-    chans = [v.rechunk(mask.chunks) for v in named.values()]
+    chans = [v.rechunk(mask.chunks, method=rechunk_method()) for v in named.values()]
     blocks = list(np.ndindex(*mask.numblocks))
     starts = [np.cumsum((0, *c[:-1])) for c in mask.chunks]
     # labels are numbered block by block; a block holds at most half its voxels as components

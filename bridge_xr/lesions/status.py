@@ -28,6 +28,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike
 
@@ -92,7 +93,7 @@ def roi_mri(
         raise InvalidInputError(f"positive_fraction must lie in (0, 1]; got {positive_fraction}")
     sampled = resample(where, moving=mri, onto=grid, order=1, nan_outside=True, via=via,
                        chunks=tuple(int(c[0]) for c in labels.chunks))  # fmt: skip
-    values = sampled.data.rechunk(labels.chunks)
+    values = sampled.data.rechunk(labels.chunks, method=rechunk_method())
     n = max(rois) + 1
     parts = [
         dask.delayed(_block_sums)(lb, vb, positive_below, n)

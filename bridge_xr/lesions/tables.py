@@ -10,6 +10,7 @@ from typing import Any
 import dask.array as da
 import pandas as pd
 
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -113,7 +114,7 @@ def lesion_tables(
                     f"ROI labels {roi_labels!r} have shape {tuple(lab.shape)} but {image!r} has "
                     f"{tuple(img.shape)}; draw them on that image's grid"
                 )
-            labels = lab.data.rechunk(mask.chunks)
+            labels = lab.data.rechunk(mask.chunks, method=rechunk_method())
         elif rois is not None:
             labels = polygon_labels(rois, img, chunks=mask.chunks)
         if labels is not None:

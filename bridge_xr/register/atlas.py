@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, resolve_store
 from bridge_xr.io.read import read_image
@@ -413,7 +414,9 @@ def atlas_image(
             vox = c.reshape(3, -1).T.astype(np.float64) / vox_um
             return _regions(ann, vox).reshape(c.shape[1:]).astype(np.int32)
 
-        labels = um.rechunk({0: 3}).map_blocks(regions, drop_axis=0, dtype=np.int32)
+        labels = um.rechunk({0: 3}, method=rechunk_method()).map_blocks(
+            regions, drop_axis=0, dtype=np.int32
+        )
         lab = make_image(labels, dims="zyx", **kw)
         add_image(store, lab, ImageMetadata(path=f"{image_out}_region", modality="labels",
                   kind="labels", provenance=prov), overwrite=overwrite, levels=1, method="mode",

@@ -36,6 +36,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -92,7 +93,7 @@ def roi_means(where: StoreLike, *, images: Sequence[str], roi_labels: str) -> pd
                 f"{image!r} has shape {tuple(img.shape)} but ROI labels {roi_labels!r} have "
                 f"{tuple(lab.shape)}; resample it onto their grid first (bridge resample)"
             )
-        values = img.data.rechunk(lab.data.chunks)
+        values = img.data.rechunk(lab.data.chunks, method=rechunk_method())
         parts = [dask.delayed(_sums)(lb, vb, n) for lb, vb in
                  zip(lab.data.to_delayed().ravel(), values.to_delayed().ravel(), strict=True)]  # fmt: skip
         count, total, sq = np.sum(dask.compute(*parts), axis=0)
@@ -168,7 +169,7 @@ def pse(
         from bridge_xr.extract.masks import write_on_grid_of
 
         p = a.data.astype(np.float32)
-        q = b.data.rechunk(a.data.chunks).astype(np.float32)
+        q = b.data.rechunk(a.data.chunks, method=rechunk_method()).astype(np.float32)
         pos = p > 0
         m = da.where(pos, (q - p) / da.where(pos, p, 1) * 100, np.nan).astype(np.float32)
         write_on_grid_of(store, pre, m, image_out, operation="pse", overwrite=overwrite,

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
+from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -166,7 +167,7 @@ def relax(
     data = read_image(store, echoes).data
     ny, nx = data.shape[2:]
     rows = max(1, min(ny, _BLOCK_VOXELS // max(nx, 1)))  # bounded blocks: memory flat in size
-    data = data.rechunk({0: -1, 1: 1, 2: rows, 3: -1})
+    data = data.rechunk({0: -1, 1: 1, 2: rows, 3: -1}, method=rechunk_method())
     m = None
     if mask is not None:
         m = read_image(store, mask).data
@@ -174,7 +175,7 @@ def relax(
             raise InvalidInputError(
                 f"mask {mask!r} has shape {tuple(m.shape)}; {echoes!r} has {tuple(data.shape[1:])}"
             )
-        m = (m > 0).rechunk(data.chunks[1:])
+        m = (m > 0).rechunk(data.chunks[1:], method=rechunk_method())
     chunks = ((3,), *data.chunks[1:])
     args = (data,) if m is None else (data, m)
 

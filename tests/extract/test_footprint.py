@@ -252,6 +252,27 @@ def test_compiled_separable_sums_equal_the_sparse_products(dtype, monkeypatch) -
     np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_compiled_separable_full_cells_are_exactly_one(dtype) -> None:
+    """Rows summed per MRI cell first (integer voxels) or one by one (float): a cell the mask
+    fills has fraction 1.0 exactly, and partly covered edge cells too."""
+    from bridge_xr.extract import _separable
+
+    diagonal = np.array([[0.12, 0.047, 0.047], [9.3, 1.71, -0.62]])
+    values = np.ones((40, 200, 210), dtype=dtype)
+    out = _separable.separable_block(values, diagonal, (3, 5, 2), np.array([9, 1, -1]), (6, 12, 12))
+    covered = out[1] > 0
+    assert covered.sum() > 100
+    assert (out[1] == 0).any()
+    np.testing.assert_array_equal(out[0][covered] / out[1][covered], 1.0)
+    values[::3, ::2] = 0  # and the integer path sums what the sparse products do
+    got = _separable.separable_block(values, diagonal, (3, 5, 2), np.array([9, 1, -1]), (6, 12, 12))
+    ref = _separable.separable_block(
+        values.astype(np.float64), diagonal, (3, 5, 2), np.array([9, 1, -1]), (6, 12, 12)
+    )
+    np.testing.assert_allclose(got, ref, rtol=1e-12)
+
+
 def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block, general_block_nodes
 
