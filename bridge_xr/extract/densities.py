@@ -193,10 +193,11 @@ def footprint_sums(
     if any(str(d) not in ("z", "y", "x") for d in mic.dims):
         raise InvalidInputError(f"{microscopy!r} has dims {mic.dims}; expected (c,) z, y, x")
     kind = mic.attrs.get("bridge_xr", {}).get("kind", "image")
+    # a binary mask in one byte a voxel: a quarter of float32's memory, and summed as integers
     if threshold is not None:
-        data = (data > threshold).astype(np.float32)
+        data = (data > threshold).astype(np.uint8)
     elif kind == "labels":
-        data = (data > 0).astype(np.float32)
+        data = (data > 0).astype(np.uint8)
     # blocks: the read units for the (cheap) separable path; the general path, whose memory is
     # ~1 kB per voxel, splits them along y then z down to about block_voxels
     if fp.diagonal is None:
