@@ -6,7 +6,8 @@ holds the GIL; these kernels compute each voxel's position where it is needed (f
 or from a TPS's exact coarse nodes by separable trilinear interpolation), sample the moving
 sub-volume in its own dtype (nearest or trilinear, edge values replicated like scipy's
 ``mode="nearest"``), round and clip to the output type and write the voxel, with only one
-row's positions held at a time and without the GIL (dask's threads run them in parallel).
+row's flat indices and fractions held at a time and without the GIL (dask's threads run them in
+parallel).
 
 Conventions, shared with :mod:`bridge_xr.resampling.sampler`: positions are voxel indices of
 ``sub`` (the moving region read for the block); ``params`` (11,) float64 = lower z, y, x, upper
@@ -119,20 +120,54 @@ def _strides(sub: Any) -> tuple[Any, Any]:
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
-def _locate_row(
-    pz: Any, py: Any, px: Any, b: Any, s0: Any, s1: Any, idx: Any, fz: Any, fy: Any, fx: Any,
-    edge: Any,
-) -> int:  # fmt: skip
-    """Each voxel's flat index below its position and its fractions; returns the edge count.
+def _node_position(row: Any, m: int, w: float) -> tuple[float, float, float]:
+    """The position between nodes ``m`` and ``m + 1`` of a (3, n) row of nodes, at ``w``."""
+    return (
+        row[0, m] + (row[0, m + 1] - row[0, m]) * w,
+        row[1, m] + (row[1, m + 1] - row[1, m]) * w,
+        row[2, m] + (row[2, m + 1] - row[2, m]) * w,
+    )
 
-    Edge (``edge[i]``): not all 8 neighbours lie inside ``sub``, or a NaN position. Such a
-    voxel gets the safe neighbourhood of voxel 0 (the gather loop reads it unconditionally)
-    and is redone by :func:`_sample`. Positions inside are >= 0, so ``int`` is the floor.
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _locate_affine(
+    bz: float, by: float, bx: float, dz: float, dy: float, dx: float, b: Any, s0: Any, s1: Any,
+    idx: Any, fz: Any, fy: Any, fx: Any, edge: Any,
+) -> int:  # fmt: skip
+    """Flat index below ``(bz, by, bx) + i (dz, dy, dx)`` and fractions for every ``i``.
+
+    Returns the number of edge voxels: not all 8 neighbours inside ``sub``, or a NaN position.
+    Such a voxel gets the safe neighbourhood of voxel 0 (the gather loop reads it
+    unconditionally) and is redone by :func:`_sample`. Positions inside are >= 0, so ``int`` is
+    the floor. Positions are computed here, not written to a row and read back.
     """
     top_z, top_y, top_x = b[6] - 2.0, b[7] - 2.0, b[8] - 2.0
     n_edge = 0
-    for i in range(pz.shape[0]):
-        z, y, x = pz[i], py[i], px[i]
+    for i in range(idx.shape[0]):
+        z, y, x = bz + dz * i, by + dy * i, bx + dx * i
+        inside = 0.0 <= z <= top_z and 0.0 <= y <= top_y and 0.0 <= x <= top_x
+        edge[i] = not inside
+        n_edge += not inside
+        if not inside:
+            z, y, x = 0.0, 0.0, 0.0
+        k0, j0, i0 = int(z), int(y), int(x)
+        fz[i] = z - k0
+        fy[i] = y - j0
+        fx[i] = x - i0
+        idx[i] = np.uint64(k0) * s0 + np.uint64(j0) * s1 + np.uint64(i0)
+    return n_edge
+
+
+@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
+def _locate_nodes(
+    row: Any, cx: Any, tx: Any, b: Any, s0: Any, s1: Any, idx: Any, fz: Any, fy: Any, fx: Any,
+    edge: Any,
+) -> int:  # fmt: skip
+    """Like :func:`_locate_affine`, at the positions :func:`_node_position` interpolates."""
+    top_z, top_y, top_x = b[6] - 2.0, b[7] - 2.0, b[8] - 2.0
+    n_edge = 0
+    for i in range(idx.shape[0]):
+        z, y, x = _node_position(row, cx[i], tx[i])
         inside = 0.0 <= z <= top_z and 0.0 <= y <= top_y and 0.0 <= x <= top_x
         edge[i] = not inside
         n_edge += not inside
@@ -168,28 +203,6 @@ def _gather_row(
         row[i] = _to_output(v, b)
 
 
-@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
-def _sample_row(
-    sub: Any, flat: Any, pz: Any, py: Any, px: Any, row: Any, lin: bool, s0: Any, s1: Any,
-    idx: Any, fz: Any, fy: Any, fx: Any, edge: Any, b: Any,
-) -> None:  # fmt: skip
-    """``row[i]`` = ``sub`` at ``(pz[i], py[i], px[i])``.
-
-    Order 1 (``lin``) in three passes: flat indices and fractions, every voxel's gathers as
-    if inside, then the few voxels at the edge of ``sub`` again, bounds-checked.
-    """
-    if not lin:
-        for i in range(row.shape[0]):
-            row[i] = _sample(sub, pz[i], py[i], px[i], b)
-        return
-    n_edge = _locate_row(pz, py, px, b, s0, s1, idx, fz, fy, fx, edge)
-    _gather_row(flat, idx, fz, fy, fx, row, s0, s1, b)
-    if n_edge:
-        for i in range(row.shape[0]):
-            if edge[i]:
-                row[i] = _sample(sub, pz[i], py[i], px[i], b)
-
-
 @njit_noalias(nogil=True, cache=True, boundscheck=False)
 def sample_affine(
     sub: Any,
@@ -199,9 +212,10 @@ def sample_affine(
 ) -> None:
     """``out[k, j, i]`` = ``sub`` at ``h @ (k, j, i, 1)`` (h: 3x4, output index -> sub index).
 
-    Order 1 in three passes a row: positions, then every voxel's gathers as if inside, then
-    the few voxels at the edge of ``sub`` again with the bounds-checked sampler. ``sub`` must
-    be C-contiguous, and no two arguments may share memory (``noalias``).
+    Order 1 in three passes a row: each voxel's position, flat index and fractions, then
+    every voxel's gathers as if inside, then the few voxels at the edge of ``sub`` again with
+    the bounds-checked sampler. ``sub`` must be C-contiguous, and no two arguments may share
+    memory (``noalias``).
     """
     b = _scalars(sub, params)
     dz, dy, dx = h[0, 2], h[1, 2], h[2, 2]
@@ -209,7 +223,6 @@ def sample_affine(
     flat = sub.ravel()
     s0, s1 = _strides(sub)
     lin = b[9] == 1 and b[6] >= 2 and b[7] >= 2 and b[8] >= 2
-    pz, py, px = np.empty(n), np.empty(n), np.empty(n)
     idx = np.empty(n, np.uint64)
     fz, fy, fx = np.empty(n), np.empty(n), np.empty(n)
     edge = np.empty(n, np.bool_)
@@ -218,11 +231,17 @@ def sample_affine(
             bz = h[0, 0] * k + h[0, 1] * j + h[0, 3]
             by = h[1, 0] * k + h[1, 1] * j + h[1, 3]
             bx = h[2, 0] * k + h[2, 1] * j + h[2, 3]
-            for i in range(n):
-                pz[i] = bz + dz * i
-                py[i] = by + dy * i
-                px[i] = bx + dx * i
-            _sample_row(sub, flat, pz, py, px, out[k, j], lin, s0, s1, idx, fz, fy, fx, edge, b)
+            row = out[k, j]
+            if not lin:
+                for i in range(n):
+                    row[i] = _sample(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
+                continue
+            n_edge = _locate_affine(bz, by, bx, dz, dy, dx, b, s0, s1, idx, fz, fy, fx, edge)
+            _gather_row(flat, idx, fz, fy, fx, row, s0, s1, b)
+            if n_edge:
+                for i in range(n):
+                    if edge[i]:
+                        row[i] = _sample(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
 
 
 @njit_noalias(nogil=True, cache=True, boundscheck=False)
@@ -251,7 +270,6 @@ def sample_nodes(
     flat = sub.ravel()
     s0, s1 = _strides(sub)
     row = np.empty((3, n_x))
-    pz, py, px = np.empty(n_i), np.empty(n_i), np.empty(n_i)
     idx = np.empty(n_i, np.uint64)
     fz, fy, fx = np.empty(n_i), np.empty(n_i), np.empty(n_i)
     edge = np.empty(n_i, np.bool_)
@@ -266,12 +284,19 @@ def sample_nodes(
                     ) + wa * (
                         (1.0 - wb) * nodes[c, a + 1, c_y, m] + wb * nodes[c, a + 1, c_y + 1, m]
                     )
-            for i in range(n_i):  # positions first (vectorised), then the gather
-                m, w = cx[i], tx[i]
-                pz[i] = row[0, m] + (row[0, m + 1] - row[0, m]) * w
-                py[i] = row[1, m] + (row[1, m + 1] - row[1, m]) * w
-                px[i] = row[2, m] + (row[2, m + 1] - row[2, m]) * w
-            _sample_row(sub, flat, pz, py, px, out[k, j], lin, s0, s1, idx, fz, fy, fx, edge, b)
+            dst = out[k, j]
+            if not lin:
+                for i in range(n_i):
+                    z, y, x = _node_position(row, cx[i], tx[i])
+                    dst[i] = _sample(sub, z, y, x, b)
+                continue
+            n_edge = _locate_nodes(row, cx, tx, b, s0, s1, idx, fz, fy, fx, edge)
+            _gather_row(flat, idx, fz, fy, fx, dst, s0, s1, b)
+            if n_edge:
+                for i in range(n_i):
+                    if edge[i]:
+                        z, y, x = _node_position(row, cx[i], tx[i])
+                        dst[i] = _sample(sub, z, y, x, b)
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
