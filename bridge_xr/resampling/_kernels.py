@@ -6,8 +6,7 @@ holds the GIL; these kernels compute each voxel's position where it is needed (f
 or from a TPS's exact coarse nodes by separable trilinear interpolation), sample the moving
 sub-volume in its own dtype (nearest or trilinear, edge values replicated like scipy's
 ``mode="nearest"``), round and clip to the output type and write the voxel, with only one
-row's flat indices and fractions held at a time and without the GIL (dask's threads run them in
-parallel).
+row's positions held at a time and without the GIL (dask's threads run them in parallel).
 
 Conventions, shared with :mod:`bridge_xr.resampling.sampler`: positions are voxel indices of
 ``sub`` (the moving region read for the block); ``params`` (11,) float64 = lower z, y, x, upper
@@ -130,44 +129,28 @@ def _node_position(row: Any, m: int, w: float) -> tuple[float, float, float]:
 
 
 @nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
-def _locate_affine(
-    bz: float, by: float, bx: float, dz: float, dy: float, dx: float, b: Any, s0: Any, s1: Any,
+def _locate_row(
+    affine: bool, base: Any, step: Any, pz: Any, py: Any, px: Any, b: Any, s0: Any, s1: Any,
     idx: Any, fz: Any, fy: Any, fx: Any, edge: Any,
 ) -> int:  # fmt: skip
-    """Flat index below ``(bz, by, bx) + i (dz, dy, dx)`` and fractions for every ``i``.
+    """Flat index below each voxel's position and its fractions; returns the edge count.
 
-    Returns the number of edge voxels: not all 8 neighbours inside ``sub``, or a NaN position.
-    Such a voxel gets the safe neighbourhood of voxel 0 (the gather loop reads it
-    unconditionally) and is redone by :func:`_sample`. Positions inside are >= 0, so ``int`` is
-    the floor. Positions are computed here, not written to a row and read back.
+    Positions: ``base + i * step`` (``affine``: computed here, not written to a row and read
+    back, 0.5-1.5 ns a voxel less), else ``(pz[i], py[i], px[i])`` (a TPS row's positions,
+    interpolated from its nodes in a loop of their own, which vectorises: 2 ns a voxel less).
+    Edge: not all 8 neighbours inside ``sub``, or a NaN position. Such a voxel gets the safe
+    neighbourhood of voxel 0 (the gather loop reads it unconditionally) and is redone by
+    :func:`_sample`. Positions inside are >= 0, so ``int`` is the floor.
     """
     top_z, top_y, top_x = b[6] - 2.0, b[7] - 2.0, b[8] - 2.0
+    bz, by, bx = base
+    dz, dy, dx = step
     n_edge = 0
     for i in range(idx.shape[0]):
-        z, y, x = bz + dz * i, by + dy * i, bx + dx * i
-        inside = 0.0 <= z <= top_z and 0.0 <= y <= top_y and 0.0 <= x <= top_x
-        edge[i] = not inside
-        n_edge += not inside
-        if not inside:
-            z, y, x = 0.0, 0.0, 0.0
-        k0, j0, i0 = int(z), int(y), int(x)
-        fz[i] = z - k0
-        fy[i] = y - j0
-        fx[i] = x - i0
-        idx[i] = np.uint64(k0) * s0 + np.uint64(j0) * s1 + np.uint64(i0)
-    return n_edge
-
-
-@nb.njit(inline="always", nogil=True, cache=True, boundscheck=False)
-def _locate_nodes(
-    row: Any, cx: Any, tx: Any, b: Any, s0: Any, s1: Any, idx: Any, fz: Any, fy: Any, fx: Any,
-    edge: Any,
-) -> int:  # fmt: skip
-    """Like :func:`_locate_affine`, at the positions :func:`_node_position` interpolates."""
-    top_z, top_y, top_x = b[6] - 2.0, b[7] - 2.0, b[8] - 2.0
-    n_edge = 0
-    for i in range(idx.shape[0]):
-        z, y, x = _node_position(row, cx[i], tx[i])
+        if affine:
+            z, y, x = bz + dz * i, by + dy * i, bx + dx * i
+        else:
+            z, y, x = pz[i], py[i], px[i]
         inside = 0.0 <= z <= top_z and 0.0 <= y <= top_y and 0.0 <= x <= top_x
         edge[i] = not inside
         n_edge += not inside
@@ -219,6 +202,7 @@ def sample_affine(
     """
     b = _scalars(sub, params)
     dz, dy, dx = h[0, 2], h[1, 2], h[2, 2]
+    no_p = np.zeros(1)  # positions are computed, not read
     n = out.shape[2]
     flat = sub.ravel()
     s0, s1 = _strides(sub)
@@ -236,7 +220,8 @@ def sample_affine(
                 for i in range(n):
                     row[i] = _sample(sub, bz + dz * i, by + dy * i, bx + dx * i, b)
                 continue
-            n_edge = _locate_affine(bz, by, bx, dz, dy, dx, b, s0, s1, idx, fz, fy, fx, edge)
+            n_edge = _locate_row(True, (bz, by, bx), (dz, dy, dx), no_p, no_p, no_p, b, s0, s1,
+                                 idx, fz, fy, fx, edge)  # fmt: skip
             _gather_row(flat, idx, fz, fy, fx, row, s0, s1, b)
             if n_edge:
                 for i in range(n):
@@ -270,6 +255,8 @@ def sample_nodes(
     flat = sub.ravel()
     s0, s1 = _strides(sub)
     row = np.empty((3, n_x))
+    zero = (0.0, 0.0, 0.0)  # no affine base or step
+    pz, py, px = np.empty(n_i), np.empty(n_i), np.empty(n_i)
     idx = np.empty(n_i, np.uint64)
     fz, fy, fx = np.empty(n_i), np.empty(n_i), np.empty(n_i)
     edge = np.empty(n_i, np.bool_)
@@ -285,18 +272,18 @@ def sample_nodes(
                         (1.0 - wb) * nodes[c, a + 1, c_y, m] + wb * nodes[c, a + 1, c_y + 1, m]
                     )
             dst = out[k, j]
+            for i in range(n_i):  # positions first, in a loop of their own (it vectorises)
+                pz[i], py[i], px[i] = _node_position(row, cx[i], tx[i])
             if not lin:
                 for i in range(n_i):
-                    z, y, x = _node_position(row, cx[i], tx[i])
-                    dst[i] = _sample(sub, z, y, x, b)
+                    dst[i] = _sample(sub, pz[i], py[i], px[i], b)
                 continue
-            n_edge = _locate_nodes(row, cx, tx, b, s0, s1, idx, fz, fy, fx, edge)
+            n_edge = _locate_row(False, zero, zero, pz, py, px, b, s0, s1, idx, fz, fy, fx, edge)
             _gather_row(flat, idx, fz, fy, fx, dst, s0, s1, b)
             if n_edge:
                 for i in range(n_i):
                     if edge[i]:
-                        z, y, x = _node_position(row, cx[i], tx[i])
-                        dst[i] = _sample(sub, z, y, x, b)
+                        dst[i] = _sample(sub, pz[i], py[i], px[i], b)
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
