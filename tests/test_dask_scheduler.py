@@ -41,6 +41,22 @@ def test_resample_into_a_store_does_not_import_distributed() -> None:
     assert done.stdout.split() == ["registered/micro", "False"]
 
 
+def test_lesion_tables_and_thresholds_do_not_import_distributed() -> None:
+    code = (
+        "import sys\n"
+        "import dask.array as da, numpy as np\n"
+        "from bridge_xr.lesions.coloc import otsu_of\n"
+        "from bridge_xr.lesions.components import component_table\n"
+        "m = np.zeros((4, 8, 8), bool); m[1:3, 2:5, 2:5] = True; m[0, 7, 7] = True\n"
+        "t = component_table(da.from_array(m, chunks=(2, 4, 4)), (1.0, 1.0, 1.0),\n"
+        "                    {'v': da.from_array(m * 2.0, chunks=(2, 4, 4))})\n"
+        "th = otsu_of(da.from_array(np.r_[np.zeros(50), np.ones(50)], chunks=25))\n"
+        "print(len(t), 0 < th < 1, 'distributed' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.split() == ["2", "True", "False"]
+
+
 def test_a_rechunking_write_and_a_density_table_do_not_import_distributed() -> None:
     # a rechunk given no method imports distributed to look for a client, like a compute
     code = (

@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 
 from bridge_xr._constants import SCANNER_RAS
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.densities import density
 from bridge_xr.extract.footprint import Method
@@ -108,7 +108,10 @@ def zscore_normalize(
     sel = _mask_values(st, reference_mask, image, label)
     vals = img.data.astype(np.float64)
     n, s1, s2 = dask.compute(
-        sel.sum(), da.where(sel, vals, 0).sum(), da.where(sel, vals**2, 0).sum()
+        sel.sum(),
+        da.where(sel, vals, 0).sum(),
+        da.where(sel, vals**2, 0).sum(),
+        scheduler=scheduler(),
     )
     n = int(n)
     if n < 2:
@@ -221,7 +224,7 @@ def analysis_mask(
         art_frac = ds["fraction"].data.rechunk(ref.data.chunks, method=rechunk_method())
         keep &= ~(da.where(da.isnan(art_frac), 0.0, art_frac) > 0)
     labels = da.where(keep, da.where(glioma, GLIOMA, NAGM), 0).astype(np.uint8)
-    labels = labels.persist()
+    labels = labels.persist(scheduler=scheduler())
     params = {
         "vessels": vessels,
         "vessel_threshold": vessel_threshold,

@@ -119,7 +119,7 @@ def region_densities(
         )
     ds = density(store, microscopy=microscopy, mri=mri, channel=channel, threshold=threshold,
                  method=method)  # fmt: skip
-    ids = [int(v) for v in da.unique(lab.data).compute() if v > 0]
+    ids = [int(v) for v in da.unique(lab.data).compute(scheduler=scheduler()) if v > 0]
     if not ids:
         raise InvalidInputError(f"region labels {regions!r} hold no label > 0")
     n = max(ids) + 1

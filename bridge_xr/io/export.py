@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from bridge_xr._constants import SCANNER_RAS
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info
@@ -66,7 +66,7 @@ def export_nifti(
         )
     scanner = img.attrs["transforms"].get(SCANNER_RAS)
     return write_nifti(
-        np.asarray(img.data.compute()),
+        np.asarray(img.data.compute(scheduler=scheduler())),
         tuple(img.dims),  # type: ignore[arg-type]
         out,
         spacing=img.attrs["spacing"],

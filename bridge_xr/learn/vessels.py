@@ -26,7 +26,7 @@ import dask.array as da
 import numpy as np
 from scipy import ndimage
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 
 
 def _halo(reach_um: float, spacing: Sequence[float]) -> tuple[int, ...]:
@@ -286,7 +286,7 @@ def diameter_distribution(
         sums = [
             ((d >= lo) & (d < hi) & m).sum() for lo, hi in zip(edges[:-1], edges[1:], strict=True)
         ]
-        counts = [int(c) for c in da.compute(*sums)]
+        counts = [int(c) for c in da.compute(*sums, scheduler=scheduler())]
         total = sum(counts)
         if total == 0:
             raise InvalidInputError(f"mask {path!r} holds no vessel voxel in the diameter bins")

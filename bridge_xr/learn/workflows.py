@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from bridge_xr._dask import scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract.masks import write_on_grid_of
 from bridge_xr.io._store import StoreLike
@@ -83,7 +84,10 @@ def filter_vessels(
         dmap = local_diameter(kept > 0, spacing, max_diameter_um=cap)
         write_on_grid_of(where, image, dmap, diameter_out, operation="learn local diameter",
                          overwrite=overwrite, source=image_out)  # fmt: skip
-    return {"voxels_in": int(mask.sum().compute()), "voxels_kept": int(kept.sum().compute())}
+    return {
+        "voxels_in": int(mask.sum().compute(scheduler=scheduler())),
+        "voxels_kept": int(kept.sum().compute(scheduler=scheduler())),
+    }
 
 
 def _same_grid(a: tuple[np.ndarray, Sequence[float]], b: tuple[np.ndarray, Sequence[float]],

@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
+from bridge_xr._dask import scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -61,12 +62,12 @@ def otsu_of(values: Any, bins: int = 1024) -> float:
     from skimage.filters import threshold_otsu
 
     arr = values if isinstance(values, da.Array) else da.from_array(np.asarray(values))
-    lo, hi = (float(v) for v in da.compute(arr.min(), arr.max()))
+    lo, hi = (float(v) for v in da.compute(arr.min(), arr.max(), scheduler=scheduler()))
     if not hi > lo:
         raise InvalidInputError("Otsu's threshold needs at least two distinct values")
     counts, edges = da.histogram(arr, bins=bins, range=(lo, hi))
     centres = (edges[:-1] + edges[1:]) / 2
-    return float(threshold_otsu(hist=(np.asarray(counts.compute()), centres)))
+    return float(threshold_otsu(hist=(np.asarray(counts.compute(scheduler=scheduler())), centres)))
 
 
 def _name(image: str) -> str:

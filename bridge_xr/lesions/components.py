@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 
 
 class _UnionFind:
@@ -95,16 +95,20 @@ def component_table(
     # labels are numbered block by block; a block holds at most half its voxels as components
     sizes = [int(np.prod([mask.chunks[a][i[a]] for a in range(3)])) for i in blocks]
     bases = np.cumsum([0, *sizes[:-1]])
+    # blocks as delayed objects (a `.blocks[i]` array passed to `delayed` makes dask import
+    # distributed to rename its keys)
+    mask_parts = mask.to_delayed(optimize_graph=False)
+    chan_parts = [c.to_delayed(optimize_graph=False) for c in chans]
     tasks = [
         dask.delayed(_block_stats)(
-            mask.blocks[i],
+            mask_parts[i],
             tuple(int(starts[a][i[a]]) for a in range(3)),
             int(bases[k]),
-            *[c.blocks[i] for c in chans],
+            *[c[i] for c in chan_parts],
         )
         for k, i in enumerate(blocks)
     ]
-    results = dict(zip(blocks, dask.compute(*tasks), strict=True))
+    results = dict(zip(blocks, dask.compute(*tasks, scheduler=scheduler()), strict=True))
     uf = _UnionFind()
     for i, res in results.items():
         for ax in range(3):

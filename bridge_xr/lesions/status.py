@@ -28,7 +28,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike
 
@@ -99,7 +99,9 @@ def roi_mri(
         dask.delayed(_block_sums)(lb, vb, positive_below, n)
         for lb, vb in zip(labels.to_delayed().ravel(), values.to_delayed().ravel(), strict=True)
     ]
-    sums = np.sum(dask.compute(*parts), axis=0) if parts else np.zeros((3, n))
+    sums = (
+        np.sum(dask.compute(*parts, scheduler=scheduler()), axis=0) if parts else np.zeros((3, n))
+    )
     rows = []
     for r in rois:
         count, total, low = sums[:, r]

@@ -10,7 +10,7 @@ from typing import Any
 import dask.array as da
 import pandas as pd
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -118,7 +118,9 @@ def lesion_tables(
         elif rois is not None:
             labels = polygon_labels(rois, img, chunks=mask.chunks)
         if labels is not None:
-            roi_ids = [int(v) for v in da.unique(labels).compute() if v > 0]  # block by block
+            roi_ids = [
+                int(v) for v in da.unique(labels).compute(scheduler=scheduler()) if v > 0
+            ]  # block by block
             if not roi_ids:
                 raise InvalidInputError(f"the drawn ROIs cover no voxel of {image!r}")
             if grid_labels is None:

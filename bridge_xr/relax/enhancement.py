@@ -36,7 +36,7 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -81,7 +81,7 @@ def roi_means(where: StoreLike, *, images: Sequence[str], roi_labels: str) -> pd
         raise InvalidInputError("give at least one image to average")
     store = resolve_store(where)
     lab = _three_d(store, roi_labels)
-    ids = [int(v) for v in da.unique(lab.data).compute() if v > 0]
+    ids = [int(v) for v in da.unique(lab.data).compute(scheduler=scheduler()) if v > 0]
     if not ids:
         raise InvalidInputError(f"ROI labels {roi_labels!r} hold no label > 0")
     n = max(ids) + 1
@@ -96,7 +96,7 @@ def roi_means(where: StoreLike, *, images: Sequence[str], roi_labels: str) -> pd
         values = img.data.rechunk(lab.data.chunks, method=rechunk_method())
         parts = [dask.delayed(_sums)(lb, vb, n) for lb, vb in
                  zip(lab.data.to_delayed().ravel(), values.to_delayed().ravel(), strict=True)]  # fmt: skip
-        count, total, sq = np.sum(dask.compute(*parts), axis=0)
+        count, total, sq = np.sum(dask.compute(*parts, scheduler=scheduler()), axis=0)
         for r in ids:
             c = count[r]
             mean = total[r] / c if c else float("nan")

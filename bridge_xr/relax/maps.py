@@ -22,7 +22,7 @@ from typing import Any, Literal
 import dask.array as da
 import numpy as np
 
-from bridge_xr._dask import rechunk_method
+from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._store import StoreLike, resolve_store
 from bridge_xr.io.read import read_image
@@ -88,7 +88,7 @@ def background_sigma(store: Any, image: str, background: str) -> float:
         )
     total = da.where(bg[None], data.astype(np.float64), 0).sum()
     count = bg.sum() * data.shape[0]
-    s, c = da.compute(total, count)
+    s, c = da.compute(total, count, scheduler=scheduler())
     if c == 0:
         raise InvalidInputError(f"background mask {background!r} is empty")
     return float(s / c / np.sqrt(np.pi / 2))
@@ -196,7 +196,7 @@ def relax(
             write_on_grid_of(store, echoes, done[k], path, operation="relax",
                              overwrite=overwrite, **params)  # fmt: skip
         t2 = done[0]
-        fitted_n, median = da.compute(da.isfinite(t2).sum(), da.nanmean(t2))
+        fitted_n, median = da.compute(da.isfinite(t2).sum(), da.nanmean(t2), scheduler=scheduler())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return {"image": image_out, "fitted_voxels": int(fitted_n), "mean_ms": float(median), **params}
