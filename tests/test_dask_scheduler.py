@@ -11,6 +11,12 @@ import dask.threaded
 from bridge_xr._dask import rechunk_method, scheduler
 
 
+def _printed(code: str) -> list[str]:
+    """What ``code`` prints in a fresh interpreter, split into words."""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
 def test_a_configured_scheduler_or_a_possible_client_leaves_the_choice_to_dask() -> None:
     with dask.config.set(scheduler="synchronous"):
         assert scheduler() is None
@@ -37,8 +43,7 @@ def test_resample_into_a_store_does_not_import_distributed() -> None:
         "                     image='registered/micro')\n"
         "print(meta.path, 'distributed' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["registered/micro", "False"]
+    assert _printed(code) == ["registered/micro", "False"]
 
 
 def test_lesion_tables_and_thresholds_do_not_import_distributed() -> None:
@@ -53,8 +58,7 @@ def test_lesion_tables_and_thresholds_do_not_import_distributed() -> None:
         "th = otsu_of(da.from_array(np.r_[np.zeros(50), np.ones(50)], chunks=25))\n"
         "print(len(t), 0 < th < 1, 'distributed' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["2", "True", "False"]
+    assert _printed(code) == ["2", "True", "False"]
 
 
 def test_a_rechunking_write_and_a_density_table_do_not_import_distributed() -> None:
@@ -72,5 +76,4 @@ def test_a_rechunking_write_and_a_density_table_do_not_import_distributed() -> N
         "cov = ds['coverage'].data.compute(scheduler=dask.get)  # the caller's own compute\n"
         "print(int(t[...].sum()), cov.max() > 0, 'distributed' in sys.modules)\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.split() == ["64", "True", "False"]
+    assert _printed(code) == ["64", "True", "False"]
