@@ -38,10 +38,12 @@ def _axis_cells(
     return cell, w0, w1
 
 
-def _whole(cell: np.ndarray, w0: np.ndarray, w1: np.ndarray, n_out: int, length: float) -> Any:
-    """Voxels wholly inside one cell of the box (their full ``length`` in cell ``cell``)."""
-    inside = (cell >= 0) & (cell < n_out) & (w1 == 0)
-    return inside & np.isclose(w0, length, rtol=1e-12, atol=0)
+def _whole(w0: np.ndarray, w1: np.ndarray, length: float) -> np.ndarray:
+    """Voxels wholly inside one cell of the box: their full ``length`` in their first cell.
+
+    :func:`_axis_cells` gives a part in a cell outside the box no length.
+    """
+    return (w1 == 0) & np.isclose(w0, length, rtol=1e-12, atol=0)
 
 
 def _x_runs(
@@ -52,7 +54,7 @@ def _x_runs(
     A row's sum into its cells is then integer segment sums times the voxel length, plus the
     few straddling (or partly outside) voxels with their own two lengths.
     """
-    whole = (w1 == 0) & np.isclose(w0, length, rtol=1e-12, atol=0)
+    whole = _whole(w0, w1, length)
     idx = np.nonzero(whole)[0]
     if idx.size:
         brk = np.nonzero((np.diff(idx) != 1) | (np.diff(cell[idx]) != 0))[0] + 1
@@ -111,14 +113,13 @@ def _separable_kernel(
     x: integer sums over runs of whole voxels (``starts``/``stops``/``run_cell``, each voxel
     ``length`` long) plus the ``special`` voxels by their own lengths (``x0``, ``x1``).
 
-    Rows whole in one MRI cell in z and y (``whole_z[k]`` and ``whole_y[j]``: most of them) weigh
-    ``w_whole`` each: with integer
-    values and a ``grp`` of shape ``(n_z, n_y, values.shape[2])``, they are first added up per
-    cell as integers (one vectorised add a voxel) and the x sums done once per cell; a ``grp``
-    of size 0 does every row on its own.
+    Rows whole in one MRI cell in z and y (``whole_z[k]`` and ``whole_y[j]``: most of them)
+    weigh ``w_whole`` each: with integer values and a ``grp`` of shape ``(n_z, n_y,
+    values.shape[2])``, they are first added up per cell as integers (one vectorised add a
+    voxel) and the x sums done once per cell; a ``grp`` of size 0 does every row on its own.
     """
     n_z, n_y, n_x = out.shape[1:]
-    acc = np.zeros(n_x + 2)
+    acc = np.zeros(n_x + 2)  # cells -1 .. n_x: the edge voxels' outside parts land off the box
     ones = np.zeros(n_x + 2)  # the same row sums for a row of ones: the volume (coverage)
     for r in range(starts.shape[0]):
         ones[run_cell[r] + 1] += float(stops[r] - starts[r]) * length
@@ -287,9 +288,10 @@ def separable_block(
         small_int = vals.dtype.kind in "ui" and vals.dtype.itemsize <= 2
         grp = np.zeros((n_z, n_y, nx) if small_int else (0, 0, 0), dtype=np.int32)
         kernel: Any = _separable_kernel
-        whole = [_whole(*c, n, abs(float(diagonal[0, a]))) for a, (c, n) in
-                 enumerate(zip((cz, cy), (n_z, n_y), strict=True))]  # fmt: skip
-        kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, *whole, w_whole, grp, s)
+        whole_z = _whole(cz[1], cz[2], abs(float(diagonal[0, 0])))
+        whole_y = _whole(cy[1], cy[2], abs(float(diagonal[0, 1])))
+        kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, whole_z, whole_y, w_whole, grp,
+               s)  # fmt: skip
         out[(slice(None), *sl)] = s
         return out
     ws = [_overlap_matrix(*span)[0] for span in spans]

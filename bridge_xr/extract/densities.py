@@ -141,10 +141,11 @@ def _place(
 
 def _sum_slabs(slabs: list[tuple[int, int, da.Array]], bbox_shape: tuple[int, ...]) -> da.Array:
     """Add z-slab partials (each placed at its own depth) into the bounding box."""
-    # each padded to one chunk first (explicitly by tasks: dask's automatic choice imports
-    # distributed, a second of start-up, to look for a cluster)
+    # each padded to one chunk first
     padded = [
-        da.pad(s, ((0, 0), (b, a), (0, 0), (0, 0))).rechunk((2, *bbox_shape), method="tasks")
+        da.pad(s, ((0, 0), (b, a), (0, 0), (0, 0))).rechunk(
+            (2, *bbox_shape), method=rechunk_method()
+        )
         for b, a, s in slabs
     ]
     while len(padded) > 1:  # a balanced tree of additions

@@ -148,7 +148,8 @@ def export_ome_zarr_05(
                 fill_value=0,
                 overwrite=True,
             )
-            da.store(arr.rechunk(target.chunks, method=rechunk_method()), target, lock=False)  # type: ignore[arg-type]
+            aligned = arr.rechunk(target.chunks, method=rechunk_method())
+            da.store(aligned, target, lock=False, scheduler=scheduler())  # type: ignore[arg-type]
             datasets.append(
                 {
                     "path": lp,
