@@ -12,6 +12,7 @@ import zarr
 
 from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._fillcheck import FastWrites, write_region
 from bridge_xr.io._plan import LevelPlan
 
 #: how a pyramid level is reduced: intensity mean, or the mode (label images)
@@ -121,7 +122,7 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array[Any], *, compute: bool
         msg = f"array shape {arr.shape} does not match target {target.shape}"
         raise InvalidInputError(msg)
     aligned = arr.rechunk(tuple(grid), method=rechunk_method())
-    return da.store(aligned, target, lock=False, compute=compute, scheduler=scheduler())  # type: ignore[arg-type]
+    return da.store(aligned, FastWrites(target), lock=False, compute=compute, scheduler=scheduler())  # type: ignore[arg-type]
 
 
 def _takewhile_fused(levels: Sequence[LevelPlan]) -> list[LevelPlan]:
@@ -151,12 +152,14 @@ def write_fused_levels(
         block: np.ndarray[Any, Any], block_info: Any = None
     ) -> np.ndarray[Any, Any]:
         loc = block_info[0]["array-location"]
-        targets[0][tuple(slice(a, b) for a, b in loc)] = block
+        write_region(targets[0], tuple(slice(a, b) for a, b in loc), block)
         cur, starts = block, [a for a, _ in loc]
         for target, st in zip(targets[1:], steps, strict=True):
             cur = downsample_block(cur, st, method)
             starts = [s // k for s, k in zip(starts, st, strict=True)]
-            target[tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True))] = cur
+            write_region(
+                target, tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True)), cur
+            )
         return np.zeros((1,) * block.ndim, dtype=bool)
 
     done = aligned.map_blocks(

@@ -13,6 +13,7 @@ import zarr
 from bridge_xr._constants import SCANNER_RAS
 from bridge_xr._dask import rechunk_method, scheduler
 from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._fillcheck import FastWrites
 from bridge_xr.io._store import StoreLike, describe_store, invalidate, key_exists, resolve_store
 from bridge_xr.io.read import open_group, read_image, read_multiscale_info
 from bridge_xr.io.subject import check_image_path, read_subject
@@ -149,7 +150,7 @@ def export_ome_zarr_05(
                 overwrite=True,
             )
             aligned = arr.rechunk(target.chunks, method=rechunk_method())
-            da.store(aligned, target, lock=False, scheduler=scheduler())  # type: ignore[arg-type]
+            da.store(aligned, FastWrites(target), lock=False, scheduler=scheduler())  # type: ignore[arg-type]
             datasets.append(
                 {
                     "path": lp,

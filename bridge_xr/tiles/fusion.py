@@ -41,6 +41,7 @@ import zarr
 
 from bridge_xr._constants import ATTRS_KEY, INTRINSIC
 from bridge_xr.errors import InvalidInputError
+from bridge_xr.io._fillcheck import write_region
 from bridge_xr.io._plan import plan_storage
 from bridge_xr.io._store import (
     StoreLike,
@@ -328,12 +329,14 @@ def _shard_task(
         flatfield=flatfield,
         slab=(int(params["tile_chunk_z"]), 512),
     )
-    t0[tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))] = block
+    write_region(t0, tuple(slice(a, b) for a, b in zip(starts, stops, strict=True)), block)
     cur = block
     for target, st in zip(targets[1:], params["steps"], strict=True):
         cur = downsample_block(cur, st, params["method"])
         starts = [s // k for s, k in zip(starts, st, strict=True)]
-        target[tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True))] = cur
+        write_region(
+            target, tuple(slice(s, s + n) for s, n in zip(starts, cur.shape, strict=True)), cur
+        )
     put_bytes(store, done_key, b"")
     delay = float(os.environ.get(_DELAY_ENV, "0") or 0)
     if delay:
