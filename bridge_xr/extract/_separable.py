@@ -282,14 +282,14 @@ def separable_block(
     if cz is not None and cy is not None and cx is not None:
         s = np.zeros((2, n_z, n_y, n_x))
         vals = values.view(np.uint8) if values.dtype == np.bool_ else values
-        length = abs(float(diagonal[0, 2]))
-        w_whole = abs(float(diagonal[0, 0])) * abs(float(diagonal[0, 1]))
+        len_z, len_y, length = (abs(float(v)) for v in diagonal[0])
+        w_whole = len_z * len_y
         # integer voxels of at most 16 bits are added up per MRI row in int32 first
         small_int = vals.dtype.kind in "ui" and vals.dtype.itemsize <= 2
         grp = np.zeros((n_z, n_y, nx) if small_int else (0, 0, 0), dtype=np.int32)
         kernel: Any = _separable_kernel
-        whole_z = _whole(cz[1], cz[2], abs(float(diagonal[0, 0])))
-        whole_y = _whole(cy[1], cy[2], abs(float(diagonal[0, 1])))
+        whole_z = _whole(cz[1], cz[2], len_z)
+        whole_y = _whole(cy[1], cy[2], len_y)
         kernel(vals, *cz, *cy, *cx, *_x_runs(*cx, length), length, whole_z, whole_y, w_whole, grp,
                s)  # fmt: skip
         out[(slice(None), *sl)] = s
