@@ -37,6 +37,7 @@ import numpy as np
 from benchmarks._peak import peak_rss_mib
 
 SPACING = (2.0, 1.2, 1.2)  # z, y, x µm
+SHARD = (32, 512, 512)  # the output's shards (inner chunks (32, 256, 256))
 
 
 def _shape(size_gib: float) -> tuple[int, int, int]:
@@ -109,14 +110,16 @@ def _resampled(store: Path, name: str) -> Any:
     """The lazy resample of twop/img through registration ``name`` onto a same-size grid."""
     import bridge_xr as bx
 
-    # two registrations join the images (tps, affine): `via` says which one
+    # two registrations join the images (tps, affine): `via` says which one; one block per
+    # shard of the target (32, 512, 512), as `bridge resample` samples (resample_into's
+    # shard_blocks): no rechunk copy before the write
     return bx.resample(
         str(store),
         moving="twop/img",
         onto="fixed/img",
         spacing_um=SPACING,
         level=0,
-        chunks=(32, 256, 256),
+        chunks=SHARD,
         via=[name],
     )
 
@@ -140,7 +143,7 @@ def case_bridge(store: Path, name: str, out: Path) -> dict[str, Any]:
             moving="twop/img",
             onto="fixed/img",
             spacing_um=SPACING,
-            chunks=(32, 256, 256),
+            chunks=SHARD,
             via=[name],
         ).values
         res["block_error_s"] = time.perf_counter() - t1
@@ -161,7 +164,7 @@ def _target(out: Path, store: Path) -> Any:
 
     src = _moving(store)
     return zarr.create_array(
-        str(out), shape=src.shape, dtype=np.uint16, chunks=(32, 256, 256), shards=(32, 512, 512),
+        str(out), shape=src.shape, dtype=np.uint16, chunks=(32, 256, 256), shards=SHARD,
         compressors=src.compressors, overwrite=True,
     )  # fmt: skip
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 
 import dask
 import dask.threaded
+import numpy as np
 
-from bridge_xr._dask import rechunk_method, scheduler
+from bridge_xr._dask import rechunk_method, scheduler, write_scheduler
 
 
 def _printed(code: str) -> list[str]:
@@ -24,6 +26,33 @@ def test_a_configured_scheduler_or_a_possible_client_leaves_the_choice_to_dask()
         assert scheduler() is None
     else:
         assert scheduler() is dask.threaded.get
+
+
+def test_writes_run_on_one_thread_more_than_cores_unless_the_user_chose() -> None:
+    import dask.array as da
+    from dask.system import CPU_COUNT
+
+    with dask.config.set(scheduler="synchronous"):
+        assert write_scheduler() is None
+    with dask.config.set(num_workers=1):
+        assert write_scheduler() is scheduler()  # the configured count is used as it is
+    if "distributed" in sys.modules:
+        assert write_scheduler() is None
+        return
+    # CPU_COUNT + 1 tasks that each wait for all the others: only that many threads finish it
+    n = CPU_COUNT + 1
+    barrier = threading.Barrier(n, timeout=30)
+    seen: set[int] = set()
+
+    def wait_for_all(block):
+        barrier.wait()
+        seen.add(threading.get_ident())
+        return block
+
+    blocks = da.zeros(n, chunks=1).map_blocks(wait_for_all, dtype=float, meta=np.empty(0))
+    out = blocks.compute(scheduler=write_scheduler())
+    assert out.shape == (n,)
+    assert len(seen) == n
 
 
 def test_rechunk_method_is_tasks_until_a_client_could_exist() -> None:

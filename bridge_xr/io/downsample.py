@@ -10,7 +10,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from bridge_xr._dask import rechunk_method, scheduler
+from bridge_xr._dask import rechunk_method, write_scheduler
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.io._fillcheck import FastWrites, write_region
 from bridge_xr.io._plan import LevelPlan
@@ -122,7 +122,8 @@ def store_shard_aligned(arr: da.Array, target: zarr.Array[Any], *, compute: bool
         msg = f"array shape {arr.shape} does not match target {target.shape}"
         raise InvalidInputError(msg)
     aligned = arr.rechunk(tuple(grid), method=rechunk_method())
-    return da.store(aligned, FastWrites(target), lock=False, compute=compute, scheduler=scheduler())  # type: ignore[arg-type]
+    sink: Any = FastWrites(target)
+    return da.store(aligned, sink, lock=False, compute=compute, scheduler=write_scheduler())
 
 
 def _takewhile_fused(levels: Sequence[LevelPlan]) -> list[LevelPlan]:
@@ -165,4 +166,4 @@ def write_fused_levels(
     done = aligned.map_blocks(
         write_shard_pyramid, dtype=bool, chunks=tuple((1,) * len(c) for c in aligned.chunks)
     )
-    done.compute(scheduler=scheduler())
+    done.compute(scheduler=write_scheduler())

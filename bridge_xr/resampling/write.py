@@ -2,19 +2,53 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 from bridge_xr._constants import block_error_path
+from bridge_xr.io._plan import plan_storage
 from bridge_xr.io._store import StoreLike, resolve_store
+from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import add_image, read_subject
+from bridge_xr.model.grid import target_grid
 from bridge_xr.model.metadata import ImageMetadata, Provenance
 from bridge_xr.resampling.blockwise import Order, block_errors, resample
 from bridge_xr.scene.chains import Via
 
 __all__ = ["resample_into"]
+
+#: largest output block (bytes, all channels) that :func:`resample_into` samples in one task
+BLOCK_BYTES_CAP = 16 * 2**20
+
+
+def shard_blocks(
+    shape: tuple[int, ...], spacing: tuple[float, ...], itemsize: int, n_channels: int = 1
+) -> tuple[int, int, int]:
+    """Resample blocks that tile the level-0 shards :func:`add_image` will write.
+
+    The shard itself while it holds at most :data:`BLOCK_BYTES_CAP` (one task computes and writes
+    it: no rechunk copy, fewer moving-region edges read twice), else the shard split in halves
+    along its longest run of inner chunks until a block fits (each block within one shard).
+
+    Examples
+    --------
+    >>> shard_blocks((256, 1024, 1024), (2.0, 1.2, 1.2), itemsize=2)
+    (32, 512, 512)
+    """
+    plan = plan_storage(
+        shape, ("z", "y", "x"), f"u{itemsize}", dict(zip("zyx", spacing, strict=False))
+    )
+    lv = plan.levels[0]
+    block, chunk = list(lv.shards or lv.chunks), list(lv.chunks)
+    while math.prod(block) * itemsize * n_channels > BLOCK_BYTES_CAP:
+        ax = max(range(3), key=lambda d: block[d] // chunk[d])
+        if block[ax] // chunk[ax] <= 1:
+            break
+        block[ax] = chunk[ax] * (block[ax] // chunk[ax] // 2)
+    return block[0], block[1], block[2]
 
 
 def resample_into(
@@ -67,16 +101,22 @@ def resample_into(
     ['micro_to_mri']
     """
     store = resolve_store(where)
+    grid = target_grid(read_image(store, onto), spacing_um)
+    src_img = read_image(store, moving)
+    n_c = int(src_img.sizes["c"]) if "c" in src_img.dims else 1
+    blocks = shard_blocks(grid.shape, grid.spacing, src_img.dtype.itemsize, n_c)
     img = resample(
         where, moving=moving, onto=onto, spacing_um=spacing_um, order=order, labels=labels,
-        level=level, via=via,
+        level=level, via=via, chunks=blocks,
     )  # fmt: skip
     subject = read_subject(store)
     src = subject.images[moving]
     qc: dict[str, Any] = {}
     errs = None
     if any(subject.registrations[n].model == "tps" for n in img.attrs["resample"]["chain"]):
-        errs = block_errors(where, moving=moving, onto=onto, spacing_um=spacing_um, via=via)
+        errs = block_errors(
+            where, moving=moving, onto=onto, spacing_um=spacing_um, via=via, chunks=blocks
+        )
         errs = errs.copy(data=errs.values)
         qc = {
             "block_error_image": block_error_path(image),

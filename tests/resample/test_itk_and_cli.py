@@ -6,11 +6,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import zarr
 from typer.testing import CliRunner
 
 from bridge_xr.io.read import read_image
 from bridge_xr.io.subject import read_subject
 from bridge_xr.io.validate import validate_store
+from bridge_xr.resampling.write import shard_blocks
 from bridge_xr.scene.chains import model_from_record
 from bridge_xr.testing.phantom import PhantomConfig
 from bridge_xr.testing.study import write_phantom_study
@@ -145,7 +147,39 @@ def test_resample_cli_stores_the_certified_error_of_every_block(tmp_path) -> Non
     assert 0 < float(errs.max()) <= 0.1 * 6.0
     assert prov.parameters["certified_max_error_um"] == pytest.approx(float(errs.max()))
     out = read_image(str(st.store), "registered/a")
-    assert errs.shape == tuple(
-        -(-out.sizes[d] // c) for d, c in zip("zyx", (32, 128, 128), strict=True)
-    )
+    # one error per resample block, and the blocks tile the stored level-0 shards
+    spacing = tuple(out.attrs["spacing"][d] for d in "zyx")
+    blocks = shard_blocks(out.shape, spacing, out.dtype.itemsize)
+    assert errs.shape == tuple(-(-n // c) for n, c in zip(out.shape, blocks, strict=True))
+    arr = zarr.open_group(str(st.store), mode="r")["registered/a/s0"]
+    assert all(s % b == 0 or b >= n for s, b, n in zip(arr.shards, blocks, out.shape, strict=True))
     assert validate_store(str(st.store)) == []
+
+
+@pytest.mark.parametrize(
+    ("shape", "itemsize", "n_c"),
+    [((256, 1024, 1024), 2, 1), ((512, 4096, 4096), 2, 1), ((40, 200, 300), 4, 1),
+     ((96, 700, 900), 2, 3), ((8, 64, 64), 1, 1), ((1, 5000, 5000), 8, 1)],
+)  # fmt: skip
+def test_resample_blocks_tile_the_shards_that_add_image_plans(shape, itemsize, n_c) -> None:
+    from bridge_xr.io._plan import plan_storage
+    from bridge_xr.resampling.write import BLOCK_BYTES_CAP
+
+    spacing = (2.0, 1.2, 1.2)
+    blocks = shard_blocks(shape, spacing, itemsize, n_c)
+    # add_image -> write_multiscale plans level 0 so (default chunks and shards)
+    lv = plan_storage(shape, "zyx", f"u{itemsize}", dict(zip("zyx", spacing, strict=False))).levels[
+        0
+    ]
+    shard, chunk = lv.shards or lv.chunks, lv.chunks
+    assert all(s % b == 0 for s, b in zip(shard, blocks, strict=True)), (shard, blocks)
+    assert all(b % c == 0 for b, c in zip(blocks, chunk, strict=True)), (blocks, chunk)
+    nbytes = int(np.prod(blocks)) * itemsize * n_c
+    if int(np.prod(shard)) * itemsize * n_c <= BLOCK_BYTES_CAP:
+        assert blocks == shard
+    else:
+        assert nbytes <= BLOCK_BYTES_CAP or blocks == chunk
+        # halved no further than needed: doubling any axis within the shard exceeds the cap
+        for d in range(3):
+            if blocks[d] < shard[d]:
+                assert nbytes * 2 > BLOCK_BYTES_CAP
