@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from bridge_xr.model.pointmaps import LinearModel, Model, ThinPlateSpline, swap_xyz_zyx
-from bridge_xr.resampling._kernels import cell_bounds, tps_zyx
+from bridge_xr.resampling._kernels import box_voxels, cell_bounds, tps_zyx
 from bridge_xr.scene.chains import apply_hops
 
 #: exact TPS nodes every this many micrometres inside a block (then trilinear in between)
@@ -169,24 +169,18 @@ def _exact_voxels(
     """Voxels lying in a node cell flagged ``bad``, its boundary nodes included.
 
     A node cell spans node ``c`` to node ``c + 1`` inclusive along each axis (a voxel on a node
-    plane belongs to both cells); an axis with a single node has one cell, that node.
+    plane belongs to both cells); an axis with a single node has one cell, that node. A voxel
+    on the face two bad cells share is listed for each (evaluating it twice costs less than
+    finding the repeats).
     """
     ends = [i[1:] if len(i) > 1 else i for i in node_idx]
-    boxes = [
-        np.ravel_multi_index(
-            np.mgrid[
-                node_idx[0][cz] : ends[0][cz] + 1,
-                node_idx[1][cy] : ends[1][cy] + 1,
-                node_idx[2][cx] : ends[2][cx] + 1,
-            ].reshape(3, -1),
-            shape,
-        )
-        for cz, cy, cx in np.argwhere(bad_cells)
-    ]
-    if not boxes:
+    cells = np.argwhere(bad_cells)
+    if not len(cells):
         return tuple(np.zeros(0, dtype=np.intp) for _ in shape)
-    # cells share their boundary planes: each voxel once
-    return np.unravel_index(np.unique(np.concatenate(boxes)), shape)
+    lo = np.stack([node_idx[d][cells[:, d]] for d in range(3)], axis=1).astype(np.int64)
+    hi = np.stack([ends[d][cells[:, d]] for d in range(3)], axis=1).astype(np.int64)
+    zyx = box_voxels(lo, hi)
+    return zyx[0], zyx[1], zyx[2]
 
 
 def _tps_nodes(

@@ -190,3 +190,16 @@ def test_row_kernels_equal_the_scalar_sampler_voxel_for_voxel(dtype) -> None:
     _kernels.sample_points(sub, np.ascontiguousarray(dense.reshape(3, -1)), ref, prm)
     assert np.isnan(dense).any()
     assert np.array_equal(out.ravel(), ref, equal_nan=np.dtype(dtype).kind == "f")
+
+
+def test_box_voxels_lists_every_voxel_of_every_box() -> None:
+    rng = np.random.default_rng(5)
+    lo = rng.integers(0, 20, size=(7, 3))
+    hi = lo + rng.integers(0, 6, size=(7, 3))
+    hi[0] = lo[0]  # a box of one voxel
+    got = _kernels.box_voxels(lo, hi)
+    want = np.concatenate(
+        [np.mgrid[a[0] : b[0] + 1, a[1] : b[1] + 1, a[2] : b[2] + 1].reshape(3, -1)
+         for a, b in zip(lo, hi, strict=True)], axis=1)  # fmt: skip
+    assert got.shape == want.shape
+    assert np.array_equal(got, want)
