@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 from scipy.spatial.transform import Rotation
-from zarr.storage import MemoryStore
+from zarr.storage import LocalStore, MemoryStore
 
 from bridge_xr.extract._kuhn import _KUHN, _volume_below, tet_into_cells
-from bridge_xr.extract.densities import density
+from bridge_xr.extract.densities import density, footprint_sums
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
@@ -22,13 +22,16 @@ MRI_SP_MM = 0.025
 MRI_SHAPE = (6, 8, 8)
 
 
-def _meta(path, modality):
-    return ImageMetadata(path=path, modality=modality, provenance=Provenance.now("test"))
+def _meta(path, modality, kind="image"):
+    return ImageMetadata(path=path, modality=modality, kind=kind, provenance=Provenance.now("test"))
 
 
-def _store(mask, mic_spacing, mic_origin, model, mri_shape=MRI_SHAPE):
+def _store(
+    mask, mic_spacing, mic_origin, model, mri_shape=MRI_SHAPE, where=None, shards=False,
+    kind="image",
+):  # fmt: skip
     """MRI (mm) + a microscopy mask (µm), linked by ``model`` (MRI µm xyz -> microscopy µm xyz)."""
-    store = MemoryStore()
+    store = MemoryStore() if where is None else LocalStore(where)
     mri = make_image(
         np.random.default_rng(0).normal(size=mri_shape).astype(np.float32),
         dims="zyx",
@@ -41,9 +44,9 @@ def _store(mask, mic_spacing, mic_origin, model, mri_shape=MRI_SHAPE):
     add_image(
         store,
         mic,
-        _meta("twop/mask", "twophoton"),
+        _meta("twop/mask", "twophoton", kind),
         chunks={"z": 16, "y": 64, "x": 64},
-        shards=False,
+        shards=shards,
         levels=1,
     )
     pts = np.random.default_rng(1).uniform(0, 100, size=(5, 3))
@@ -77,8 +80,10 @@ def _overlap_1d(lo, size, a, b):
     return np.clip(np.minimum(lo + size, b) - np.maximum(lo, a), 0, None)
 
 
-@pytest.mark.parametrize("general", [False, True])
-def test_aligned_box_with_non_integer_spacing_ratio_matches_analytic_fractions(general) -> None:
+@pytest.mark.parametrize(("general", "local"), [(False, False), (True, False), (False, True)])
+def test_aligned_box_with_non_integer_spacing_ratio_matches_analytic_fractions(
+    general, local, tmp_path
+) -> None:
     # 2P-like spacing 3 x 1.1838 x 1.1838 µm into 25 µm, MRI origin not on the microscopy grid
     sp = np.array([3.0, 1.1838, 1.1838])
     shape = (40, 120, 120)
@@ -86,9 +91,13 @@ def test_aligned_box_with_non_integer_spacing_ratio_matches_analytic_fractions(g
     k0, k1 = np.array([8, 30, 40]), np.array([30, 100, 95])
     mask = np.zeros(shape, np.uint8)
     mask[k0[0] : k1[0], k0[1] : k1[1], k0[2] : k1[2]] = 1
-    store = _store(mask, sp, org, LinearModel("affine", np.eye(3), np.zeros(3)))
+    # local: sharded on disk, so the separable path decodes the inner chunks itself
+    where, shards = (tmp_path / "s.zarr", {"z": 32, "y": 128, "x": 128}) if local else (None, False)
+    ident = LinearModel("affine", np.eye(3), np.zeros(3))
+    store = _store(mask, sp, org, ident, where=where, shards=shards)
     ds = density(store, microscopy="twop/mask", mri="mri/T2w", force_general=general)
     assert ds.attrs["density"]["path"] == ("general" if general else "separable")
+    assert ds.attrs["density"]["reads"] == ("chunks" if local else "zarr")
     frac, cov = ds["fraction"].values, ds["coverage"].values
     box_lo = org + (k0 - 0.5) * sp
     box_hi = org + (k1 - 0.5) * sp
@@ -313,3 +322,30 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
         general_block_nodes(values, nodes, holed, (0, 0, 0), values.shape, lo, shape),
         holed_ref, rtol=1e-9, atol=1e-12,
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", ["labels", "threshold", "intensity"])
+def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, tmp_path) -> None:
+    # a sharded local image with edge chunks and unwritten shards: the separable path's own
+    # decoding against the same sums over blocks read by zarr
+    sp = np.array([3.0, 1.1838, 1.1838])
+    shape = (45, 150, 140)
+    rng = np.random.default_rng(3)
+    vals = (rng.random(shape) * 300).astype(np.uint16)
+    vals[:, 128:, :] = 0  # the y edge shards hold only the fill value: zarr stores none of them
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    model = LinearModel("affine", np.eye(3), np.array([3.3, -7.1, 5.7]))
+    store = _store(vals, sp, org, model, where=tmp_path / "s.zarr",
+                   shards={"z": 32, "y": 128, "x": 128},
+                   kind="labels" if kind == "labels" else "image")  # fmt: skip
+    assert not (tmp_path / "s.zarr/twop/mask/s0/c/0/1/0").exists()
+    threshold = 150.0 if kind == "threshold" else None
+    got = {}
+    for direct in (True, False):
+        sums, lo, info = footprint_sums(store, microscopy="twop/mask", mri="mri/T2w",
+                                        threshold=threshold, direct_reads=direct)  # fmt: skip
+        assert info["reads"] == ("chunks" if direct else "zarr")
+        got[direct] = sums.compute()
+    np.testing.assert_allclose(got[True], got[False], rtol=1e-12, atol=1e-9)
+    assert got[True][1].max() > 0.99
+    assert got[True][0].max() > 0
