@@ -56,7 +56,7 @@ def _vessels(block: np.ndarray, block_info: Any = None) -> np.ndarray:
     return (f > 1.6).astype(np.uint8)
 
 
-def build(workdir: Path, size_gib: float) -> Path:
+def build(workdir: Path, size_gib: float, kind: str = "labels") -> Path:
     import dask.array as da
     import pandas as pd
 
@@ -66,7 +66,9 @@ def build(workdir: Path, size_gib: float) -> Path:
     from bridge_xr.model.pointmaps import LinearModel
     from bridge_xr.register.registration import register
 
-    store = workdir / f"extract_{size_gib:g}GiB.ome.zarr"
+    # a binary mask is a label image (stored as bridge_xr stores labels: plain zstd); ``image``
+    # stores the same voxels as an intensity image (blosc zstd, bit-shuffled)
+    store = workdir / f"extract_{size_gib:g}GiB{'' if kind == 'labels' else '_' + kind}.ome.zarr"
     if (store / "zarr.json").exists():
         return store
     shape = _shape(size_gib)
@@ -91,7 +93,12 @@ def build(workdir: Path, size_gib: float) -> Path:
     add_image(
         str(store),
         make_image(mask, dims="zyx", spacing=SPACING, unit="um"),
-        ImageMetadata(path="twop/mask", modality="twophoton", provenance=Provenance.now("bench")),
+        ImageMetadata(
+            path="twop/mask",
+            modality="twophoton",
+            kind=kind,  # type: ignore[arg-type]
+            provenance=Provenance.now("bench"),
+        ),
         levels=1,
     )
     model = LinearModel("affine", np.eye(3), np.asarray(OFFSET_UM))
@@ -274,6 +281,12 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--cases", nargs="*", help="run only these cases")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case (medians reported)")
+    ap.add_argument(
+        "--mask-kind",
+        choices=["labels", "image"],
+        default="labels",
+        help="store the mask as a label image (default) or an intensity image",
+    )
     args = ap.parse_args()
     if args.case:
         print(json.dumps(run_case(args.case, args.store, args.workdir / "extract-out")))
@@ -281,7 +294,7 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for size in args.sizes:
-        store = build(args.workdir, size)
+        store = build(args.workdir, size, args.mask_kind)
         cases = ["bridge_xr"]
         if size == max(args.sizes):
             cases += ["sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"]

@@ -264,7 +264,7 @@ def convert_microscopy(
     overwrite: bool = False,
     chunks: Mapping[str, int] | None = None,
     shards: Mapping[str, int] | None = None,
-    compressor: str = "blosc-zstd",
+    compressor: str = "auto",
     storage_options: dict[str, Any] | None = None,
     progress: Any = None,
     scene: int | None = None,

@@ -111,7 +111,7 @@ def write_multiscale(
     levels: int | None = None,
     chunks: Mapping[str, int] | None = None,
     shards: Mapping[str, int] | Literal[False] | None = None,
-    compressor: str = "blosc-zstd",
+    compressor: str = "auto",
     extra_ome: Mapping[str, Any] | None = None,
     progress: Any = None,
 ) -> StoragePlan:
@@ -146,7 +146,8 @@ def write_multiscale(
     chunks, shards : mapping axis -> int, optional
         Chunk and shard shapes (``shards=False``: unsharded).
     compressor : str
-        ``blosc-zstd`` or ``zstd``.
+        ``auto`` (``zstd`` for labels, else ``blosc-zstd``), ``zstd``, ``blosc-zstd``,
+        ``blosc-lz4`` or ``none``.
     extra_ome : mapping, optional
         More keys of the ``ome`` block.
     progress : callable, optional
@@ -176,7 +177,7 @@ def write_multiscale(
         data.shape, dims_t, data.dtype, spacing, origin, levels=levels, chunks=chunks, shards=shards
     )
     prefix = path.strip("/")
-    targets = create_level_arrays(store, prefix, plan, compressor)
+    targets = create_level_arrays(store, prefix, plan, compressor, kind)
     steps = level_steps(plan)
     n_fused = fused_level_count(plan)
     write_fused_levels(da.asarray(data), targets[:n_fused], steps[: n_fused - 1], method)
@@ -235,10 +236,10 @@ def write_tail_levels(
 
 
 def create_level_arrays(
-    store: Store, prefix: str, plan: StoragePlan, compressor: str
+    store: Store, prefix: str, plan: StoragePlan, compressor: str, kind: str = "image"
 ) -> list[zarr.Array[Any]]:
     """Create (or replace) the empty arrays of every level of ``plan`` under ``prefix``."""
-    comp = _compressors(compressor, plan.dtype)
+    comp = _compressors(compressor, plan.dtype, kind)
     targets = []
     for lv in plan.levels:
         name = f"{prefix}/{lv.path}" if prefix else lv.path

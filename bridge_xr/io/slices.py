@@ -112,7 +112,7 @@ def convert_slices(
     pixel_size: str | None = None,
     channel_names: tuple[str, ...] | None = None,
     overwrite: bool = False,
-    compressor: str = "blosc-zstd",
+    compressor: str = "auto",
     progress: Any = None,
 ) -> ImageMetadata:
     """Stack 2D section images (TIFF/OME-TIFF, CZI, LIF) into one image, one slab per section.

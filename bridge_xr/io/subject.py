@@ -172,7 +172,7 @@ def add_image(
     levels: int | None = None,
     chunks: Mapping[str, int] | None = None,
     shards: Mapping[str, int] | Literal[False] | None = None,
-    compressor: str = "blosc-zstd",
+    compressor: str = "auto",
     progress: Any = None,
     storage_options: dict[str, Any] | None = None,
 ) -> SubjectMetadata:

@@ -72,8 +72,11 @@ def microscopy(
         bool, typer.Option("--labels", help="integer label image (mode downsampling)")
     ] = False,
     compressor: Annotated[
-        str, typer.Option(help="zstd, blosc-zstd, blosc-lz4 or none")
-    ] = "blosc-zstd",
+        str,
+        typer.Option(
+            help="auto (zstd for --labels, else blosc-zstd), zstd, blosc-zstd, blosc-lz4 or none"
+        ),
+    ] = "auto",
     overwrite: Overwrite = False,
     scene: Annotated[
         int | None, typer.Option(help="CZI scene index (0-based) when the file holds several")

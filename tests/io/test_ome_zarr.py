@@ -136,6 +136,24 @@ def test_labels_are_downsampled_by_mode() -> None:
     np.testing.assert_array_equal(level1, expected)
 
 
+@pytest.mark.parametrize(
+    ("kind", "compressor", "codec"),
+    [("labels", "auto", "ZstdCodec"), ("image", "auto", "BloscCodec"),
+     ("labels", "blosc-zstd", "BloscCodec"), ("image", "zstd", "ZstdCodec")],
+)  # fmt: skip
+def test_labels_default_to_plain_zstd_and_a_named_compressor_is_kept(
+    kind, compressor, codec
+) -> None:
+    store = MemoryStore()
+    data = (rng.random((8, 16, 16)) > 0.8).astype(np.uint8)
+    write_multiscale(store, "m", da.from_array(data), dims="zyx", spacing={"z": 1, "y": 1, "x": 1},
+                     unit="um", kind=kind, method="mode", levels=2, compressor=compressor)  # fmt: skip
+    for level in ("s0", "s1"):
+        arr = zarr.open_array(store, path=f"m/{level}", mode="r")
+        assert [type(c).__name__ for c in arr.compressors] == [codec]
+    np.testing.assert_array_equal(read_image(store, "m").values, data)
+
+
 def test_written_images_pass_both_validators_and_read_as_datatree() -> None:
     store = MemoryStore()
     data = rng.random((2, 10, 40, 40)).astype(np.float32)
