@@ -118,13 +118,18 @@ def test_certified_block_map_is_within_its_bound_of_the_exact_tps() -> None:
     assert dev.max() > 0  # interpolated, not evaluated everywhere
 
 
-def test_chunk_cache_reads_what_slicing_reads_and_stays_bounded() -> None:
+@pytest.mark.parametrize("where", ["memory", "local", "local-sharded"])
+def test_chunk_cache_reads_what_slicing_reads_and_stays_bounded(where, tmp_path) -> None:
+    # on a local store the chunks are decoded by bridge_xr (edge chunks cut to the array)
     data = RNG.integers(0, 60000, size=(2, 20, 30, 40), dtype=np.uint16)
-    arr = zarr.create_array(zarr.storage.MemoryStore(), shape=data.shape, chunks=(2, 8, 8, 8),
-                            dtype=data.dtype)  # fmt: skip
+    store = zarr.storage.MemoryStore() if where == "memory" else tmp_path / "a.zarr"
+    shards = {"shards": (2, 16, 16, 16)} if where == "local-sharded" else {}
+    arr = zarr.create_array(store, shape=data.shape, chunks=(2, 8, 8, 8), dtype=data.dtype,
+                            **shards)  # fmt: skip
     arr[:] = data
     chunk_bytes = 2 * 8 * 8 * 8 * 2
     cache = ChunkCache(arr, max_bytes=6 * chunk_bytes)
+    assert (cache._decoder is None) == (where == "memory")
     for _ in range(30):
         lo = RNG.integers(0, [19, 29, 39])
         hi = lo + RNG.integers(1, [20, 30, 40]) // 2 + 1
