@@ -139,7 +139,8 @@ class ChunkDecoder:
         if not isinstance(arr, zarr.Array):
             return None
         dtype = np.dtype(arr.dtype)
-        if dtype.kind not in "buif":
+        grid = getattr(meta.chunk_grid, "chunk_shape", None)  # a regular grid
+        if dtype.kind not in "buif" or grid is None:
             return None
         codecs = tuple(meta.codecs)
         per_shard = None
@@ -156,12 +157,12 @@ class ChunkDecoder:
                 return None
             chain = _chain(sh.codecs, dtype.itemsize)
             inner = tuple(int(c) for c in sh.chunk_shape)
-            outer = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+            outer = tuple(int(c) for c in grid)
             per_shard = tuple(o // i for o, i in zip(outer, inner, strict=True))
             index_at_end = getattr(sh.index_location, "value", sh.index_location) == "end"
         else:
             chain = _chain(codecs, dtype.itemsize)
-            inner = tuple(int(c) for c in meta.chunk_grid.chunk_shape)
+            inner = tuple(int(c) for c in grid)
         if chain is None:
             return None
         root = Path(str(store.root)) / arr.store_path.path
