@@ -91,6 +91,7 @@ class _DirectRead:
 
     decoder: ChunkDecoder
     threshold: float | None
+    lead: tuple[int, ...] = ()  # the chunk index on the leading axis (a channel), if any
 
 
 def _direct_separable(
@@ -103,14 +104,16 @@ def _direct_separable(
 ) -> np.ndarray:
     """:func:`separable_block` of block ``lo:hi`` (whole inner chunks), read chunk by chunk."""
     dec = direct.decoder
-    buf = thread_buffer("density", dec.inner, dec.dtype)
-    mask = thread_buffer("density-mask", dec.inner, np.bool_)
+    whole = thread_buffer("density", dec.inner, dec.dtype)
+    buf = whole.reshape(dec.inner[-3:])  # a leading axis (a channel) is one chunk deep
+    inner = buf.shape
+    mask = thread_buffer("density-mask", inner, np.bool_)
     out = np.zeros((2, *b_shape))
-    spans = [range(a // i, -(-b // i)) for a, b, i in zip(lo, hi, dec.inner, strict=True)]
+    spans = [range(a // i, -(-b // i)) for a, b, i in zip(lo, hi, inner, strict=True)]
     for chunk in itertools.product(*spans):
-        c_lo = tuple(c * i for c, i in zip(chunk, dec.inner, strict=True))
-        part = tuple(slice(0, min(i, b - c)) for i, b, c in zip(dec.inner, hi, c_lo, strict=True))
-        dec.read(chunk, buf)
+        c_lo = tuple(c * i for c, i in zip(chunk, inner, strict=True))
+        part = tuple(slice(0, min(i, b - c)) for i, b, c in zip(inner, hi, c_lo, strict=True))
+        dec.read(direct.lead + chunk, whole)
         vals = buf[part]
         if direct.threshold is not None:
             vals = np.greater(vals, direct.threshold, out=mask[part])
@@ -209,6 +212,7 @@ def footprint_sums(
         fp = dataclasses.replace(fp, diagonal=None)
     mic = read_image(st, microscopy)
     data, level0 = _inner_chunked(st, microscopy, mic)
+    lead: tuple[int, ...] = ()
     if "c" in mic.dims:
         if channel is None:
             raise InvalidInputError(
@@ -218,7 +222,10 @@ def footprint_sums(
         if not isinstance(channel, int) and str(channel) not in names:
             raise InvalidInputError(f"{microscopy!r} has no channel {channel!r}; it has {names}")
         ci = channel if isinstance(channel, int) else names.index(str(channel))
-        data = data[ci] if mic.dims.index("c") == 0 else mic.isel(c=ci).data
+        if mic.dims.index("c") == 0:
+            data, lead = data[ci], (ci,)
+        else:
+            data, level0 = mic.isel(c=ci).data, None
         mic = mic.isel(c=ci)
     if any(str(d) not in ("z", "y", "x") for d in mic.dims):
         raise InvalidInputError(f"{microscopy!r} has dims {mic.dims}; expected (c,) z, y, x")
@@ -248,14 +255,15 @@ def footprint_sums(
         step_z = int(np.diff(node_idx[0]).max(initial=1))
     bbox_lo, bbox_shape = _bbox(fp, node_val)
     direct = None
-    if fp.diagonal is not None and level0 is not None and level0.ndim == 3 and direct_reads:
+    if fp.diagonal is not None and level0 is not None and direct_reads:
         dec = ChunkDecoder.of(level0)
         aligned = dec is not None and all(
-            c % i == 0 for cs, i in zip(data.chunks, dec.inner, strict=True) for c in cs[:-1]
+            c % i == 0 for cs, i in zip(data.chunks, dec.inner[-3:], strict=True) for c in cs[:-1]
         )
-        if dec is not None and aligned:
+        # a channel's chunks hold that channel alone (bridge_xr chunks channels one by one)
+        if dec is not None and aligned and all(n == 1 for n in dec.inner[: len(lead)]):
             cut = threshold if threshold is not None else (0 if kind == "labels" else None)
-            direct = _DirectRead(dec, cut)
+            direct = _DirectRead(dec, cut, lead)
     total = _slab_total(
         data, None, fp, node_idx, node_val, step_z, bbox_lo, bbox_shape, direct=direct
     )

@@ -40,7 +40,10 @@ def _store(
         unit="mm",
     )
     add_image(store, mri, _meta("mri/T2w", "mri"), shards=False)
-    mic = make_image(mask, dims="zyx", spacing=mic_spacing, origin=mic_origin, unit="um")
+    four = mask.ndim == 4  # channels first
+    mic = make_image(mask, dims="czyx" if four else "zyx", spacing=mic_spacing,
+                     origin=mic_origin, unit="um",
+                     channel_names=["vessel", "glioma"] if four else None)  # fmt: skip
     add_image(
         store,
         mic,
@@ -349,3 +352,27 @@ def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, tmp_path) -> None:
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12, atol=1e-9)
     assert got[True][1].max() > 0.99
     assert got[True][0].max() > 0
+
+
+def test_a_channel_is_read_chunk_by_chunk_too(tmp_path) -> None:
+    # a 2-channel sharded image: each channel's densities decoded from its own chunks equal
+    # those read through zarr, and the two channels differ
+    sp = np.array([3.0, 1.1838, 1.1838])
+    rng = np.random.default_rng(5)
+    vals = (rng.random((2, 40, 140, 130)) * 300).astype(np.uint16)
+    vals[1] //= 3
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    model = LinearModel("affine", np.eye(3), np.array([3.3, -7.1, 5.7]))
+    store = _store(vals, sp, org, model, where=tmp_path / "c.zarr",
+                   shards={"z": 32, "y": 128, "x": 128})  # fmt: skip
+    got = {}
+    for channel in ("vessel", 1):
+        for direct in (True, False):
+            sums, _, info = footprint_sums(store, microscopy="twop/mask", mri="mri/T2w",
+                                           channel=channel, threshold=120.0,
+                                           direct_reads=direct)  # fmt: skip
+            assert info["reads"] == ("chunks" if direct else "zarr")
+            got[channel, direct] = sums.compute()
+        np.testing.assert_allclose(got[channel, True], got[channel, False], rtol=1e-12, atol=1e-9)
+    assert got["vessel", True][0].sum() > 2 * got[1, True][0].sum()
+    np.testing.assert_allclose(got["vessel", True][1], got[1, True][1])  # the same coverage
