@@ -376,3 +376,29 @@ def test_a_channel_is_read_chunk_by_chunk_too(tmp_path) -> None:
         np.testing.assert_allclose(got[channel, True], got[channel, False], rtol=1e-12, atol=1e-9)
     assert got["vessel", True][0].sum() > 2 * got[1, True][0].sum()
     np.testing.assert_allclose(got["vessel", True][1], got[1, True][1])  # the same coverage
+
+
+@pytest.mark.slow
+def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
+    # the reader travels to worker processes (pickled) and decodes there
+    from distributed import Client, LocalCluster
+
+    sp = np.array([3.0, 1.1838, 1.1838])
+    vals = (np.random.default_rng(8).random((40, 140, 130)) > 0.7).astype(np.uint8)
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    model = LinearModel("affine", np.eye(3), np.array([3.3, -7.1, 5.7]))
+    store = _store(vals, sp, org, model, where=tmp_path / "d.zarr",
+                   shards={"z": 32, "y": 128, "x": 128}, kind="labels")  # fmt: skip
+    local = density(store, microscopy="twop/mask", mri="mri/T2w")["fraction"].values
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None)
+        as cluster,
+        Client(cluster),
+    ):  # fmt: skip
+        ds = density(store, microscopy="twop/mask", mri="mri/T2w")
+        assert ds.attrs["density"]["reads"] == "chunks"
+        got = ds["fraction"].values
+        prefixes = set(cluster.scheduler.task_prefixes)
+    assert "direct_separable" in prefixes, prefixes
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(local))
+    np.testing.assert_allclose(got[~np.isnan(got)], local[~np.isnan(local)], rtol=1e-12)
