@@ -208,7 +208,7 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     import zarr
 
     from bridge_xr.extract import footprint as fp_mod
-    from bridge_xr.extract._kuhn import general_block_nodes
+    from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
     from bridge_xr.extract._separable import separable_block
     from bridge_xr.extract.densities import _bbox
 
@@ -221,7 +221,12 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
         arr[:2, :8, :8], node_idx, node_val, (0, 0, 0), (2, 8, 8), bbox_lo, bbox_shape
     )  # fmt: skip  (compiled once, from numba's cache)
     separable_block(arr[:2, :8, :8], fp.diagonal, (0, 0, 0), bbox_lo, bbox_shape)  # the same
-    times = {"general": 0.0, "general_rotated": 0.0, "separable": 0.0}
+    assert fp.index_affine is not None
+    general_block_affine(arr[:2, :8, :8], fp.index_affine, (0, 0, 0), bbox_lo, bbox_shape)
+    # nodes: the kernel of any chain (TPS), corners interpolated from mapped nodes; affine: the
+    # one density() runs for a linear chain (a rotation), every voxel the same shape
+    times = {"general": 0.0, "general_rotated": 0.0, "separable": 0.0, "affine": 0.0,
+             "affine_rotated": 0.0}  # fmt: skip
     nvox, worst = 0, 0.0
     a = 0.3  # the same blocks rotated about the MRI z axis (timing only: no reference)
     rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
@@ -229,6 +234,8 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     turned = np.einsum("ab,bzyx->azyx", rot, node_val - centre) + centre
     turned_lo = np.floor(turned.reshape(3, -1).min(axis=1)).astype(int) - 1  # all of it, unclipped
     turned_shape = tuple(int(v) for v in np.ceil(turned.reshape(3, -1).max(axis=1)) + 2 - turned_lo)
+    c0 = centre[:, 0, 0, 0]
+    turned_map = np.c_[rot @ fp.index_affine[:, :3], rot @ (fp.index_affine[:, 3] - c0) + c0]
     for b in range(n_blocks):
         lo = (min(b * 16, shape[0] - 16), 512 + 256 * b, 768)
         hi = (lo[0] + 16, lo[1] + 256, lo[2] + 256)
@@ -244,6 +251,14 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
         times["general"] += t1 - t0
         times["separable"] += t2 - t1
         times["general_rotated"] += t4 - t3
+        t5 = time.perf_counter()
+        f = general_block_affine(vals, fp.index_affine, lo, bbox_lo, bbox_shape)
+        t6 = time.perf_counter()
+        general_block_affine(vals, turned_map, lo, turned_lo, turned_shape)
+        t7 = time.perf_counter()
+        times["affine"] += t6 - t5
+        times["affine_rotated"] += t7 - t6
+        worst = max(worst, float(np.abs(f - s).max()))
         worst = max(worst, float(np.abs(g - s).max()))
         nvox += vals.size
     total = int(np.prod(shape))
@@ -253,6 +268,7 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
         **ns,
         "general_over_separable_kernel": times["general"] / times["separable"],
         "rotated_over_separable_kernel": times["general_rotated"] / times["separable"],
+        "affine_rotated_over_separable_kernel": times["affine_rotated"] / times["separable"],
         "extrapolated_from_voxels": nvox,
         "max_abs_diff_vs_separable_voxel_volumes": worst,
     }
@@ -335,9 +351,12 @@ def main() -> int:
                              f" aligned, {b['general_rotated_ns_per_voxel']:.0f} rotated, separable "
                              f"{b['separable_ns_per_voxel']:.1f} (general/separable "
                              f"{b['general_over_separable_kernel']:.0f}x, rotated "
-                             f"{b['rotated_over_separable_kernel']:.0f}x)")  # fmt: skip
+                             f"{b['rotated_over_separable_kernel']:.0f}x); affine kernel "
+                             f"{b['affine_ns_per_voxel']:.0f} aligned, "
+                             f"{b['affine_rotated_ns_per_voxel']:.0f} rotated (rotated/separable "
+                             f"{b['affine_rotated_over_separable_kernel']:.0f}x)")  # fmt: skip
                 if "max_abs_diff_vs_separable_voxel_volumes" in b:
-                    line += f"; max |general - separable| {b['max_abs_diff_vs_separable_voxel_volumes']:.2e}"
+                    line += f"; max |general or affine - separable| {b['max_abs_diff_vs_separable_voxel_volumes']:.2e}"
                 f = args.workdir / "extract-out" / f"{base}_fraction.npy"
                 if f.exists():
                     other = np.load(f)

@@ -803,3 +803,117 @@ def general_block_nodes(
         _PARITY.astype(np.float64),
         _scratch(),
     )
+
+
+@nb.njit(nogil=True, cache=True)
+def general_kernel_affine(
+    values: Any,
+    a: Any,
+    p0: Any,
+    off8: Any,
+    box_lo: Any,
+    box_hi: Any,
+    tv: Any,
+    vol: float,
+    lo: Any,
+    shape: Any,
+    kuhn: Any,
+    scratch: Any,
+) -> Any:
+    """:func:`general_kernel_nodes` where the chain is affine: every voxel the same shape.
+
+    Voxel ``(k, j, i)``'s corner 0 is ``p0 + a @ (k, j, i)`` (MRI index units); its 8 corners
+    are that plus ``off8``, its box that plus ``box_lo`` .. ``box_hi``, and its tetrahedra have
+    the volumes ``tv`` (sum ``vol``) wherever it lies: no corner is interpolated and no
+    determinant taken per voxel. Voxels inside one MRI voxel add to running sums; the rest go
+    to :func:`_straddler` with the same closed forms as the general kernel.
+    """
+    out = np.zeros((2, shape[0], shape[1], shape[2]))
+    stack = np.empty((_STACK, 4, 3))
+    c8 = np.empty((8, 3))
+    cell_lo = np.empty(3, np.int64)
+    cell_n = np.empty(3, np.int64)
+    nz, ny, nx = values.shape
+    for k in range(nz):
+        for j in range(ny):
+            bz = p0[0] + a[0, 0] * k + a[0, 1] * j
+            by = p0[1] + a[1, 0] * k + a[1, 1] * j
+            bx = p0[2] + a[2, 0] * k + a[2, 1] * j
+            run_z, run_y, run_x = -(2**62), 0, 0
+            run_v, run_w = 0.0, 0.0
+            for i in range(nx):
+                cz, cy, cx = bz + a[0, 2] * i, by + a[1, 2] * i, bx + a[2, 2] * i
+                lz, ly, lx = cz + box_lo[0], cy + box_lo[1], cx + box_lo[2]
+                hz, hy, hx = cz + box_hi[0], cy + box_hi[1], cx + box_hi[2]
+                fz, fy, fx = math.floor(lz), math.floor(ly), math.floor(lx)
+                if hz <= fz + 1 and hy <= fy + 1 and hx <= fx + 1:
+                    iz, iy, ix = int(fz), int(fy), int(fx)
+                    if iz != run_z or iy != run_y or ix != run_x:
+                        if run_w > 0.0:
+                            _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
+                        run_z, run_y, run_x = iz, iy, ix
+                        run_v, run_w = 0.0, 0.0
+                    run_v += float(values[k, j, i]) * vol
+                    run_w += vol
+                    continue
+                relevant = True
+                for m, mn, mx in ((0, lz, hz), (1, ly, hy), (2, lx, hx)):
+                    e0 = int(math.floor(mn))
+                    e1 = max(int(math.ceil(mx)) - 1, e0)
+                    cell_lo[m] = e0
+                    cell_n[m] = e1 - e0
+                    relevant = relevant and e1 >= lo[m] and e0 < lo[m] + shape[m]
+                if not relevant:
+                    continue
+                for b in range(8):
+                    c8[b, 0] = cz + off8[b, 0]
+                    c8[b, 1] = cy + off8[b, 1]
+                    c8[b, 2] = cx + off8[b, 2]
+                stack = _straddler_inline(
+                    out, c8, float(values[k, j, i]), vol, cell_lo, cell_n, lo, shape, kuhn, tv,
+                    scratch, stack,
+                )  # fmt: skip
+            if run_w > 0.0:
+                _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
+    return out
+
+
+def general_block_affine(
+    values: np.ndarray,
+    index_map: np.ndarray,
+    lo: tuple[int, ...],
+    bbox_lo: np.ndarray,
+    bbox_shape: tuple[int, ...],
+) -> np.ndarray:
+    """:func:`general_block` of block ``lo:...`` when the chain is affine.
+
+    ``index_map`` (3, 4): microscopy index (z, y, x) -> MRI index, where MRI voxel ``v`` spans
+    ``[v, v + 1)`` and microscopy voxel ``k`` spans ``[k - 0.5, k + 0.5)``. Folded (flat) or
+    over-wide voxels are left out as in :func:`general_block`: here all of them or none.
+    """
+    if values.dtype == np.bool_:
+        values = values.view(np.uint8)
+    a = np.ascontiguousarray(index_map[:, :3], dtype=np.float64)
+    bits = np.array([[(b >> 2) & 1, (b >> 1) & 1, b & 1] for b in range(8)], dtype=np.float64)
+    off8 = bits @ a.T  # (8, 3) corner offsets from corner 0
+    c8 = off8.copy()
+    tv = np.empty(6)
+    vol, folded = _kuhn_volume(c8, _PARITY.astype(np.float64), np.empty((8, 3)), tv)
+    span = float((off8.max(axis=0) - off8.min(axis=0)).max())
+    if folded or span > MAX_SPAN:
+        return np.zeros((2, *bbox_shape))
+    p0 = a @ (np.asarray(lo, dtype=np.float64) - 0.5) + index_map[:, 3]
+    return general_kernel_affine(
+        values,
+        a,
+        p0,
+        np.ascontiguousarray(off8),
+        off8.min(axis=0),
+        off8.max(axis=0),
+        tv,
+        float(vol),
+        np.asarray(bbox_lo, dtype=np.int64),
+        np.asarray(bbox_shape, dtype=np.int64),
+        _KUHN_CORNER.astype(np.int64),
+        _scratch(),
+    )

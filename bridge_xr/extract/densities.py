@@ -19,7 +19,7 @@ import xarray as xr
 from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract._bilinear import _bilinear
-from bridge_xr.extract._kuhn import general_block_nodes
+from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
 from bridge_xr.extract._separable import separable_block, separable_pair
 from bridge_xr.extract.footprint import (
     NODE_UM,
@@ -272,6 +272,9 @@ def footprint_sums(
         "microscopy": microscopy,
         "mri": mri,
         "path": "separable" if fp.diagonal is not None else "general",
+        "kernel": "separable"
+        if fp.diagonal is not None
+        else ("affine" if fp.index_affine is not None else "nodes"),
         "chain": [type(m).__name__ + ("" if f else "^-1") for m, f in fp.models],
         "threshold": threshold,
         "blocks": n_blocks,
@@ -344,6 +347,8 @@ def _slab_total(
                 )
             elif fp.diagonal is not None:
                 part = dask.delayed(separable_block)(block, fp.diagonal, lo, b_lo, b_shape)
+            elif fp.index_affine is not None:  # every voxel the same shape: no corners
+                part = dask.delayed(general_block_affine)(block, fp.index_affine, lo, b_lo, b_shape)
             else:
                 part = dask.delayed(general_block_nodes)(
                     block, node_idx, nodes_key, lo, hi, b_lo, b_shape

@@ -62,6 +62,8 @@ class Footprint:
     mri_origin_um: np.ndarray
     mri_shape: tuple[int, int, int]
     diagonal: np.ndarray | None  # (scale zyx, offset zyx) of micro index -> MRI index, if separable
+    # (3, 4) micro index -> MRI index of an all-linear chain (MRI voxel v spans [v, v + 1))
+    index_affine: np.ndarray | None = None
 
 
 def _chain(store: Any, microscopy: str, mri: str) -> list[tuple[Model, bool]]:
@@ -91,6 +93,7 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
         # microscopy index -> MRI index (voxel v spans [v, v + 1) in MRI index units)
         a = np.diag(1 / fp.mri_spacing_um) @ lin[:3, :3] @ np.diag(fp.mic_spacing_um)
         b = (lin[:3, :3] @ fp.mic_origin_um + lin[:3, 3] - fp.mri_origin_um) / fp.mri_spacing_um
+        fp = dataclasses.replace(fp, index_affine=np.c_[a, b + 0.5])
         off = a - np.diag(np.diag(a))
         if np.abs(off).max() <= 1e-12 * np.abs(np.diag(a)).max():
             fp = dataclasses.replace(fp, diagonal=np.stack([np.diag(a), b + 0.5]))

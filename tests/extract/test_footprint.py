@@ -286,7 +286,12 @@ def test_compiled_separable_full_cells_are_exactly_one(dtype) -> None:
 
 
 def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
-    from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block, general_block_nodes
+    from bridge_xr.extract._kuhn import (
+        _KUHN_CORNER,
+        general_block,
+        general_block_affine,
+        general_block_nodes,
+    )
 
     rng = np.random.default_rng(6)
     values = rng.uniform(0, 1, size=(5, 7, 8))
@@ -316,6 +321,10 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     nodes = [np.arange(n + 1) for n in values.shape]
     from_nodes = general_block_nodes(values, nodes, corners, (0, 0, 0), values.shape, lo, shape)
     np.testing.assert_allclose(from_nodes, ref, rtol=1e-9, atol=1e-12)
+    # the chain is affine: every voxel the same shape, no corners made at all
+    index_map = np.c_[rot * 0.37, [2.3, 5.1, 3.7]]
+    from_affine = general_block_affine(values, index_map, (0, 0, 0), lo, shape)
+    np.testing.assert_allclose(from_affine, ref, rtol=1e-9, atol=1e-12)
     # an unmapped corner: the voxel-by-voxel path leaves out exactly the voxels it touches
     holed = corners.copy()
     holed[:, 2, 3, 4] = np.nan
@@ -402,3 +411,33 @@ def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
     assert "direct_separable" in prefixes, prefixes
     np.testing.assert_array_equal(np.isnan(got), np.isnan(local))
     np.testing.assert_allclose(got[~np.isnan(got)], local[~np.isnan(local)], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_affine_kernel_equals_the_node_kernel_for_any_linear_map(seed) -> None:
+    # shears, flips and scales; blocks anywhere in the volume, partly outside the MRI box
+    from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
+
+    rng = np.random.default_rng(seed)
+    a = Rotation.random(random_state=seed).as_matrix() @ np.diag(rng.uniform(0.05, 0.4, 3))
+    a = a @ (np.eye(3) + rng.uniform(-0.3, 0.3, (3, 3)))  # sheared
+    a[:, 0] *= -1 if seed == 1 else 1  # a flip: negative determinant
+    b = rng.uniform(-3, 3, 3)
+    shape = (12, 30, 26)
+    values = rng.uniform(0, 200, shape)
+    idx = [np.arange(n + 1) for n in shape]
+    k, j, i = np.meshgrid(*(v - 0.5 for v in idx), indexing="ij")
+    nodes = np.einsum("ab,bzyx->azyx", a, np.stack([k, j, i])) + b[:, None, None, None]
+    box_lo, box_shape = np.floor(nodes.reshape(3, -1).min(axis=1)).astype(int) + 2, (4, 5, 4)
+    for lo, hi in (((0, 0, 0), shape), ((4, 10, 7), (12, 30, 20))):
+        block = np.ascontiguousarray(values[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]])
+        ref = general_block_nodes(block, idx, nodes, lo, hi, box_lo, box_shape)
+        got = general_block_affine(block, np.c_[a, b], lo, box_lo, box_shape)
+        np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+        assert ref[1].sum() > 1.0
+        assert (ref[1] < 1).any()
+    flat = a.copy()
+    flat[:, 2] = flat[:, 1]  # no volume: every voxel folded
+    assert not general_block_affine(values, np.c_[flat, b], (0, 0, 0), box_lo, box_shape).any()
+    wide = a * 30  # each voxel wider than MAX_SPAN MRI voxels: left out
+    assert not general_block_affine(values, np.c_[wide, b], (0, 0, 0), box_lo, box_shape).any()
