@@ -805,6 +805,25 @@ def general_block_nodes(
     )
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _frac_below_sorted(h0: float, h1: float, h2: float, h3: float) -> float:
+    """:func:`_frac_below` of heights already in ascending order (no search for the lone one)."""
+    if h0 >= 0.0:
+        return 0.0
+    if h3 < 0.0:
+        return 1.0
+    if h1 >= 0.0:  # one below
+        t = -h0
+        return t * t * t / ((t + h1) * (t + h2) * (t + h3))
+    if h2 < 0.0:  # three below
+        t = h3
+        return 1.0 - t * t * t / ((t - h0) * (t - h1) * (t - h2))
+    u1, u2, v1, v2 = -h0, -h1, h2, h3
+    num = u1 * u1 * u2 * u2 + (v1 + v2) * u1 * u2 * (u1 + u2)
+    num += v1 * v2 * (u1 * u1 + u1 * u2 + u2 * u2)
+    return num / ((u1 + v1) * (u1 + v2) * (u2 + v1) * (u2 + v2))
+
+
 @nb.njit(nogil=True, cache=True)
 def general_kernel_affine(
     values: Any,
@@ -818,6 +837,7 @@ def general_kernel_affine(
     lo: Any,
     shape: Any,
     kuhn: Any,
+    sorted_off: Any,
     scratch: Any,
 ) -> Any:
     """:func:`general_kernel_nodes` where the chain is affine: every voxel the same shape.
@@ -864,6 +884,20 @@ def general_kernel_affine(
                     cell_n[m] = e1 - e0
                     relevant = relevant and e1 >= lo[m] and e0 < lo[m] + shape[m]
                 if not relevant:
+                    continue
+                if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face: presorted tetrahedra
+                    ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+                    s = (cz if ax == 0 else (cy if ax == 1 else cx)) - float(cell_lo[ax] + 1)
+                    below = 0.0
+                    for t in range(6):
+                        below += tv[t] * _frac_below_sorted(
+                            s + sorted_off[ax, t, 0], s + sorted_off[ax, t, 1],
+                            s + sorted_off[ax, t, 2], s + sorted_off[ax, t, 3],
+                        )  # fmt: skip
+                    v = float(values[k, j, i])
+                    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+                    _add(out, z, y, x, v, below)
+                    _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
                     continue
                 for b in range(8):
                     c8[b, 0] = cz + off8[b, 0]
@@ -915,5 +949,6 @@ def general_block_affine(
         np.asarray(bbox_lo, dtype=np.int64),
         np.asarray(bbox_shape, dtype=np.int64),
         _KUHN_CORNER.astype(np.int64),
+        np.sort(off8[_KUHN_CORNER].transpose(2, 0, 1), axis=-1),  # (axis, tetrahedron, 4)
         _scratch(),
     )

@@ -441,3 +441,17 @@ def test_affine_kernel_equals_the_node_kernel_for_any_linear_map(seed) -> None:
     assert not general_block_affine(values, np.c_[flat, b], (0, 0, 0), box_lo, box_shape).any()
     wide = a * 30  # each voxel wider than MAX_SPAN MRI voxels: left out
     assert not general_block_affine(values, np.c_[wide, b], (0, 0, 0), box_lo, box_shape).any()
+
+
+def test_frac_below_of_sorted_heights_equals_the_general_form() -> None:
+    from bridge_xr.extract._kuhn import _frac_below, _frac_below_sorted
+
+    rng = np.random.default_rng(4)
+    h = np.sort(rng.normal(size=(4000, 4)), axis=1)
+    h[:500] = np.round(h[:500], 1)  # ties and exact zeros
+    h[500:600] *= 1e-9  # near-equal heights (a nearly axis-aligned voxel)
+    got = np.array([_frac_below_sorted(*row) for row in h])
+    ref = np.array([_frac_below(*row) for row in h])
+    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
+    assert {0.0, 1.0} <= set(got)
+    assert ((got > 0) & (got < 1)).sum() > 1000
