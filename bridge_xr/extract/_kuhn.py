@@ -929,10 +929,9 @@ def general_block_affine(
         values = values.view(np.uint8)
     a = np.ascontiguousarray(index_map[:, :3], dtype=np.float64)
     bits = np.array([[(b >> 2) & 1, (b >> 1) & 1, b & 1] for b in range(8)], dtype=np.float64)
-    off8 = bits @ a.T  # (8, 3) corner offsets from corner 0
-    c8 = off8.copy()
+    off8 = bits @ a.T  # (8, 3) corner offsets from corner 0 (C-ordered)
     tv = np.empty(6)
-    vol, folded = _kuhn_volume(c8, _PARITY.astype(np.float64), np.empty((8, 3)), tv)
+    vol, folded = _kuhn_volume(off8, _PARITY.astype(np.float64), np.empty((8, 3)), tv)
     span = float((off8.max(axis=0) - off8.min(axis=0)).max())
     if folded or span > MAX_SPAN:
         return np.zeros((2, *bbox_shape))
@@ -941,7 +940,7 @@ def general_block_affine(
         values,
         a,
         p0,
-        np.ascontiguousarray(off8),
+        off8,
         off8.min(axis=0),
         off8.max(axis=0),
         tv,

@@ -26,6 +26,7 @@ True
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,8 +73,6 @@ def _decoder(codec: Any) -> Any:
 
 def _chain(codecs: Any, itemsize: int) -> tuple[Any] | None:
     """``(decoder,)`` (None: raw bytes) for ``bytes`` [+ one compressor], else None."""
-    import sys
-
     from zarr.codecs import BytesCodec
 
     codecs = tuple(codecs)

@@ -57,13 +57,8 @@ class ChunkCache:
         # (a local store): no zarr output array to fill and copy, no event-loop round trips
         dec = ChunkDecoder.of(arr)
         lead = arr.ndim - 3
-        fits = (
-            dec is not None
-            and (
-                tuple(dec.inner[:lead]) == tuple(arr.shape[:lead])  # all channels in one chunk
-                and tuple(dec.inner[lead:]) == tuple(arr.chunks[-3:])
-            )
-        )
+        # a key reads every channel: only where one chunk holds them all
+        fits = dec is not None and tuple(dec.inner[:lead]) == tuple(arr.shape[:lead])
         self._decoder = dec if fits else None
 
     def __getstate__(self) -> dict[str, Any]:
