@@ -205,12 +205,16 @@ def case_numpy_sum(store: Path, out: Path) -> dict[str, Any]:
 
 def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     """The general path on a few (16, 256, 256) blocks; extrapolated; checked against separable."""
+    import dataclasses
+
     import zarr
+    from scipy.spatial.transform import Rotation
 
     from bridge_xr.extract import footprint as fp_mod
-    from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
+    from bridge_xr.extract._affine import general_block_affine
+    from bridge_xr.extract._kuhn import general_block_nodes
     from bridge_xr.extract._separable import separable_block
-    from bridge_xr.extract.densities import _bbox
+    from bridge_xr.extract.densities import _bbox, _block_box
 
     fp = fp_mod.plan_footprint(str(store), "twop/mask", "mri/T2w")
     arr = zarr.open_array(str(store / "twop/mask/s0"), mode="r")
@@ -225,39 +229,49 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
     general_block_affine(arr[:2, :8, :8], fp.index_affine, (0, 0, 0), bbox_lo, bbox_shape)
     # nodes: the kernel of any chain (TPS), corners interpolated from mapped nodes; affine: the
     # one density() runs for a linear chain (a rotation), every voxel the same shape
-    times = {"general": 0.0, "general_rotated": 0.0, "separable": 0.0, "affine": 0.0,
-             "affine_rotated": 0.0}  # fmt: skip
+    times = dict.fromkeys(("general", "general_rotated", "separable", "affine", "affine_rotated",
+                           "affine_oblique"), 0.0)  # fmt: skip
     nvox, worst = 0, 0.0
-    a = 0.3  # the same blocks rotated about the MRI z axis (timing only: no reference)
-    rot = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    a = 0.3  # the same blocks rotated about the MRI z axis, and about an oblique axis
+    turns = {
+        "rotated": np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]]),
+        "oblique": Rotation.from_rotvec([0.2, 0.3, 0.1]).as_matrix(),
+    }
     centre = node_val.reshape(3, -1).mean(axis=1)[:, None, None, None]
-    turned = np.einsum("ab,bzyx->azyx", rot, node_val - centre) + centre
-    turned_lo = np.floor(turned.reshape(3, -1).min(axis=1)).astype(int) - 1  # all of it, unclipped
-    turned_shape = tuple(int(v) for v in np.ceil(turned.reshape(3, -1).max(axis=1)) + 2 - turned_lo)
     c0 = centre[:, 0, 0, 0]
-    turned_map = np.c_[rot @ fp.index_affine[:, :3], rot @ (fp.index_affine[:, 3] - c0) + c0]
+    turned, turned_map = {}, {}
+    for name, rot in turns.items():
+        turned[name] = np.einsum("ab,bzyx->azyx", rot, node_val - centre) + centre
+        turned_map[name] = np.c_[
+            rot @ fp.index_affine[:, :3], rot @ (fp.index_affine[:, 3] - c0) + c0
+        ]
+    free = dataclasses.replace(fp, diagonal=None)  # boxes from the nodes, not the diagonal map
+    big = (np.full(3, -(10**6)), (2 * 10**6,) * 3)  # no clipping to a slab
     for b in range(n_blocks):
         lo = (min(b * 16, shape[0] - 16), 512 + 256 * b, 768)
         hi = (lo[0] + 16, lo[1] + 256, lo[2] + 256)
         vals = arr[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        t0 = time.perf_counter()  # what density() runs: corners interpolated in the kernel
-        g = general_block_nodes(vals, node_idx, node_val, lo, hi, bbox_lo, bbox_shape)
+        # every kernel sums into its block's own MRI box, as density() runs it
+        box = _block_box(fp, node_idx, node_val, lo, hi, *big)
+        tbox = {n: _block_box(free, node_idx, turned[n], lo, hi, *big) for n in turns}
+        assert box is not None
+        assert all(v is not None for v in tbox.values())
+        t0 = time.perf_counter()  # what density() runs for a TPS: corners interpolated
+        g = general_block_nodes(vals, node_idx, node_val, lo, hi, *box)
         t1 = time.perf_counter()
-        s = separable_block(vals, fp.diagonal, lo, bbox_lo, bbox_shape)
+        s = separable_block(vals, fp.diagonal, lo, *box)
         t2 = time.perf_counter()
+        general_block_nodes(vals, node_idx, turned["rotated"], lo, hi, *tbox["rotated"])
         t3 = time.perf_counter()
-        general_block_nodes(vals, node_idx, turned, lo, hi, turned_lo, turned_shape)
+        f = general_block_affine(vals, fp.index_affine, lo, *box)
         t4 = time.perf_counter()
-        times["general"] += t1 - t0
-        times["separable"] += t2 - t1
-        times["general_rotated"] += t4 - t3
+        general_block_affine(vals, turned_map["rotated"], lo, *tbox["rotated"])
         t5 = time.perf_counter()
-        f = general_block_affine(vals, fp.index_affine, lo, bbox_lo, bbox_shape)
+        general_block_affine(vals, turned_map["oblique"], lo, *tbox["oblique"])
         t6 = time.perf_counter()
-        general_block_affine(vals, turned_map, lo, turned_lo, turned_shape)
-        t7 = time.perf_counter()
-        times["affine"] += t6 - t5
-        times["affine_rotated"] += t7 - t6
+        for key, dt in zip(times, np.diff([t0, t1, t2, t3, t4, t5, t6])[[0, 2, 1, 3, 4, 5]],
+                           strict=True):  # fmt: skip
+            times[key] += dt
         worst = max(worst, float(np.abs(f - s).max()))
         worst = max(worst, float(np.abs(g - s).max()))
         nvox += vals.size
@@ -269,6 +283,7 @@ def case_general(store: Path, out: Path, n_blocks: int = 2) -> dict[str, Any]:
         "general_over_separable_kernel": times["general"] / times["separable"],
         "rotated_over_separable_kernel": times["general_rotated"] / times["separable"],
         "affine_rotated_over_separable_kernel": times["affine_rotated"] / times["separable"],
+        "affine_oblique_over_separable_kernel": times["affine_oblique"] / times["separable"],
         "extrapolated_from_voxels": nvox,
         "max_abs_diff_vs_separable_voxel_volumes": worst,
     }

@@ -18,8 +18,9 @@ import xarray as xr
 
 from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
+from bridge_xr.extract._affine import general_block_affine
 from bridge_xr.extract._bilinear import _bilinear
-from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
+from bridge_xr.extract._kuhn import general_block_nodes
 from bridge_xr.extract._separable import separable_block, separable_pair
 from bridge_xr.extract.footprint import (
     NODE_UM,

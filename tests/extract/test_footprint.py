@@ -286,12 +286,8 @@ def test_compiled_separable_full_cells_are_exactly_one(dtype) -> None:
 
 
 def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
-    from bridge_xr.extract._kuhn import (
-        _KUHN_CORNER,
-        general_block,
-        general_block_affine,
-        general_block_nodes,
-    )
+    from bridge_xr.extract._affine import general_block_affine
+    from bridge_xr.extract._kuhn import _KUHN_CORNER, general_block, general_block_nodes
 
     rng = np.random.default_rng(6)
     values = rng.uniform(0, 1, size=(5, 7, 8))
@@ -416,7 +412,8 @@ def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_affine_kernel_equals_the_node_kernel_for_any_linear_map(seed) -> None:
     # shears, flips and scales; blocks anywhere in the volume, partly outside the MRI box
-    from bridge_xr.extract._kuhn import general_block_affine, general_block_nodes
+    from bridge_xr.extract._affine import general_block_affine
+    from bridge_xr.extract._kuhn import general_block_nodes
 
     rng = np.random.default_rng(seed)
     a = Rotation.random(random_state=seed).as_matrix() @ np.diag(rng.uniform(0.05, 0.4, 3))
@@ -441,17 +438,3 @@ def test_affine_kernel_equals_the_node_kernel_for_any_linear_map(seed) -> None:
     assert not general_block_affine(values, np.c_[flat, b], (0, 0, 0), box_lo, box_shape).any()
     wide = a * 30  # each voxel wider than MAX_SPAN MRI voxels: left out
     assert not general_block_affine(values, np.c_[wide, b], (0, 0, 0), box_lo, box_shape).any()
-
-
-def test_frac_below_of_sorted_heights_equals_the_general_form() -> None:
-    from bridge_xr.extract._kuhn import _frac_below, _frac_below_sorted
-
-    rng = np.random.default_rng(4)
-    h = np.sort(rng.normal(size=(4000, 4)), axis=1)
-    h[:500] = np.round(h[:500], 1)  # ties and exact zeros
-    h[500:600] *= 1e-9  # near-equal heights (a nearly axis-aligned voxel)
-    got = np.array([_frac_below_sorted(*row) for row in h])
-    ref = np.array([_frac_below(*row) for row in h])
-    np.testing.assert_allclose(got, ref, rtol=1e-13, atol=1e-15)
-    assert {0.0, 1.0} <= set(got)
-    assert ((got > 0) & (got < 1)).sum() > 1000
