@@ -56,7 +56,9 @@ _MIN_STEEP = 1e-6
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
-def _below(m: int, r: float, vol: float, knots: Any, coef: Any, neg: Any) -> float:
+def _below(
+    m: int, r: float, vol: float, knots: Any, coef: Any, neg: Any
+) -> float:  # fmt: skip
     """Volume of the voxel below the plane ``x_m = p``, ``r = p - x_m(corner 0)``.
 
     ``P(w . u < t)`` with ``t = r - neg_m``, a piecewise polynomial: its piece ``q`` starts at
@@ -182,10 +184,10 @@ def _swept(sweeps: Any, g: int, r: Any, k_lines: int, lines: Any, buf: Any) -> f
 
 @nb.njit(inline="always", nogil=True, cache=True)
 def _joint(
-    ma: int, mb: int, r: Any, fv: Any, vol: float, tables: tuple[Any, ...], lines: Any, buf: Any
+    ma: int, mb: int, r: Any, fv: Any, vol: float, mode: Any, flipped: Any, sweeps: Any,
+    pair_u: Any, h: Any, lines: Any, buf: Any,
 ) -> float:  # fmt: skip
     """Volume of the voxel below faces ``ma < mb`` (``fv``: its volume below each one)."""
-    mode, flipped, sweeps, pair_u, h = tables
     g = ma + mb - 1
     if mode[g] == 0:  # heights from different edges: independent
         return fv[ma] * fv[mb] / vol
@@ -221,8 +223,8 @@ def general_kernel_affine(
     are that plus ``off8``, its box that plus ``box_lo`` .. ``box_hi``, its tetrahedra have the
     volumes ``tv`` (sum ``vol``). ``faces`` and ``pairs``: see :func:`general_block_affine`.
     """
+    mode, flipped, sweeps, pair_u, h = pairs
     knots, coef, neg = faces
-    mode, flipped, sweeps, h = pairs[0], pairs[1], pairs[2], pairs[4]
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     c8 = np.empty((8, 3))
@@ -235,6 +237,12 @@ def general_kernel_affine(
     cell_n = np.empty(3, np.int64)
     nz, ny, nx = values.shape
     sz, sy, sx = a[0, 2], a[1, 2], a[2, 2]  # the box's motion per step along a row
+    level_z, level_y, level_x = h[0, 2] == 0.0, h[1, 2] == 0.0, h[2, 2] == 0.0
+    inv_z, inv_y, inv_x = (
+        (1.0 / sz if sz else 0.0),
+        (1.0 / sy if sy else 0.0),
+        (1.0 / sx if sx else 0.0),
+    )
     for k in range(nz):
         for j in range(ny):
             bz = p0[0] + a[0, 0] * k + a[0, 1] * j
@@ -249,15 +257,15 @@ def general_kernel_affine(
                 if hz <= fz + 1 and hy <= fy + 1 and hx <= fx + 1:
                     # a run inside MRI voxel (fz, fy, fx): up to where a box first leaves it
                     end = float(nx)
-                    for s, base, f, bl, bh in (
-                        (sz, bz, fz, box_lo[0], box_hi[0]),
-                        (sy, by, fy, box_lo[1], box_hi[1]),
-                        (sx, bx, fx, box_lo[2], box_hi[2]),
+                    for s, inv, base, f, bl, bh in (
+                        (sz, inv_z, bz, fz, box_lo[0], box_hi[0]),
+                        (sy, inv_y, by, fy, box_lo[1], box_hi[1]),
+                        (sx, inv_x, bx, fx, box_lo[2], box_hi[2]),
                     ):
                         if s > 0.0:
-                            end = min(end, math.floor((f + 1.0 - bh - base) / s) + 1.0)
+                            end = min(end, math.floor((f + 1.0 - bh - base) * inv) + 1.0)
                         elif s < 0.0:
-                            end = min(end, math.floor((f - bl - base) / s) + 1.0)
+                            end = min(end, math.floor((f - bl - base) * inv) + 1.0)
                     stop = max(int(end), i + 1)
                     acc = 0.0
                     for q in range(i, stop):
@@ -266,13 +274,52 @@ def general_kernel_affine(
                            (stop - i) * vol)  # fmt: skip
                     i = stop
                     continue
-                relevant = True
-                for m, mn, mx in ((0, lz, hz), (1, ly, hy), (2, lx, hx)):
-                    e0 = int(math.floor(mn))
-                    e1 = max(int(math.ceil(mx)) - 1, e0)
-                    cell_lo[m] = e0
-                    cell_n[m] = e1 - e0
-                    relevant = relevant and e1 >= lo[m] and e0 < lo[m] + shape[m]
+                # the MRI voxels its box covers: from (ez, ey, ex), (nz_, ny_, nx_) faces on
+                ez, ey, ex = int(fz), int(fy), int(fx)
+                nz_ = max(int(math.ceil(hz)) - 1 - ez, 0)
+                ny_ = max(int(math.ceil(hy)) - 1 - ey, 0)
+                nx_ = max(int(math.ceil(hx)) - 1 - ex, 0)
+                relevant = (
+                    ez + nz_ >= lo[0] and ez < lo[0] + shape[0]
+                    and ey + ny_ >= lo[1] and ey < lo[1] + shape[1]
+                    and ex + nx_ >= lo[2] and ex < lo[2] + shape[2]
+                )  # fmt: skip
+                if nz_ + ny_ + nx_ == 1 and not (
+                    (nz_ and level_z) or (ny_ and level_y) or (nx_ and level_x)
+                ):  # one face, moving along the row (most straddlers): up to where the box
+                    # reaches the next face or leaves the two MRI voxels, voxel by voxel
+                    end = float(nx)
+                    for s, inv, base, e0, e1, bl, bh in (
+                        (sz, inv_z, bz, ez, ez + nz_, box_lo[0], box_hi[0]),
+                        (sy, inv_y, by, ey, ey + ny_, box_lo[1], box_hi[1]),
+                        (sx, inv_x, bx, ex, ex + nx_, box_lo[2], box_hi[2]),
+                    ):
+                        if s > 0.0:
+                            end = min(end, (min(e0 + 1.0 - bl, e1 + 1.0 - bh) - base) * inv)
+                        elif s < 0.0:
+                            end = min(end, (max(e0 - bl, e1 - bh) - base) * inv)
+                    first = i
+                    i = min(max(int(math.ceil(end)), i + 1), nx)
+                    if not relevant:
+                        continue
+                    m = 0 if nz_ else (1 if ny_ else 2)
+                    face = (ez if nz_ else (ey if ny_ else ex)) + 1.0
+                    base_m = bz if nz_ else (by if ny_ else bx)
+                    s_m = sz if nz_ else (sy if ny_ else sx)
+                    acc, wv, ww = 0.0, 0.0, 0.0
+                    for p in range(first, i):
+                        below = _below(m, face - (base_m + s_m * p), vol, knots, coef, neg)
+                        v = float(values[k, j, p])
+                        acc += v
+                        wv += v * below
+                        ww += below
+                    n = float(i - first)
+                    z, y, x = ez - lo[0], ey - lo[1], ex - lo[2]
+                    _flush(out, z, y, x, wv, ww)
+                    _flush(out, z + nz_, y + ny_, x + nx_, acc * vol - wv, n * vol - ww)
+                    continue
+                cell_lo[0], cell_lo[1], cell_lo[2] = ez, ey, ex
+                cell_n[0], cell_n[1], cell_n[2] = nz_, ny_, nx_
                 # a run of voxels crossing the same faces: one voxel, or all up to where a box
                 # leaves its MRI voxel when the crossed faces stay level along the row
                 stop = i + 1
@@ -320,7 +367,9 @@ def general_kernel_affine(
                     if crossed == 2:
                         ma = 0 if cell_n[0] else 1
                         mb = 2 if cell_n[2] else 1
-                        vab = _joint(ma, mb, r, fv, vol, pairs, lines, poly_buf)
+                        vab = _joint(
+                            ma, mb, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
+                        )
                         va, vb = fv[ma], fv[mb]
                         za, ya, xa = z + (ma == 0), y + (ma == 1), x  # across face ma
                         _put(out, z, y, x, acc, n, vab)
@@ -329,9 +378,15 @@ def general_kernel_affine(
                         _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
                              vol - va - vb + vab)  # fmt: skip
                         continue
-                    j01 = _joint(0, 1, r, fv, vol, pairs, lines, poly_buf)
-                    j02 = _joint(0, 2, r, fv, vol, pairs, lines, poly_buf)
-                    j12 = _joint(1, 2, r, fv, vol, pairs, lines, poly_buf)
+                    j01 = _joint(
+                        0, 1, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
+                    )
+                    j02 = _joint(
+                        0, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
+                    )
+                    j12 = _joint(
+                        1, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
+                    )
                     jv[0], jv[1], jv[2] = j01, j02, j12
                     if mode[3] == 4:  # one face independent of the other two
                         m = int(sweeps[3, 0, 5])
