@@ -26,6 +26,7 @@ Usage: ``python -m benchmarks.bench_extract [--sizes 0.25 0.5 1]``.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import subprocess
 import sys
@@ -56,7 +57,11 @@ def _vessels(block: np.ndarray, block_info: Any = None) -> np.ndarray:
     return (f > 1.6).astype(np.uint8)
 
 
-def build(workdir: Path, size_gib: float, kind: str = "labels") -> Path:
+#: the oblique store's rotation (rotation vector, xyz, radians) about the mask's centre
+OBLIQUE = (0.1, 0.3, 0.2)
+
+
+def build(workdir: Path, size_gib: float, kind: str = "labels", oblique: bool = False) -> Path:
     import dask.array as da
     import pandas as pd
 
@@ -68,17 +73,31 @@ def build(workdir: Path, size_gib: float, kind: str = "labels") -> Path:
 
     # a binary mask is a label image (stored as bridge_xr stores labels: plain zstd); ``image``
     # stores the same voxels as an intensity image (blosc zstd, bit-shuffled)
-    store = workdir / f"extract_{size_gib:g}GiB{'' if kind == 'labels' else '_' + kind}.ome.zarr"
+    # ``oblique``: the same mask registered through a rotation about an oblique axis, onto an
+    # MRI grid covering all of it (the general path's affine kernel)
+    suffix = ("" if kind == "labels" else "_" + kind) + ("_oblique" if oblique else "")
+    store = workdir / f"extract_{size_gib:g}GiB{suffix}.ome.zarr"
     if (store / "zarr.json").exists():
         return store
     shape = _shape(size_gib)
     ext = np.array(shape) * SPACING
+    rot = np.eye(3)  # MRI µm xyz -> mask µm xyz: rot @ (p - centre) + centre + OFFSET_UM
+    centre = ext[::-1] / 2
+    lo_zyx = np.full(3, -20.0)
     mshape = tuple(int(np.ceil(e / MRI_UM)) + 2 for e in ext)
+    if oblique:
+        from scipy.spatial.transform import Rotation
+
+        rot = Rotation.from_rotvec(OBLIQUE).as_matrix()
+        corners = np.array(list(itertools.product(*[(0.0, e) for e in ext[::-1]])))  # xyz
+        in_mri = (corners - centre - np.asarray(OFFSET_UM)) @ rot + centre  # rot.T @ (...)
+        lo_zyx = in_mri.min(axis=0)[::-1] - 20.0
+        mshape = tuple(int(v) for v in np.ceil((in_mri.max(axis=0)[::-1] - lo_zyx) / MRI_UM) + 2)
     mri = make_image(
         np.zeros(mshape, np.float32),
         dims="zyx",
         spacing=(MRI_UM / 1000,) * 3,
-        origin=(-0.02, -0.02, -0.02),
+        origin=tuple(lo_zyx / 1000),
         unit="mm",
     )
     add_image(
@@ -101,7 +120,7 @@ def build(workdir: Path, size_gib: float, kind: str = "labels") -> Path:
         ),
         levels=1,
     )
-    model = LinearModel("affine", np.eye(3), np.asarray(OFFSET_UM))
+    model = LinearModel("affine", rot, centre - rot @ centre + np.asarray(OFFSET_UM))
     pts = np.random.default_rng(0).uniform(0, 500, size=(4, 3))
     mov = model.forward_points(pts)
     lm = pd.DataFrame(
@@ -116,7 +135,7 @@ def build(workdir: Path, size_gib: float, kind: str = "labels") -> Path:
     return store
 
 
-def case_bridge(store: Path, out: Path) -> dict[str, Any]:
+def case_bridge(store: Path, out: Path, tag: str = "bridge") -> dict[str, Any]:
     import dask
     import dask.threaded
 
@@ -134,10 +153,19 @@ def case_bridge(store: Path, out: Path) -> dict[str, Any]:
     # threads named as a callable: the string "threads" makes dask import distributed (0.3 s)
     frac, cov = dask.compute(ds["fraction"].data, ds["coverage"].data, scheduler=dask.threaded.get)
     wall = time.perf_counter() - t0
-    np.save(out / "bridge_fraction.npy", frac)
-    np.save(out / "bridge_coverage.npy", cov)
+    np.save(out / f"{tag}_fraction.npy", frac)
+    np.save(out / f"{tag}_coverage.npy", cov)
+    # volumes (mm^3) mapped into the MRI: the whole mask, and its foreground
+    voxel_mm3 = (MRI_UM / 1000) ** 3
     return {"wall_s": wall, "warm_s": warm_s, "path": ds.attrs["density"]["path"],
-            "mri_voxels": int(frac.size)}  # fmt: skip
+            "kernel": ds.attrs["density"].get("kernel"), "mri_voxels": int(frac.size),
+            "mask_mm3": float(cov.sum()) * voxel_mm3,
+            "foreground_mm3": float(np.nansum(frac * cov)) * voxel_mm3}  # fmt: skip
+
+
+def case_oblique(store: Path, out: Path) -> dict[str, Any]:
+    """density() through an oblique rotation (the affine kernel), end to end."""
+    return case_bridge(store, out, tag="oblique")
 
 
 def _sitk_images(store: Path) -> tuple[Any, Any, Any]:
@@ -297,6 +325,7 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
         "sitk-direct": case_sitk_direct,
         "numpy-sum": case_numpy_sum,
         "bridge_xr-general": case_general,
+        "bridge_xr-oblique": case_oblique,  # run on the oblique store
     }[case]
     res = fn(store, out)
     res["case"] = case
@@ -329,14 +358,17 @@ def main() -> int:
         store = build(args.workdir, size, args.mask_kind)
         cases = ["bridge_xr"]
         if size == max(args.sizes):
-            cases += ["sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"]
+            cases += ["sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general",
+                      "bridge_xr-oblique"]  # fmt: skip
         chosen = [c for c in cases if not args.cases or c in args.cases]
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in chosen}
         for rep in range(args.repeat):  # cases interleaved: a noisy spell hits all of them
             for case in chosen:
                 done = subprocess.run(
                     [sys.executable, "-m", "benchmarks.bench_extract", "--case", case,
-                     "--store", str(store), "--workdir", str(args.workdir)],
+                     "--store", str(build(args.workdir, size, args.mask_kind, oblique=True)
+                                    if case == "bridge_xr-oblique" else store),
+                     "--workdir", str(args.workdir)],
                     capture_output=True, text=True, check=False,
                 )  # fmt: skip
                 if done.returncode:
@@ -354,6 +386,12 @@ def main() -> int:
         if size == max(args.sizes):
             ours = results.get(f"bridge_xr@{size:g}")
             exact = np.load(args.workdir / "extract-out" / "bridge_fraction.npy")
+            obl = results.get(f"bridge_xr-oblique@{size:g}")
+            if ours and obl:  # a rotation keeps volumes: the same mask and foreground volumes
+                print(f"  bridge_xr-oblique / bridge_xr time: {obl['wall_s'] / ours['wall_s']:.2f}x "
+                      f"({obl['kernel']} kernel); mask volume {obl['mask_mm3']:.6f} vs "
+                      f"{ours['mask_mm3']:.6f} mm^3, foreground {obl['foreground_mm3']:.6f} vs "
+                      f"{ours['foreground_mm3']:.6f} mm^3")  # fmt: skip
             for base in ("sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"):
                 b = results.get(f"{base}@{size:g}")
                 if not (ours and b):

@@ -104,6 +104,30 @@ def _direct_separable(
     b_shape: tuple[int, ...],
 ) -> np.ndarray:
     """:func:`separable_block` of block ``lo:hi`` (whole inner chunks), read chunk by chunk."""
+    return _direct(direct, separable_block, diagonal, lo, hi, b_lo, b_shape)
+
+
+def _direct_affine(
+    direct: _DirectRead,
+    index_map: np.ndarray,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    b_lo: np.ndarray,
+    b_shape: tuple[int, ...],
+) -> np.ndarray:
+    """:func:`general_block_affine` of block ``lo:hi`` (whole inner chunks), chunk by chunk."""
+    return _direct(direct, general_block_affine, index_map, lo, hi, b_lo, b_shape)
+
+
+def _direct(
+    direct: _DirectRead,
+    kernel: Any,
+    mapping: np.ndarray,
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    b_lo: np.ndarray,
+    b_shape: tuple[int, ...],
+) -> np.ndarray:
     dec = direct.decoder
     whole = thread_buffer("density", dec.inner, dec.dtype)
     buf = whole.reshape(dec.inner[-3:])  # a leading axis (a channel) is one chunk deep
@@ -118,7 +142,9 @@ def _direct_separable(
         vals = buf[part]
         if direct.threshold is not None:
             vals = np.greater(vals, direct.threshold, out=mask[part])
-        out += separable_block(vals, diagonal, c_lo, b_lo, b_shape)
+        if not vals.flags.c_contiguous:  # an edge chunk: one compiled kernel per dtype
+            vals = np.ascontiguousarray(vals)
+        out += kernel(vals, mapping, c_lo, b_lo, b_shape)
     return out
 
 
@@ -142,6 +168,9 @@ def _block_box(
         ends = fp.diagonal[0][:, None] * (np.array([lo, hi], float).T - 0.5)
         ends = ends + fp.diagonal[1][:, None]
         mn, mx = ends.min(axis=1), ends.max(axis=1)
+    elif fp.index_affine is not None:  # linear: the box of the block's 8 corners
+        ends = _corners_of(fp.index_affine, lo, hi)
+        mn, mx = ends.min(axis=1), ends.max(axis=1)
     else:
         sl = []
         for a in range(3):
@@ -158,6 +187,12 @@ def _block_box(
     if np.any(b_hi <= b_lo):
         return None
     return b_lo, tuple(int(v) for v in b_hi - b_lo)
+
+
+def _corners_of(index_map: np.ndarray, lo: tuple[int, ...], hi: tuple[int, ...]) -> np.ndarray:
+    """(3, 8) MRI index positions of the outer corners of microscopy block ``lo:hi``."""
+    corners = np.array(list(itertools.product(*zip(lo, hi, strict=True))), float).T - 0.5
+    return index_map[:, :3] @ corners + index_map[:, 3:]
 
 
 def _boxed(lo: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -238,7 +273,8 @@ def footprint_sums(
         data = (data > 0).astype(np.uint8)
     # blocks: the read units for the (cheap) separable path; the general path, whose memory is
     # ~1 kB per voxel, splits them along y then z down to about block_voxels
-    if fp.diagonal is None:
+    affine = fp.diagonal is None and fp.index_affine is not None
+    if fp.diagonal is None and not affine:
         bz, by, bx = (int(c[0]) for c in data.chunks)
         while bz * by * bx > block_voxels and by > 16:
             by //= 2
@@ -251,12 +287,16 @@ def footprint_sums(
         ends = [fp.diagonal[0, a] * (node_idx[a] - 0.5) + fp.diagonal[1, a] for a in range(3)]
         node_val = np.stack(np.meshgrid(*ends, indexing="ij"))
         step_z = 1
+    elif affine:  # linear: the volume's corners bound everything (no nodes to map)
+        node_idx = [np.array([0, n]) for n in shape]
+        node_val = _corners_of(fp.index_affine, (0, 0, 0), shape).reshape(3, 2, 2, 2)
+        step_z = 1
     else:
         node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
         step_z = int(np.diff(node_idx[0]).max(initial=1))
     bbox_lo, bbox_shape = _bbox(fp, node_val)
     direct = None
-    if fp.diagonal is not None and level0 is not None and direct_reads:
+    if (fp.diagonal is not None or affine) and level0 is not None and direct_reads:
         dec = ChunkDecoder.of(level0)
         aligned = dec is not None and all(
             c % i == 0 for cs, i in zip(data.chunks, dec.inner[-3:], strict=True) for c in cs[:-1]
@@ -316,6 +356,8 @@ def _slab_total(
         z0, z1 = int(offsets[0][iz]), int(offsets[0][iz + 1])
         if fp.diagonal is not None:
             zvals = fp.diagonal[0, 0] * (np.array([z0, z1]) - 0.5) + fp.diagonal[1, 0]
+        elif fp.index_affine is not None:
+            zvals = _corners_of(fp.index_affine, (z0, 0, 0), (z1, *data.shape[1:]))[0]
         else:
             rows = (node_idx[0] >= z0 - step_z) & (node_idx[0] <= z1 + step_z)
             zvals = node_val[0][rows]
@@ -338,9 +380,13 @@ def _slab_total(
                 continue
             b_lo, b_shape = box
             block = blocks[idx]
-            if direct is not None and valid_blocks is None:
+            if direct is not None and valid_blocks is None and fp.diagonal is not None:
                 part = dask.delayed(_direct_separable)(
                     direct_key, fp.diagonal, lo, hi, b_lo, b_shape
+                )
+            elif direct is not None and valid_blocks is None:
+                part = dask.delayed(_direct_affine)(
+                    direct_key, fp.index_affine, lo, hi, b_lo, b_shape
                 )
             elif valid_blocks is not None:
                 part = dask.delayed(separable_pair)(

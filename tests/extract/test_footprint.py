@@ -332,17 +332,23 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     )  # fmt: skip
 
 
-@pytest.mark.parametrize("kind", ["labels", "threshold", "intensity"])
-def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, tmp_path) -> None:
-    # a sharded local image with edge chunks and unwritten shards: the separable path's own
-    # decoding against the same sums over blocks read by zarr
+@pytest.mark.parametrize(
+    ("kind", "turned"),
+    [("labels", False), ("threshold", False), ("intensity", False), ("labels", True),
+     ("intensity", True)],
+)  # fmt: skip
+def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, turned, tmp_path) -> None:
+    # a sharded local image with edge chunks and unwritten shards: the separable path's (and,
+    # through a rotation, the affine kernel's) own decoding against the same sums over blocks
+    # read by zarr
     sp = np.array([3.0, 1.1838, 1.1838])
     shape = (45, 150, 140)
     rng = np.random.default_rng(3)
     vals = (rng.random(shape) * 300).astype(np.uint16)
     vals[:, 128:, :] = 0  # the y edge shards hold only the fill value: zarr stores none of them
     org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
-    model = LinearModel("affine", np.eye(3), np.array([3.3, -7.1, 5.7]))
+    rot = Rotation.from_rotvec([0.1, -0.2, 0.15]).as_matrix() if turned else np.eye(3)
+    model = LinearModel("affine", rot, np.array([3.3, -7.1, 5.7]))
     store = _store(vals, sp, org, model, where=tmp_path / "s.zarr",
                    shards={"z": 32, "y": 128, "x": 128},
                    kind="labels" if kind == "labels" else "image")  # fmt: skip
@@ -353,6 +359,7 @@ def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, tmp_path) -> None:
         sums, lo, info = footprint_sums(store, microscopy="twop/mask", mri="mri/T2w",
                                         threshold=threshold, direct_reads=direct)  # fmt: skip
         assert info["reads"] == ("chunks" if direct else "zarr")
+        assert info["kernel"] == ("affine" if turned else "separable")
         got[direct] = sums.compute()
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12, atol=1e-9)
     assert got[True][1].max() > 0.99
