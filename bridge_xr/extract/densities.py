@@ -287,7 +287,7 @@ def footprint_sums(
         ends = [fp.diagonal[0, a] * (node_idx[a] - 0.5) + fp.diagonal[1, a] for a in range(3)]
         node_val = np.stack(np.meshgrid(*ends, indexing="ij"))
         step_z = 1
-    elif affine:  # linear: the volume's corners bound everything (no nodes to map)
+    elif fp.index_affine is not None:  # linear: the volume's corners bound it (no nodes)
         node_idx = [np.array([0, n]) for n in shape]
         node_val = _corners_of(fp.index_affine, (0, 0, 0), shape).reshape(3, 2, 2, 2)
         step_z = 1
