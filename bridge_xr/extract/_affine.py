@@ -76,6 +76,15 @@ def _below(
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
+def _row_sum(values: Any, k: int, j: int, start: int, stop: int) -> float:
+    """``values[k, j, start:stop].sum()``: in integers for integer values (no float chain)."""
+    acc = 0
+    for q in range(start, stop):
+        acc += values[k, j, q]
+    return float(acc)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
 def _put(out: Any, z: int, y: int, x: int, acc: float, n: float, w: float) -> None:
     """Add ``n`` voxels of volume ``w`` in MRI voxel ``(z, y, x)`` whose values sum to ``acc``."""
     _flush(out, z, y, x, acc * w, n * w)
@@ -128,18 +137,30 @@ def _clamped_integral(buf: Any, src: int, n: int, c0: float, c1: float, c2: floa
     counts its area, the part in between its area times the function at its centroid (from
     the first moments, so a sliver divides by nothing). Uses ``buf[30:50]``.
     """
-    n = _half_plane(buf, src, n, 30, -c1, -c2, c0)  # where >= 0
-    if n < 3:
+    lo_l, hi_l = math.inf, -math.inf  # the function's range over the polygon: cut only where
+    for e in range(n):  # it crosses 0 or 1
+        val = c0 + c1 * buf[src + e, 0] + c2 * buf[src + e, 1]
+        lo_l, hi_l = min(lo_l, val), max(hi_l, val)
+    if hi_l <= 0.0:
         return 0.0
+    if lo_l < 0.0:
+        n = _half_plane(buf, src, n, 30, -c1, -c2, c0)  # where >= 0
+        src = 30
+        if n < 3:
+            return 0.0
     above0 = 0.0
     for e in range(n):
         f = (e + 1) % n
-        above0 += buf[30 + e, 0] * buf[30 + f, 1] - buf[30 + f, 0] * buf[30 + e, 1]
-    n = _half_plane(buf, 30, n, 40, c1, c2, 1.0 - c0)  # and <= 1
+        above0 += buf[src + e, 0] * buf[src + f, 1] - buf[src + f, 0] * buf[src + e, 1]
+    if lo_l >= 1.0:
+        return 0.5 * above0
+    if hi_l > 1.0:
+        n = _half_plane(buf, src, n, 40, c1, c2, 1.0 - c0)  # and <= 1
+        src = 40
     area, mu, mv = 0.0, 0.0, 0.0
     for e in range(n):
         f = (e + 1) % n
-        ue, ve, uf, vf = buf[40 + e, 0], buf[40 + e, 1], buf[40 + f, 0], buf[40 + f, 1]
+        ue, ve, uf, vf = buf[src + e, 0], buf[src + e, 1], buf[src + f, 0], buf[src + f, 1]
         cross = ue * vf - uf * ve
         area += cross
         mu += (ue + uf) * cross
@@ -196,7 +217,18 @@ def _joint(
         return vol * _square_below_two(
             h[ma, u0], h[ma, u1], r[ma], h[mb, u0], h[mb, u1], r[mb], buf
         )
-    swept = vol * _swept(sweeps, g, r, 2, lines, buf)
+    # below a and b (or a and b's other side): below a, less where La > Lb the part between
+    a0 = (sweeps[g, 0, 4] * r[ma] + sweeps[g, 0, 1]) * sweeps[g, 0, 0]
+    b0 = (sweeps[g, 1, 4] * r[mb] + sweeps[g, 1, 1]) * sweeps[g, 1, 0]
+    a1, a2, b1, b2 = sweeps[g, 0, 2], sweeps[g, 0, 3], sweeps[g, 1, 2], sweeps[g, 1, 3]
+    buf[0, 0], buf[0, 1], buf[1, 0], buf[1, 1] = 0.0, 0.0, 1.0, 0.0
+    buf[2, 0], buf[2, 1], buf[3, 0], buf[3, 1] = 1.0, 1.0, 0.0, 1.0
+    n = _half_plane(buf, 0, 4, 10, b1 - a1, b2 - a2, a0 - b0)  # La >= Lb
+    swept = fv[ma]
+    if n >= 3:
+        swept -= vol * (
+            _clamped_integral(buf, 10, n, a0, a1, a2) - _clamped_integral(buf, 10, n, b0, b1, b2)
+        )
     return fv[ma] - swept if flipped[g] >= 0 else swept  # b's other side: the rest of a
 
 
@@ -267,9 +299,7 @@ def general_kernel_affine(
                         elif s < 0.0:
                             end = min(end, math.floor((f - bl - base) * inv) + 1.0)
                     stop = max(int(end), i + 1)
-                    acc = 0.0
-                    for q in range(i, stop):
-                        acc += float(values[k, j, q])
+                    acc = _row_sum(values, k, j, i, stop)
                     _flush(out, int(fz) - lo[0], int(fy) - lo[1], int(fx) - lo[2], acc * vol,
                            (stop - i) * vol)  # fmt: skip
                     i = stop
@@ -341,9 +371,7 @@ def general_kernel_affine(
                 i = stop
                 if not relevant:
                     continue
-                acc = 0.0
-                for q in range(first, stop):
-                    acc += float(values[k, j, q])
+                acc = _row_sum(values, k, j, first, stop)
                 n = float(stop - first)
                 z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
                 crossed = cell_n[0] + cell_n[1] + cell_n[2]
