@@ -44,7 +44,7 @@ from bridge_xr.extract._kuhn import (
     _flush,
     _kuhn_volume,
     _scratch,
-    _straddler_inline,
+    _straddler,
 )
 
 #: heights below this fraction of the largest are taken as zero (error ~ its square)
@@ -203,7 +203,7 @@ def _swept(sweeps: Any, g: int, r: Any, k_lines: int, lines: Any, buf: Any) -> f
     return _sweep_min(lines, k_lines, buf)
 
 
-@nb.njit(inline="always", nogil=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def _joint(
     ma: int, mb: int, r: Any, fv: Any, vol: float, mode: Any, flipped: Any, sweeps: Any,
     pair_u: Any, h: Any, lines: Any, buf: Any,
@@ -230,6 +230,64 @@ def _joint(
             _clamped_integral(buf, 10, n, a0, a1, a2) - _clamped_integral(buf, 10, n, b0, b1, b2)
         )
     return fv[ma] - swept if flipped[g] >= 0 else swept  # b's other side: the rest of a
+
+
+#: the same, inlined into the kernel for voxels crossing two faces (2-3 % of them; a call
+#: passes a dozen arrays and their reference counts, ~100 ns)
+_joint_inline = nb.njit(inline="always", nogil=True, cache=True)(_joint.py_func)
+
+
+@nb.njit(nogil=True, cache=True)
+def _edge_or_corner(
+    out: Any, z: int, y: int, x: int, acc: float, n: float, vol: float, cell_n: Any, r: Any,
+    faces: tuple[Any, ...], pairs: tuple[Any, ...], scratch: tuple[Any, ...],
+) -> None:  # fmt: skip
+    """Add ``n`` voxels (values summing to ``acc``) crossing two or three faces of different axes.
+
+    Below each face, each pair and all three in closed form; the 4 or 8 MRI voxels' shares by
+    inclusion-exclusion. Compiled once for every dtype of the image (not inlined into the
+    kernel: it is rare, and inlined it multiplied the kernel's compile time).
+    """
+    mode, flipped, sweeps, pair_u, h = pairs
+    knots, coef, neg = faces
+    fv, jv, lines, poly_buf = scratch
+    crossed = cell_n[0] + cell_n[1] + cell_n[2]
+    for m in range(3):
+        fv[m] = _below(m, r[m], vol, knots, coef, neg) if cell_n[m] else vol
+    if crossed == 2:
+        ma = 0 if cell_n[0] else 1
+        mb = 2 if cell_n[2] else 1
+        vab = _joint(ma, mb, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
+        va, vb = fv[ma], fv[mb]
+        za, ya, xa = z + (ma == 0), y + (ma == 1), x  # across face ma
+        _put(out, z, y, x, acc, n, vab)
+        _put(out, z + (mb == 0), y + (mb == 1), x + (mb == 2), acc, n, va - vab)
+        _put(out, za, ya, xa, acc, n, vb - vab)
+        _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
+             vol - va - vb + vab)  # fmt: skip
+        return
+    j01 = _joint(0, 1, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
+    j02 = _joint(0, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
+    j12 = _joint(1, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
+    jv[0], jv[1], jv[2] = j01, j02, j12
+    if mode[3] == 4:  # one face independent of the other two
+        m = int(sweeps[3, 0, 5])
+        t3 = fv[m] * jv[2 - m] / vol
+    else:
+        t3 = vol * _swept(sweeps, 3, r, 3, lines, poly_buf)
+        if flipped[3] >= 0:  # swept above that face: the rest of the others
+            t3 = jv[2 - int(sweeps[3, flipped[3], 5])] - t3
+    f0, f1, f2 = fv[0], fv[1], fv[2]
+    _put(out, z, y, x, acc, n, t3)
+    _put(out, z, y, x + 1, acc, n, j01 - t3)
+    _put(out, z, y + 1, x, acc, n, j02 - t3)
+    _put(out, z + 1, y, x, acc, n, j12 - t3)
+    _put(out, z, y + 1, x + 1, acc, n, f0 - j01 - j02 + t3)
+    _put(out, z + 1, y, x + 1, acc, n, f1 - j01 - j12 + t3)
+    _put(out, z + 1, y + 1, x, acc, n, f2 - j02 - j12 + t3)
+    _put(out, z + 1, y + 1, x + 1, acc, n,
+         vol - f0 - f1 - f2 + j01 + j02 + j12 - t3)  # fmt: skip
+    return
 
 
 @nb.njit(nogil=True, cache=True)
@@ -260,11 +318,9 @@ def general_kernel_affine(
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     c8 = np.empty((8, 3))
-    poly_buf = np.empty((50, 2))
-    lines = np.empty((3, 3))
+    scratch2 = (np.empty(3), np.empty(3), np.empty((3, 3)), np.empty((50, 2)))
+    fv, lines, poly_buf = scratch2[0], scratch2[2], scratch2[3]
     r = np.empty(3)
-    fv = np.empty(3)
-    jv = np.empty(3)
     cell_lo = np.empty(3, np.int64)
     cell_n = np.empty(3, np.int64)
     nz, ny, nx = values.shape
@@ -390,14 +446,13 @@ def general_kernel_affine(
                     r[0] = cell_lo[0] + 1.0 - cz
                     r[1] = cell_lo[1] + 1.0 - cy
                     r[2] = cell_lo[2] + 1.0 - cx
-                    for m in range(3):
-                        fv[m] = _below(m, r[m], vol, knots, coef, neg) if cell_n[m] else vol
                     if crossed == 2:
                         ma = 0 if cell_n[0] else 1
                         mb = 2 if cell_n[2] else 1
-                        vab = _joint(
-                            ma, mb, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
-                        )
+                        fv[ma] = _below(ma, r[ma], vol, knots, coef, neg)
+                        fv[mb] = _below(mb, r[mb], vol, knots, coef, neg)
+                        vab = _joint_inline(ma, mb, r, fv, vol, mode, flipped, sweeps, pair_u,
+                                            h, lines, poly_buf)  # fmt: skip
                         va, vb = fv[ma], fv[mb]
                         za, ya, xa = z + (ma == 0), y + (ma == 1), x  # across face ma
                         _put(out, z, y, x, acc, n, vab)
@@ -405,34 +460,9 @@ def general_kernel_affine(
                         _put(out, za, ya, xa, acc, n, vb - vab)
                         _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
                              vol - va - vb + vab)  # fmt: skip
-                        continue
-                    j01 = _joint(
-                        0, 1, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
-                    )
-                    j02 = _joint(
-                        0, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
-                    )
-                    j12 = _joint(
-                        1, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf
-                    )
-                    jv[0], jv[1], jv[2] = j01, j02, j12
-                    if mode[3] == 4:  # one face independent of the other two
-                        m = int(sweeps[3, 0, 5])
-                        t3 = fv[m] * jv[2 - m] / vol
-                    else:
-                        t3 = vol * _swept(sweeps, 3, r, 3, lines, poly_buf)
-                        if flipped[3] >= 0:  # swept above that face: the rest of the others
-                            t3 = jv[2 - int(sweeps[3, flipped[3], 5])] - t3
-                    f0, f1, f2 = fv[0], fv[1], fv[2]
-                    _put(out, z, y, x, acc, n, t3)
-                    _put(out, z, y, x + 1, acc, n, j01 - t3)
-                    _put(out, z, y + 1, x, acc, n, j02 - t3)
-                    _put(out, z + 1, y, x, acc, n, j12 - t3)
-                    _put(out, z, y + 1, x + 1, acc, n, f0 - j01 - j02 + t3)
-                    _put(out, z + 1, y, x + 1, acc, n, f1 - j01 - j12 + t3)
-                    _put(out, z + 1, y + 1, x, acc, n, f2 - j02 - j12 + t3)
-                    _put(out, z + 1, y + 1, x + 1, acc, n,
-                         vol - f0 - f1 - f2 + j01 + j02 + j12 - t3)  # fmt: skip
+                    else:  # three (rare): not inlined
+                        _edge_or_corner(out, z, y, x, acc, n, vol, cell_n, r, faces, pairs,
+                                        scratch2)  # fmt: skip
                     continue
                 for q in range(first, stop):  # the tetrahedra, voxel by voxel
                     qz, qy, qx = bz + sz * q, by + sy * q, bx + sx * q
@@ -440,7 +470,7 @@ def general_kernel_affine(
                         c8[b, 0] = qz + off8[b, 0]
                         c8[b, 1] = qy + off8[b, 1]
                         c8[b, 2] = qx + off8[b, 2]
-                    stack = _straddler_inline(
+                    stack = _straddler(
                         out, c8, float(values[k, j, q]), vol, cell_lo, cell_n, lo, shape, kuhn,
                         tv, scratch, stack,
                     )  # fmt: skip
