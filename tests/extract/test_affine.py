@@ -53,6 +53,9 @@ _MAPS = {
     @ np.diag([0.3, 0.4, 0.35]),
     "axes swapped": np.array([[0.0, 0.0, 0.31], [0.0, -0.37, 0.0], [0.33, 0.0, 0.0]]),
     "aligned": np.diag([0.31, 0.37, 0.33]),
+    # coarser than the MRI: voxels crossing two faces of one axis go to the tetrahedra
+    "wider than an MRI voxel": Rotation.from_rotvec([0.3, 0.2, -0.4]).as_matrix()
+    @ np.diag([1.3, 1.7, 0.9]),
     "two edges on one face": np.array([[0.3, 0.2, 0.0], [0.0, 0.0, 0.35], [-0.1, 0.3, 0.0]]),
 }
 
