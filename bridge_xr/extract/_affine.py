@@ -238,34 +238,21 @@ _joint_inline = nb.njit(inline="always", nogil=True, cache=True)(_joint.py_func)
 
 
 @nb.njit(nogil=True, cache=True)
-def _edge_or_corner(
+def _corner(
     out: Any, z: int, y: int, x: int, acc: float, n: float, vol: float, cell_n: Any, r: Any,
     faces: tuple[Any, ...], pairs: tuple[Any, ...], scratch: tuple[Any, ...],
 ) -> None:  # fmt: skip
-    """Add ``n`` voxels (values summing to ``acc``) crossing two or three faces of different axes.
+    """Add ``n`` voxels (values summing to ``acc``) crossing one face of each axis.
 
-    Below each face, each pair and all three in closed form; the 4 or 8 MRI voxels' shares by
+    Below each face, each pair and all three in closed form; the 8 MRI voxels' shares by
     inclusion-exclusion. Compiled once for every dtype of the image (not inlined into the
     kernel: it is rare, and inlined it multiplied the kernel's compile time).
     """
     mode, flipped, sweeps, pair_u, h = pairs
     knots, coef, neg = faces
     fv, jv, lines, poly_buf = scratch
-    crossed = cell_n[0] + cell_n[1] + cell_n[2]
     for m in range(3):
-        fv[m] = _below(m, r[m], vol, knots, coef, neg) if cell_n[m] else vol
-    if crossed == 2:
-        ma = 0 if cell_n[0] else 1
-        mb = 2 if cell_n[2] else 1
-        vab = _joint(ma, mb, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
-        va, vb = fv[ma], fv[mb]
-        za, ya, xa = z + (ma == 0), y + (ma == 1), x  # across face ma
-        _put(out, z, y, x, acc, n, vab)
-        _put(out, z + (mb == 0), y + (mb == 1), x + (mb == 2), acc, n, va - vab)
-        _put(out, za, ya, xa, acc, n, vb - vab)
-        _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
-             vol - va - vb + vab)  # fmt: skip
-        return
+        fv[m] = _below(m, r[m], vol, knots, coef, neg)
     j01 = _joint(0, 1, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
     j02 = _joint(0, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
     j12 = _joint(1, 2, r, fv, vol, mode, flipped, sweeps, pair_u, h, lines, poly_buf)
@@ -311,7 +298,13 @@ def general_kernel_affine(
 
     Voxel ``(k, j, i)``'s corner 0 is ``p0 + a @ (k, j, i)`` (MRI index units); its 8 corners
     are that plus ``off8``, its box that plus ``box_lo`` .. ``box_hi``, its tetrahedra have the
-    volumes ``tv`` (sum ``vol``). ``faces`` and ``pairs``: see :func:`general_block_affine`.
+    volumes ``tv`` (sum ``vol``). ``faces``: :func:`_face_tables`; ``pairs``:
+    :func:`_pair_tables`.
+
+    A row is walked in runs: voxels inside one MRI voxel up to where a box first leaves it (a
+    sum); voxels crossing one face that moves along the row up to where the box reaches another
+    face (each its own fraction, one write per run); voxels crossing faces that stay level (the
+    same fractions all along); and single voxels near MRI voxel edges and corners.
     """
     mode, flipped, sweeps, pair_u, h = pairs
     knots, coef, neg = faces
@@ -461,7 +454,7 @@ def general_kernel_affine(
                         _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
                              vol - va - vb + vab)  # fmt: skip
                     else:  # three (rare): not inlined
-                        _edge_or_corner(out, z, y, x, acc, n, vol, cell_n, r, faces, pairs,
+                        _corner(out, z, y, x, acc, n, vol, cell_n, r, faces, pairs,
                                         scratch2)  # fmt: skip
                     continue
                 for q in range(first, stop):  # the tetrahedra, voxel by voxel
