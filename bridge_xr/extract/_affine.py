@@ -76,6 +76,22 @@ def _below(
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
+def _leaves(
+    end: float, s: float, inv: float, base: float, f: float, bl: float, bh: float
+) -> float:  # fmt: skip
+    """``end``, or the first index along a row past which a box leaves MRI voxel ``f``.
+
+    The box's lower end is ``base + bl`` and its upper end ``base + bh`` at index 0; it moves
+    ``s = 1 / inv`` an index along this axis.
+    """
+    if s > 0.0:
+        return min(end, math.floor((f + 1.0 - bh - base) * inv) + 1.0)
+    if s < 0.0:
+        return min(end, math.floor((f - bl - base) * inv) + 1.0)
+    return end
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
 def _row_sum(values: Any, k: int, j: int, start: int, stop: int) -> float:
     """``values[k, j, start:stop].sum()``: in integers for integer values (no float chain)."""
     acc = 0
@@ -337,16 +353,9 @@ def general_kernel_affine(
                 fz, fy, fx = math.floor(lz), math.floor(ly), math.floor(lx)
                 if hz <= fz + 1 and hy <= fy + 1 and hx <= fx + 1:
                     # a run inside MRI voxel (fz, fy, fx): up to where a box first leaves it
-                    end = float(nx)
-                    for s, inv, base, f, bl, bh in (
-                        (sz, inv_z, bz, fz, box_lo[0], box_hi[0]),
-                        (sy, inv_y, by, fy, box_lo[1], box_hi[1]),
-                        (sx, inv_x, bx, fx, box_lo[2], box_hi[2]),
-                    ):
-                        if s > 0.0:
-                            end = min(end, math.floor((f + 1.0 - bh - base) * inv) + 1.0)
-                        elif s < 0.0:
-                            end = min(end, math.floor((f - bl - base) * inv) + 1.0)
+                    end = _leaves(float(nx), sz, inv_z, bz, fz, box_lo[0], box_hi[0])
+                    end = _leaves(end, sy, inv_y, by, fy, box_lo[1], box_hi[1])
+                    end = _leaves(end, sx, inv_x, bx, fx, box_lo[2], box_hi[2])
                     stop = max(int(end), i + 1)
                     acc = _row_sum(values, k, j, i, stop)
                     _flush(out, int(fz) - lo[0], int(fy) - lo[1], int(fx) - lo[2], acc * vol,
@@ -402,19 +411,14 @@ def general_kernel_affine(
                 # a run of voxels crossing the same faces: one voxel, or all up to where a box
                 # leaves its MRI voxel when the crossed faces stay level along the row
                 stop = i + 1
-                if (
-                    (not cell_n[0] or h[0, 2] == 0.0)
-                    and (not cell_n[1] or h[1, 2] == 0.0)
-                    and (not cell_n[2] or h[2, 2] == 0.0)
-                ):
-                    end = float(nx)
-                    for m, s, base in ((0, sz, bz), (1, sy, by), (2, sx, bx)):
-                        if cell_n[m] == 0 and s > 0.0:
-                            end = min(
-                                end, math.floor((cell_lo[m] + 1.0 - box_hi[m] - base) / s) + 1.0
-                            )
-                        elif cell_n[m] == 0 and s < 0.0:
-                            end = min(end, math.floor((cell_lo[m] - box_lo[m] - base) / s) + 1.0)
+                if (not nz_ or level_z) and (not ny_ or level_y) and (not nx_ or level_x):
+                    end = float(nx)  # the crossed axes stay put: only the others can leave
+                    if not nz_:
+                        end = _leaves(end, sz, inv_z, bz, ez, box_lo[0], box_hi[0])
+                    if not ny_:
+                        end = _leaves(end, sy, inv_y, by, ey, box_lo[1], box_hi[1])
+                    if not nx_:
+                        end = _leaves(end, sx, inv_x, bx, ex, box_lo[2], box_hi[2])
                     stop = max(int(end), stop)
                 first = i
                 i = stop
@@ -454,8 +458,7 @@ def general_kernel_affine(
                         _put(out, za + (mb == 0), ya + (mb == 1), xa + (mb == 2), acc, n,
                              vol - va - vb + vab)  # fmt: skip
                     else:  # three (rare): not inlined
-                        _corner(out, z, y, x, acc, n, vol, cell_n, r, faces, pairs,
-                                        scratch2)  # fmt: skip
+                        _corner(out, z, y, x, acc, n, vol, cell_n, r, faces, pairs, scratch2)
                     continue
                 for q in range(first, stop):  # the tetrahedra, voxel by voxel
                     qz, qy, qx = bz + sz * q, by + sy * q, bx + sx * q

@@ -161,8 +161,8 @@ def _block_box(
 
     A block's partial sums cover only these, not the whole slab: memory per task stays at the
     block's own footprint however wide the image is. The corners lie between the exactly
-    mapped nodes bracketing the block (trilinear interpolation stays in their range), or on
-    the per-axis linear map of the separable path.
+    mapped nodes bracketing the block (trilinear interpolation stays in their range), or, for
+    a linear chain, are bounded by the block's 8 outer corners.
     """
     if fp.diagonal is not None:
         ends = fp.diagonal[0][:, None] * (np.array([lo, hi], float).T - 0.5)
@@ -271,8 +271,8 @@ def footprint_sums(
         data = (data > threshold).astype(np.uint8)
     elif kind == "labels":
         data = (data > 0).astype(np.uint8)
-    # blocks: the read units for the (cheap) separable path; the general path, whose memory is
-    # ~1 kB per voxel, splits them along y then z down to about block_voxels
+    # blocks: the read units for the separable and affine kernels; the node kernel (a TPS),
+    # whose memory is ~1 kB per voxel, splits them along y then z down to about block_voxels
     affine = fp.diagonal is None and fp.index_affine is not None
     if fp.diagonal is None and not affine:
         bz, by, bx = (int(c[0]) for c in data.chunks)
