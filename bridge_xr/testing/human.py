@@ -102,6 +102,10 @@ def human_scene(where: StoreLike | None = None, *, seed: int = 0) -> HumanPhanto
     nib.save(nib.Nifti1Image(np.full((ns, ns, ns), 50, np.int16), np.diag([0.1, 0.1, 0.1, 1.0])),
              tmp / "sample.nii.gz")  # fmt: skip
     convert_mri(tmp / "sample.nii.gz", store, "exvivo_mri/sample")
+    for source in ("clinical.nii.gz", "sample.nii.gz"):  # converted: the store holds them now
+        (tmp / source).unlink()
+    if where is not None:
+        tmp.rmdir()
     # regions on the clinical grid (NIfTI voxel i, j, k = array axes 0, 1, 2 there)
     split = 16
     lab = np.zeros((n, n, n), np.uint8)

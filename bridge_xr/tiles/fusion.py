@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from bridge_xr._constants import ATTRS_KEY, INTRINSIC
 from bridge_xr.errors import InvalidInputError
@@ -344,6 +345,9 @@ def _shard_task(
     return 1
 
 
+_PARTIAL = ".partial"
+
+
 def _fingerprint(scan: TileScan, params: dict[str, Any], shape: tuple[int, ...]) -> str:
     text = json.dumps(
         {"scan": scan.model_dump(mode="json"), "params": params, "shape": shape}, sort_keys=True
@@ -480,7 +484,15 @@ def fuse(
     runs = {k.split("/", 1)[0] for k in list_prefix(store, journal)}
     done: set[str] = set()
     if fp in runs and key_exists(store, f"{out_path}/{plan.levels[0].path}/zarr.json"):
-        done = {k.rsplit("/", 1)[-1] for k in list_prefix(store, f"{journal}/{fp}/done")}
+        done = {
+            k.rsplit("/", 1)[-1]
+            for k in list_prefix(store, f"{journal}/{fp}/done")
+            if not k.endswith(_PARTIAL)
+        }
+        # a run killed mid-write leaves zarr's local-store temporaries ("<key>.<uuid>.partial")
+        for k in list_prefix(store, out_path):
+            if k.endswith(_PARTIAL):
+                sync(store.delete(f"{out_path}/{k}"))
         targets = [
             zarr.open_array(store, path=f"{out_path}/{lv.path}", mode="r+") for lv in plan.levels
         ]
