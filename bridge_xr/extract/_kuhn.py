@@ -7,6 +7,11 @@ there directly (most voxels: an MRI voxel is ~20 microscopy voxels wide); one wh
 a single MRI voxel face splits each tetrahedron's volume at that face in closed form; the rest
 (near MRI voxel edges and corners) split their tetrahedra on a small stack of pieces, the lowest
 crossing face first, and every piece adds its volume to the MRI voxel holding its centroid.
+
+Through a TPS the corners are interpolated from exactly mapped nodes, in tiles of
+``_TY x _TX`` voxels whose corner slab and per-voxel geometry have strides fixed at compile
+time: every voxel's box, cell, volume and fold test are then computed on vector registers, row
+by row, before the voxels are summed.
 """
 
 from __future__ import annotations
@@ -255,6 +260,48 @@ def _frac_below(h0: float, h1: float, h2: float, h3: float) -> float:
     return f if lone_below else 1.0 - f
 
 
+@nb.njit(inline="always", nogil=True, cache=True, fastmath=True)
+def _frac_sorted(h0: float, h1: float, h2: float, h3: float) -> float:
+    """:func:`_frac_below` through a sorting network: the same closed forms, fewer branches."""
+    a, b = min(h0, h1), max(h0, h1)
+    c, d = min(h2, h3), max(h2, h3)
+    s0, t = min(a, c), max(a, c)
+    u, s3 = min(b, d), max(b, d)
+    s1, s2 = min(t, u), max(t, u)
+    if s0 >= 0.0:
+        return 0.0
+    if s3 < 0.0:
+        return 1.0
+    if s1 >= 0.0:  # one below, at depth w
+        w = -s0
+        return w * w * w / ((s1 + w) * (s2 + w) * (s3 + w))
+    if s2 < 0.0:  # one above, at height w
+        w = s3
+        return 1.0 - w * w * w / ((w - s0) * (w - s1) * (w - s2))
+    u1, u2, v1, v2 = -s0, -s1, s2, s3
+    num = u1 * u1 * u2 * u2 + (v1 + v2) * u1 * u2 * (u1 + u2)
+    num += v1 * v2 * (u1 * u1 + u1 * u2 + u2 * u2)
+    return num / ((u1 + v1) * (u1 + v2) * (u2 + v1) * (u2 + v2))
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _one_face(c8: Any, ax: int, plane: float, tv: Any) -> float:
+    """Volume of a voxel (corners ``c8``, tetrahedra volumes ``tv``) below ``x[ax] = plane``.
+
+    The Kuhn tetrahedra are (0, a, b, 7) with (a, b) in the order of :data:`_KUHN`.
+    """
+    h0, h1, h2, h3 = c8[0, ax] - plane, c8[1, ax] - plane, c8[2, ax] - plane, c8[3, ax] - plane
+    h4, h5, h6, h7 = c8[4, ax] - plane, c8[5, ax] - plane, c8[6, ax] - plane, c8[7, ax] - plane
+    return (
+        tv[0] * _frac_sorted(h0, h4, h6, h7)
+        + tv[1] * _frac_sorted(h0, h4, h5, h7)
+        + tv[2] * _frac_sorted(h0, h2, h6, h7)
+        + tv[3] * _frac_sorted(h0, h2, h3, h7)
+        + tv[4] * _frac_sorted(h0, h1, h5, h7)
+        + tv[5] * _frac_sorted(h0, h1, h3, h7)
+    )
+
+
 @nb.njit(inline="always", nogil=True, cache=True)
 def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> None:
     if 0 <= z < out.shape[1] and 0 <= y < out.shape[2] and 0 <= x < out.shape[3]:
@@ -372,67 +419,63 @@ def _kuhn_volume(c8: Any, parity: Any, e: Any, tv: Any) -> tuple[float, bool]:
     return vol / 6.0, not (pos == 6 or neg == 6)
 
 
-@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
-def _row_geometry(c: Any, j: int, nx: int, parity: Any, geo: Any) -> None:
-    """Per voxel of row ``j`` of a slab of corners ``c`` (3, 2, ny + 1, nx + 1): box, volume, fold.
+#: the node kernel runs a block in tiles of this many voxels along x and y; its slab of corners
+#: and its per-voxel geometry have strides fixed at compile time, so that the compiler sees every
+#: corner of a row at a constant distance from the others and runs the row on vector registers
+_TX, _TY = 256, 32
+_SX = _TX + 8  # corners in a slab row (>= _TX + 1)
+_SP = (_TY + 1) * _SX  # one coordinate's plane of corners
+_U1 = np.uint64(1)
 
-    ``geo`` (8, nx): rows 0-2 the lowest corner coordinate (z, y, x), 3-5 the highest, 6 the
-    volume, 7 > 0 when the voxel is folded (its tetrahedra disagree in orientation, or one is
-    flat). The determinants of :func:`_kuhn_volume`, written out; a voxel's right corner
-    column is the next one's left, so each column is read and bounded once (kept in
-    registers). Only for rows without NaN (fast math assumes none).
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _slab_at(m: int, p: int, jj: int, i: int) -> int:
+    """Index of corner ``(jj, i)`` of coordinate ``m`` in plane ``p`` of a flat slab."""
+    return (2 * m + p) * _SP + jj * _SX + i
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> None:
+    """Per voxel of row ``j`` of a tile's corner slab ``c`` (flat, :func:`_slab_at`): cell, volume.
+
+    ``geo`` (flat, rows of ``_TX``): row 0-2 the floor of the lowest corner coordinate
+    (z, y, x); 3 is 1 when the voxel lies inside that MRI voxel, 0 when its box crosses MRI
+    voxel faces, negative when it is folded (its tetrahedra disagree in orientation, or one is
+    flat); 4 the volume; 5-10 the six Kuhn tetrahedra's volumes (the order of :data:`_KUHN`).
+    The determinants of :func:`_kuhn_volume`, written out, in one loop without state carried
+    from voxel to voxel, on unsigned indices (no wrap-around): the compiler vectorises it.
+    ``pz`` is the slab half holding the row's lower plane. Only for rows without NaN (fast
+    math assumes none).
     """
     p0, p1, p2, p3, p4, p5 = parity[0], parity[1], parity[2], parity[3], parity[4], parity[5]
-    lz0 = c[0, 0, j + 0, 0]
-    ly0 = c[1, 0, j + 0, 0]
-    lx0 = c[2, 0, j + 0, 0]
-    lz1 = c[0, 0, j + 1, 0]
-    ly1 = c[1, 0, j + 1, 0]
-    lx1 = c[2, 0, j + 1, 0]
-    lz2 = c[0, 1, j + 0, 0]
-    ly2 = c[1, 1, j + 0, 0]
-    lx2 = c[2, 1, j + 0, 0]
-    lz3 = c[0, 1, j + 1, 0]
-    ly3 = c[1, 1, j + 1, 0]
-    lx3 = c[2, 1, j + 1, 0]
-    lloz = min(min(lz0, lz1), min(lz2, lz3))
-    lhiz = max(max(lz0, lz1), max(lz2, lz3))
-    lloy = min(min(ly0, ly1), min(ly2, ly3))
-    lhiy = max(max(ly0, ly1), max(ly2, ly3))
-    llox = min(min(lx0, lx1), min(lx2, lx3))
-    lhix = max(max(lx0, lx1), max(lx2, lx3))
-    for i in range(nx):
-        rz0 = c[0, 0, j + 0, i + 1]
-        ry0 = c[1, 0, j + 0, i + 1]
-        rx0 = c[2, 0, j + 0, i + 1]
-        rz1 = c[0, 0, j + 1, i + 1]
-        ry1 = c[1, 0, j + 1, i + 1]
-        rx1 = c[2, 0, j + 1, i + 1]
-        rz2 = c[0, 1, j + 0, i + 1]
-        ry2 = c[1, 1, j + 0, i + 1]
-        rx2 = c[2, 1, j + 0, i + 1]
-        rz3 = c[0, 1, j + 1, i + 1]
-        ry3 = c[1, 1, j + 1, i + 1]
-        rx3 = c[2, 1, j + 1, i + 1]
-        rloz = min(min(rz0, rz1), min(rz2, rz3))
-        rhiz = max(max(rz0, rz1), max(rz2, rz3))
-        rloy = min(min(ry0, ry1), min(ry2, ry3))
-        rhiy = max(max(ry0, ry1), max(ry2, ry3))
-        rlox = min(min(rx0, rx1), min(rx2, rx3))
-        rhix = max(max(rx0, rx1), max(rx2, rx3))
-        geo[0, i] = min(lloz, rloz)
-        geo[3, i] = max(lhiz, rhiz)
-        geo[1, i] = min(lloy, rloy)
-        geo[4, i] = max(lhiy, rhiy)
-        geo[2, i] = min(llox, rlox)
-        geo[5, i] = max(lhix, rhix)
-        e1z, e1y, e1x = rz0 - lz0, ry0 - ly0, rx0 - lx0
-        e2z, e2y, e2x = lz1 - lz0, ly1 - ly0, lx1 - lx0
-        e3z, e3y, e3x = rz1 - lz0, ry1 - ly0, rx1 - lx0
-        e4z, e4y, e4x = lz2 - lz0, ly2 - ly0, lx2 - lx0
-        e5z, e5y, e5x = rz2 - lz0, ry2 - ly0, rx2 - lx0
-        e6z, e6y, e6x = lz3 - lz0, ly3 - ly0, lx3 - lx0
-        dz, dy, dx = rz3 - lz0, ry3 - ly0, rx3 - lx0
+    a = np.uint64(_slab_at(0, pz, j, 0))  # corner (plane pz, row j, column 0) of z
+    b = np.uint64(_slab_at(0, 1 - pz, j, 0))
+    sx, sm = np.uint64(_SX), np.uint64(2 * _SP)  # next row; next coordinate
+    tx = np.uint64(_TX)
+    for i in range(np.uint64(nx)):
+        r = i + _U1
+        z0, y0, x0 = c[a + i], c[a + sm + i], c[a + sm + sm + i]
+        z1, y1, x1 = c[a + r], c[a + sm + r], c[a + sm + sm + r]
+        z2, y2, x2 = c[a + sx + i], c[a + sx + sm + i], c[a + sx + sm + sm + i]
+        z3, y3, x3 = c[a + sx + r], c[a + sx + sm + r], c[a + sx + sm + sm + r]
+        z4, y4, x4 = c[b + i], c[b + sm + i], c[b + sm + sm + i]
+        z5, y5, x5 = c[b + r], c[b + sm + r], c[b + sm + sm + r]
+        z6, y6, x6 = c[b + sx + i], c[b + sx + sm + i], c[b + sx + sm + sm + i]
+        z7, y7, x7 = c[b + sx + r], c[b + sx + sm + r], c[b + sx + sm + sm + r]
+        loz = min(min(min(z0, z1), min(z2, z3)), min(min(z4, z5), min(z6, z7)))
+        hiz = max(max(max(z0, z1), max(z2, z3)), max(max(z4, z5), max(z6, z7)))
+        loy = min(min(min(y0, y1), min(y2, y3)), min(min(y4, y5), min(y6, y7)))
+        hiy = max(max(max(y0, y1), max(y2, y3)), max(max(y4, y5), max(y6, y7)))
+        lox = min(min(min(x0, x1), min(x2, x3)), min(min(x4, x5), min(x6, x7)))
+        hix = max(max(max(x0, x1), max(x2, x3)), max(max(x4, x5), max(x6, x7)))
+        fz, fy, fx = np.floor(loz), np.floor(loy), np.floor(lox)
+        e1z, e1y, e1x = z1 - z0, y1 - y0, x1 - x0
+        e2z, e2y, e2x = z2 - z0, y2 - y0, x2 - x0
+        e3z, e3y, e3x = z3 - z0, y3 - y0, x3 - x0
+        e4z, e4y, e4x = z4 - z0, y4 - y0, x4 - x0
+        e5z, e5y, e5x = z5 - z0, y5 - y0, x5 - x0
+        e6z, e6y, e6x = z6 - z0, y6 - y0, x6 - x0
+        dz, dy, dx = z7 - z0, y7 - y0, x7 - x0
         c3z = e3y * dx - e3x * dy
         c3y = e3x * dz - e3z * dx
         c3x = e3z * dy - e3y * dz
@@ -448,18 +491,24 @@ def _row_geometry(c: Any, j: int, nx: int, parity: Any, geo: Any) -> None:
         t3 = e2z * c3z + e2y * c3y + e2x * c3x
         t4 = e1z * c5z + e1y * c5y + e1x * c5x
         t5 = e1z * c3z + e1y * c3y + e1x * c3x
-        geo[6, i] = (abs(t0) + abs(t1) + abs(t2) + abs(t3) + abs(t4) + abs(t5)) / 6.0
+        a0, a1, a2 = abs(t0) / 6.0, abs(t1) / 6.0, abs(t2) / 6.0
+        a3, a4, a5 = abs(t3) / 6.0, abs(t4) / 6.0, abs(t5) / 6.0
         o0, o1, o2, o3, o4, o5 = p0 * t0, p1 * t1, p2 * t2, p3 * t3, p4 * t4, p5 * t5
         lo_o = min(min(min(o0, o1), min(o2, o3)), min(o4, o5))
         hi_o = max(max(max(o0, o1), max(o2, o3)), max(o4, o5))
-        geo[7, i] = 1.0 if (lo_o <= 0.0 and hi_o >= 0.0) else 0.0
-        lz0, ly0, lx0 = rz0, ry0, rx0
-        lz1, ly1, lx1 = rz1, ry1, rx1
-        lz2, ly2, lx2 = rz2, ry2, rx2
-        lz3, ly3, lx3 = rz3, ry3, rx3
-        lloz, lhiz = rloz, rhiz
-        lloy, lhiy = rloy, rhiy
-        llox, lhix = rlox, rhix
+        inside = (hiz <= fz + 1.0) & (hiy <= fy + 1.0) & (hix <= fx + 1.0)
+        folded = (lo_o <= 0.0) & (hi_o >= 0.0)
+        geo[i] = fz
+        geo[tx + i] = fy
+        geo[2 * tx + i] = fx
+        geo[3 * tx + i] = np.float64(inside) - 2.0 * np.float64(folded)
+        geo[4 * tx + i] = ((a0 + a1) + (a2 + a3)) + (a4 + a5)
+        geo[5 * tx + i] = a0
+        geo[6 * tx + i] = a1
+        geo[7 * tx + i] = a2
+        geo[8 * tx + i] = a3
+        geo[9 * tx + i] = a4
+        geo[10 * tx + i] = a5
 
 
 @nb.njit(nogil=True, cache=True)
@@ -488,11 +537,7 @@ def _straddler(
     if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
         ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
         plane = float(cell_lo[ax] + 1)
-        for b in range(8):
-            d[b] = c8[b, ax] - plane
-        below = 0.0
-        for t in range(6):
-            below += tv[t] * _frac_below(d[kuhn[t, 0]], d[kuhn[t, 1]], d[kuhn[t, 2]], d[kuhn[t, 3]])
+        below = _one_face(c8, ax, plane, tv)
         _add(out, z, y, x, v, below)
         _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, vol - below)
         return stack
@@ -524,8 +569,12 @@ _straddler_inline = nb.njit(inline="always", nogil=True, cache=True)(_straddler.
 def _clean_row(
     values: Any,
     k: int,
+    jv: int,
+    x0: int,
+    nx: int,
+    slab: Any,
     j: int,
-    row: Any,
+    pz: int,
     geo: Any,
     out: Any,
     lo: Any,
@@ -537,37 +586,42 @@ def _clean_row(
     vox: Any,
     stack: Any,
 ) -> Any:
-    """Add row ``(k, j)`` of a block whose corners are all mapped.
+    """Add voxels ``x0 .. x0 + nx`` of row ``(k, jv)``, row ``j`` of the tile's corner slab.
 
-    ``row`` (3, 2, ny + 1, nx + 1) holds the corner planes ``k`` and ``k + 1``.
-    The row's boxes, volumes and fold tests come from :func:`_row_geometry`. A voxel inside one
+    The row's cells, volumes and fold tests come from :func:`_row_geometry`. A voxel inside one
     MRI voxel (most) adds to a running sum that is written out when the next voxel lies in
     another MRI voxel; the rest go to :func:`_straddler`.
     """
-    nx = values.shape[2]
-    _row_geometry(row, j, nx, parity, geo)
-    c8, e8, tv, cell_lo, cell_n = vox
-    run_z, run_y, run_x = -(2**62), 0, 0  # the MRI voxel the current run lies in
+    _row_geometry(slab, j, nx, pz, parity, geo)
+    c8, tv, cell_lo, cell_n = vox
+    run_z, run_y, run_x = -1e300, 0.0, 0.0  # the MRI voxel the current run lies in
     run_v, run_w = 0.0, 0.0
     for i in range(nx):
-        if geo[7, i] > 0.0:  # folded
-            continue
-        fz, fy, fx = math.floor(geo[0, i]), math.floor(geo[1, i]), math.floor(geo[2, i])
-        if geo[3, i] <= fz + 1 and geo[4, i] <= fy + 1 and geo[5, i] <= fx + 1:
-            iz, iy, ix = int(fz), int(fy), int(fx)
-            if iz != run_z or iy != run_y or ix != run_x:
+        flag = geo[3 * _TX + i]
+        if flag > 0.0:  # inside one MRI voxel
+            fz, fy, fx = geo[i], geo[_TX + i], geo[2 * _TX + i]
+            if fz != run_z or fy != run_y or fx != run_x:
                 if run_w > 0.0:
-                    _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
-                run_z, run_y, run_x = iz, iy, ix
+                    _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2],
+                           run_v, run_w)  # fmt: skip
+                run_z, run_y, run_x = fz, fy, fx
                 run_v, run_w = 0.0, 0.0
-            vol = geo[6, i]
-            run_v += float(values[k, j, i]) * vol
+            vol = geo[4 * _TX + i]
+            run_v += float(values[k, jv, x0 + i]) * vol
             run_w += vol
             continue
+        if flag < 0.0:  # folded
+            continue
+        for b in range(8):
+            for m in range(3):
+                c8[b, m] = slab[_slab_at(m, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))]
         span = 0.0
         relevant = True
         for m in range(3):
-            mn, mx = geo[m, i], geo[m + 3, i]
+            mn, mx = c8[0, m], c8[0, m]
+            for b in range(1, 8):
+                mn = min(mn, c8[b, m])
+                mx = max(mx, c8[b, m])
             span = max(span, mx - mn)
             a = int(math.floor(mn))
             e = max(int(math.ceil(mx)) - 1, a)
@@ -576,16 +630,14 @@ def _clean_row(
             relevant = relevant and e >= lo[m] and a < lo[m] + shape[m]
         if span > max_span or not relevant:
             continue
-        for b in range(8):
-            for m in range(3):
-                c8[b, m] = row[m, b >> 2, j + ((b >> 1) & 1), i + (b & 1)]
-        _kuhn_volume(c8, parity, e8, tv)  # the tetrahedra's volumes
+        for t in range(6):
+            tv[t] = geo[(5 + t) * _TX + i]
         stack = _straddler_inline(
-            out, c8, float(values[k, j, i]), geo[6, i], cell_lo, cell_n, lo, shape, kuhn, tv,
-            scratch, stack,
+            out, c8, float(values[k, jv, x0 + i]), geo[4 * _TX + i], cell_lo, cell_n, lo, shape,
+            kuhn, tv, scratch, stack,
         )  # fmt: skip
     if run_w > 0.0:
-        _flush(out, run_z - lo[0], run_y - lo[1], run_x - lo[2], run_v, run_w)
+        _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2], run_v, run_w)
     return stack
 
 
@@ -660,6 +712,46 @@ def general_kernel(
     return out
 
 
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _lines_along_x(nodes: Any, xi: Any, xt: Any, ex: Any) -> None:
+    """``ex`` (3, nzn, nyn, nx + 1): every node row of ``nodes`` interpolated to the corners."""
+    for m in range(nodes.shape[0]):
+        for a in range(nodes.shape[1]):
+            for b in range(nodes.shape[2]):
+                for i in range(xt.shape[0]):
+                    t = xt[i]
+                    ex[m, a, b, i] = (1.0 - t) * nodes[m, a, b, xi[0, i]] + t * nodes[
+                        m, a, b, xi[1, i]
+                    ]
+
+
+@nb.njit(inline="always", nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _lerp(dst: Any, d0: int, a: Any, b: Any, s0: int, t: float, n: int) -> None:
+    """``dst[d0:d0 + n] = (1 - t) a[s0:s0 + n] + t b[s0:s0 + n]``, on unsigned indices (vectorised)."""
+    du, su = np.uint64(d0), np.uint64(s0)
+    for i in range(np.uint64(n)):
+        dst[du + i] = (1.0 - t) * a[su + i] + t * b[su + i]
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _corner_plane(
+    ex: Any, z0: int, z1: int, tz: float, yi: Any, yt: Any, y0: int, ny: int, x0: int, nx: int,
+    ez: Any, slab: Any, p: int,
+) -> None:  # fmt: skip
+    """Corner rows ``y0 .. y0 + ny`` (columns ``x0 .. x0 + nx``) of a plane into slab half ``p``.
+
+    From the node rows ``ex`` interpolated along x: along z into ``ez`` (only the node rows the
+    tile's corners use), then along y.
+    """
+    first, last = yi[0, y0], yi[1, y0 + ny]
+    for m in range(ex.shape[0]):
+        for b in range(first, last + 1):
+            _lerp(ez[m, b], 0, ex[m, z0, b], ex[m, z1, b], x0, tz, nx + 1)
+        for jj in range(ny + 1):
+            ya, yb, ty = yi[0, y0 + jj], yi[1, y0 + jj], yt[y0 + jj]
+            _lerp(slab, _slab_at(m, p, jj, 0), ez[m, ya], ez[m, yb], 0, ty, nx + 1)
+
+
 @nb.njit(nogil=True, cache=True)
 def general_kernel_nodes(
     values: Any,
@@ -677,52 +769,44 @@ def general_kernel_nodes(
     parity: Any,
     scratch: Any,
 ) -> Any:
-    """:func:`general_kernel` with the corners interpolated row by row from ``nodes``.
+    """:func:`general_kernel` with the corners interpolated from ``nodes``, tile by tile.
 
     ``nodes`` (3, nzn, nyn, nxn): the exactly mapped nodes around the block (all finite);
     per axis, ``*i`` (2, n + 1) the left and right node of every corner and ``*t`` (n + 1) the
     right node's weight (trilinear, as :func:`bridge_xr.extract.footprint.block_corners`).
-    Each plane of corners is interpolated once, into a two-plane slab; no corner array of the
-    block is ever made.
+    The node rows are interpolated along x once; the block then runs in tiles of
+    ``_TY x _TX`` voxels, plane by plane: each plane of a tile's corners (z, then y) goes into
+    one half of a two-plane slab, the other half holding the plane below. No corner array of
+    the block is ever made.
     """
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     nz, ny, nx = values.shape
-    geo = np.empty((8, nx))
-    row = np.empty((3, 2, ny + 1, nx + 1))
-    tmp = np.empty(nodes.shape[3])
+    geo = np.empty(11 * _TX)
+    slab = np.empty(6 * _SP)
+    ex = np.empty((3, nodes.shape[1], nodes.shape[2], nx + 1))
+    ez = np.empty((3, nodes.shape[2], _TX + 1))
+    _lines_along_x(nodes, xi, xt, ex)
     vox = (
-        np.empty((8, 3)),
         np.empty((8, 3)),
         np.empty(6),
         np.empty(3, np.int64),
         np.empty(3, np.int64),
     )
-    for k in range(nz):
-        for dz in range(2):
-            if dz == 0 and k > 0:  # the plane below is the last slab's upper one
-                row[:, 0] = row[:, 1]
-                continue
-            kk = k + dz
-            z0, z1, tz = zi[0, kk], zi[1, kk], zt[kk]
-            for m in range(3):
-                for jj in range(ny + 1):
-                    y0, y1, ty = yi[0, jj], yi[1, jj], yt[jj]
-                    w00, w01 = (1.0 - tz) * (1.0 - ty), (1.0 - tz) * ty
-                    w10, w11 = tz * (1.0 - ty), tz * ty
-                    for n in range(nodes.shape[3]):
-                        tmp[n] = (
-                            w00 * nodes[m, z0, y0, n]
-                            + w01 * nodes[m, z0, y1, n]
-                            + w10 * nodes[m, z1, y0, n]
-                            + w11 * nodes[m, z1, y1, n]
-                        )
-                    for i in range(nx + 1):
-                        row[m, dz, jj, i] = (1.0 - xt[i]) * tmp[xi[0, i]] + xt[i] * tmp[xi[1, i]]
-        for j in range(ny):
-            stack = _clean_row(
-                values, k, j, row, geo, out, lo, shape, max_span, kuhn, parity, scratch, vox, stack
-            )
+    for y0 in range(0, ny, _TY):
+        ty = min(_TY, ny - y0)
+        for x0 in range(0, nx, _TX):
+            tx = min(_TX, nx - x0)
+            _corner_plane(ex, zi[0, 0], zi[1, 0], zt[0], yi, yt, y0, ty, x0, tx, ez, slab, 0)
+            for k in range(nz):
+                pz = k & 1  # the slab half holding plane k; plane k + 1 goes into the other
+                _corner_plane(ex, zi[0, k + 1], zi[1, k + 1], zt[k + 1], yi, yt, y0, ty, x0, tx,
+                              ez, slab, 1 - pz)  # fmt: skip
+                for j in range(ty):
+                    stack = _clean_row(
+                        values, k, y0 + j, x0, tx, slab, j, pz, geo, out, lo, shape, max_span,
+                        kuhn, parity, scratch, vox, stack,
+                    )  # fmt: skip
     return out
 
 

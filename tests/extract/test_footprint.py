@@ -332,6 +332,34 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     )  # fmt: skip
 
 
+def test_node_kernel_tiles_equal_the_voxel_by_voxel_kernel_through_a_bent_warp() -> None:
+    # a block over several of the node kernel's tiles (3 along y, 2 along x), corners trilinear
+    # between nodes every (2, 8, 8) voxels of a bent (non-linear) map, voxels ~1/7 MRI voxel
+    from bridge_xr.extract import _kuhn
+    from bridge_xr.extract.footprint import block_corners
+
+    shape = (3, 2 * _kuhn._TY + 6, _kuhn._TX + 44)
+    rng = np.random.default_rng(11)
+    values = rng.uniform(0, 1, shape)
+    node_idx = [np.r_[np.arange(0, n, s), n] for n, s in zip(shape, (2, 8, 8), strict=True)]
+    k, j, i = np.meshgrid(*(v - 0.5 for v in node_idx), indexing="ij")
+    a = 0.4
+    y, x = np.cos(a) * j - np.sin(a) * i, np.sin(a) * j + np.cos(a) * i
+    nodes = np.stack([k / 5 + 1e-4 * x**2, y / 7 + 3e-4 * k * x, x / 7 + 2e-5 * y**2]) + 0.3
+    lo, hi = (0, 0, 0), shape
+    corners = block_corners(node_idx, nodes, lo, hi)
+    box_lo = np.floor(corners.reshape(3, -1).min(axis=1)).astype(np.int64) + 1
+    box_shape = np.array((2, 20, 40))  # voxels beyond the box on every side are left out
+    got = _kuhn.general_block_nodes(values, node_idx, nodes, lo, hi, box_lo, tuple(box_shape))
+    ref = _kuhn.general_kernel(
+        values, corners, box_lo, box_shape, _kuhn.MAX_SPAN, _kuhn._KUHN_CORNER.astype(np.int64),
+        _kuhn._PARITY.astype(np.float64), _kuhn._scratch(),
+    )  # fmt: skip
+    assert 50.0 < ref[1].sum() < values.size / 245 - 50.0  # the box holds part of the block
+    assert (ref[1] < ref[1].max() - 1e-3).any()  # partly covered MRI voxels at the box's edge
+    np.testing.assert_allclose(got, ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize(
     ("kind", "turned"),
     [("labels", False), ("threshold", False), ("intensity", False), ("labels", True),
