@@ -302,6 +302,61 @@ def _one_face(c8: Any, ax: int, plane: float, tv: Any) -> float:
     )
 
 
+@nb.njit(inline="always", nogil=True, cache=True, fastmath=True)
+def _frac_select(h0: float, h1: float, h2: float, h3: float) -> float:
+    """:func:`_frac_below` without branches, so that a loop of them vectorises.
+
+    Every case's numerator and denominator are formed, the right pair chosen, then divided
+    once; the chosen denominator is positive.
+    """
+    a, b = min(h0, h1), max(h0, h1)
+    c, d = min(h2, h3), max(h2, h3)
+    s0, t = min(a, c), max(a, c)
+    u, s3 = min(b, d), max(b, d)
+    s1, s2 = min(t, u), max(t, u)
+    w = -s0  # one below, at depth w
+    num1, den1 = w * w * w, (s1 + w) * (s2 + w) * (s3 + w)
+    den3 = (s3 - s0) * (s3 - s1) * (s3 - s2)  # one above, at height s3
+    num3 = den3 - s3 * s3 * s3
+    u2 = -s1  # two below (depths w, u2), two above (heights s2, s3)
+    num2 = w * w * u2 * u2 + (s2 + s3) * w * u2 * (w + u2)
+    num2 += s2 * s3 * (w * w + w * u2 + u2 * u2)
+    den2 = (w + s2) * (w + s3) * (u2 + s2) * (u2 + s3)
+    # choose by 0/1 weights (every candidate is finite, so the choice is exact)
+    c1, c3 = np.float64(s1 >= 0.0), np.float64(s2 < 0.0) * np.float64(s1 < 0.0)
+    c2 = 1.0 - c1 - c3
+    none, every = np.float64(s0 >= 0.0), np.float64(s3 < 0.0)
+    some = 1.0 - none - every
+    num = some * (c1 * num1 + c3 * num3 + c2 * num2) + every
+    den = some * (c1 * den1 + c3 * den3 + c2 * den2) + none + every
+    return num / den
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False, error_model="numpy")
+def _one_faces(geo: Any, n: int) -> None:
+    """Volume below its face for each of ``n`` voxels batched in ``geo`` (vectorised).
+
+    Rows ``_GEO_ROWS + b`` hold corner ``b``'s height above the face (b = 0..7, bit order),
+    ``_GEO_ROWS + 8 + t`` tetrahedron ``t``'s volume; the result goes to ``_GEO_ROWS + 14``.
+    The Kuhn tetrahedra are (0, a, b, 7) with (a, b) in the order of :data:`_KUHN`.
+    """
+    tx = np.uint64(_TX)
+    h = np.uint64(_GEO_ROWS) * tx
+    v = h + np.uint64(8) * tx
+    for i in range(np.uint64(n)):
+        h0, h1, h2, h3 = geo[h + i], geo[h + tx + i], geo[h + 2 * tx + i], geo[h + 3 * tx + i]
+        h4, h5 = geo[h + 4 * tx + i], geo[h + 5 * tx + i]
+        h6, h7 = geo[h + 6 * tx + i], geo[h + 7 * tx + i]
+        geo[v + 6 * tx + i] = (
+            geo[v + i] * _frac_select(h0, h4, h6, h7)
+            + geo[v + tx + i] * _frac_select(h0, h4, h5, h7)
+            + geo[v + 2 * tx + i] * _frac_select(h0, h2, h6, h7)
+            + geo[v + 3 * tx + i] * _frac_select(h0, h2, h3, h7)
+            + geo[v + 4 * tx + i] * _frac_select(h0, h1, h5, h7)
+            + geo[v + 5 * tx + i] * _frac_select(h0, h1, h3, h7)
+        )
+
+
 @nb.njit(inline="always", nogil=True, cache=True)
 def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> None:
     if 0 <= z < out.shape[1] and 0 <= y < out.shape[2] and 0 <= x < out.shape[3]:
@@ -426,6 +481,7 @@ _TX, _TY = 256, 32
 _SX = _TX + 8  # corners in a slab row (>= _TX + 1)
 _SP = (_TY + 1) * _SX  # one coordinate's plane of corners
 _U1 = np.uint64(1)
+_GEO_ROWS = 15  # per-voxel geometry (see _row_geometry), then the one-face batch (_one_faces)
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
@@ -441,7 +497,8 @@ def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> No
     ``geo`` (flat, rows of ``_TX``): row 0-2 the floor of the lowest corner coordinate
     (z, y, x); 3 is 1 when the voxel lies inside that MRI voxel, 0 when its box crosses MRI
     voxel faces, negative when it is folded (its tetrahedra disagree in orientation, or one is
-    flat); 4 the volume; 5-10 the six Kuhn tetrahedra's volumes (the order of :data:`_KUHN`).
+    flat); 4 the volume; 5-10 the six Kuhn tetrahedra's volumes (the order of :data:`_KUHN`);
+    11-13 how many MRI voxel faces its box crosses along z, y, x; 14 its box's widest side.
     The determinants of :func:`_kuhn_volume`, written out, in one loop without state carried
     from voxel to voxel, on unsigned indices (no wrap-around): the compiler vectorises it.
     ``pz`` is the slab half holding the row's lower plane. Only for rows without NaN (fast
@@ -496,6 +553,9 @@ def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> No
         o0, o1, o2, o3, o4, o5 = p0 * t0, p1 * t1, p2 * t2, p3 * t3, p4 * t4, p5 * t5
         lo_o = min(min(min(o0, o1), min(o2, o3)), min(o4, o5))
         hi_o = max(max(max(o0, o1), max(o2, o3)), max(o4, o5))
+        nz_ = max(np.ceil(hiz) - 1.0, fz) - fz  # MRI voxel faces the box crosses, per axis
+        ny_ = max(np.ceil(hiy) - 1.0, fy) - fy
+        nx_ = max(np.ceil(hix) - 1.0, fx) - fx
         inside = (hiz <= fz + 1.0) & (hiy <= fy + 1.0) & (hix <= fx + 1.0)
         folded = (lo_o <= 0.0) & (hi_o >= 0.0)
         geo[i] = fz
@@ -509,6 +569,10 @@ def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> No
         geo[8 * tx + i] = a3
         geo[9 * tx + i] = a4
         geo[10 * tx + i] = a5
+        geo[11 * tx + i] = nz_
+        geo[12 * tx + i] = ny_
+        geo[13 * tx + i] = nx_
+        geo[14 * tx + i] = max(max(hiz - loz, hiy - loy), hix - lox)
 
 
 @nb.njit(nogil=True, cache=True)
@@ -560,11 +624,6 @@ def _straddler(
     return stack
 
 
-#: the same, inlined where it runs often (rows without unmapped corners): a call passes a
-#: dozen arrays and their reference counts, which costs as much as the work itself
-_straddler_inline = nb.njit(inline="always", nogil=True, cache=True)(_straddler.py_func)
-
-
 @nb.njit(inline="always", nogil=True, cache=True)
 def _clean_row(
     values: Any,
@@ -593,7 +652,8 @@ def _clean_row(
     another MRI voxel; the rest go to :func:`_straddler`.
     """
     _row_geometry(slab, j, nx, pz, parity, geo)
-    c8, tv, cell_lo, cell_n = vox
+    c8, tv, cell_lo, cell_n, which, axis = vox
+    n1 = 0  # voxels crossing one face, batched
     run_z, run_y, run_x = -1e300, 0.0, 0.0  # the MRI voxel the current run lies in
     run_v, run_w = 0.0, 0.0
     for i in range(nx):
@@ -612,30 +672,47 @@ def _clean_row(
             continue
         if flag < 0.0:  # folded
             continue
+        if geo[14 * _TX + i] > max_span:
+            continue
+        relevant = True
+        for m in range(3):
+            a = int(geo[m * _TX + i])
+            cell_lo[m] = a
+            cell_n[m] = int(geo[(11 + m) * _TX + i])
+            relevant = relevant and a + cell_n[m] >= lo[m] and a < lo[m] + shape[m]
+        if not relevant:
+            continue
+        if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most): batched, see _one_faces
+            ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+            plane = float(cell_lo[ax] + 1)
+            for b in range(8):
+                geo[(_GEO_ROWS + b) * _TX + n1] = (
+                    slab[_slab_at(ax, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))] - plane
+                )
+            for t in range(6):
+                geo[(_GEO_ROWS + 8 + t) * _TX + n1] = geo[(5 + t) * _TX + i]
+            which[n1] = i
+            axis[n1] = ax
+            n1 += 1
+            continue
         for b in range(8):
             for m in range(3):
                 c8[b, m] = slab[_slab_at(m, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))]
-        span = 0.0
-        relevant = True
-        for m in range(3):
-            mn, mx = c8[0, m], c8[0, m]
-            for b in range(1, 8):
-                mn = min(mn, c8[b, m])
-                mx = max(mx, c8[b, m])
-            span = max(span, mx - mn)
-            a = int(math.floor(mn))
-            e = max(int(math.ceil(mx)) - 1, a)
-            cell_lo[m] = a
-            cell_n[m] = e - a
-            relevant = relevant and e >= lo[m] and a < lo[m] + shape[m]
-        if span > max_span or not relevant:
-            continue
         for t in range(6):
             tv[t] = geo[(5 + t) * _TX + i]
-        stack = _straddler_inline(
+        stack = _straddler(
             out, c8, float(values[k, jv, x0 + i]), geo[4 * _TX + i], cell_lo, cell_n, lo, shape,
             kuhn, tv, scratch, stack,
         )  # fmt: skip
+    _one_faces(geo, n1)
+    for q in range(n1):
+        i = which[q]
+        ax = axis[q]
+        z, y, x = int(geo[i]) - lo[0], int(geo[_TX + i]) - lo[1], int(geo[2 * _TX + i]) - lo[2]
+        v = float(values[k, jv, x0 + i])
+        below = geo[(_GEO_ROWS + 14) * _TX + q]
+        _add(out, z, y, x, v, below)
+        _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, geo[4 * _TX + i] - below)
     if run_w > 0.0:
         _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2], run_v, run_w)
     return stack
@@ -782,7 +859,7 @@ def general_kernel_nodes(
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     nz, ny, nx = values.shape
-    geo = np.empty(11 * _TX)
+    geo = np.empty((_GEO_ROWS + 15) * _TX)
     slab = np.empty(6 * _SP)
     ex = np.empty((3, nodes.shape[1], nodes.shape[2], nx + 1))
     ez = np.empty((3, nodes.shape[2], _TX + 1))
@@ -792,6 +869,8 @@ def general_kernel_nodes(
         np.empty(6),
         np.empty(3, np.int64),
         np.empty(3, np.int64),
+        np.empty(_TX, np.int64),
+        np.empty(_TX, np.int64),
     )
     for y0 in range(0, ny, _TY):
         ty = min(_TY, ny - y0)
