@@ -141,58 +141,6 @@ def _split(tet: Any, axis: int, plane: float, stack: Any, n: int, w: Any, d: Any
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
-def _volume_below(tet: Any, axis: int, plane: float, vol: float, w: Any, d: Any) -> float:
-    """Volume of the part of ``tet`` (volume ``vol``) below ``x[axis] = plane``.
-
-    One vertex alone on its side: that corner's small tetrahedron is the whole one scaled along
-    its three edges (volume ``vol * t0 * t1 * t2``); two and two: the lower prism's three
-    tetrahedra.
-    """
-    nb_ = 0
-    for m in range(4):
-        if tet[m, axis] < plane:
-            nb_ += 1
-    if nb_ == 0:
-        return 0.0
-    if nb_ == 4:
-        return vol
-    if nb_ != 2:
-        lone = -1
-        for m in range(4):
-            if (tet[m, axis] < plane) == (nb_ == 1):
-                lone = m
-        ds = tet[lone, axis] - plane
-        frac = 1.0
-        for m in range(4):
-            if m != lone:
-                frac *= ds / (ds - (tet[m, axis] - plane))
-        return vol * frac if nb_ == 1 else vol * (1.0 - frac)
-    _order_and_cut(tet, axis, plane, w, d)
-    # the lower prism (p1, i11, i12; p2, i21, i22) as in _prism
-    return (abs(_det(w, 0, 4, 5, 1)) + abs(_det(w, 4, 5, 1, 6)) + abs(_det(w, 5, 1, 6, 7))) / 6.0
-
-
-@nb.njit(inline="always", nogil=True, cache=True)
-def _pieces_below(tet: Any, axis: int, plane: float, w: Any, d: Any, buf: Any) -> int:
-    """Write the tetrahedra tiling the part of ``tet`` below the plane into ``buf`` (<= 3)."""
-    n_below = 0
-    for m in range(4):
-        if tet[m, axis] < plane:
-            n_below += 1
-    if n_below == 0:
-        return 0
-    if n_below == 4:
-        buf[0] = tet
-        return 1
-    _order_and_cut(tet, axis, plane, w, d)
-    if n_below == 2:  # the lower prism
-        return _prism(buf, 0, w, 0, 4, 5, 1, 6, 7)
-    if n_below == 1:  # the lone corner's small tetrahedron
-        return _put(buf, 0, w, 0, 4, 5, 6)
-    return _prism(buf, 0, w, 4, 5, 6, 0, 1, 2)  # three below: cut triangle to them
-
-
-@nb.njit(inline="always", nogil=True, cache=True)
 def _load_tet(c8: Any, kuhn: Any, t: int, tet: Any) -> None:
     """``tet`` = the voxel's Kuhn tetrahedron ``t`` (rows of ``c8``, the corners in bit order)."""
     for q in range(4):
@@ -364,36 +312,88 @@ def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> Non
         out[1, z, y, x] += vol
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _both_below(
+    a0: float, a1: float, a2: float, a3: float, b0: float, b1: float, b2: float, b3: float,
+    vol: float,
+) -> tuple[float, float, float]:  # fmt: skip
+    """Volumes of a tetrahedron (volume ``vol``) below face a, below face b and below both.
+
+    ``a*``, ``b*``: its vertices' heights above the two faces. The part below face a is the
+    corner at a lone vertex, the tetrahedron less the corner at a lone vertex above, or a prism
+    of three tetrahedra; the edges' cut points' heights above face b and those pieces' volumes
+    follow from the cut parameters ``t`` (barycentric determinants), so each piece's share
+    below face b is one more closed form (:func:`_frac_sorted`). No piece is ever built.
+    """
+    fa, fb = _frac_sorted(a0, a1, a2, a3), _frac_sorted(b0, b1, b2, b3)
+    va, vb = vol * fa, vol * fb
+    if fa == 0.0 or fb == 0.0:
+        return va, vb, 0.0
+    if fa == 1.0 or fb == 1.0:
+        return va, vb, (vb if fa == 1.0 else va)
+    n = (a0 < 0.0) + (a1 < 0.0) + (a2 < 0.0) + (a3 < 0.0)
+    if n != 2:  # a lone vertex p on its side: the corner at p (edges cut at t toward q, r, s)
+        lone_below = n == 1
+        if (a0 < 0.0) == lone_below:
+            ap, bp, aq, bq, ar, br, as_, bs = a0, b0, a1, b1, a2, b2, a3, b3
+        elif (a1 < 0.0) == lone_below:
+            ap, bp, aq, bq, ar, br, as_, bs = a1, b1, a0, b0, a2, b2, a3, b3
+        elif (a2 < 0.0) == lone_below:
+            ap, bp, aq, bq, ar, br, as_, bs = a2, b2, a0, b0, a1, b1, a3, b3
+        else:
+            ap, bp, aq, bq, ar, br, as_, bs = a3, b3, a0, b0, a1, b1, a2, b2
+        tq, tr, ts = ap / (ap - aq), ap / (ap - ar), ap / (ap - as_)
+        corner = _frac_sorted(bp, bp + tq * (bq - bp), bp + tr * (br - bp), bp + ts * (bs - bp))
+        if lone_below:  # the corner is the part below a
+            return va, vb, va * corner
+        return va, vb, vb - (vol - va) * corner  # the tetrahedron less the corner above a
+    # two below (i, j), two above (k, l): the prism (i, c_ik, c_il) - (j, c_jk, c_jl)
+    if a0 < 0.0:
+        if a1 < 0.0:
+            ai, bi, aj, bj, ak, bk, al, bl = a0, b0, a1, b1, a2, b2, a3, b3
+        elif a2 < 0.0:
+            ai, bi, aj, bj, ak, bk, al, bl = a0, b0, a2, b2, a1, b1, a3, b3
+        else:
+            ai, bi, aj, bj, ak, bk, al, bl = a0, b0, a3, b3, a1, b1, a2, b2
+    elif a1 < 0.0:
+        if a2 < 0.0:
+            ai, bi, aj, bj, ak, bk, al, bl = a1, b1, a2, b2, a0, b0, a3, b3
+        else:
+            ai, bi, aj, bj, ak, bk, al, bl = a1, b1, a3, b3, a0, b0, a2, b2
+    else:
+        ai, bi, aj, bj, ak, bk, al, bl = a2, b2, a3, b3, a0, b0, a1, b1
+    tik, til = ai / (ai - ak), ai / (ai - al)
+    tjk, tjl = aj / (aj - ak), aj / (aj - al)
+    bik, bil = bi + tik * (bk - bi), bi + til * (bl - bi)
+    bjk, bjl = bj + tjk * (bk - bj), bj + tjl * (bl - bj)
+    v1 = vol * tik * til  # (i, c_ik, c_il, j)
+    v3 = vol * (1.0 - til) * tjk * tjl  # (c_il, j, c_jk, c_jl)
+    v2 = va - v1 - v3  # (c_ik, c_il, j, c_jk)
+    vab = v1 * _frac_sorted(bi, bik, bil, bj) + v2 * _frac_sorted(bik, bil, bj, bjk)
+    return va, vb, vab + v3 * _frac_sorted(bil, bj, bjk, bjl)
+
+
 @nb.njit(nogil=True, cache=True)
 def _two_faces(
-    c8: Any,
-    kuhn: Any,
-    tv: Any,
-    a: int,
-    pa: float,
-    b: int,
-    pb: float,
-    tet: Any,
-    buf: Any,
-    w: Any,
-    d: Any,
+    c8: Any, tv: Any, a: int, pa: float, b: int, pb: float
 ) -> tuple[float, float, float]:
-    """Volumes of a voxel below face ``a``, below face ``b`` and below both (closed forms)."""
-    va, vb, vab = 0.0, 0.0, 0.0
-    for t in range(6):
-        _load_tet(c8, kuhn, t, tet)
-        fa = _frac_below(tet[0, a] - pa, tet[1, a] - pa, tet[2, a] - pa, tet[3, a] - pa)
-        fb = _frac_below(tet[0, b] - pb, tet[1, b] - pb, tet[2, b] - pb, tet[3, b] - pb)
-        va += tv[t] * fa
-        vb += tv[t] * fb
-        if fa == 0.0 or fb == 0.0:
-            continue
-        if fa == 1.0 or fb == 1.0:
-            vab += tv[t] * (fb if fa == 1.0 else fa)
-            continue
-        for n in range(_pieces_below(tet, a, pa, w, d, buf)):
-            piece = buf[n]
-            vab += _volume_below(piece, b, pb, abs(_det(piece, 0, 1, 2, 3)) / 6.0, w, d)
+    """Volumes of a voxel below face ``a``, below face ``b`` and below both (closed forms).
+
+    The Kuhn tetrahedra are (0, a, b, 7) with (a, b) in the order of :data:`_KUHN`.
+    """
+    a0, a1, a2, a3 = c8[0, a] - pa, c8[1, a] - pa, c8[2, a] - pa, c8[3, a] - pa
+    a4, a5, a6, a7 = c8[4, a] - pa, c8[5, a] - pa, c8[6, a] - pa, c8[7, a] - pa
+    b0, b1, b2, b3 = c8[0, b] - pb, c8[1, b] - pb, c8[2, b] - pb, c8[3, b] - pb
+    b4, b5, b6, b7 = c8[4, b] - pb, c8[5, b] - pb, c8[6, b] - pb, c8[7, b] - pb
+    va, vb, vab = _both_below(a0, a4, a6, a7, b0, b4, b6, b7, tv[0])
+    for x, y, z in (
+        _both_below(a0, a4, a5, a7, b0, b4, b5, b7, tv[1]),
+        _both_below(a0, a2, a6, a7, b0, b2, b6, b7, tv[2]),
+        _both_below(a0, a2, a3, a7, b0, b2, b3, b7, tv[3]),
+        _both_below(a0, a1, a5, a7, b0, b1, b5, b7, tv[4]),
+        _both_below(a0, a1, a3, a7, b0, b1, b3, b7, tv[5]),
+    ):  # fmt: skip
+        va, vb, vab = va + x, vb + y, vab + z
     return va, vb, vab
 
 
@@ -596,7 +596,7 @@ def _straddler(
     faces of different axes: inclusion-exclusion of closed forms; otherwise the tetrahedra
     are split on a stack. Returns the stack (grown if needed).
     """
-    tet, piece, buf, w, d = scratch
+    tet, piece, w, d = scratch
     z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
     if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
         ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
@@ -609,9 +609,7 @@ def _straddler(
         # two faces (near an MRI voxel edge): inclusion-exclusion of closed forms
         a = 0 if cell_n[0] else 1
         b = 2 if cell_n[2] else 1
-        va, vb, vab = _two_faces(
-            c8, kuhn, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1), tet, buf, w, d
-        )
+        va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
         za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
         _add(out, z, y, x, v, vab)
         _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
@@ -719,7 +717,7 @@ def _clean_row(
 
 
 def _scratch() -> tuple[Any, ...]:
-    return (np.empty((4, 3)), np.empty((4, 3)), np.empty((3, 4, 3)), np.empty((8, 3)), np.empty(8))
+    return (np.empty((4, 3)), np.empty((4, 3)), np.empty((8, 3)), np.empty(8))
 
 
 @nb.njit(nogil=True, cache=True)

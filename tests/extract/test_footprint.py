@@ -10,7 +10,7 @@ import pytest
 from scipy.spatial.transform import Rotation
 from zarr.storage import LocalStore, MemoryStore
 
-from bridge_xr.extract._kuhn import _KUHN, _volume_below, tet_into_cells
+from bridge_xr.extract._kuhn import _KUHN, tet_into_cells
 from bridge_xr.extract.densities import density, footprint_sums
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
@@ -226,21 +226,39 @@ def test_tetrahedron_clipping_matches_monte_carlo_cell_volumes() -> None:
         assert np.abs(out[1] - mc).max() <= 0.01 * vol + 1e-12
 
 
-def test_single_face_volume_equals_the_general_split() -> None:
+def test_two_face_closed_forms_equal_the_general_split() -> None:
+    # a tetrahedron's volume below face a, below face b and below both, from its vertices'
+    # heights alone, against splitting it into pieces cell by cell; every case of face a (a lone
+    # vertex below, a lone vertex above, two and two) and both faces' fractions one by one
+    from bridge_xr.extract._kuhn import _both_below, _frac_below, _frac_select, _frac_sorted
+
     rng = np.random.default_rng(4)
-    for _ in range(200):
-        tet = rng.uniform(0, 1, size=(4, 3))
-        axis = int(rng.integers(3))
-        tet[:, axis] = rng.uniform(0.3, 1.7, size=4)
-        if not tet[:, axis].min() < 1.0 < tet[:, axis].max():
-            continue
+    cases = dict.fromkeys((1, 2, 3), 0)
+    for _ in range(400):
+        tet = rng.uniform(0.2, 1.8, size=(4, 3))
+        a, b = rng.choice(3, 2, replace=False)
+        if rng.uniform() < 0.2:  # vertices exactly on a face, or level with each other
+            tet[rng.integers(4), a] = 1.0
+            tet[1, b] = tet[0, b]
+        ha, hb = tet[:, a] - 1.0, tet[:, b] - 1.0
         vol = abs(np.linalg.det(tet[1:] - tet[0])) / 6
-        below = _volume_below(tet, axis, 1.0, vol, *_scratch(piece=False))
         out = np.zeros((2, 2, 2, 2))
         tet_into_cells(tet, 1.0, np.array([0, 0, 0]), np.array([2, 2, 2]), out, np.empty((8, 4, 3)),
                        *_scratch(piece=True))  # fmt: skip
-        lower = out[1][(slice(None),) * axis + (0,)].sum()
-        np.testing.assert_allclose(below, lower, rtol=1e-9, atol=1e-15)
+        below_a = out[1][(slice(None),) * a + (0,)]
+        va, vb, vab = _both_below(*ha, *hb, vol)
+        np.testing.assert_allclose(va, below_a.sum(), rtol=1e-9, atol=1e-15)
+        np.testing.assert_allclose(vb, out[1][(slice(None),) * b + (0,)].sum(), rtol=1e-9,
+                                   atol=1e-15)  # fmt: skip
+        np.testing.assert_allclose(vab, below_a[(slice(None),) * (b - (b > a)) + (0,)].sum(),
+                                   rtol=1e-9, atol=1e-15)  # fmt: skip
+        for h in (ha, hb):
+            assert _frac_sorted(*h) == pytest.approx(_frac_below(*h), rel=1e-13, abs=1e-15)
+            assert _frac_select(*h) == pytest.approx(_frac_below(*h), rel=1e-13, abs=1e-15)
+        n = int((ha < 0).sum())
+        if n in cases and 0 < vb < vol:
+            cases[n] += 1
+    assert min(cases.values()) >= 20
 
 
 def _scratch(piece: bool = True) -> tuple[np.ndarray, ...]:
