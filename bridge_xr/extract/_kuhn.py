@@ -373,7 +373,21 @@ def _both_below(
     return va, vb, vab + v3 * _frac_sorted(bil, bj, bjk, bjl)
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(inline="always", nogil=True, cache=True)
+def _four_cells(
+    out: Any, cell_lo: Any, lo: Any, a: int, b: int, v: float, vol: float, va: float,
+    vb: float, vab: float,
+) -> None:  # fmt: skip
+    """Share a voxel crossing faces ``a`` and ``b`` out by inclusion-exclusion."""
+    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+    za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
+    _add(out, z, y, x, v, vab)
+    _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
+    _add(out, za, ya, xa, v, vb - vab)
+    _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
 def _two_faces(
     c8: Any, tv: Any, a: int, pa: float, b: int, pb: float
 ) -> tuple[float, float, float]:
@@ -610,11 +624,7 @@ def _straddler(
         a = 0 if cell_n[0] else 1
         b = 2 if cell_n[2] else 1
         va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
-        za, ya, xa = z + (a == 0), y + (a == 1), x + (a == 2)  # across face a
-        _add(out, z, y, x, v, vab)
-        _add(out, z + (b == 0), y + (b == 1), x + (b == 2), v, va - vab)
-        _add(out, za, ya, xa, v, vb - vab)
-        _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
+        _four_cells(out, cell_lo, lo, a, b, v, vol, va, vb, vab)
         return stack
     for t in range(6):
         _load_tet(c8, kuhn, t, tet)
@@ -698,10 +708,16 @@ def _clean_row(
                 c8[b, m] = slab[_slab_at(m, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))]
         for t in range(6):
             tv[t] = geo[(5 + t) * _TX + i]
-        stack = _straddler(
-            out, c8, float(values[k, jv, x0 + i]), geo[4 * _TX + i], cell_lo, cell_n, lo, shape,
-            kuhn, tv, scratch, stack,
-        )  # fmt: skip
+        v, vol = float(values[k, jv, x0 + i]), geo[4 * _TX + i]
+        if cell_n[0] + cell_n[1] + cell_n[2] == 2 and max(cell_n[0], cell_n[1], cell_n[2]) == 1:
+            # two faces (near an MRI voxel edge): here, not through a call that passes a dozen
+            # arrays (their reference counts cost more than the closed forms)
+            a = 0 if cell_n[0] else 1
+            b = 2 if cell_n[2] else 1
+            va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
+            _four_cells(out, cell_lo, lo, a, b, v, vol, va, vb, vab)
+            continue
+        stack = _straddler(out, c8, v, vol, cell_lo, cell_n, lo, shape, kuhn, tv, scratch, stack)
     _one_faces(geo, n1)
     for q in range(n1):
         i = which[q]
