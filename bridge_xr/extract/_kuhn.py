@@ -312,7 +312,7 @@ def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> Non
         out[1, z, y, x] += vol
 
 
-@nb.njit(inline="always", nogil=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def _both_below(
     a0: float, a1: float, a2: float, a3: float, b0: float, b1: float, b2: float, b3: float,
     vol: float,
@@ -387,7 +387,7 @@ def _four_cells(
     _add(out, za + (b == 0), ya + (b == 1), xa + (b == 2), v, vol - va - vb + vab)
 
 
-@nb.njit(inline="always", nogil=True, cache=True)
+@nb.njit(nogil=True, cache=True)
 def _two_faces(
     c8: Any, tv: Any, a: int, pa: float, b: int, pb: float
 ) -> tuple[float, float, float]:
@@ -710,8 +710,8 @@ def _clean_row(
             tv[t] = geo[(5 + t) * _TX + i]
         v, vol = float(values[k, jv, x0 + i]), geo[4 * _TX + i]
         if cell_n[0] + cell_n[1] + cell_n[2] == 2 and max(cell_n[0], cell_n[1], cell_n[2]) == 1:
-            # two faces (near an MRI voxel edge): here, not through a call that passes a dozen
-            # arrays (their reference counts cost more than the closed forms)
+            # two faces (near an MRI voxel edge): not through the straddler call, which passes a
+            # dozen arrays (their reference counts cost more than the closed forms)
             a = 0 if cell_n[0] else 1
             b = 2 if cell_n[2] else 1
             va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
