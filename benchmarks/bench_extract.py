@@ -60,8 +60,14 @@ def _vessels(block: np.ndarray, block_info: Any = None) -> np.ndarray:
 #: the oblique store's rotation (rotation vector, xyz, radians) about the mask's centre
 OBLIQUE = (0.1, 0.3, 0.2)
 
+#: the TPS store's warp: landmarks on a 4 x 4 x 3 grid over the mask, each moved by a smooth
+#: bend of up to this many micrometres (a realistic residual after the affine part)
+TPS_BEND_UM = 6.0
 
-def build(workdir: Path, size_gib: float, kind: str = "labels", oblique: bool = False) -> Path:
+
+def build(
+    workdir: Path, size_gib: float, kind: str = "labels", oblique: bool = False, tps: bool = False
+) -> Path:
     import dask.array as da
     import pandas as pd
 
@@ -75,7 +81,9 @@ def build(workdir: Path, size_gib: float, kind: str = "labels", oblique: bool = 
     # stores the same voxels as an intensity image (blosc zstd, bit-shuffled)
     # ``oblique``: the same mask registered through a rotation about an oblique axis, onto an
     # MRI grid covering all of it (the general path's affine kernel)
+    # ``tps``: registered through a thin-plate spline of 48 landmarks (the node kernel)
     suffix = ("" if kind == "labels" else "_" + kind) + ("_oblique" if oblique else "")
+    suffix += "_tps" if tps else ""
     store = workdir / f"extract_{size_gib:g}GiB{suffix}.ome.zarr"
     if (store / "zarr.json").exists():
         return store
@@ -130,6 +138,26 @@ def build(workdir: Path, size_gib: float, kind: str = "labels", oblique: bool = 
             **{f"fixed_{a}": pts[:, i] for i, a in enumerate("xyz")},
         }
     )
+    if tps:
+        grid = np.stack(
+            np.meshgrid(
+                *[np.linspace(0.1, 0.9, n) * e for n, e in zip((4, 4, 3), ext[::-1], strict=True)],
+                indexing="ij",
+            ),
+            axis=-1,
+        ).reshape(-1, 3)  # fmt: skip  (xyz, µm in the mask)
+        bend = TPS_BEND_UM * np.sin(grid[:, [1, 2, 0]] / ext[::-1][[1, 2, 0]] * np.pi)
+        fixed = grid - np.asarray(OFFSET_UM) + bend
+        lm = pd.DataFrame(
+            {
+                "name": [f"L{i}" for i in range(len(grid))],
+                **{f"moving_{a}": grid[:, i] for i, a in enumerate("xyz")},
+                **{f"fixed_{a}": fixed[:, i] for i, a in enumerate("xyz")},
+            }
+        )
+        register(str(store), fixed="mri/T2w", moving="twop/mask", landmarks=lm, model="tps",
+                 name="warped")  # fmt: skip
+        return store
     register(str(store), fixed="mri/T2w", moving="twop/mask", landmarks=lm, model="affine",
              name="aligned", precomputed=(model, {"model": "affine"}))  # fmt: skip
     return store
@@ -166,6 +194,11 @@ def case_bridge(store: Path, out: Path, tag: str = "bridge") -> dict[str, Any]:
 def case_oblique(store: Path, out: Path) -> dict[str, Any]:
     """density() through an oblique rotation (the affine kernel), end to end."""
     return case_bridge(store, out, tag="oblique")
+
+
+def case_tps(store: Path, out: Path) -> dict[str, Any]:
+    """density() through a thin-plate spline (the node kernel), end to end."""
+    return case_bridge(store, out, tag="tps")
 
 
 def _sitk_images(store: Path) -> tuple[Any, Any, Any]:
@@ -328,6 +361,7 @@ def run_case(case: str, store: Path, out: Path) -> dict[str, Any]:
         "numpy-sum": case_numpy_sum,
         "bridge_xr-general": case_general,
         "bridge_xr-oblique": case_oblique,  # run on the oblique store
+        "bridge_xr-tps": case_tps,  # run on the TPS store
     }[case]
     res = fn(store, out)
     res["case"] = case
@@ -357,19 +391,20 @@ def main() -> int:
     args.workdir.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for size in args.sizes:
-        store = build(args.workdir, size, args.mask_kind)
+        build(args.workdir, size, args.mask_kind)  # the aligned store first (the others reuse it)
         cases = ["bridge_xr"]
         if size == max(args.sizes):
             cases += ["sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general",
-                      "bridge_xr-oblique"]  # fmt: skip
+                      "bridge_xr-oblique", "bridge_xr-tps"]  # fmt: skip
         chosen = [c for c in cases if not args.cases or c in args.cases]
         runs: dict[str, list[dict[str, Any]]] = {c: [] for c in chosen}
         for rep in range(args.repeat):  # cases interleaved: a noisy spell hits all of them
             for case in chosen:
                 done = subprocess.run(
                     [sys.executable, "-m", "benchmarks.bench_extract", "--case", case,
-                     "--store", str(build(args.workdir, size, args.mask_kind, oblique=True)
-                                    if case == "bridge_xr-oblique" else store),
+                     "--store", str(build(args.workdir, size, args.mask_kind,
+                                          oblique=case == "bridge_xr-oblique",
+                                          tps=case == "bridge_xr-tps")),
                      "--workdir", str(args.workdir)],
                     capture_output=True, text=True, check=False,
                 )  # fmt: skip
@@ -393,6 +428,12 @@ def main() -> int:
                 print(f"  bridge_xr-oblique / bridge_xr time: {obl['wall_s'] / ours['wall_s']:.2f}x "
                       f"({obl['kernel']} kernel); mask volume {obl['mask_mm3']:.6f} vs "
                       f"{ours['mask_mm3']:.6f} mm^3, foreground {obl['foreground_mm3']:.6f} vs "
+                      f"{ours['foreground_mm3']:.6f} mm^3")  # fmt: skip
+            tps = results.get(f"bridge_xr-tps@{size:g}")
+            if ours and tps:  # a gentle bend changes volumes by its Jacobian only (~1e-3)
+                print(f"  bridge_xr-tps / bridge_xr time: {tps['wall_s'] / ours['wall_s']:.2f}x "
+                      f"({tps['path']} path); mask volume {tps['mask_mm3']:.6f} vs "
+                      f"{ours['mask_mm3']:.6f} mm^3, foreground {tps['foreground_mm3']:.6f} vs "
                       f"{ours['foreground_mm3']:.6f} mm^3")  # fmt: skip
             for base in ("sitk-paper", "sitk-direct", "numpy-sum", "bridge_xr-general"):
                 b = results.get(f"{base}@{size:g}")

@@ -288,36 +288,24 @@ class ThinPlateSpline(_ZyxMap):
     ) -> Array:
         """Moving -> fixed by Newton iteration with the analytic Jacobian and backtracking.
 
-        Points whose inverse cannot be found (a folded warp has no unique inverse there) raise
-        :class:`EstimationError`, or come back as NaN with ``strict=False``.
+        Compiled, point by point, in memory proportional to the points (see
+        :mod:`bridge_xr.model._tps`). Points whose inverse cannot be found (a folded warp has
+        no unique inverse there) raise :class:`EstimationError`, or come back as NaN with
+        ``strict=False``.
         """
-        y = np.asarray(moving, dtype=np.float64)
-        x = np.hstack([y, np.ones((len(y), 1))]) @ self._inv_linear[:3].T
-        res = self.forward_points(x) - y
-        err = np.linalg.norm(res, axis=1)
-        for _ in range(max_iter):
-            todo = np.flatnonzero(err >= tol)
-            if todo.size == 0:
-                break
-            xi, ri, ei = x[todo], res[todo], err[todo]
-            try:
-                step = np.linalg.solve(self.jacobian(xi), ri[..., None])[..., 0]
-            except np.linalg.LinAlgError:
-                step = ri
-            t = np.ones(len(xi))
-            for _ in range(30):  # backtracking: accept a step only where the residual shrinks
-                cand = xi - t[:, None] * step
-                rc = self.forward_points(cand) - y[todo]
-                ec = np.linalg.norm(rc, axis=1)
-                ok = ec < ei
-                if ok.all():
-                    break
-                t = np.where(ok, t, t / 2)
-            x[todo] = np.where(ok[:, None], cand, xi)
-            res[todo] = np.where(ok[:, None], rc, ri)
-            err[todo] = np.where(ok, ec, ei)
-            if not ok.any():
-                break
+        from bridge_xr.model._tps import tps_inverse  # compiled: numba loads on first use
+
+        y = np.ascontiguousarray(moving, dtype=np.float64).reshape(-1, 3)
+        x, err = tps_inverse(
+            y,
+            np.ascontiguousarray(self.centres, dtype=np.float64),
+            np.ascontiguousarray(self.weights, dtype=np.float64),
+            np.ascontiguousarray(self.affine, dtype=np.float64),
+            np.ascontiguousarray(self._inv_linear, dtype=np.float64),
+            self.kernel != "r",
+            float(tol),
+            int(max_iter),
+        )
         bad = err > 1e-4
         if bad.any():
             if strict:

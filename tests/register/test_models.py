@@ -89,6 +89,38 @@ def test_description_round_trip_is_exact() -> None:
     np.testing.assert_array_equal(again.forward_points(pts), tps.forward_points(pts))
 
 
+@pytest.mark.parametrize("kernel", ["r", "r2logr"])
+def test_compiled_inverse_on_a_node_grid_equals_root_finding(kernel) -> None:
+    # nodes in grid order (each starts from its neighbour's solution), against scipy's root
+    # finder point by point from the affine inverse; residuals below the tolerance
+    from scipy.optimize import root
+
+    moving = FIXED + 40 * np.sin(FIXED[:, [1, 2, 0]] / 700.0)
+    tps = fit("tps", FIXED, moving, kernel=kernel)
+    axes = [np.linspace(200, 3800, 13), np.linspace(100, 2900, 11), np.linspace(50, 950, 5)]
+    y = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    x = tps.inverse_points(y)
+    np.testing.assert_allclose(tps.forward_points(x), y, atol=1e-8)
+    lin = fit("affine", FIXED, moving)
+    for k in rng.choice(len(y), 25, replace=False):
+        sol = root(lambda p, k=k: tps.forward_points(p[None])[0] - y[k],
+                   lin.inverse_points(y[k][None])[0], jac=lambda p: tps.jacobian(p[None])[0],
+                   tol=1e-12)  # fmt: skip
+        assert sol.success
+        np.testing.assert_allclose(x[k], sol.x, atol=1e-7)
+
+
+def test_inverse_that_does_not_converge_refuses_or_marks_nan() -> None:
+    # no Newton step allowed: the affine part's inverse alone misses every point by > 1e-4 µm
+    moving = FIXED + 40 * np.sin(FIXED[:, [1, 2, 0]] / 700.0)
+    tps = fit("tps", FIXED, moving)
+    y = rng.uniform(0, 1000, size=(20, 3))
+    assert np.isnan(tps.inverse_points(y, max_iter=0, strict=False)).all()
+    with pytest.raises(EstimationError, match="did not converge for 20 of 20 points"):
+        tps.inverse_points(y, max_iter=0)
+    assert np.isfinite(tps.inverse_points(y, strict=False)).all()  # with steps: every one found
+
+
 def test_folding_is_detected() -> None:
     fixed = np.array(
         [[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100], [100, 100, 100], [50, 50, 50.0]]

@@ -1,0 +1,133 @@
+"""Compiled thin-plate spline inversion: Newton's method point by point, in bounded memory.
+
+The vectorised form evaluates every point against every centre at once (a (points, centres, 3)
+array per step: gigabytes for the millions of nodes a whole-brain footprint maps). Here each
+point iterates on its own, with the forward map and its Jacobian formed in one pass over the
+centres, a 3 x 3 solve by cofactors and the same backtracking. Consecutive points are usually
+neighbours (nodes of a grid): each starts from the previous solution moved by the inverse of
+the affine part, so that most converge in one or two steps; one that does not starts again
+from the affine inverse.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numba as nb
+import numpy as np
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _residual(
+    x: Any, y: Any, p: int, centres: Any, weights: Any, affine: Any, log_kernel: bool, jac: Any
+) -> tuple[float, float, float]:
+    """``F(x) - y[p]``, with ``jac`` (3, 3) = dF/dx when ``jac`` has rows (else skipped)."""
+    f0 = affine[0, 0] + x[0] * affine[1, 0] + x[1] * affine[2, 0] + x[2] * affine[3, 0]
+    f1 = affine[0, 1] + x[0] * affine[1, 1] + x[1] * affine[2, 1] + x[2] * affine[3, 1]
+    f2 = affine[0, 2] + x[0] * affine[1, 2] + x[1] * affine[2, 2] + x[2] * affine[3, 2]
+    want = jac.shape[0] > 0
+    if want:
+        for o in range(3):
+            for i in range(3):
+                jac[o, i] = affine[1 + i, o]
+    for c in range(centres.shape[0]):
+        d0, d1, d2 = x[0] - centres[c, 0], x[1] - centres[c, 1], x[2] - centres[c, 2]
+        r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
+        if r <= 0.0:
+            continue
+        if log_kernel:
+            lr = math.log(r)
+            u, g = r * r * lr, 2.0 * lr + 1.0
+        else:
+            u, g = r, 1.0 / r
+        w0, w1, w2 = weights[c, 0], weights[c, 1], weights[c, 2]
+        f0 += u * w0
+        f1 += u * w1
+        f2 += u * w2
+        if want:
+            jac[0, 0] += w0 * g * d0
+            jac[0, 1] += w0 * g * d1
+            jac[0, 2] += w0 * g * d2
+            jac[1, 0] += w1 * g * d0
+            jac[1, 1] += w1 * g * d1
+            jac[1, 2] += w1 * g * d2
+            jac[2, 0] += w2 * g * d0
+            jac[2, 1] += w2 * g * d1
+            jac[2, 2] += w2 * g * d2
+    return f0 - y[p, 0], f1 - y[p, 1], f2 - y[p, 2]
+
+
+@nb.njit(nogil=True, cache=True)
+def _newton(
+    y: Any, p: int, x: Any, centres: Any, weights: Any, affine: Any, log_kernel: bool,
+    tol: float, max_iter: int, jac: Any, cand: Any, nojac: Any,
+) -> float:  # fmt: skip
+    """Refine ``x`` (3,) toward ``F(x) = y[p]``; the final residual's length."""
+    r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac)
+    err = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+    for _ in range(max_iter):
+        if err < tol:
+            break
+        a, b, c = jac[0], jac[1], jac[2]
+        c00 = b[1] * c[2] - b[2] * c[1]
+        c01 = b[2] * c[0] - b[0] * c[2]
+        c02 = b[0] * c[1] - b[1] * c[0]
+        det = a[0] * c00 + a[1] * c01 + a[2] * c02
+        if det != 0.0 and math.isfinite(det):  # step = J^-1 r by cofactors
+            s0 = c00 * r0 + (a[2] * c[1] - a[1] * c[2]) * r1 + (a[1] * b[2] - a[2] * b[1]) * r2
+            s1 = c01 * r0 + (a[0] * c[2] - a[2] * c[0]) * r1 + (a[2] * b[0] - a[0] * b[2]) * r2
+            s2 = c02 * r0 + (a[1] * c[0] - a[0] * c[1]) * r1 + (a[0] * b[1] - a[1] * b[0]) * r2
+            s0, s1, s2 = s0 / det, s1 / det, s2 / det
+        else:
+            s0, s1, s2 = r0, r1, r2
+        t = 1.0
+        moved = False
+        for _ in range(30):  # backtracking: accept a step only where the residual shrinks
+            cand[0], cand[1], cand[2] = x[0] - t * s0, x[1] - t * s1, x[2] - t * s2
+            q0, q1, q2 = _residual(cand, y, p, centres, weights, affine, log_kernel, nojac)
+            ec = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
+            if ec < err:
+                moved = True
+                break
+            t *= 0.5
+        if not moved:
+            break
+        x[0], x[1], x[2] = cand[0], cand[1], cand[2]
+        r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac)
+        err = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+    return err
+
+
+@nb.njit(nogil=True, cache=True)
+def tps_inverse(
+    y: Any, centres: Any, weights: Any, affine: Any, inv_linear: Any, log_kernel: bool,
+    tol: float, max_iter: int,
+) -> tuple[Any, Any]:  # fmt: skip
+    """``x`` (P, 3) with ``F(x) = y`` for a TPS ``F`` (x, y, z), and each final residual (P,)."""
+    n = y.shape[0]
+    x = np.empty((n, 3))
+    err = np.empty(n)
+    jac, nojac = np.empty((3, 3)), np.empty((0, 3))
+    xi, cand, start = np.empty(3), np.empty(3), np.empty(3)
+    for p in range(n):
+        for m in range(3):  # the affine part's inverse
+            start[m] = (inv_linear[m, 0] * y[p, 0] + inv_linear[m, 1] * y[p, 1]
+                        + inv_linear[m, 2] * y[p, 2] + inv_linear[m, 3])  # fmt: skip
+        if p > 0 and err[p - 1] < tol:  # from the last point's solution, moved the same way
+            for m in range(3):
+                xi[m] = x[p - 1, m] + start[m] - (
+                    inv_linear[m, 0] * y[p - 1, 0] + inv_linear[m, 1] * y[p - 1, 1]
+                    + inv_linear[m, 2] * y[p - 1, 2] + inv_linear[m, 3]
+                )  # fmt: skip
+            e = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac, cand,
+                        nojac)  # fmt: skip
+            if e < tol:
+                x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
+                err[p] = e
+                continue
+        xi[0], xi[1], xi[2] = start[0], start[1], start[2]
+        err[p] = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac, cand,
+                         nojac)  # fmt: skip
+        x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
+    return x, err
