@@ -4,9 +4,9 @@ The vectorised form evaluates every point against every centre at once (a (point
 array per step: gigabytes for the millions of nodes a whole-brain footprint maps). Here each
 point iterates on its own, with the forward map and its Jacobian formed in one pass over the
 centres, a 3 x 3 solve by cofactors and the same backtracking. Consecutive points are usually
-neighbours (nodes of a grid): each starts from the previous solution moved by the inverse of
-the affine part, so that most converge in one or two steps; one that does not starts again
-from the affine inverse.
+neighbours (nodes of a grid): each starts from the previous solution moved by the inverse
+Jacobian there, so that most converge in one step; one that does not starts again from the
+affine part's inverse.
 """
 
 from __future__ import annotations
@@ -16,6 +16,9 @@ from typing import Any
 
 import numba as nb
 import numpy as np
+
+#: points per run of continuation (runs go to numba's threads)
+_RUN = 4096
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
@@ -58,34 +61,43 @@ def _residual(
     return f0 - y[p, 0], f1 - y[p, 1], f2 - y[p, 2]
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _solve3(jac: Any, r0: float, r1: float, r2: float) -> tuple[float, float, float, bool]:
+    """``jac^-1 r`` by cofactors, and whether ``jac`` was invertible."""
+    a, b, c = jac[0], jac[1], jac[2]
+    c00 = b[1] * c[2] - b[2] * c[1]
+    c01 = b[2] * c[0] - b[0] * c[2]
+    c02 = b[0] * c[1] - b[1] * c[0]
+    det = a[0] * c00 + a[1] * c01 + a[2] * c02
+    if det == 0.0 or not math.isfinite(det):
+        return r0, r1, r2, False
+    s0 = c00 * r0 + (a[2] * c[1] - a[1] * c[2]) * r1 + (a[1] * b[2] - a[2] * b[1]) * r2
+    s1 = c01 * r0 + (a[0] * c[2] - a[2] * c[0]) * r1 + (a[2] * b[0] - a[0] * b[2]) * r2
+    s2 = c02 * r0 + (a[1] * c[0] - a[0] * c[1]) * r1 + (a[0] * b[1] - a[1] * b[0]) * r2
+    return s0 / det, s1 / det, s2 / det, True
+
+
 @nb.njit(nogil=True, cache=True)
 def _newton(
     y: Any, p: int, x: Any, centres: Any, weights: Any, affine: Any, log_kernel: bool,
-    tol: float, max_iter: int, jac: Any, cand: Any, nojac: Any,
+    tol: float, max_iter: int, jac: Any, cand: Any, cjac: Any,
 ) -> float:  # fmt: skip
-    """Refine ``x`` (3,) toward ``F(x) = y[p]``; the final residual's length."""
+    """Refine ``x`` (3,) toward ``F(x) = y[p]``; the final residual's length.
+
+    ``jac`` holds the Jacobian at the final ``x`` on return. A candidate's Jacobian is formed
+    with its residual (into ``cjac``), so an accepted step costs one pass over the centres.
+    """
     r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac)
     err = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
     for _ in range(max_iter):
         if err < tol:
             break
-        a, b, c = jac[0], jac[1], jac[2]
-        c00 = b[1] * c[2] - b[2] * c[1]
-        c01 = b[2] * c[0] - b[0] * c[2]
-        c02 = b[0] * c[1] - b[1] * c[0]
-        det = a[0] * c00 + a[1] * c01 + a[2] * c02
-        if det != 0.0 and math.isfinite(det):  # step = J^-1 r by cofactors
-            s0 = c00 * r0 + (a[2] * c[1] - a[1] * c[2]) * r1 + (a[1] * b[2] - a[2] * b[1]) * r2
-            s1 = c01 * r0 + (a[0] * c[2] - a[2] * c[0]) * r1 + (a[2] * b[0] - a[0] * b[2]) * r2
-            s2 = c02 * r0 + (a[1] * c[0] - a[0] * c[1]) * r1 + (a[0] * b[1] - a[1] * b[0]) * r2
-            s0, s1, s2 = s0 / det, s1 / det, s2 / det
-        else:
-            s0, s1, s2 = r0, r1, r2
+        s0, s1, s2, _ok = _solve3(jac, r0, r1, r2)
         t = 1.0
         moved = False
         for _ in range(30):  # backtracking: accept a step only where the residual shrinks
             cand[0], cand[1], cand[2] = x[0] - t * s0, x[1] - t * s1, x[2] - t * s2
-            q0, q1, q2 = _residual(cand, y, p, centres, weights, affine, log_kernel, nojac)
+            q0, q1, q2 = _residual(cand, y, p, centres, weights, affine, log_kernel, cjac)
             ec = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
             if ec < err:
                 moved = True
@@ -94,40 +106,46 @@ def _newton(
         if not moved:
             break
         x[0], x[1], x[2] = cand[0], cand[1], cand[2]
-        r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac)
-        err = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
+        jac[:, :] = cjac
+        r0, r1, r2, err = q0, q1, q2, ec
     return err
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(nogil=True, cache=True, parallel=True)
 def tps_inverse(
     y: Any, centres: Any, weights: Any, affine: Any, inv_linear: Any, log_kernel: bool,
     tol: float, max_iter: int,
 ) -> tuple[Any, Any]:  # fmt: skip
-    """``x`` (P, 3) with ``F(x) = y`` for a TPS ``F`` (x, y, z), and each final residual (P,)."""
+    """``x`` (P, 3) with ``F(x) = y`` for a TPS ``F`` (x, y, z), and each final residual (P,).
+
+    Runs in runs of ``_RUN`` consecutive points, in parallel. Within a run each point starts
+    from the previous solution moved by the inverse Jacobian there (one Newton step usually
+    finishes it); the first, and one where that fails, from the affine part's inverse.
+    """
     n = y.shape[0]
     x = np.empty((n, 3))
     err = np.empty(n)
-    jac, nojac = np.empty((3, 3)), np.empty((0, 3))
-    xi, cand, start = np.empty(3), np.empty(3), np.empty(3)
-    for p in range(n):
-        for m in range(3):  # the affine part's inverse
-            start[m] = (inv_linear[m, 0] * y[p, 0] + inv_linear[m, 1] * y[p, 1]
-                        + inv_linear[m, 2] * y[p, 2] + inv_linear[m, 3])  # fmt: skip
-        if p > 0 and err[p - 1] < tol:  # from the last point's solution, moved the same way
-            for m in range(3):
-                xi[m] = x[p - 1, m] + start[m] - (
-                    inv_linear[m, 0] * y[p - 1, 0] + inv_linear[m, 1] * y[p - 1, 1]
-                    + inv_linear[m, 2] * y[p - 1, 2] + inv_linear[m, 3]
-                )  # fmt: skip
-            e = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac, cand,
-                        nojac)  # fmt: skip
-            if e < tol:
-                x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
-                err[p] = e
-                continue
-        xi[0], xi[1], xi[2] = start[0], start[1], start[2]
-        err[p] = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac, cand,
-                         nojac)  # fmt: skip
-        x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
+    for run in nb.prange((n + _RUN - 1) // _RUN):
+        jac, cjac = np.empty((3, 3)), np.empty((3, 3))
+        xi, cand = np.empty(3), np.empty(3)
+        lo, hi = run * _RUN, min(n, (run + 1) * _RUN)
+        for p in range(lo, hi):
+            if p > lo and err[p - 1] < tol:  # jac: the Jacobian at the last solution
+                d0, d1, d2, ok = _solve3(
+                    jac, y[p, 0] - y[p - 1, 0], y[p, 1] - y[p - 1, 1], y[p, 2] - y[p - 1, 2]
+                )
+                if ok:
+                    xi[0], xi[1], xi[2] = x[p - 1, 0] + d0, x[p - 1, 1] + d1, x[p - 1, 2] + d2
+                    e = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter,
+                                jac, cand, cjac)  # fmt: skip
+                    if e < tol:
+                        x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
+                        err[p] = e
+                        continue
+            for m in range(3):  # the affine part's inverse
+                xi[m] = (inv_linear[m, 0] * y[p, 0] + inv_linear[m, 1] * y[p, 1]
+                         + inv_linear[m, 2] * y[p, 2] + inv_linear[m, 3])  # fmt: skip
+            err[p] = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac,
+                             cand, cjac)  # fmt: skip
+            x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
     return x, err
