@@ -119,10 +119,33 @@ def _direct_affine(
     return _direct(direct, general_block_affine, index_map, lo, hi, b_lo, b_shape)
 
 
+def _direct_nodes(
+    direct: _DirectRead,
+    nodes: tuple[list[np.ndarray], np.ndarray],
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    b_lo: np.ndarray,
+    b_shape: tuple[int, ...],
+) -> np.ndarray:
+    """:func:`general_block_nodes` of block ``lo:hi`` (whole inner chunks), chunk by chunk."""
+    return _direct(direct, _nodes_kernel, nodes, lo, hi, b_lo, b_shape)
+
+
+def _nodes_kernel(
+    vals: np.ndarray,
+    nodes: tuple[list[np.ndarray], np.ndarray],
+    c_lo: tuple[int, ...],
+    b_lo: np.ndarray,
+    b_shape: tuple[int, ...],
+) -> np.ndarray:
+    c_hi = tuple(c + n for c, n in zip(c_lo, vals.shape, strict=True))
+    return general_block_nodes(vals, nodes[0], nodes[1], c_lo, c_hi, b_lo, b_shape)
+
+
 def _direct(
     direct: _DirectRead,
     kernel: Any,
-    mapping: np.ndarray,
+    mapping: Any,
     lo: tuple[int, ...],
     hi: tuple[int, ...],
     b_lo: np.ndarray,
@@ -271,16 +294,7 @@ def footprint_sums(
         data = (data > threshold).astype(np.uint8)
     elif kind == "labels":
         data = (data > 0).astype(np.uint8)
-    # blocks: the read units for the separable and affine kernels; the node kernel (a TPS),
-    # whose memory is ~1 kB per voxel, splits them along y then z down to about block_voxels
     affine = fp.diagonal is None and fp.index_affine is not None
-    if fp.diagonal is None and not affine:
-        bz, by, bx = (int(c[0]) for c in data.chunks)
-        while bz * by * bx > block_voxels and by > 16:
-            by //= 2
-        while bz * by * bx > block_voxels and bz > 1:
-            bz //= 2
-        data = data.rechunk((bz, by, bx), method=rechunk_method())
     shape = tuple(int(s) for s in data.shape)
     if fp.diagonal is not None:  # the mapping is exact per axis: corner nodes only
         node_idx = [np.array([0, n]) for n in shape]
@@ -296,7 +310,7 @@ def footprint_sums(
         step_z = int(np.diff(node_idx[0]).max(initial=1))
     bbox_lo, bbox_shape = _bbox(fp, node_val)
     direct = None
-    if (fp.diagonal is not None or affine) and level0 is not None and direct_reads:
+    if level0 is not None and direct_reads:  # every kernel: blocks decode their own chunks
         dec = ChunkDecoder.of(level0)
         aligned = dec is not None and all(
             c % i == 0 for cs, i in zip(data.chunks, dec.inner[-3:], strict=True) for c in cs[:-1]
@@ -305,6 +319,14 @@ def footprint_sums(
         if dec is not None and aligned and all(n == 1 for n in dec.inner[: len(lead)]):
             cut = threshold if threshold is not None else (0 if kind == "labels" else None)
             direct = _DirectRead(dec, cut, lead)
+    if direct is None and fp.diagonal is None and not affine:
+        # blocks read through zarr: the node kernel's go to tasks of about block_voxels
+        bz, by, bx = (int(c[0]) for c in data.chunks)
+        while bz * by * bx > block_voxels and by > 16:
+            by //= 2
+        while bz * by * bx > block_voxels and bz > 1:
+            bz //= 2
+        data = data.rechunk((bz, by, bx), method=rechunk_method())
     total = _slab_total(
         data, None, fp, node_idx, node_val, step_z, bbox_lo, bbox_shape, direct=direct
     )
@@ -337,7 +359,7 @@ def _slab_total(
 ) -> da.Array:
     """Sum the blocks' partials z-slab by z-slab into the bounding box (lazily).
 
-    With ``direct`` (separable path, no ``valid``) each block reads its own voxels.
+    With ``direct`` (no ``valid``) each block decodes its own inner chunks, for every kernel.
     """
     nodes_key = dask.delayed(node_val, pure=True)
     # one graph node for the reader: as a plain argument dask would walk its fields per task
@@ -384,9 +406,13 @@ def _slab_total(
                 part = dask.delayed(_direct_separable)(
                     direct_key, fp.diagonal, lo, hi, b_lo, b_shape
                 )
-            elif direct is not None and valid_blocks is None:
+            elif direct is not None and valid_blocks is None and fp.index_affine is not None:
                 part = dask.delayed(_direct_affine)(
                     direct_key, fp.index_affine, lo, hi, b_lo, b_shape
+                )
+            elif direct is not None and valid_blocks is None:
+                part = dask.delayed(_direct_nodes)(
+                    direct_key, (node_idx, nodes_key), lo, hi, b_lo, b_shape
                 )
             elif valid_blocks is not None:
                 part = dask.delayed(separable_pair)(
@@ -528,7 +554,7 @@ def density(
         Footprint integral (exact), nearest reslice then exact integration (fast), or the paper's
         bilinear downsampling.
     block_voxels : int
-        Microscopy voxels per task.
+        Microscopy voxels per task of the node kernel (a TPS) where blocks are read through zarr.
     force_general : bool
         Use the Kuhn path even where the separable one applies (for testing).
 

@@ -15,7 +15,7 @@ from bridge_xr.extract.densities import density, footprint_sums
 from bridge_xr.io.subject import add_image
 from bridge_xr.model.image import make_image
 from bridge_xr.model.metadata import ImageMetadata, Provenance
-from bridge_xr.model.pointmaps import LinearModel
+from bridge_xr.model.pointmaps import LinearModel, fit
 from bridge_xr.register.registration import register
 
 MRI_SP_MM = 0.025
@@ -65,9 +65,9 @@ def _store(
         fixed="mri/T2w",
         moving="twop/mask",
         landmarks=lm,
-        model="affine",
+        model=model.kind,
         name="reg",
-        precomputed=(model, {"model": "affine"}),
+        precomputed=(model, {"model": model.kind}),
     )
     return store
 
@@ -381,12 +381,12 @@ def test_node_kernel_tiles_equal_the_voxel_by_voxel_kernel_through_a_bent_warp()
 @pytest.mark.parametrize(
     ("kind", "turned"),
     [("labels", False), ("threshold", False), ("intensity", False), ("labels", True),
-     ("intensity", True)],
+     ("intensity", True), ("labels", "tps"), ("intensity", "tps")],
 )  # fmt: skip
 def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, turned, tmp_path) -> None:
     # a sharded local image with edge chunks and unwritten shards: the separable path's (and,
-    # through a rotation, the affine kernel's) own decoding against the same sums over blocks
-    # read by zarr
+    # through a rotation, the affine kernel's; through a TPS, the node kernel's) own decoding
+    # against the same sums over blocks read by zarr
     sp = np.array([3.0, 1.1838, 1.1838])
     shape = (45, 150, 140)
     rng = np.random.default_rng(3)
@@ -395,6 +395,9 @@ def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, turned, tmp_path) -
     org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
     rot = Rotation.from_rotvec([0.1, -0.2, 0.15]).as_matrix() if turned else np.eye(3)
     model = LinearModel("affine", rot, np.array([3.3, -7.1, 5.7]))
+    if turned == "tps":  # the same shift, bent by up to 4 µm
+        fixed = np.random.default_rng(4).uniform([-50, -250, 50], [150, 0, 200], size=(12, 3))
+        model = fit("tps", fixed, model.forward_points(fixed) + 4 * np.sin(fixed / 40.0))
     store = _store(vals, sp, org, model, where=tmp_path / "s.zarr",
                    shards={"z": 32, "y": 128, "x": 128},
                    kind="labels" if kind == "labels" else "image")  # fmt: skip
@@ -405,7 +408,7 @@ def test_chunk_by_chunk_reads_equal_reads_through_zarr(kind, turned, tmp_path) -
         sums, lo, info = footprint_sums(store, microscopy="twop/mask", mri="mri/T2w",
                                         threshold=threshold, direct_reads=direct)  # fmt: skip
         assert info["reads"] == ("chunks" if direct else "zarr")
-        assert info["kernel"] == ("affine" if turned else "separable")
+        assert info["kernel"] == {False: "separable", True: "affine", "tps": "nodes"}[turned]
         got[direct] = sums.compute()
     np.testing.assert_allclose(got[True], got[False], rtol=1e-12, atol=1e-9)
     assert got[True][1].max() > 0.99
