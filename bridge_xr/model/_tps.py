@@ -12,12 +12,13 @@ affine part's inverse.
 from __future__ import annotations
 
 import math
+import os
 from typing import Any
 
 import numba as nb
 import numpy as np
 
-#: points per run of continuation (runs go to numba's threads)
+#: points per run of continuation (runs go to a few threads)
 _RUN = 4096
 
 
@@ -111,21 +112,43 @@ def _newton(
     return err
 
 
-@nb.njit(nogil=True, cache=True, parallel=True)
 def tps_inverse(
     y: Any, centres: Any, weights: Any, affine: Any, inv_linear: Any, log_kernel: bool,
     tol: float, max_iter: int,
 ) -> tuple[Any, Any]:  # fmt: skip
     """``x`` (P, 3) with ``F(x) = y`` for a TPS ``F`` (x, y, z), and each final residual (P,).
 
-    Runs in runs of ``_RUN`` consecutive points, in parallel. Within a run each point starts
-    from the previous solution moved by the inverse Jacobian there (one Newton step usually
-    finishes it); the first, and one where that fails, from the affine part's inverse.
+    Runs of ``_RUN`` consecutive points go to a few Python threads (the compiled loop holds no
+    GIL; numba's own parallel layers are not safe to call from several threads, nor across a
+    fork). Within a run each point starts from the previous solution moved by the inverse
+    Jacobian there (one Newton step usually finishes it); the first, and one where that fails,
+    from the affine part's inverse.
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     n = y.shape[0]
     x = np.empty((n, 3))
     err = np.empty(n)
-    for run in nb.prange((n + _RUN - 1) // _RUN):
+    runs = (n + _RUN - 1) // _RUN
+    workers = max(1, min(os.cpu_count() or 1, 8, runs // 4))
+    bounds = [int(b) for b in np.linspace(0, runs, workers + 1)]
+    args = (y, centres, weights, affine, inv_linear, log_kernel, tol, max_iter, x, err)
+    if workers == 1:
+        _invert_runs(0, runs, *args)
+    else:
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(lambda k: _invert_runs(bounds[k], bounds[k + 1], *args), range(workers)))
+    return x, err
+
+
+@nb.njit(nogil=True, cache=True)
+def _invert_runs(
+    first: int, last: int, y: Any, centres: Any, weights: Any, affine: Any, inv_linear: Any,
+    log_kernel: bool, tol: float, max_iter: int, x: Any, err: Any,
+) -> None:  # fmt: skip
+    """Runs ``first .. last`` of :func:`tps_inverse`, into ``x`` and ``err``."""
+    n = y.shape[0]
+    for run in range(first, last):
         jac, cjac = np.empty((3, 3)), np.empty((3, 3))
         xi, cand = np.empty(3), np.empty(3)
         lo, hi = run * _RUN, min(n, (run + 1) * _RUN)
@@ -148,4 +171,3 @@ def tps_inverse(
             err[p] = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac,
                              cand, cjac)  # fmt: skip
             x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
-    return x, err

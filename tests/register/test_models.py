@@ -110,6 +110,22 @@ def test_compiled_inverse_on_a_node_grid_equals_root_finding(kernel) -> None:
         np.testing.assert_allclose(x[k], sol.x, atol=1e-7)
 
 
+def test_compiled_inverse_in_threads_equals_one_thread(monkeypatch) -> None:
+    # runs of points split over threads: each run starts afresh, so the split changes nothing
+    from bridge_xr.model import _tps
+
+    moving = FIXED + 40 * np.sin(FIXED[:, [1, 2, 0]] / 700.0)
+    tps = fit("tps", FIXED, moving)
+    axes = [np.linspace(200, 3800, 40), np.linspace(100, 2900, 40), np.linspace(50, 950, 25)]
+    y = np.stack(np.meshgrid(*axes, indexing="ij"), -1).reshape(-1, 3)
+    assert len(y) >= 8 * _tps._RUN  # enough runs for two threads
+    monkeypatch.setattr(_tps.os, "cpu_count", lambda: 2)
+    threaded = tps.inverse_points(y)
+    monkeypatch.setattr(_tps.os, "cpu_count", lambda: 1)
+    np.testing.assert_array_equal(tps.inverse_points(y), threaded)
+    np.testing.assert_allclose(tps.forward_points(threaded), y, atol=1e-8)
+
+
 def test_inverse_that_does_not_converge_refuses_or_marks_nan() -> None:
     # no Newton step allowed: the affine part's inverse alone misses every point by > 1e-4 µm
     moving = FIXED + 40 * np.sin(FIXED[:, [1, 2, 0]] / 700.0)
