@@ -451,7 +451,7 @@ def resliced_sums(
     threshold: float | None = None,
     chunks: tuple[int, int, int] = (32, 256, 256),
 ) -> tuple[da.Array, np.ndarray, dict[str, Any]]:
-    """Fast density for any chain: reslice, then integrate exactly.
+    """Near-exact density for any chain (slice stacks too): reslice, then integrate exactly.
 
     The microscopy is resampled (nearest neighbour, through the registrations, by the certified
     lazy resampler) onto an MRI-aligned grid at its own voxel size covering its footprint, then
@@ -551,8 +551,8 @@ def density(
     threshold : float, optional
         Binarise the microscopy above this value (volume fraction); else the mean intensity.
     method : {'exact', 'resliced', 'bilinear'}
-        Footprint integral (exact), nearest reslice then exact integration (fast), or the paper's
-        bilinear downsampling.
+        Footprint integral (exact), nearest reslice then exact integration (near-exact; needed
+        through slice-by-slice registrations), or the paper's bilinear downsampling.
     block_voxels : int
         Microscopy voxels per task of the node kernel (a TPS) where blocks are read through zarr.
     force_general : bool

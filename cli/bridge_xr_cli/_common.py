@@ -78,7 +78,7 @@ KernelOpt = Annotated[
 ModelOpt = Annotated[ModelChoice, typer.Option("--model", help="rigid, similarity, affine or tps")]
 MethodOpt = Annotated[
     MethodChoice,
-    typer.Option(help="exact (footprint integral), resliced (fast, near-exact) or bilinear"),
+    typer.Option(help="exact (footprint integral), resliced (near-exact, any chain) or bilinear"),
 ]
 
 console = Console(stderr=True)
