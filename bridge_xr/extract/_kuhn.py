@@ -155,67 +155,30 @@ def _add(out: Any, z: int, y: int, x: int, value: float, vol: float) -> None:
         out[1, z, y, x] += vol
 
 
-@nb.njit(inline="always", nogil=True, cache=True)
-def _frac_below(h0: float, h1: float, h2: float, h3: float) -> float:
-    """Fraction of a tetrahedron's volume where a linear function is < 0, from its 4 values.
-
-    The volume fraction below a level is the divided difference of ``(-h)^3_+`` over the
-    vertex values; in the forms below every term is non-negative, so near-equal values (a
-    nearly axis-aligned voxel) lose no precision. One vertex below at depth ``u``, the others
-    at heights ``v``: ``u^3 / prod(u + v)``; three below: one minus the mirror image; two below
-    (depths ``u1, u2``, heights ``v1, v2``)::
-
-        (u1^2 u2^2 + (v1 + v2) u1 u2 (u1 + u2) + v1 v2 (u1^2 + u1 u2 + u2^2))
-        / ((u1 + v1) (u1 + v2) (u2 + v1) (u2 + v2))
-    """
-    n = (h0 < 0.0) + (h1 < 0.0) + (h2 < 0.0) + (h3 < 0.0)
-    if n == 0:
-        return 0.0
-    if n == 4:
-        return 1.0
-    if n == 2:
-        if h0 < 0.0:
-            u1 = -h0
-            if h1 < 0.0:
-                u2, v1, v2 = -h1, h2, h3
-            elif h2 < 0.0:
-                u2, v1, v2 = -h2, h1, h3
-            else:
-                u2, v1, v2 = -h3, h1, h2
-        elif h1 < 0.0:
-            u1 = -h1
-            if h2 < 0.0:
-                u2, v1, v2 = -h2, h0, h3
-            else:
-                u2, v1, v2 = -h3, h0, h2
-        else:
-            u1, u2, v1, v2 = -h2, -h3, h0, h1
-        num = u1 * u1 * u2 * u2 + (v1 + v2) * u1 * u2 * (u1 + u2)
-        num += v1 * v2 * (u1 * u1 + u1 * u2 + u2 * u2)
-        return num / ((u1 + v1) * (u1 + v2) * (u2 + v1) * (u2 + v2))
-    lone_below = n == 1
-    # the vertex alone on its side, and its distances to the three others
-    if (h0 < 0.0) == lone_below:
-        a, b, c, d = h0, h1, h2, h3
-    elif (h1 < 0.0) == lone_below:
-        a, b, c, d = h1, h0, h2, h3
-    elif (h2 < 0.0) == lone_below:
-        a, b, c, d = h2, h0, h1, h3
-    else:
-        a, b, c, d = h3, h0, h1, h2
-    t = abs(a)
-    f = t * t * t / ((t + abs(b)) * (t + abs(c)) * (t + abs(d)))
-    return f if lone_below else 1.0 - f
-
-
 @nb.njit(inline="always", nogil=True, cache=True, fastmath=True)
-def _frac_sorted(h0: float, h1: float, h2: float, h3: float) -> float:
-    """:func:`_frac_below` through a sorting network: the same closed forms, fewer branches."""
+def _sort4(h0: float, h1: float, h2: float, h3: float) -> tuple[float, float, float, float]:
+    """The four values in ascending order (a sorting network: no branches)."""
     a, b = min(h0, h1), max(h0, h1)
     c, d = min(h2, h3), max(h2, h3)
     s0, t = min(a, c), max(a, c)
     u, s3 = min(b, d), max(b, d)
-    s1, s2 = min(t, u), max(t, u)
+    return s0, min(t, u), max(t, u), s3
+
+
+@nb.njit(inline="always", nogil=True, cache=True, fastmath=True)
+def _frac_sorted(h0: float, h1: float, h2: float, h3: float) -> float:
+    """Fraction of a tetrahedron's volume where a linear function is < 0, from its 4 values.
+
+    The volume fraction below a level is the divided difference of ``(-h)^3_+`` over the
+    vertex values; in the forms below every term is non-negative, so near-equal values (a
+    nearly axis-aligned voxel) lose no precision. With the values sorted: one vertex below at
+    depth ``u``, the others at heights ``v``: ``u^3 / prod(u + v)``; three below: one minus the
+    mirror image; two below (depths ``u1, u2``, heights ``v1, v2``)::
+
+        (u1^2 u2^2 + (v1 + v2) u1 u2 (u1 + u2) + v1 v2 (u1^2 + u1 u2 + u2^2))
+        / ((u1 + v1) (u1 + v2) (u2 + v1) (u2 + v2))
+    """
+    s0, s1, s2, s3 = _sort4(h0, h1, h2, h3)
     if s0 >= 0.0:
         return 0.0
     if s3 < 0.0:
@@ -252,16 +215,12 @@ def _one_face(c8: Any, ax: int, plane: float, tv: Any) -> float:
 
 @nb.njit(inline="always", nogil=True, cache=True, fastmath=True)
 def _frac_select(h0: float, h1: float, h2: float, h3: float) -> float:
-    """:func:`_frac_below` without branches, so that a loop of them vectorises.
+    """:func:`_frac_sorted` without branches, so that a loop of them vectorises.
 
     Every case's numerator and denominator are formed, the right pair chosen, then divided
     once; the chosen denominator is positive.
     """
-    a, b = min(h0, h1), max(h0, h1)
-    c, d = min(h2, h3), max(h2, h3)
-    s0, t = min(a, c), max(a, c)
-    u, s3 = min(b, d), max(b, d)
-    s1, s2 = min(t, u), max(t, u)
+    s0, s1, s2, s3 = _sort4(h0, h1, h2, h3)
     w = -s0  # one below, at depth w
     num1, den1 = w * w * w, (s1 + w) * (s2 + w) * (s3 + w)
     den3 = (s3 - s0) * (s3 - s1) * (s3 - s2)  # one above, at height s3
@@ -606,7 +565,7 @@ def _straddler(
 ) -> Any:
     """Add a voxel whose box crosses MRI voxel faces (corners ``c8``, tetrahedra volumes ``tv``).
 
-    One face: each tetrahedron's volume below it in closed form (:func:`_frac_below`); two
+    One face: each tetrahedron's volume below it in closed form (:func:`_frac_sorted`); two
     faces of different axes: inclusion-exclusion of closed forms; otherwise the tetrahedra
     are split on a stack. Returns the stack (grown if needed).
     """

@@ -26,15 +26,13 @@ _RUN = 4096
 def _residual(
     x: Any, y: Any, p: int, centres: Any, weights: Any, affine: Any, log_kernel: bool, jac: Any
 ) -> tuple[float, float, float]:
-    """``F(x) - y[p]``, with ``jac`` (3, 3) = dF/dx when ``jac`` has rows (else skipped)."""
+    """``F(x) - y[p]``, and ``jac`` (3, 3) = dF/dx at ``x``, in one pass over the centres."""
     f0 = affine[0, 0] + x[0] * affine[1, 0] + x[1] * affine[2, 0] + x[2] * affine[3, 0]
     f1 = affine[0, 1] + x[0] * affine[1, 1] + x[1] * affine[2, 1] + x[2] * affine[3, 1]
     f2 = affine[0, 2] + x[0] * affine[1, 2] + x[1] * affine[2, 2] + x[2] * affine[3, 2]
-    want = jac.shape[0] > 0
-    if want:
-        for o in range(3):
-            for i in range(3):
-                jac[o, i] = affine[1 + i, o]
+    for o in range(3):
+        for i in range(3):
+            jac[o, i] = affine[1 + i, o]
     for c in range(centres.shape[0]):
         d0, d1, d2 = x[0] - centres[c, 0], x[1] - centres[c, 1], x[2] - centres[c, 2]
         r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
@@ -49,16 +47,15 @@ def _residual(
         f0 += u * w0
         f1 += u * w1
         f2 += u * w2
-        if want:
-            jac[0, 0] += w0 * g * d0
-            jac[0, 1] += w0 * g * d1
-            jac[0, 2] += w0 * g * d2
-            jac[1, 0] += w1 * g * d0
-            jac[1, 1] += w1 * g * d1
-            jac[1, 2] += w1 * g * d2
-            jac[2, 0] += w2 * g * d0
-            jac[2, 1] += w2 * g * d1
-            jac[2, 2] += w2 * g * d2
+        jac[0, 0] += w0 * g * d0
+        jac[0, 1] += w0 * g * d1
+        jac[0, 2] += w0 * g * d2
+        jac[1, 0] += w1 * g * d0
+        jac[1, 1] += w1 * g * d1
+        jac[1, 2] += w1 * g * d2
+        jac[2, 0] += w2 * g * d0
+        jac[2, 1] += w2 * g * d1
+        jac[2, 2] += w2 * g * d2
     return f0 - y[p, 0], f1 - y[p, 1], f2 - y[p, 2]
 
 

@@ -230,7 +230,7 @@ def test_two_face_closed_forms_equal_the_general_split() -> None:
     # a tetrahedron's volume below face a, below face b and below both, from its vertices'
     # heights alone, against splitting it into pieces cell by cell; every case of face a (a lone
     # vertex below, a lone vertex above, two and two) and both faces' fractions one by one
-    from bridge_xr.extract._kuhn import _both_below, _frac_below, _frac_select, _frac_sorted
+    from bridge_xr.extract._kuhn import _both_below, _frac_select, _frac_sorted
 
     rng = np.random.default_rng(4)
     cases = dict.fromkeys((1, 2, 3), 0)
@@ -259,6 +259,62 @@ def test_two_face_closed_forms_equal_the_general_split() -> None:
         if n in cases and 0 < vb < vol:
             cases[n] += 1
     assert min(cases.values()) >= 20
+
+
+def _frac_below(h0: float, h1: float, h2: float, h3: float) -> float:
+    """Fraction of a tetrahedron's volume where a linear function is < 0, from its 4 values.
+
+    The branchy reference the kernel's sorted and branch-free forms are checked against (the
+    vertex alone on its side found by its sign, not by sorting).
+
+    The volume fraction below a level is the divided difference of ``(-h)^3_+`` over the
+    vertex values; in the forms below every term is non-negative, so near-equal values (a
+    nearly axis-aligned voxel) lose no precision. One vertex below at depth ``u``, the others
+    at heights ``v``: ``u^3 / prod(u + v)``; three below: one minus the mirror image; two below
+    (depths ``u1, u2``, heights ``v1, v2``)::
+
+        (u1^2 u2^2 + (v1 + v2) u1 u2 (u1 + u2) + v1 v2 (u1^2 + u1 u2 + u2^2))
+        / ((u1 + v1) (u1 + v2) (u2 + v1) (u2 + v2))
+    """
+    h0, h1, h2, h3 = float(h0), float(h1), float(h2), float(h3)  # Python bools sum as ints
+    n = (h0 < 0.0) + (h1 < 0.0) + (h2 < 0.0) + (h3 < 0.0)
+    if n == 0:
+        return 0.0
+    if n == 4:
+        return 1.0
+    if n == 2:
+        if h0 < 0.0:
+            u1 = -h0
+            if h1 < 0.0:
+                u2, v1, v2 = -h1, h2, h3
+            elif h2 < 0.0:
+                u2, v1, v2 = -h2, h1, h3
+            else:
+                u2, v1, v2 = -h3, h1, h2
+        elif h1 < 0.0:
+            u1 = -h1
+            if h2 < 0.0:
+                u2, v1, v2 = -h2, h0, h3
+            else:
+                u2, v1, v2 = -h3, h0, h2
+        else:
+            u1, u2, v1, v2 = -h2, -h3, h0, h1
+        num = u1 * u1 * u2 * u2 + (v1 + v2) * u1 * u2 * (u1 + u2)
+        num += v1 * v2 * (u1 * u1 + u1 * u2 + u2 * u2)
+        return num / ((u1 + v1) * (u1 + v2) * (u2 + v1) * (u2 + v2))
+    lone_below = n == 1
+    # the vertex alone on its side, and its distances to the three others
+    if (h0 < 0.0) == lone_below:
+        a, b, c, d = h0, h1, h2, h3
+    elif (h1 < 0.0) == lone_below:
+        a, b, c, d = h1, h0, h2, h3
+    elif (h2 < 0.0) == lone_below:
+        a, b, c, d = h2, h0, h1, h3
+    else:
+        a, b, c, d = h3, h0, h1, h2
+    t = abs(a)
+    f = t * t * t / ((t + abs(b)) * (t + abs(c)) * (t + abs(d)))
+    return f if lone_below else 1.0 - f
 
 
 def _scratch(piece: bool = True) -> tuple[np.ndarray, ...]:
