@@ -15,6 +15,8 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
 
 from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
@@ -27,6 +29,9 @@ from bridge_xr.extract.footprint import (
     Footprint,
     Method,
     corner_nodes,
+    face_nodes,
+    map_nodes,
+    node_indices,
     plan_footprint,
 )
 from bridge_xr.io._store import StoreLike, resolve_store
@@ -38,13 +43,15 @@ from bridge_xr.model.slices import SliceStackModel
 from bridge_xr.model.units import conversion_factor
 
 
-def _bbox(fp: Footprint, node_val: np.ndarray) -> tuple[np.ndarray, tuple[int, int, int]]:
+def _bbox(
+    fp: Footprint, node_val: np.ndarray, margin: float = 0.0
+) -> tuple[np.ndarray, tuple[int, int, int]]:
     flat = node_val.reshape(3, -1)
     flat = flat[:, np.isfinite(flat).all(axis=0)]
     if flat.shape[1] == 0:
         raise InvalidInputError("the registration maps no part of the microscopy into the MRI")
-    lo = np.floor(flat.min(axis=1)).astype(int) - 1
-    hi = np.ceil(flat.max(axis=1)).astype(int) + 1
+    lo = np.floor(flat.min(axis=1) - margin).astype(int) - 1
+    hi = np.ceil(flat.max(axis=1) + margin).astype(int) + 1
     lo = np.clip(lo, 0, np.asarray(fp.mri_shape))
     hi = np.clip(hi, 0, np.asarray(fp.mri_shape))
     if np.any(hi <= lo):
@@ -173,19 +180,19 @@ def _direct(
 
 def _block_box(
     fp: Footprint,
-    node_idx: list[np.ndarray],
-    node_val: np.ndarray,
     lo: tuple[int, ...],
     hi: tuple[int, ...],
     slab_lo: np.ndarray,
     slab_shape: tuple[int, ...],
+    nodes: tuple[list[np.ndarray], np.ndarray] | None = None,
 ) -> tuple[np.ndarray, tuple[int, ...]] | None:
     """The MRI voxels (inside the slab) block ``lo:hi``'s voxel corners can reach, or None.
 
     A block's partial sums cover only these, not the whole slab: memory per task stays at the
-    block's own footprint however wide the image is. The corners lie between the exactly
-    mapped nodes bracketing the block (trilinear interpolation stays in their range), or, for
-    a linear chain, are bounded by the block's 8 outer corners.
+    block's own footprint however wide the image is. For a linear chain the corners are bounded
+    by the block's 8 outer corners; else (``nodes``: corner indices per axis, mapped values)
+    they lie between the exactly mapped nodes bracketing the block (trilinear interpolation
+    stays in their range).
     """
     if fp.diagonal is not None:
         ends = fp.diagonal[0][:, None] * (np.array([lo, hi], float).T - 0.5)
@@ -195,16 +202,33 @@ def _block_box(
         ends = _corners_of(fp.index_affine, lo, hi)
         mn, mx = ends.min(axis=1), ends.max(axis=1)
     else:
+        assert nodes is not None
+        node_idx, node_val = nodes
         sl = []
         for a in range(3):
             k0 = max(int(np.searchsorted(node_idx[a], lo[a], side="right")) - 1, 0)
             k1 = min(int(np.searchsorted(node_idx[a], hi[a], side="left")), len(node_idx[a]) - 1)
             sl.append(slice(k0, k1 + 1))
-        sub = node_val[:, sl[0], sl[1], sl[2]].reshape(3, -1)
-        sub = sub[:, np.isfinite(sub).all(axis=0)]
-        if sub.shape[1] == 0:
+        reach = _nodes_reach(node_val[:, sl[0], sl[1], sl[2]])
+        if reach is None:
             return None
-        mn, mx = sub.min(axis=1), sub.max(axis=1)
+        mn, mx = reach
+    return _box_within(mn, mx, slab_lo, slab_shape)
+
+
+def _nodes_reach(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Lowest and highest MRI index the trilinear interpolant of ``nodes`` takes (finite only)."""
+    sub = nodes.reshape(3, -1)
+    sub = sub[:, np.isfinite(sub).all(axis=0)]
+    if sub.shape[1] == 0:
+        return None
+    return sub.min(axis=1), sub.max(axis=1)
+
+
+def _box_within(
+    mn: np.ndarray, mx: np.ndarray, slab_lo: np.ndarray, slab_shape: tuple[int, ...]
+) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """The MRI voxels between MRI index ``mn`` and ``mx`` (one voxel more) inside the slab."""
     b_lo = np.maximum(np.floor(mn).astype(int) - 1, slab_lo)
     b_hi = np.minimum(np.ceil(mx).astype(int) + 1, np.asarray(slab_lo) + np.asarray(slab_shape))
     if np.any(b_hi <= b_lo):
@@ -222,8 +246,13 @@ def _boxed(lo: np.ndarray, part: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(lo, int), part
 
 
-def _merge(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Sum boxed partials ``(lo, (2, *shape))`` over the union of their boxes."""
+def _merge(
+    *boxed: tuple[np.ndarray, np.ndarray] | None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Sum boxed partials ``(lo, (2, *shape))`` over the union of their boxes (None: nothing)."""
+    parts = [p for p in boxed if p is not None]
+    if not parts:
+        return None
     lo = np.min([p[0] for p in parts], axis=0)
     hi = np.max([p[0] + np.asarray(p[1].shape[1:]) for p in parts], axis=0)
     out = np.zeros((2, *(hi - lo)))
@@ -236,10 +265,12 @@ def _merge(*parts: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarra
 
 
 def _place(
-    part: tuple[np.ndarray, np.ndarray], slab_lo: np.ndarray, slab_shape: tuple[int, ...]
+    part: tuple[np.ndarray, np.ndarray] | None, slab_lo: np.ndarray, slab_shape: tuple[int, ...]
 ) -> np.ndarray:
     """A boxed partial placed into the whole (2, *slab_shape) slab."""
-    return _merge(part, (np.asarray(slab_lo, int), np.zeros((2, *slab_shape))))[1]
+    placed = _merge(part, (np.asarray(slab_lo, int), np.zeros((2, *slab_shape))))
+    assert placed is not None
+    return placed[1]
 
 
 def footprint_sums(
@@ -300,15 +331,15 @@ def footprint_sums(
         node_idx = [np.array([0, n]) for n in shape]
         ends = [fp.diagonal[0, a] * (node_idx[a] - 0.5) + fp.diagonal[1, a] for a in range(3)]
         node_val = np.stack(np.meshgrid(*ends, indexing="ij"))
-        step_z = 1
+        bbox_lo, bbox_shape = _bbox(fp, node_val)
     elif fp.index_affine is not None:  # linear: the volume's corners bound it (no nodes)
         node_idx = [np.array([0, n]) for n in shape]
         node_val = _corners_of(fp.index_affine, (0, 0, 0), shape).reshape(3, 2, 2, 2)
-        step_z = 1
-    else:
-        node_idx, node_val = corner_nodes(fp, shape)  # type: ignore[arg-type]
-        step_z = int(np.diff(node_idx[0]).max(initial=1))
-    bbox_lo, bbox_shape = _bbox(fp, node_val)
+        bbox_lo, bbox_shape = _bbox(fp, node_val)
+    else:  # nodes mapped in the blocks' own tasks: the faces' nodes bound the footprint
+        node_idx = node_indices(fp, shape)  # type: ignore[arg-type]
+        faces, step = face_nodes(fp, node_idx)
+        bbox_lo, bbox_shape = _bbox(fp, faces, margin=step)
     direct = None
     if level0 is not None and direct_reads:  # every kernel: blocks decode their own chunks
         dec = ChunkDecoder.of(level0)
@@ -327,9 +358,10 @@ def footprint_sums(
         while bz * by * bx > block_voxels and bz > 1:
             bz //= 2
         data = data.rechunk((bz, by, bx), method=rechunk_method())
-    total = _slab_total(
-        data, None, fp, node_idx, node_val, step_z, bbox_lo, bbox_shape, direct=direct
-    )
+    if fp.diagonal is None and not affine:
+        total = _node_total(data, fp, node_idx, bbox_lo, bbox_shape, direct)
+    else:
+        total = _slab_total(data, None, fp, bbox_lo, bbox_shape, direct=direct)
     n_blocks = int(np.prod([len(c) for c in data.chunks]))
     info = {
         "microscopy": microscopy,
@@ -350,18 +382,14 @@ def _slab_total(
     data: da.Array,
     valid: da.Array | None,
     fp: Footprint,
-    node_idx: list[np.ndarray],
-    node_val: np.ndarray,
-    step_z: int,
     bbox_lo: np.ndarray,
     bbox_shape: tuple[int, ...],
     direct: _DirectRead | None = None,
 ) -> da.Array:
-    """Sum the blocks' partials z-slab by z-slab into the bounding box (lazily).
+    """Sum the blocks' partials z-slab by z-slab into the bounding box (lazily), linear chains.
 
     With ``direct`` (no ``valid``) each block decodes its own inner chunks, for every kernel.
     """
-    nodes_key = dask.delayed(node_val, pure=True)
     # one graph node for the reader: as a plain argument dask would walk its fields per task
     direct_key = None if direct is None else dask.delayed(direct, pure=True, traverse=False)
     offsets = [np.cumsum((0, *c)) for c in data.chunks]
@@ -378,14 +406,9 @@ def _slab_total(
         z0, z1 = int(offsets[0][iz]), int(offsets[0][iz + 1])
         if fp.diagonal is not None:
             zvals = fp.diagonal[0, 0] * (np.array([z0, z1]) - 0.5) + fp.diagonal[1, 0]
-        elif fp.index_affine is not None:
-            zvals = _corners_of(fp.index_affine, (z0, 0, 0), (z1, *data.shape[1:]))[0]
         else:
-            rows = (node_idx[0] >= z0 - step_z) & (node_idx[0] <= z1 + step_z)
-            zvals = node_val[0][rows]
-            zvals = zvals[np.isfinite(zvals)]
-        if zvals.size == 0:
-            continue
+            assert fp.index_affine is not None
+            zvals = _corners_of(fp.index_affine, (z0, 0, 0), (z1, *data.shape[1:]))[0]
         s_lo = max(int(np.floor(zvals.min())) - 1, int(bbox_lo[0]))
         s_hi = min(int(np.ceil(zvals.max())) + 1, int(bbox_lo[0]) + bbox_shape[0])
         if s_hi <= s_lo:
@@ -397,7 +420,7 @@ def _slab_total(
             idx = (iz, iy, ix)
             lo = tuple(int(offsets[a][i]) for a, i in enumerate(idx))
             hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
-            box = _block_box(fp, node_idx, node_val, lo, hi, slab_lo, slab_shape)
+            box = _block_box(fp, lo, hi, slab_lo, slab_shape)
             if box is None:  # the block maps nowhere in the slab
                 continue
             b_lo, b_shape = box
@@ -410,22 +433,14 @@ def _slab_total(
                 part = dask.delayed(_direct_affine)(
                     direct_key, fp.index_affine, lo, hi, b_lo, b_shape
                 )
-            elif direct is not None and valid_blocks is None:
-                part = dask.delayed(_direct_nodes)(
-                    direct_key, (node_idx, nodes_key), lo, hi, b_lo, b_shape
-                )
             elif valid_blocks is not None:
                 part = dask.delayed(separable_pair)(
                     block, valid_blocks[idx], fp.diagonal, lo, b_lo, b_shape
                 )
             elif fp.diagonal is not None:
                 part = dask.delayed(separable_block)(block, fp.diagonal, lo, b_lo, b_shape)
-            elif fp.index_affine is not None:  # every voxel the same shape: no corners
+            else:  # every voxel the same shape: no corners
                 part = dask.delayed(general_block_affine)(block, fp.index_affine, lo, b_lo, b_shape)
-            else:
-                part = dask.delayed(general_block_nodes)(
-                    block, node_idx, nodes_key, lo, hi, b_lo, b_shape
-                )
             parts.append(dask.delayed(_boxed)(b_lo, part))
         if not parts:
             continue
@@ -440,6 +455,142 @@ def _slab_total(
         slabs = [dask.delayed(_merge)(*slabs[i : i + 8]) for i in range(0, len(slabs), 8)]
     placed = dask.delayed(_place)(slabs[0], bbox_lo, bbox_shape)
     return da.from_delayed(placed, shape=(2, *bbox_shape), dtype=np.float64)
+
+
+def _node_total(
+    data: da.Array,
+    fp: Footprint,
+    node_idx: list[np.ndarray],
+    bbox_lo: np.ndarray,
+    bbox_shape: tuple[int, ...],
+    direct: _DirectRead | None,
+) -> da.Array:
+    """Sum the node kernel's blocks into the bounding box (lazily), mapping the nodes lazily too.
+
+    Each block maps, in a task of its own, the nodes it owns (corner index in its own range; the
+    last block along an axis also the far end), and reads from the blocks around it the ones it
+    needs: every node is mapped once, so blocks sharing a node see the same value. Nodes first
+    needed by z-slab ``i`` of blocks are mapped only once slab ``i - 1`` is summed (schedulers
+    run such cheap root tasks first, and would hold every node of the volume): memory is
+    bounded by the slabs in flight, not by the volume. A block's MRI box comes from its own nodes, at run time.
+    """
+    name = "footprint-nodes-" + tokenize(fp, node_idx, data.name, bbox_lo, bbox_shape, direct)
+    # a graph by hand: as delayed objects, every task waiting on a slab would copy that slab's
+    # whole graph (time quadratic in the blocks)
+    dsk: dict[Any, Any] = {(name, "fp"): fp}
+    if direct is None:
+        dsk.update(data.__dask_graph__())
+    else:
+        dsk[(name, "direct")] = direct
+    offsets = [np.cumsum((0, *c)) for c in data.chunks]
+    own = []  # block i along an axis owns nodes own[i] .. own[i + 1] - 1
+    for a in range(3):
+        bounds = np.searchsorted(node_idx[a], offsets[a], side="left")
+        bounds[-1] = len(node_idx[a])
+        own.append(bounds)
+    slabs: list[Any] = []
+    for iz in range(len(data.chunks[0])):
+        parts = []
+        for iy, ix in itertools.product(range(len(data.chunks[1])), range(len(data.chunks[2]))):
+            idx = (iz, iy, ix)
+            lo = tuple(int(offsets[a][i]) for a, i in enumerate(idx))
+            hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
+            k0, k1, near = [], [], []
+            for a in range(3):  # the nodes bracketing the block, and the blocks owning them
+                k0.append(max(int(np.searchsorted(node_idx[a], lo[a], side="right")) - 1, 0))
+                k1.append(
+                    min(int(np.searchsorted(node_idx[a], hi[a], side="left")), len(node_idx[a]) - 1)
+                )
+                first = int(np.searchsorted(own[a], k0[a], side="right")) - 1
+                near.append(range(first, int(np.searchsorted(own[a], k1[a], side="right"))))
+            owned = []
+            for j in itertools.product(*near):
+                key = (name, "nodes", *j)
+                if key not in dsk:
+                    sub = [node_idx[a][own[a][i] : own[a][i + 1]] for a, i in enumerate(j)]
+                    gate = None  # nodes wait until the slab before their first user's is summed
+                    if iz >= 1:
+                        gate = (name, "gate", iz)
+                        dsk[gate] = (_done, slabs[iz - 1])
+                    dsk[key] = (_map_after, (name, "fp"), sub, gate)
+                owned.append([tuple(int(own[a][i]) for a, i in enumerate(j)), key])
+            source = (data.name, *idx) if direct is None else (name, "direct")
+            window = [node_idx[a][k0[a] : k1[a] + 1] for a in range(3)]
+            parts.append((name, "block", *idx))
+            dsk[parts[-1]] = (_node_block, source, window, k0, owned, lo, hi, bbox_lo,
+                              bbox_shape, fp.mri_shape)  # fmt: skip
+        parts = _tree(dsk, (name, "slab", iz), parts)
+        slabs.append(parts)
+    total = _tree(dsk, (name, "total"), slabs)
+    dsk[(name, "placed")] = (_place, total, bbox_lo, bbox_shape)
+    placed = Delayed((name, "placed"), dsk)
+    return da.from_delayed(placed, shape=(2, *bbox_shape), dtype=np.float64)
+
+
+def _tree(dsk: dict[Any, Any], prefix: tuple[Any, ...], keys: list[Any]) -> Any:
+    """The key of a tree of :func:`_merge` sums over ``keys`` (8 at a time), added to ``dsk``."""
+    level = 0
+    while len(keys) > 1:
+        merged = []
+        for i in range(0, len(keys), 8):
+            merged.append((*prefix, level, i))
+            dsk[merged[-1]] = (_merge, *keys[i : i + 8])
+        keys, level = merged, level + 1
+    return keys[0]
+
+
+def _done(_: Any) -> None:
+    """Nothing, once its argument is computed (orders tasks without passing data on)."""
+
+
+def _map_after(fp: Footprint, idx: list[np.ndarray], _gate: None) -> np.ndarray:
+    """:func:`map_nodes`, once ``_gate`` is computed."""
+    return map_nodes(fp, idx)
+
+
+def _node_block(
+    source: np.ndarray | _DirectRead,
+    window: list[np.ndarray],
+    k0: tuple[int, ...],
+    owned: list[tuple[tuple[int, ...], np.ndarray]],
+    lo: tuple[int, ...],
+    hi: tuple[int, ...],
+    bbox_lo: np.ndarray,
+    bbox_shape: tuple[int, ...],
+    mri_shape: tuple[int, ...],
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Block ``lo:hi``'s boxed partial, from the nodes ``window`` (corner indices) it needs.
+
+    ``owned`` holds (first node index, mapped nodes) of the blocks owning them. Refuses where
+    the block reaches MRI voxels outside the bounding box the volume's faces gave (a fold near
+    the image's edge can do that): its sums would be cut off there.
+    """
+    nodes = np.empty((3, *(len(w) for w in window)))
+    for start, arr in owned:  # each node of the window is owned by exactly one of them
+        src, dst = [], []
+        for a in range(3):
+            s = max(k0[a], start[a])
+            e = min(k0[a] + len(window[a]), start[a] + arr.shape[1 + a])
+            src.append(slice(s - start[a], e - start[a]))
+            dst.append(slice(s - k0[a], e - k0[a]))
+        nodes[(slice(None), *dst)] = arr[(slice(None), *src)]
+    reach = _nodes_reach(nodes)
+    if reach is None:
+        return None
+    whole = _box_within(*reach, np.zeros(3, int), mri_shape)
+    box = _box_within(*reach, bbox_lo, bbox_shape)
+    if whole is not None and (
+        box is None or np.any(whole[0] != box[0]) or tuple(whole[1]) != tuple(box[1])
+    ):
+        raise InvalidInputError(
+            f"microscopy voxels {lo}..{hi} map outside the footprint the image's faces bound "
+            "(the registration folds near its edge?); use method 'resliced' (--method resliced)"
+        )
+    if box is None:
+        return None
+    if isinstance(source, _DirectRead):
+        return box[0], _direct_nodes(source, (window, nodes), lo, hi, *box)
+    return box[0], general_block_nodes(source, window, nodes, lo, hi, *box)
 
 
 def resliced_sums(
@@ -506,13 +657,9 @@ def resliced_sums(
         [fine_um / fp.mri_spacing_um, (origin_um - fp.mri_origin_um) / fp.mri_spacing_um + 0.5]
     )
     fine_fp = dataclasses.replace(fp, diagonal=diagonal)
-    idx = [np.array([0, n]) for n in n_fine]
-    ends = [diagonal[0, a] * (idx[a] - 0.5) + diagonal[1, a] for a in range(3)]
-    nodes = np.stack(np.meshgrid(*ends, indexing="ij"))
     total = _slab_total(
-        vals.astype(np.float32), valid.astype(np.float32), fine_fp, idx, nodes, 1,
-        bbox_lo, bbox_shape,
-    )  # fmt: skip
+        vals.astype(np.float32), valid.astype(np.float32), fine_fp, bbox_lo, bbox_shape
+    )
     info = {
         "microscopy": microscopy,
         "mri": mri,

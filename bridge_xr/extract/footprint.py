@@ -100,6 +100,34 @@ def plan_footprint(store: Any, microscopy: str, mri: str) -> Footprint:
     return fp
 
 
+def node_indices(
+    fp: Footprint, shape: tuple[int, int, int], node_um: float = NODE_UM
+) -> list[np.ndarray]:
+    """Per axis, the corner indices of the exactly mapped nodes (every ~``node_um``, both ends).
+
+    Corner ``j`` of axis ``a`` sits at microscopy index ``j - 0.5`` (``j = 0 .. n``).
+    """
+    steps = [max(1, int(node_um // s)) for s in fp.mic_spacing_um]
+    return [np.unique(np.r_[np.arange(0, n + 1, s), n]) for n, s in zip(shape, steps, strict=True)]
+
+
+def map_nodes(fp: Footprint, idx: list[np.ndarray]) -> np.ndarray:
+    """(3, *lengths) MRI index zyx of the corners at indices ``idx`` (per axis), mapped exactly.
+
+    Each node's value depends on that node alone, whichever grid it is mapped with (points are
+    mapped one by one): nodes shared by two blocks' grids agree to rounding.
+    """
+    lengths = tuple(len(i) for i in idx)
+    if 0 in lengths:
+        return np.empty((3, *lengths))
+    axes_um = [fp.mic_origin_um[a] + (idx[a] - 0.5) * fp.mic_spacing_um[a] for a in range(3)]
+    gz, gy, gx = np.meshgrid(*axes_um, indexing="ij")
+    zyx = np.stack([gz.ravel(), gy.ravel(), gx.ravel()], axis=1)
+    mapped = apply_hops(fp.models, zyx)  # zyx µm in the MRI
+    mri_idx = (mapped - fp.mri_origin_um) / fp.mri_spacing_um + 0.5
+    return mri_idx.T.reshape(3, *lengths)
+
+
 def corner_nodes(
     fp: Footprint, shape: tuple[int, int, int], node_um: float = NODE_UM
 ) -> tuple[list[np.ndarray], np.ndarray]:
@@ -107,14 +135,27 @@ def corner_nodes(
 
     Corner ``j`` of axis ``a`` sits at microscopy index ``j - 0.5`` (``j = 0 .. n``).
     """
-    steps = [max(1, int(node_um // s)) for s in fp.mic_spacing_um]
-    idx = [np.unique(np.r_[np.arange(0, n + 1, s), n]) for n, s in zip(shape, steps, strict=True)]
-    axes_um = [fp.mic_origin_um[i] + (idx[i] - 0.5) * fp.mic_spacing_um[i] for i in range(3)]
-    gz, gy, gx = np.meshgrid(*axes_um, indexing="ij")
-    zyx = np.stack([gz.ravel(), gy.ravel(), gx.ravel()], axis=1)
-    mapped = apply_hops(fp.models, zyx)  # zyx µm in the MRI
-    mri_idx = (mapped - fp.mri_origin_um) / fp.mri_spacing_um + 0.5
-    return idx, mri_idx.T.reshape(3, *gz.shape)
+    idx = node_indices(fp, shape, node_um)
+    return idx, map_nodes(fp, idx)
+
+
+def face_nodes(fp: Footprint, idx: list[np.ndarray]) -> tuple[np.ndarray, float]:
+    """(3, N) MRI index zyx of the nodes on the volume's six faces, and their largest spacing.
+
+    A map without folds takes the volume's inside to the inside of its boundary's image, so
+    these bound the whole footprint to within that spacing (the longest edge between two
+    neighbouring face nodes, in MRI voxels): the bounding box without mapping every node.
+    """
+    faces, step = [], 0.0
+    for a in range(3):
+        for end in (idx[a][:1], idx[a][-1:]):
+            face = map_nodes(fp, [end if b == a else idx[b] for b in range(3)])
+            for b in range(3):
+                if b != a and face.shape[1 + b] > 1:
+                    edge = np.linalg.norm(np.diff(face, axis=1 + b), axis=0)
+                    step = max(step, float(np.nanmax(edge, initial=0.0)))
+            faces.append(face.reshape(3, -1))
+    return np.concatenate(faces, axis=1), step
 
 
 def _interp(nodes: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -497,7 +497,8 @@ def test_a_channel_is_read_chunk_by_chunk_too(tmp_path) -> None:
 
 @pytest.mark.slow
 def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
-    # the reader travels to worker processes (pickled) and decodes there
+    # the reader travels to worker processes (pickled) and decodes there; through a TPS, the
+    # nodes are mapped there too, block by block
     from distributed import Client, LocalCluster
 
     sp = np.array([3.0, 1.1838, 1.1838])
@@ -506,7 +507,9 @@ def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
     model = LinearModel("affine", np.eye(3), np.array([3.3, -7.1, 5.7]))
     store = _store(vals, sp, org, model, where=tmp_path / "d.zarr",
                    shards={"z": 32, "y": 128, "x": 128}, kind="labels")  # fmt: skip
+    bent, _ = _bent_store(tmp_path / "b.zarr")
     local = density(store, microscopy="twop/mask", mri="mri/T2w")["fraction"].values
+    local_bent = density(bent, microscopy="twop/mask", mri="mri/T2w")["fraction"].values
     with (
         LocalCluster(n_workers=1, threads_per_worker=2, processes=True, dashboard_address=None)
         as cluster,
@@ -515,10 +518,13 @@ def test_chunk_reads_run_on_a_distributed_cluster(tmp_path) -> None:
         ds = density(store, microscopy="twop/mask", mri="mri/T2w")
         assert ds.attrs["density"]["reads"] == "chunks"
         got = ds["fraction"].values
+        got_bent = density(bent, microscopy="twop/mask", mri="mri/T2w")["fraction"].values
         prefixes = set(cluster.scheduler.task_prefixes)
-    assert "direct_separable" in prefixes, prefixes
-    np.testing.assert_array_equal(np.isnan(got), np.isnan(local))
-    np.testing.assert_allclose(got[~np.isnan(got)], local[~np.isnan(local)], rtol=1e-12)
+    assert {"direct_separable", "footprint-nodes"} <= prefixes, prefixes
+    for mine, ref in ((got, local), (got_bent, local_bent)):
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(ref))
+        assert np.isfinite(mine).sum() >= 16
+        np.testing.assert_allclose(mine[~np.isnan(mine)], ref[~np.isnan(ref)], rtol=1e-12)
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -573,3 +579,68 @@ def test_an_oblique_rotation_keeps_every_volume(tmp_path) -> None:
     assert cov.sum() * mri_um3 == pytest.approx(mask.size * mic_um3, rel=1e-12)
     assert np.nansum(frac * cov) * mri_um3 == pytest.approx(mask.sum() * mic_um3, rel=1e-12)
     assert ((cov > 0) & (cov < 1)).sum() > 10  # the footprint's tilted edges cut MRI voxels
+
+
+def _bent_store(where, shape=(13, 70, 90)):
+    """A mask registered through a 12-landmark TPS (a shift bent by up to 4 µm)."""
+    sp = np.array([3.0, 1.1838, 1.1838])
+    rng = np.random.default_rng(5)
+    vals = (rng.random(shape) < 0.3).astype(np.uint8)
+    org = np.array([100.0 - 20.3, -200.0 - 18.7, 50.0 - 21.1])
+    fixed = np.random.default_rng(4).uniform([-50, -250, 50], [150, 0, 200], size=(12, 3))
+    shifted = fixed + np.array([3.3, -7.1, 5.7])
+    model = fit("tps", fixed, shifted + 4 * np.sin(fixed / 40.0))
+    return _store(vals, sp, org, model, where=where, kind="labels"), vals
+
+
+def test_nodes_mapped_block_by_block_once_each_equal_one_block_over_all_nodes(
+    tmp_path, monkeypatch
+) -> None:
+    # small blocks (2, 16, 64 voxels; nodes every 3 and 8 voxels, so some blocks own no node
+    # row and edge blocks own the far end): each node is mapped once, in its owner's task, and
+    # the graph maps only the faces' nodes; the sums equal the node kernel run once over the
+    # whole volume with every node mapped at once
+    from bridge_xr.extract import _kuhn, footprint
+
+    store, vals = _bent_store(tmp_path / "s.zarr")
+    mapped = []
+    real = footprint.apply_hops
+    monkeypatch.setattr(
+        footprint, "apply_hops", lambda hops, pts: mapped.append(len(pts)) or real(hops, pts)
+    )
+    sums, lo, info = footprint_sums(
+        store, microscopy="twop/mask", mri="mri/T2w", direct_reads=False, block_voxels=2048
+    )
+    assert info["kernel"] == "nodes"
+    assert info["blocks"] > 60
+    fp = footprint.plan_footprint(store, "twop/mask", "mri/T2w")
+    idx = footprint.node_indices(fp, vals.shape)
+    n = [len(i) for i in idx]
+    faces = 2 * (n[0] * n[1] + n[1] * n[2] + n[0] * n[2])
+    assert sum(mapped) == faces < np.prod(n)  # building the graph: the faces only
+    got = sums.compute()
+    assert sum(mapped) == faces + np.prod(n)  # computing it: every node, once
+    _, nodes = footprint.corner_nodes(fp, vals.shape)
+    ref = _kuhn.general_block_nodes(vals, idx, nodes, (0, 0, 0), vals.shape, lo, got.shape[1:])
+    assert got[1].max() > 0.9
+    assert 0.1 < got[0].sum() / got[1].sum() < 0.5
+    np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-9)
+
+
+def test_a_block_reaching_past_the_faces_bounds_is_refused(tmp_path, monkeypatch) -> None:
+    # the faces' nodes bound the footprint of a map without folds; where a block's own nodes
+    # reach past that box inside the MRI (a fold near the edge), its sums would be cut off:
+    # refused with one line, not lost
+    from bridge_xr.errors import InvalidInputError
+    from bridge_xr.extract import densities
+
+    store, _ = _bent_store(tmp_path / "s.zarr")
+    real = densities.face_nodes
+    monkeypatch.setattr(  # as if the faces bounded only their first half in x
+        densities,
+        "face_nodes",
+        lambda fp, idx: real(fp, [idx[0], idx[1], idx[2][: len(idx[2]) // 2]]),
+    )
+    sums, _, _ = footprint_sums(store, microscopy="twop/mask", mri="mri/T2w")
+    with pytest.raises(InvalidInputError, match="map outside the footprint"):
+        sums.compute()
