@@ -25,10 +25,8 @@ from bridge_xr.extract._bilinear import _bilinear
 from bridge_xr.extract._kuhn import general_block_nodes
 from bridge_xr.extract._separable import separable_block, separable_pair
 from bridge_xr.extract.footprint import (
-    NODE_UM,
     Footprint,
     Method,
-    corner_nodes,
     face_nodes,
     map_nodes,
     node_indices,
@@ -619,9 +617,9 @@ def resliced_sums(
     mic = read_image(st, microscopy)
     mr = read_image(st, mri)
     shape = tuple(int(mic.sizes[d]) for d in "zyx")
-    # the footprint's bounding box only: coarse nodes (the reslicing itself maps every voxel)
-    _, node_val = corner_nodes(fp, shape, node_um=4 * NODE_UM)  # type: ignore[arg-type]
-    bbox_lo, bbox_shape = _bbox(fp, node_val)
+    # the footprint's bounding box only: the faces' nodes (the reslicing maps every voxel)
+    faces, step = face_nodes(fp, node_indices(fp, shape))  # type: ignore[arg-type]
+    bbox_lo, bbox_shape = _bbox(fp, faces, margin=step)
     to_unit = conversion_factor("micrometer", mr.attrs["unit"])
     fine_um = fp.mic_spacing_um
     n_fine = np.ceil(np.asarray(bbox_shape) * fp.mri_spacing_um / fine_um).astype(int)
