@@ -264,6 +264,77 @@ def _one_faces(geo: Any, n: int) -> None:
         )
 
 
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False, error_model="numpy")
+def _one_faces_row(geo: Any, n: int) -> None:
+    """:func:`_one_faces` for every voxel ``0 .. n`` of a row, where they are.
+
+    Heights from :func:`_row_heights`, tetrahedra volumes from :func:`_row_geometry`; the
+    volume below goes to row ``_ROW_H + 8``.
+    """
+    tx = np.uint64(_TX)
+    h = np.uint64(_ROW_H) * tx
+    v = np.uint64(5) * tx
+    o = h + np.uint64(8) * tx
+    for i in range(np.uint64(n)):
+        h0, h1, h2, h3 = geo[h + i], geo[h + tx + i], geo[h + 2 * tx + i], geo[h + 3 * tx + i]
+        h4, h5 = geo[h + 4 * tx + i], geo[h + 5 * tx + i]
+        h6, h7 = geo[h + 6 * tx + i], geo[h + 7 * tx + i]
+        geo[o + i] = (
+            geo[v + i] * _frac_select(h0, h4, h6, h7)
+            + geo[v + tx + i] * _frac_select(h0, h4, h5, h7)
+            + geo[v + 2 * tx + i] * _frac_select(h0, h2, h6, h7)
+            + geo[v + 3 * tx + i] * _frac_select(h0, h2, h3, h7)
+            + geo[v + 4 * tx + i] * _frac_select(h0, h1, h5, h7)
+            + geo[v + 5 * tx + i] * _frac_select(h0, h1, h3, h7)
+        )
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _row_heights(c: Any, j: int, nx: int, pz: int, ax: int, geo: Any) -> None:
+    """Row ``j``'s corner heights above the MRI voxel face next above each voxel's lowest corner.
+
+    Along ``ax``, for every voxel (corners in bit order) into rows ``_ROW_H .. _ROW_H + 7``.
+    """
+    a = np.uint64(_slab_at(ax, pz, j, 0))
+    b = np.uint64(_slab_at(ax, 1 - pz, j, 0))
+    sx, tx = np.uint64(_SX), np.uint64(_TX)
+    h = np.uint64(_ROW_H) * tx
+    for i in range(np.uint64(nx)):
+        r = i + _U1
+        q0, q1, q2, q3 = c[a + i], c[a + r], c[a + sx + i], c[a + sx + r]
+        q4, q5, q6, q7 = c[b + i], c[b + r], c[b + sx + i], c[b + sx + r]
+        plane = np.floor(min(min(min(q0, q1), min(q2, q3)), min(min(q4, q5), min(q6, q7)))) + 1.0
+        geo[h + i] = q0 - plane
+        geo[h + tx + i] = q1 - plane
+        geo[h + 2 * tx + i] = q2 - plane
+        geo[h + 3 * tx + i] = q3 - plane
+        geo[h + 4 * tx + i] = q4 - plane
+        geo[h + 5 * tx + i] = q5 - plane
+        geo[h + 6 * tx + i] = q6 - plane
+        geo[h + 7 * tx + i] = q7 - plane
+
+
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
+def _row_face_axis(geo: Any, nx: int) -> int:
+    """The axis (0: z, 1: y) along which the row runs on the whole-row path, or -1.
+
+    That is where at least an eighth of its voxels cross one MRI voxel face of that axis and
+    no other: a row crossing a z (y) face along much of its length.
+    """
+    tx = np.uint64(_TX)
+    cz, cy = 0.0, 0.0
+    for i in range(np.uint64(nx)):
+        a, b, c = geo[11 * tx + i], geo[12 * tx + i], geo[13 * tx + i]
+        flat = np.float64(geo[3 * tx + i] == 0.0)
+        cz += flat * np.float64(a == 1.0) * np.float64(b == 0.0) * np.float64(c == 0.0)
+        cy += flat * np.float64(a == 0.0) * np.float64(b == 1.0) * np.float64(c == 0.0)
+    if cz >= cy and 8.0 * cz >= nx:
+        return 0
+    if 8.0 * cy >= nx:
+        return 1
+    return -1
+
+
 @nb.njit(inline="always", nogil=True, cache=True)
 def _flush(out: Any, z: int, y: int, x: int, weighted: float, vol: float) -> None:
     if 0 <= z < out.shape[1] and 0 <= y < out.shape[2] and 0 <= x < out.shape[3]:
@@ -455,6 +526,7 @@ _SX = _TX + 8  # corners in a slab row (>= _TX + 1)
 _SP = (_TY + 1) * _SX  # one coordinate's plane of corners
 _U1 = np.uint64(1)
 _GEO_ROWS = 15  # per-voxel geometry (see _row_geometry), then the one-face batch (_one_faces)
+_ROW_H = _GEO_ROWS + 15  # then a whole row's corner heights (8 rows) and volumes below (1 row)
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
@@ -619,10 +691,18 @@ def _clean_row(
     another MRI voxel; the rest go to :func:`_straddler`.
     """
     _row_geometry(slab, j, nx, pz, parity, geo)
+    # a row crossing one z (or y) face along much of its length: every voxel's heights and
+    # volume below on vector registers, and runs of such voxels summed like inside ones
+    rax = _row_face_axis(geo, nx)
+    if rax >= 0:
+        _row_heights(slab, j, nx, pz, rax, geo)
+        _one_faces_row(geo, nx)
     c8, tv, cell_lo, cell_n, which, axis = vox
     n1 = 0  # voxels crossing one face, batched
     run_z, run_y, run_x = -1e300, 0.0, 0.0  # the MRI voxel the current run lies in
     run_v, run_w = 0.0, 0.0
+    pair_z, pair_y, pair_x = -1e300, 0.0, 0.0  # the lower MRI voxel of the current pair run
+    pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0  # below the face, then above it
     for i in range(nx):
         flag = geo[3 * _TX + i]
         if flag > 0.0:  # inside one MRI voxel
@@ -651,6 +731,22 @@ def _clean_row(
             continue
         if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most): batched, see _one_faces
             ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+            if ax == rax:  # computed for the whole row: a run of pairs of MRI voxels
+                fz, fy, fx = geo[i], geo[_TX + i], geo[2 * _TX + i]
+                if fz != pair_z or fy != pair_y or fx != pair_x:
+                    if pair_w + pair_wu > 0.0:
+                        _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w,
+                                    pair_vu, pair_wu)  # fmt: skip
+                    pair_z, pair_y, pair_x = fz, fy, fx
+                    pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0
+                below = geo[(_ROW_H + 8) * _TX + i]
+                above = geo[4 * _TX + i] - below
+                v = float(values[k, jv, x0 + i])
+                pair_v += v * below
+                pair_w += below
+                pair_vu += v * above
+                pair_wu += above
+                continue
             plane = float(cell_lo[ax] + 1)
             for b in range(8):
                 geo[(_GEO_ROWS + b) * _TX + n1] = (
@@ -688,7 +784,23 @@ def _clean_row(
         _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, geo[4 * _TX + i] - below)
     if run_w > 0.0:
         _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2], run_v, run_w)
+    if pair_w + pair_wu > 0.0:
+        _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w, pair_vu, pair_wu)
     return stack
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _flush_pair(
+    out: Any, fz: float, fy: float, fx: float, lo: Any, ax: int, v: float, w: float, vu: float,
+    wu: float,
+) -> None:  # fmt: skip
+    """Add a run's sums below (``v, w``) and above (``vu, wu``) a face along ``ax``.
+
+    Into its MRI voxel ``(fz, fy, fx)`` (absolute index) and the next one along ``ax``.
+    """
+    z, y, x = int(fz) - lo[0], int(fy) - lo[1], int(fx) - lo[2]
+    _flush(out, z, y, x, v, w)
+    _flush(out, z + (ax == 0), y + (ax == 1), x, vu, wu)
 
 
 def _scratch() -> tuple[Any, ...]:
@@ -832,7 +944,7 @@ def general_kernel_nodes(
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
     nz, ny, nx = values.shape
-    geo = np.empty((_GEO_ROWS + 15) * _TX)
+    geo = np.empty((_ROW_H + 9) * _TX)
     slab = np.empty(6 * _SP)
     ex = np.empty((3, nodes.shape[1], nodes.shape[2], nx + 1))
     ez = np.empty((3, nodes.shape[2], _TX + 1))

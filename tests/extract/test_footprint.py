@@ -406,9 +406,12 @@ def test_general_block_fast_paths_equal_clipping_every_tetrahedron() -> None:
     )  # fmt: skip
 
 
-def test_node_kernel_tiles_equal_the_voxel_by_voxel_kernel_through_a_bent_warp() -> None:
+@pytest.mark.parametrize("warp", ["bent", "gentle"])
+def test_node_kernel_tiles_equal_the_voxel_by_voxel_kernel_through_a_bent_warp(warp) -> None:
     # a block over several of the node kernel's tiles (3 along y, 2 along x), corners trilinear
-    # between nodes every (2, 8, 8) voxels of a bent (non-linear) map, voxels ~1/7 MRI voxel
+    # between nodes every (2, 8, 8) voxels of a non-linear map, voxels ~1/7 MRI voxel; the
+    # gentle warp's rows cross one z (or y) face along much of their length (the kernel's
+    # whole-row path)
     from bridge_xr.extract import _kuhn
     from bridge_xr.extract.footprint import block_corners
 
@@ -417,11 +420,22 @@ def test_node_kernel_tiles_equal_the_voxel_by_voxel_kernel_through_a_bent_warp()
     values = rng.uniform(0, 1, shape)
     node_idx = [np.r_[np.arange(0, n, s), n] for n, s in zip(shape, (2, 8, 8), strict=True)]
     k, j, i = np.meshgrid(*(v - 0.5 for v in node_idx), indexing="ij")
-    a = 0.4
+    a = 0.4 if warp == "bent" else 0.02
     y, x = np.cos(a) * j - np.sin(a) * i, np.sin(a) * j + np.cos(a) * i
-    nodes = np.stack([k / 5 + 1e-4 * x**2, y / 7 + 3e-4 * k * x, x / 7 + 2e-5 * y**2]) + 0.3
+    if warp == "bent":
+        nodes = np.stack([k / 5 + 1e-4 * x**2, y / 7 + 3e-4 * k * x, x / 7 + 2e-5 * y**2]) + 0.3
+    else:
+        nodes = np.stack([k / 2.5 + 1e-6 * x**2, y / 7 + 1e-5 * k * x, x / 7 + 1e-6 * y**2]) + 0.3
     lo, hi = (0, 0, 0), shape
     corners = block_corners(node_idx, nodes, lo, hi)
+    if warp == "gentle":  # rows where >= 1/8 of the voxels cross only a z (a y) face: both occur
+        c8 = [corners[:, d : d + shape[0], b : b + shape[1], e : e + shape[2]]
+              for d, b, e in itertools.product((0, 1), repeat=3)]  # fmt: skip
+        floor = np.floor(np.min(c8, axis=0))
+        crossed = np.maximum(np.ceil(np.max(c8, axis=0)) - 1, floor) - floor
+        for ax in (0, 1):
+            only = (crossed[ax] == 1) & (crossed.sum(axis=0) == 1)
+            assert (only.mean(axis=2) >= 1 / 8).any()
     box_lo = np.floor(corners.reshape(3, -1).min(axis=1)).astype(np.int64) + 1
     box_shape = np.array((2, 20, 40))  # voxels beyond the box on every side are left out
     got = _kuhn.general_block_nodes(values, node_idx, nodes, lo, hi, box_lo, tuple(box_shape))
