@@ -2,8 +2,8 @@
 
 The vectorised form evaluates every point against every centre at once (a (points, centres, 3)
 array per step: gigabytes for the millions of nodes a whole-brain footprint maps). Here each
-point iterates on its own, with the forward map and its Jacobian formed in one pass over the
-centres, a 3 x 3 solve by cofactors and the same backtracking. Consecutive points are usually
+point iterates on its own, with the forward map and its Jacobian formed together (the centres'
+terms on vector registers), a 3 x 3 solve by cofactors and the same backtracking. Consecutive points are usually
 neighbours (nodes of a grid): each starts from the previous solution moved by the inverse
 Jacobian there, so that most converge in one step; one that does not starts again from the
 affine part's inverse.
@@ -22,40 +22,62 @@ import numpy as np
 _RUN = 4096
 
 
-@nb.njit(inline="always", nogil=True, cache=True)
+#: a squared distance no smaller than this (a point on a centre: its terms vanish without a branch)
+_TINY = 1e-300
+
+
+@nb.njit(inline="always", nogil=True, cache=True, fastmath=True, boundscheck=False)
 def _residual(
-    x: Any, y: Any, p: int, centres: Any, weights: Any, affine: Any, log_kernel: bool, jac: Any
-) -> tuple[float, float, float]:
-    """``F(x) - y[p]``, and ``jac`` (3, 3) = dF/dx at ``x``, in one pass over the centres."""
-    f0 = affine[0, 0] + x[0] * affine[1, 0] + x[1] * affine[2, 0] + x[2] * affine[3, 0]
-    f1 = affine[0, 1] + x[0] * affine[1, 1] + x[1] * affine[2, 1] + x[2] * affine[3, 1]
-    f2 = affine[0, 2] + x[0] * affine[1, 2] + x[1] * affine[2, 2] + x[2] * affine[3, 2]
-    for o in range(3):
-        for i in range(3):
-            jac[o, i] = affine[1 + i, o]
-    for c in range(centres.shape[0]):
-        d0, d1, d2 = x[0] - centres[c, 0], x[1] - centres[c, 1], x[2] - centres[c, 2]
-        r = math.sqrt(d0 * d0 + d1 * d1 + d2 * d2)
-        if r <= 0.0:
-            continue
-        if log_kernel:
-            lr = math.log(r)
-            u, g = r * r * lr, 2.0 * lr + 1.0
-        else:
-            u, g = r, 1.0 / r
-        w0, w1, w2 = weights[c, 0], weights[c, 1], weights[c, 2]
+    x: Any, y: Any, p: int, centres: Any, weights: Any, affine: Any, log_kernel: bool, jac: Any,
+    tmp: Any,
+) -> tuple[float, float, float]:  # fmt: skip
+    """``F(x) - y[p]``, and ``jac`` (3, 3) = dF/dx at ``x``, in two passes over the centres.
+
+    ``centres`` and ``weights`` are (3, N), one row per coordinate; ``tmp`` (4, N) scratch.
+    The first pass forms each centre's kernel value and gradient, the second sums them
+    against the weights; neither has a branch (a point on a centre gets that centre's terms
+    as zeros from a floored distance) and both index without wrap-around, so the compiler
+    runs them on vector registers (all but the logarithm of the ``r^2 log r`` kernel).
+    """
+    x0, x1, x2 = x[0], x[1], x[2]
+    n = np.uint64(centres.shape[1])
+    if log_kernel:  # r^2 log r = r2 log(r2) / 2; its gradient factor 2 log r + 1
+        for c in range(n):
+            d0, d1, d2 = x0 - centres[0, c], x1 - centres[1, c], x2 - centres[2, c]
+            r2 = max(d0 * d0 + d1 * d1 + d2 * d2, _TINY)
+            lr = math.log(r2)
+            g = lr + 1.0
+            tmp[0, c], tmp[1, c], tmp[2, c], tmp[3, c] = 0.5 * r2 * lr, g * d0, g * d1, g * d2
+    else:  # r; its gradient factor 1 / r
+        for c in range(n):
+            d0, d1, d2 = x0 - centres[0, c], x1 - centres[1, c], x2 - centres[2, c]
+            u = math.sqrt(max(d0 * d0 + d1 * d1 + d2 * d2, _TINY))
+            g = 1.0 / u
+            tmp[0, c], tmp[1, c], tmp[2, c], tmp[3, c] = u, g * d0, g * d1, g * d2
+    f0 = affine[0, 0] + x0 * affine[1, 0] + x1 * affine[2, 0] + x2 * affine[3, 0]
+    f1 = affine[0, 1] + x0 * affine[1, 1] + x1 * affine[2, 1] + x2 * affine[3, 1]
+    f2 = affine[0, 2] + x0 * affine[1, 2] + x1 * affine[2, 2] + x2 * affine[3, 2]
+    j00, j01, j02 = affine[1, 0], affine[2, 0], affine[3, 0]
+    j10, j11, j12 = affine[1, 1], affine[2, 1], affine[3, 1]
+    j20, j21, j22 = affine[1, 2], affine[2, 2], affine[3, 2]
+    for c in range(n):
+        u, g0, g1, g2 = tmp[0, c], tmp[1, c], tmp[2, c], tmp[3, c]
+        w0, w1, w2 = weights[0, c], weights[1, c], weights[2, c]
         f0 += u * w0
         f1 += u * w1
         f2 += u * w2
-        jac[0, 0] += w0 * g * d0
-        jac[0, 1] += w0 * g * d1
-        jac[0, 2] += w0 * g * d2
-        jac[1, 0] += w1 * g * d0
-        jac[1, 1] += w1 * g * d1
-        jac[1, 2] += w1 * g * d2
-        jac[2, 0] += w2 * g * d0
-        jac[2, 1] += w2 * g * d1
-        jac[2, 2] += w2 * g * d2
+        j00 += w0 * g0
+        j01 += w0 * g1
+        j02 += w0 * g2
+        j10 += w1 * g0
+        j11 += w1 * g1
+        j12 += w1 * g2
+        j20 += w2 * g0
+        j21 += w2 * g1
+        j22 += w2 * g2
+    jac[0, 0], jac[0, 1], jac[0, 2] = j00, j01, j02
+    jac[1, 0], jac[1, 1], jac[1, 2] = j10, j11, j12
+    jac[2, 0], jac[2, 1], jac[2, 2] = j20, j21, j22
     return f0 - y[p, 0], f1 - y[p, 1], f2 - y[p, 2]
 
 
@@ -75,17 +97,17 @@ def _solve3(jac: Any, r0: float, r1: float, r2: float) -> tuple[float, float, fl
     return s0 / det, s1 / det, s2 / det, True
 
 
-@nb.njit(nogil=True, cache=True)
+@nb.njit(inline="always", nogil=True, cache=True)
 def _newton(
     y: Any, p: int, x: Any, centres: Any, weights: Any, affine: Any, log_kernel: bool,
-    tol: float, max_iter: int, jac: Any, cand: Any, cjac: Any,
+    tol: float, max_iter: int, jac: Any, cand: Any, cjac: Any, tmp: Any,
 ) -> float:  # fmt: skip
     """Refine ``x`` (3,) toward ``F(x) = y[p]``; the final residual's length.
 
     ``jac`` holds the Jacobian at the final ``x`` on return. A candidate's Jacobian is formed
-    with its residual (into ``cjac``), so an accepted step costs one pass over the centres.
+    with its residual (into ``cjac``), so an accepted step costs one evaluation.
     """
-    r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac)
+    r0, r1, r2 = _residual(x, y, p, centres, weights, affine, log_kernel, jac, tmp)
     err = math.sqrt(r0 * r0 + r1 * r1 + r2 * r2)
     for _ in range(max_iter):
         if err < tol:
@@ -95,7 +117,7 @@ def _newton(
         moved = False
         for _ in range(30):  # backtracking: accept a step only where the residual shrinks
             cand[0], cand[1], cand[2] = x[0] - t * s0, x[1] - t * s1, x[2] - t * s2
-            q0, q1, q2 = _residual(cand, y, p, centres, weights, affine, log_kernel, cjac)
+            q0, q1, q2 = _residual(cand, y, p, centres, weights, affine, log_kernel, cjac, tmp)
             ec = math.sqrt(q0 * q0 + q1 * q1 + q2 * q2)
             if ec < err:
                 moved = True
@@ -104,7 +126,9 @@ def _newton(
         if not moved:
             break
         x[0], x[1], x[2] = cand[0], cand[1], cand[2]
-        jac[:, :] = cjac
+        for a in range(3):
+            for b in range(3):
+                jac[a, b] = cjac[a, b]
         r0, r1, r2, err = q0, q1, q2, ec
     return err
 
@@ -129,7 +153,8 @@ def tps_inverse(
     runs = (n + _RUN - 1) // _RUN
     workers = max(1, min(os.cpu_count() or 1, 8, runs // 4))
     bounds = [int(b) for b in np.linspace(0, runs, workers + 1)]
-    args = (y, centres, weights, affine, inv_linear, log_kernel, tol, max_iter, x, err)
+    rows = (np.ascontiguousarray(centres.T), np.ascontiguousarray(weights.T))  # (3, N) each
+    args = (y, *rows, affine, inv_linear, log_kernel, tol, max_iter, x, err)
     if workers == 1:
         _invert_runs(0, runs, *args)
     else:
@@ -147,6 +172,7 @@ def _invert_runs(
     n = y.shape[0]
     for run in range(first, last):
         jac, cjac = np.empty((3, 3)), np.empty((3, 3))
+        tmp = np.empty((4, centres.shape[1]))
         xi, cand = np.empty(3), np.empty(3)
         lo, hi = run * _RUN, min(n, (run + 1) * _RUN)
         for p in range(lo, hi):
@@ -157,7 +183,7 @@ def _invert_runs(
                 if ok:
                     xi[0], xi[1], xi[2] = x[p - 1, 0] + d0, x[p - 1, 1] + d1, x[p - 1, 2] + d2
                     e = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter,
-                                jac, cand, cjac)  # fmt: skip
+                                jac, cand, cjac, tmp)  # fmt: skip
                     if e < tol:
                         x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]
                         err[p] = e
@@ -166,5 +192,5 @@ def _invert_runs(
                 xi[m] = (inv_linear[m, 0] * y[p, 0] + inv_linear[m, 1] * y[p, 1]
                          + inv_linear[m, 2] * y[p, 2] + inv_linear[m, 3])  # fmt: skip
             err[p] = _newton(y, p, xi, centres, weights, affine, log_kernel, tol, max_iter, jac,
-                             cand, cjac)  # fmt: skip
+                             cand, cjac, tmp)  # fmt: skip
             x[p, 0], x[p, 1], x[p, 2] = xi[0], xi[1], xi[2]

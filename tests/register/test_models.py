@@ -110,6 +110,27 @@ def test_compiled_inverse_on_a_node_grid_equals_root_finding(kernel) -> None:
         np.testing.assert_allclose(x[k], sol.x, atol=1e-7)
 
 
+@pytest.mark.parametrize("kernel", ["r", "r2logr"])
+def test_compiled_residual_on_a_landmark_equals_the_vectorised_map(kernel) -> None:
+    # exactly on a landmark the distance to its centre is 0: that centre's terms (and, for r,
+    # the gradient's 1/r) must vanish, not turn into NaN; elsewhere too the compiled residual
+    # and Jacobian equal the numpy forward map and Jacobian; and the inverse lands on them
+    from bridge_xr.model import _tps
+
+    moving = FIXED + 40 * np.sin(FIXED[:, [1, 2, 0]] / 700.0)
+    tps = fit("tps", FIXED, moving, kernel=kernel)
+    rows = np.ascontiguousarray(tps.centres.T), np.ascontiguousarray(tps.weights.T)
+    points = np.r_[tps.centres[:3], tps.centres[:3] + 1.5]
+    jac, tmp = np.empty((3, 3)), np.empty((4, len(tps.centres)))
+    for p in points:
+        res = _tps._residual(p.copy(), np.zeros((1, 3)), 0, *rows, tps.affine, kernel != "r",
+                             jac, tmp)  # fmt: skip
+        np.testing.assert_allclose(res, tps.forward_points(p[None])[0], rtol=1e-12)
+        np.testing.assert_allclose(jac, tps.jacobian(p[None])[0], rtol=1e-10, atol=1e-12)
+    x = tps.inverse_points(tps.forward_points(FIXED))
+    np.testing.assert_allclose(x, FIXED, atol=1e-7)
+
+
 def test_compiled_inverse_in_threads_equals_one_thread(monkeypatch) -> None:
     # runs of points split over threads: each run starts afresh, so the split changes nothing
     from bridge_xr.model import _tps
