@@ -26,7 +26,7 @@ _RUN = 4096
 _TINY = 1e-300
 
 
-@nb.njit(inline="always", nogil=True, cache=True, fastmath=True, boundscheck=False)
+@nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
 def _residual(
     x: Any, y: Any, p: int, centres: Any, weights: Any, affine: Any, log_kernel: bool, jac: Any,
     tmp: Any,
