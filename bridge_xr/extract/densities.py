@@ -124,18 +124,6 @@ def _direct_affine(
     return _direct(direct, general_block_affine, index_map, lo, hi, b_lo, b_shape)
 
 
-def _direct_nodes(
-    direct: _DirectRead,
-    nodes: tuple[list[np.ndarray], np.ndarray],
-    lo: tuple[int, ...],
-    hi: tuple[int, ...],
-    b_lo: np.ndarray,
-    b_shape: tuple[int, ...],
-) -> np.ndarray:
-    """:func:`general_block_nodes` of block ``lo:hi`` (whole inner chunks), chunk by chunk."""
-    return _direct(direct, _nodes_kernel, nodes, lo, hi, b_lo, b_shape)
-
-
 def _nodes_kernel(
     vals: np.ndarray,
     nodes: tuple[list[np.ndarray], np.ndarray],
@@ -143,6 +131,7 @@ def _nodes_kernel(
     b_lo: np.ndarray,
     b_shape: tuple[int, ...],
 ) -> np.ndarray:
+    """:func:`general_block_nodes` of one chunk (``nodes``: corner indices, mapped values)."""
     c_hi = tuple(c + n for c, n in zip(c_lo, vals.shape, strict=True))
     return general_block_nodes(vals, nodes[0], nodes[1], c_lo, c_hi, b_lo, b_shape)
 
@@ -202,16 +191,20 @@ def _block_box(
     else:
         assert nodes is not None
         node_idx, node_val = nodes
-        sl = []
-        for a in range(3):
-            k0 = max(int(np.searchsorted(node_idx[a], lo[a], side="right")) - 1, 0)
-            k1 = min(int(np.searchsorted(node_idx[a], hi[a], side="left")), len(node_idx[a]) - 1)
-            sl.append(slice(k0, k1 + 1))
+        sl = [
+            slice(k0, k1 + 1) for k0, k1 in (_bracket(node_idx[a], lo[a], hi[a]) for a in range(3))
+        ]
         reach = _nodes_reach(node_val[:, sl[0], sl[1], sl[2]])
         if reach is None:
             return None
         mn, mx = reach
     return _box_within(mn, mx, slab_lo, slab_shape)
+
+
+def _bracket(idx: np.ndarray, lo: int, hi: int) -> tuple[int, int]:
+    """First and last node (indices into ``idx``, corner indices) bracketing corners ``lo..hi``."""
+    k0 = max(int(np.searchsorted(idx, lo, side="right")) - 1, 0)
+    return k0, min(int(np.searchsorted(idx, hi, side="left")), len(idx) - 1)
 
 
 def _nodes_reach(nodes: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -470,7 +463,8 @@ def _node_total(
     needs: every node is mapped once, so blocks sharing a node see the same value. Nodes first
     needed by z-slab ``i`` of blocks are mapped only once slab ``i - 1`` is summed (schedulers
     run such cheap root tasks first, and would hold every node of the volume): memory is
-    bounded by the slabs in flight, not by the volume. A block's MRI box comes from its own nodes, at run time.
+    bounded by the slabs in flight, not by the volume. A block's MRI box comes from its own
+    nodes, at run time.
     """
     name = "footprint-nodes-" + tokenize(fp, node_idx, data.name, bbox_lo, bbox_shape, direct)
     # a graph by hand: as delayed objects, every task waiting on a slab would copy that slab's
@@ -488,6 +482,10 @@ def _node_total(
         own.append(bounds)
     slabs: list[Any] = []
     for iz in range(len(data.chunks[0])):
+        gate = None  # nodes first needed here wait until the slab before is summed
+        if iz >= 1:
+            gate = (name, "gate", iz)
+            dsk[gate] = (_done, slabs[iz - 1])
         parts = []
         for iy, ix in itertools.product(range(len(data.chunks[1])), range(len(data.chunks[2]))):
             idx = (iz, iy, ix)
@@ -495,21 +493,16 @@ def _node_total(
             hi = tuple(int(offsets[a][i + 1]) for a, i in enumerate(idx))
             k0, k1, near = [], [], []
             for a in range(3):  # the nodes bracketing the block, and the blocks owning them
-                k0.append(max(int(np.searchsorted(node_idx[a], lo[a], side="right")) - 1, 0))
-                k1.append(
-                    min(int(np.searchsorted(node_idx[a], hi[a], side="left")), len(node_idx[a]) - 1)
-                )
-                first = int(np.searchsorted(own[a], k0[a], side="right")) - 1
-                near.append(range(first, int(np.searchsorted(own[a], k1[a], side="right"))))
+                first, last = _bracket(node_idx[a], lo[a], hi[a])
+                k0.append(first)
+                k1.append(last)
+                j0 = int(np.searchsorted(own[a], first, side="right")) - 1
+                near.append(range(j0, int(np.searchsorted(own[a], last, side="right"))))
             owned = []
             for j in itertools.product(*near):
                 key = (name, "nodes", *j)
                 if key not in dsk:
                     sub = [node_idx[a][own[a][i] : own[a][i + 1]] for a, i in enumerate(j)]
-                    gate = None  # nodes wait until the slab before their first user's is summed
-                    if iz >= 1:
-                        gate = (name, "gate", iz)
-                        dsk[gate] = (_done, slabs[iz - 1])
                     dsk[key] = (_map_after, (name, "fp"), sub, gate)
                 owned.append([tuple(int(own[a][i]) for a, i in enumerate(j)), key])
             source = (data.name, *idx) if direct is None else (name, "direct")
@@ -587,7 +580,7 @@ def _node_block(
     if box is None:
         return None
     if isinstance(source, _DirectRead):
-        return box[0], _direct_nodes(source, (window, nodes), lo, hi, *box)
+        return box[0], _direct(source, _nodes_kernel, (window, nodes), lo, hi, *box)
     return box[0], general_block_nodes(source, window, nodes, lo, hi, *box)
 
 

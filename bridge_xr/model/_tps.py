@@ -3,10 +3,10 @@
 The vectorised form evaluates every point against every centre at once (a (points, centres, 3)
 array per step: gigabytes for the millions of nodes a whole-brain footprint maps). Here each
 point iterates on its own, with the forward map and its Jacobian formed together (the centres'
-terms on vector registers), a 3 x 3 solve by cofactors and the same backtracking. Consecutive points are usually
-neighbours (nodes of a grid): each starts from the previous solution moved by the inverse
-Jacobian there, so that most converge in one step; one that does not starts again from the
-affine part's inverse.
+terms on vector registers), a 3 x 3 solve by cofactors and the same backtracking. Consecutive
+points are usually neighbours (nodes of a grid): each starts from the previous solution moved
+by the inverse Jacobian there, so that most converge in one step; one that does not starts
+again from the affine part's inverse.
 """
 
 from __future__ import annotations
@@ -153,7 +153,9 @@ def tps_inverse(
     runs = (n + _RUN - 1) // _RUN
     workers = max(1, min(os.cpu_count() or 1, 8, runs // 4))
     bounds = [int(b) for b in np.linspace(0, runs, workers + 1)]
-    rows = (np.ascontiguousarray(centres.T), np.ascontiguousarray(weights.T))  # (3, N) each
+    rows = tuple(
+        np.ascontiguousarray(np.transpose(a), dtype=np.float64) for a in (centres, weights)
+    )
     args = (y, *rows, affine, inv_linear, log_kernel, tol, max_iter, x, err)
     if workers == 1:
         _invert_runs(0, runs, *args)

@@ -298,8 +298,8 @@ class ThinPlateSpline(_ZyxMap):
         y = np.ascontiguousarray(moving, dtype=np.float64).reshape(-1, 3)
         x, err = tps_inverse(
             y,
-            np.ascontiguousarray(self.centres, dtype=np.float64),
-            np.ascontiguousarray(self.weights, dtype=np.float64),
+            self.centres,
+            self.weights,
             np.ascontiguousarray(self.affine, dtype=np.float64),
             np.ascontiguousarray(self._inv_linear, dtype=np.float64),
             self.kernel != "r",
