@@ -4,9 +4,11 @@ Every microscopy voxel is cut into the 6 tetrahedra of the Kuhn triangulation, m
 the chain at its corners and clipped exactly against the MRI voxel faces. Compiled (numba), one
 pass over a block's voxels without temporaries: a voxel inside one MRI voxel adds its volume
 there directly (most voxels: an MRI voxel is ~20 microscopy voxels wide); one whose box crosses
-a single MRI voxel face splits each tetrahedron's volume at that face in closed form; the rest
-(near MRI voxel edges and corners) split their tetrahedra on a small stack of pieces, the lowest
-crossing face first, and every piece adds its volume to the MRI voxel holding its centroid.
+a single MRI voxel face splits each tetrahedron's volume at that face in closed form; one near
+an MRI voxel edge (two faces) or corner (three) shares it out by inclusion-exclusion of closed
+forms; the rest (a voxel spanning three MRI voxels along an axis) split their tetrahedra on a
+small stack of pieces, the lowest crossing face first, and every piece adds its volume to the MRI
+voxel holding its centroid.
 
 Through a TPS the corners are interpolated from exactly mapped nodes, in tiles of
 ``_TY x _TX`` voxels whose corner slab and per-voxel geometry have strides fixed at compile
@@ -441,6 +443,92 @@ def _two_faces(
     return va, vb, vab
 
 
+@nb.njit(inline="always", nogil=True, cache=True)
+def _piece(w: Any, i: int, j: int, k: int, m: int, acc: Any, side: int) -> None:
+    """Add tetrahedron ``w[i, j, k, m]``'s volume and its volumes below z = 0, y = 0 and both.
+
+    Into ``acc[side]`` (volume, below z, below y, below both); ``w`` rows hold heights (z, y, x)
+    above the three faces.
+    """
+    u0, u1, u2 = w[j, 0] - w[i, 0], w[j, 1] - w[i, 1], w[j, 2] - w[i, 2]
+    v0, v1, v2 = w[k, 0] - w[i, 0], w[k, 1] - w[i, 1], w[k, 2] - w[i, 2]
+    t0, t1, t2 = w[m, 0] - w[i, 0], w[m, 1] - w[i, 1], w[m, 2] - w[i, 2]
+    det = u0 * (v1 * t2 - v2 * t1) - u1 * (v0 * t2 - v2 * t0) + u2 * (v0 * t1 - v1 * t0)
+    vol = abs(det) / 6.0
+    va, vb, vab = _both_below(
+        w[i, 0], w[j, 0], w[k, 0], w[m, 0], w[i, 1], w[j, 1], w[k, 1], w[m, 1], vol
+    )
+    acc[side, 0] += vol
+    acc[side, 1] += va
+    acc[side, 2] += vb
+    acc[side, 3] += vab
+
+
+@nb.njit(nogil=True, cache=True)
+def _three_faces(
+    c8: Any, tv: Any, kuhn: Any, planes: Any, tet: Any, w: Any, d: Any, acc: Any
+) -> None:
+    """Volumes of a voxel crossing one MRI voxel face along each axis, on both sides of each.
+
+    ``acc`` (2, 4) receives, below (row 0) and above (row 1) the x face: the volume, the volume
+    below the z face, below the y face and below both. Each tetrahedron is cut at the x face
+    into at most four (a corner and the three of a prism, as :func:`_split`), and each of these
+    is shared between the z and y faces in closed form (:func:`_both_below`): no stack, a few
+    dozen closed forms instead of a few hundred pieces. ``tet`` (4, 3), ``w`` (8, 3) and ``d``
+    (8,) are scratch.
+    """
+    acc[:] = 0.0
+    for t in range(6):
+        below = 0
+        for q in range(4):
+            for m in range(3):
+                tet[q, m] = c8[kuhn[t, q], m] - planes[m]
+            below += tet[q, 2] < 0.0
+        if below == 0 or below == 4:  # on one side of the x face: itself
+            for q in range(4):
+                for m in range(3):
+                    w[q, m] = tet[q, m]
+            va, vb, vab = _both_below(
+                w[0, 0], w[1, 0], w[2, 0], w[3, 0], w[0, 1], w[1, 1], w[2, 1], w[3, 1], tv[t]
+            )
+            side = 0 if below == 4 else 1
+            acc[side, 0] += tv[t]
+            acc[side, 1] += va
+            acc[side, 2] += vb
+            acc[side, 3] += vab
+            continue
+        n_below = _order_and_cut(tet, 2, 0.0, w, d)
+        if n_below == 2:  # a prism on each side
+            _piece(w, 0, 4, 5, 1, acc, 0)
+            _piece(w, 4, 5, 1, 6, acc, 0)
+            _piece(w, 5, 1, 6, 7, acc, 0)
+            _piece(w, 2, 4, 6, 3, acc, 1)
+            _piece(w, 4, 6, 3, 5, acc, 1)
+            _piece(w, 6, 3, 5, 7, acc, 1)
+        elif n_below == 1:  # the corner at w[0] below, a prism above
+            _piece(w, 0, 4, 5, 6, acc, 0)
+            _piece(w, 4, 5, 6, 1, acc, 1)
+            _piece(w, 5, 6, 1, 2, acc, 1)
+            _piece(w, 6, 1, 2, 3, acc, 1)
+        else:  # the corner at w[3] above, a prism below
+            _piece(w, 3, 4, 5, 6, acc, 1)
+            _piece(w, 4, 5, 6, 0, acc, 0)
+            _piece(w, 5, 6, 0, 1, acc, 0)
+            _piece(w, 6, 0, 1, 2, acc, 0)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _eight_cells(out: Any, cell_lo: Any, lo: Any, v: float, acc: Any) -> None:
+    """Share a voxel crossing a face along every axis out (``acc`` from :func:`_three_faces`)."""
+    z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
+    for s in range(2):
+        vol, va, vb, vab = acc[s, 0], acc[s, 1], acc[s, 2], acc[s, 3]
+        _add(out, z, y, x + s, v, vab)
+        _add(out, z, y + 1, x + s, v, va - vab)
+        _add(out, z + 1, y, x + s, v, vb - vab)
+        _add(out, z + 1, y + 1, x + s, v, vol - va - vb + vab)
+
+
 @nb.njit(nogil=True, cache=True)
 def tet_into_cells(
     tet: Any, value: float, lo: Any, shape: Any, out: Any, stack: Any, piece: Any, w: Any, d: Any
@@ -638,10 +726,11 @@ def _straddler(
     """Add a voxel whose box crosses MRI voxel faces (corners ``c8``, tetrahedra volumes ``tv``).
 
     One face: each tetrahedron's volume below it in closed form (:func:`_frac_sorted`); two
-    faces of different axes: inclusion-exclusion of closed forms; otherwise the tetrahedra
-    are split on a stack. Returns the stack (grown if needed).
+    or three faces of different axes: inclusion-exclusion of closed forms
+    (:func:`_two_faces`, :func:`_three_faces`); otherwise the tetrahedra are split on a stack.
+    Returns the stack (grown if needed). ``scratch``: see :func:`_scratch`.
     """
-    tet, piece, w, d = scratch
+    tet, piece, w, d = scratch[0], scratch[1], scratch[2], scratch[3]
     z, y, x = cell_lo[0] - lo[0], cell_lo[1] - lo[1], cell_lo[2] - lo[2]
     if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most straddlers)
         ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
@@ -656,6 +745,13 @@ def _straddler(
         b = 2 if cell_n[2] else 1
         va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
         _four_cells(out, cell_lo, lo, a, b, v, vol, va, vb, vab)
+        return stack
+    if cell_n[0] == 1 and cell_n[1] == 1 and cell_n[2] == 1:  # three faces (at an MRI corner)
+        planes, acc = scratch[4], scratch[5]
+        for m in range(3):
+            planes[m] = float(cell_lo[m] + 1)
+        _three_faces(c8, tv, kuhn, planes, tet, w, d, acc)
+        _eight_cells(out, cell_lo, lo, v, acc)
         return stack
     for t in range(6):
         _load_tet(c8, kuhn, t, tet)
@@ -804,7 +900,11 @@ def _flush_pair(
 
 
 def _scratch() -> tuple[Any, ...]:
-    return (np.empty((4, 3)), np.empty((4, 3)), np.empty((8, 3)), np.empty(8))
+    """Scratch of :func:`_straddler`: a tetrahedron, a piece, cut points, distances, planes, sums."""
+    return (
+        np.empty((4, 3)), np.empty((4, 3)), np.empty((8, 3)), np.empty(8), np.empty(3),
+        np.empty((2, 4)),
+    )  # fmt: skip
 
 
 @nb.njit(nogil=True, cache=True)

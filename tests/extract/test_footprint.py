@@ -261,6 +261,44 @@ def test_two_face_closed_forms_equal_the_general_split() -> None:
     assert min(cases.values()) >= 20
 
 
+def test_three_face_closed_forms_equal_the_general_split() -> None:
+    # a voxel at an MRI voxel corner (one face along every axis): its 8 cells' volumes from the
+    # closed forms (every tetrahedron cut at the x face, the pieces shared between the z and y
+    # faces) against splitting its tetrahedra cell by cell; sheared voxels, so that the x face
+    # leaves a lone vertex below, a lone vertex above, two and two, or the whole tetrahedron on
+    # one side
+    from bridge_xr.extract import _kuhn
+
+    rng = np.random.default_rng(6)
+    kuhn = _kuhn._KUHN_CORNER.astype(np.int64)
+    unit = np.array(list(itertools.product((0, 1), repeat=3)), float)
+    lo, shape = np.array([4, 6, 2]), np.array([4, 4, 4])
+    cases, checked = dict.fromkeys((0, 1, 2, 3), 0), 0
+    for trial in range(300):
+        a = np.diag([0.3, 0.25, 0.4]) @ (np.eye(3) + rng.normal(0, 0.3, (3, 3)))
+        c8 = unit @ a.T
+        span = c8.max(axis=0) - c8.min(axis=0)  # each face at a random depth inside the box
+        c8 += np.array([6.0, 8.0, 4.0]) - c8.min(axis=0) - rng.uniform(0.1, 0.9, 3) * span
+        c8 += rng.normal(0, 0.01, (8, 3)) * (trial % 2)  # not a parallelepiped
+        cell_lo = np.floor(c8.min(axis=0)).astype(np.int64)
+        if not np.array_equal(np.ceil(c8.max(axis=0)) - 1 - cell_lo, [1, 1, 1]):
+            continue
+        tets = c8[kuhn]  # (6, 4, 3)
+        tv = np.abs(np.linalg.det(tets[:, 1:] - tets[:, :1])) / 6
+        ref, out = np.zeros((2, *shape)), np.zeros((2, *shape))
+        for tet in tets:
+            tet_into_cells(tet.copy(), 1.5, lo, shape, ref, np.empty((8, 4, 3)), *_scratch())
+            below = int((tet[:, 2] < cell_lo[2] + 1).sum())
+            cases[min(below, 4 - below) if below in (0, 4) else below] += 1
+        _kuhn._straddler(out, c8, 1.5, tv.sum(), cell_lo, np.ones(3, np.int64), lo, shape, kuhn,
+                         tv, _kuhn._scratch(), np.empty((8, 4, 3)))  # fmt: skip
+        np.testing.assert_allclose(out, ref, rtol=1e-9, atol=1e-12 * tv.sum())
+        assert np.count_nonzero(ref[1]) >= 2
+        checked += 1
+    assert checked >= 250
+    assert min(cases.values()) >= 20, cases
+
+
 def _frac_below(h0: float, h1: float, h2: float, h3: float) -> float:
     """Fraction of a tetrahedron's volume where a linear function is < 0, from its 4 values.
 
