@@ -454,7 +454,12 @@ def _piece(w: Any, i: int, j: int, k: int, m: int, acc: Any, side: int) -> None:
     v0, v1, v2 = w[k, 0] - w[i, 0], w[k, 1] - w[i, 1], w[k, 2] - w[i, 2]
     t0, t1, t2 = w[m, 0] - w[i, 0], w[m, 1] - w[i, 1], w[m, 2] - w[i, 2]
     det = u0 * (v1 * t2 - v2 * t1) - u1 * (v0 * t2 - v2 * t0) + u2 * (v0 * t1 - v1 * t0)
-    vol = abs(det) / 6.0
+    _shared(w, i, j, k, m, abs(det) / 6.0, acc, side)
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _shared(w: Any, i: int, j: int, k: int, m: int, vol: float, acc: Any, side: int) -> None:
+    """Add tetrahedron ``w[i, j, k, m]`` (volume ``vol``) to ``acc[side]`` (see :func:`_piece`)."""
     va, vb, vab = _both_below(
         w[i, 0], w[j, 0], w[k, 0], w[m, 0], w[i, 1], w[j, 1], w[k, 1], w[m, 1], vol
     )
@@ -485,17 +490,7 @@ def _three_faces(
                 tet[q, m] = c8[kuhn[t, q], m] - planes[m]
             below += tet[q, 2] < 0.0
         if below == 0 or below == 4:  # on one side of the x face: itself
-            for q in range(4):
-                for m in range(3):
-                    w[q, m] = tet[q, m]
-            va, vb, vab = _both_below(
-                w[0, 0], w[1, 0], w[2, 0], w[3, 0], w[0, 1], w[1, 1], w[2, 1], w[3, 1], tv[t]
-            )
-            side = 0 if below == 4 else 1
-            acc[side, 0] += tv[t]
-            acc[side, 1] += va
-            acc[side, 2] += vb
-            acc[side, 3] += vab
+            _shared(tet, 0, 1, 2, 3, tv[t], acc, 0 if below == 4 else 1)
             continue
         n_below = _order_and_cut(tet, 2, 0.0, w, d)
         if n_below == 2:  # a prism on each side
