@@ -292,16 +292,17 @@ def _one_faces_row(geo: Any, n: int) -> None:
 
 
 @nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
-def _row_heights(c: Any, j: int, nx: int, pz: int, ax: int, geo: Any) -> None:
+def _row_heights(c: Any, j: int, i0: int, n: int, pz: int, ax: int, geo: Any) -> None:
     """Row ``j``'s corner heights above the MRI voxel face next above each voxel's lowest corner.
 
-    Along ``ax``, for every voxel (corners in bit order) into rows ``_ROW_H .. _ROW_H + 7``.
+    Along ``ax``, for voxels ``i0 .. i0 + n`` (corners in bit order) into rows
+    ``_ROW_H .. _ROW_H + 7`` (columns from 0).
     """
-    a = np.uint64(_slab_at(ax, pz, j, 0))
-    b = np.uint64(_slab_at(ax, 1 - pz, j, 0))
+    a = np.uint64(_slab_at(ax, pz, j, i0))
+    b = np.uint64(_slab_at(ax, 1 - pz, j, i0))
     sx, tx = np.uint64(_SX), np.uint64(_TX)
     h = np.uint64(_ROW_H) * tx
-    for i in range(np.uint64(nx)):
+    for i in range(np.uint64(n)):
         r = i + _U1
         q0, q1, q2, q3 = c[a + i], c[a + r], c[a + sx + i], c[a + sx + r]
         q4, q5, q6, q7 = c[b + i], c[b + r], c[b + sx + i], c[b + sx + r]
@@ -619,10 +620,10 @@ def _slab_at(m: int, p: int, jj: int, i: int) -> int:
 
 
 @nb.njit(nogil=True, cache=True, fastmath=True, boundscheck=False)
-def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> None:
-    """Per voxel of row ``j`` of a tile's corner slab ``c`` (flat, :func:`_slab_at`): cell, volume.
+def _row_geometry(c: Any, j: int, i0: int, n: int, pz: int, parity: Any, geo: Any) -> None:
+    """Per voxel ``i0 .. i0 + n`` of row ``j`` of a tile's corner slab ``c`` (flat): cell, volume.
 
-    ``geo`` (flat, rows of ``_TX``): row 0-2 the floor of the lowest corner coordinate
+    ``geo`` (flat, rows of ``_TX``; column ``i`` for voxel ``i0 + i``): row 0-2 the floor of the lowest corner coordinate
     (z, y, x); 3 is 1 when the voxel lies inside that MRI voxel, 0 when its box crosses MRI
     voxel faces, negative when it is folded (its tetrahedra disagree in orientation, or one is
     flat); 4 the volume; 5-10 the six Kuhn tetrahedra's volumes (the order of :data:`_KUHN`);
@@ -637,7 +638,10 @@ def _row_geometry(c: Any, j: int, nx: int, pz: int, parity: Any, geo: Any) -> No
     b = np.uint64(_slab_at(0, 1 - pz, j, 0))
     sx, sm = np.uint64(_SX), np.uint64(2 * _SP)  # next row; next coordinate
     tx = np.uint64(_TX)
-    for i in range(np.uint64(nx)):
+    # the span's first voxel at column 0 of geo: stores at a variable offset would keep the
+    # compiler from vectorising (too many pointers to check for overlap)
+    a, b = a + np.uint64(i0), b + np.uint64(i0)
+    for i in range(np.uint64(n)):
         r = i + _U1
         z0, y0, x0 = c[a + i], c[a + sm + i], c[a + sm + sm + i]
         z1, y1, x1 = c[a + r], c[a + sm + r], c[a + sm + sm + r]
@@ -774,110 +778,185 @@ def _clean_row(
     scratch: Any,
     vox: Any,
     stack: Any,
+    sparse: bool,
+    exact: Any,
+    quiet: Any,
+    spans: Any,
 ) -> Any:
     """Add voxels ``x0 .. x0 + nx`` of row ``(k, jv)``, row ``j`` of the tile's corner slab.
 
     The row's cells, volumes and fold tests come from :func:`_row_geometry`. A voxel inside one
     MRI voxel (most) adds to a running sum that is written out when the next voxel lies in
-    another MRI voxel; the rest go to :func:`_straddler`.
+    another MRI voxel; the rest go to :func:`_straddler`. ``sparse``: a zero-valued voxel is
+    left out unless it reaches an MRI voxel marked in ``exact`` (box-relative), and groups of
+    :data:`_GROUP` voxels that are all zero and all ``quiet`` (their node cell reaches no
+    ``exact`` MRI voxel; per voxel of the block's row) get no geometry at all.
     """
-    _row_geometry(slab, j, nx, pz, parity, geo)
-    # a row crossing one z (or y) face along much of its length: every voxel's heights and
-    # volume below on vector registers, and runs of such voxels summed like inside ones
-    rax = _row_face_axis(geo, nx)
-    if rax >= 0:
-        _row_heights(slab, j, nx, pz, rax, geo)
-        _one_faces_row(geo, nx)
+    if sparse:
+        n_spans = _active_spans(values, k, jv, x0, nx, quiet, spans)
+    else:
+        spans[0, 0], spans[1, 0], n_spans = 0, nx, 1
     c8, tv, cell_lo, cell_n, which, axis = vox
-    n1 = 0  # voxels crossing one face, batched
     run_z, run_y, run_x = -1e300, 0.0, 0.0  # the MRI voxel the current run lies in
     run_v, run_w = 0.0, 0.0
-    pair_z, pair_y, pair_x = -1e300, 0.0, 0.0  # the lower MRI voxel of the current pair run
-    pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0  # below the face, then above it
-    for i in range(nx):
-        flag = geo[3 * _TX + i]
-        if flag > 0.0:  # inside one MRI voxel
-            fz, fy, fx = geo[i], geo[_TX + i], geo[2 * _TX + i]
-            if fz != run_z or fy != run_y or fx != run_x:
-                if run_w > 0.0:
-                    _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2],
-                           run_v, run_w)  # fmt: skip
-                run_z, run_y, run_x = fz, fy, fx
-                run_v, run_w = 0.0, 0.0
-            vol = geo[4 * _TX + i]
-            run_v += float(values[k, jv, x0 + i]) * vol
-            run_w += vol
-            continue
-        if flag < 0.0:  # folded
-            continue
-        if geo[14 * _TX + i] > max_span:
-            continue
-        relevant = True
-        for m in range(3):
-            a = int(geo[m * _TX + i])
-            cell_lo[m] = a
-            cell_n[m] = int(geo[(11 + m) * _TX + i])
-            relevant = relevant and a + cell_n[m] >= lo[m] and a < lo[m] + shape[m]
-        if not relevant:
-            continue
-        if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most): batched, see _one_faces
-            ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
-            if ax == rax:  # computed for the whole row: a run of pairs of MRI voxels
-                fz, fy, fx = geo[i], geo[_TX + i], geo[2 * _TX + i]
-                if fz != pair_z or fy != pair_y or fx != pair_x:
-                    if pair_w + pair_wu > 0.0:
-                        _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w,
-                                    pair_vu, pair_wu)  # fmt: skip
-                    pair_z, pair_y, pair_x = fz, fy, fx
-                    pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0
-                below = geo[(_ROW_H + 8) * _TX + i]
-                above = geo[4 * _TX + i] - below
+    for s in range(n_spans):  # span by span: geo's column q is the span's voxel i0 + q
+        i0, n = spans[0, s], spans[1, s] - spans[0, s]
+        _row_geometry(slab, j, i0, n, pz, parity, geo)
+        # a row crossing one z (or y) face along much of its length: every voxel's heights and
+        # volume below on vector registers, and runs of such voxels summed like inside ones
+        rax = _row_face_axis(geo, n)
+        if rax >= 0:
+            _row_heights(slab, j, i0, n, pz, rax, geo)
+            _one_faces_row(geo, n)
+        n1 = 0  # voxels crossing one face, batched
+        pair_z, pair_y, pair_x = -1e300, 0.0, 0.0  # the lower MRI voxel of the current pair run
+        pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0  # below the face, then above it
+        for q in range(n):
+            i = i0 + q
+            flag = geo[3 * _TX + q]
+            if flag > 0.0:  # inside one MRI voxel
+                fz, fy, fx = geo[q], geo[_TX + q], geo[2 * _TX + q]
                 v = float(values[k, jv, x0 + i])
-                pair_v += v * below
-                pair_w += below
-                pair_vu += v * above
-                pair_wu += above
+                if sparse and v == 0.0 and not _marked(exact, fz, fy, fx, lo):
+                    continue
+                if fz != run_z or fy != run_y or fx != run_x:
+                    if run_w > 0.0:
+                        _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2],
+                               run_v, run_w)  # fmt: skip
+                    run_z, run_y, run_x = fz, fy, fx
+                    run_v, run_w = 0.0, 0.0
+                vol = geo[4 * _TX + q]
+                run_v += v * vol
+                run_w += vol
                 continue
-            plane = float(cell_lo[ax] + 1)
-            for b in range(8):
-                geo[(_GEO_ROWS + b) * _TX + n1] = (
-                    slab[_slab_at(ax, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))] - plane
-                )
-            for t in range(6):
-                geo[(_GEO_ROWS + 8 + t) * _TX + n1] = geo[(5 + t) * _TX + i]
-            which[n1] = i
-            axis[n1] = ax
-            n1 += 1
-            continue
-        for b in range(8):
+            if flag < 0.0:  # folded
+                continue
+            if geo[14 * _TX + q] > max_span:
+                continue
+            relevant = True
             for m in range(3):
-                c8[b, m] = slab[_slab_at(m, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))]
-        for t in range(6):
-            tv[t] = geo[(5 + t) * _TX + i]
-        v, vol = float(values[k, jv, x0 + i]), geo[4 * _TX + i]
-        if cell_n[0] + cell_n[1] + cell_n[2] == 2 and max(cell_n[0], cell_n[1], cell_n[2]) == 1:
-            # two faces (near an MRI voxel edge): not through the straddler call, which passes a
-            # dozen arrays (their reference counts cost more than the closed forms)
-            a = 0 if cell_n[0] else 1
-            b = 2 if cell_n[2] else 1
-            va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
-            _four_cells(out, cell_lo, lo, a, b, v, vol, va, vb, vab)
-            continue
-        stack = _straddler(out, c8, v, vol, cell_lo, cell_n, lo, shape, kuhn, tv, scratch, stack)
-    _one_faces(geo, n1)
-    for q in range(n1):
-        i = which[q]
-        ax = axis[q]
-        z, y, x = int(geo[i]) - lo[0], int(geo[_TX + i]) - lo[1], int(geo[2 * _TX + i]) - lo[2]
-        v = float(values[k, jv, x0 + i])
-        below = geo[(_GEO_ROWS + 14) * _TX + q]
-        _add(out, z, y, x, v, below)
-        _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, geo[4 * _TX + i] - below)
+                a = int(geo[m * _TX + q])
+                cell_lo[m] = a
+                cell_n[m] = int(geo[(11 + m) * _TX + q])
+                relevant = relevant and a + cell_n[m] >= lo[m] and a < lo[m] + shape[m]
+            if not relevant:
+                continue
+            if (
+                sparse
+                and max(cell_n[0], cell_n[1], cell_n[2]) == 1
+                and values[k, jv, x0 + i] == 0
+                and not _touches(exact, cell_lo, cell_n, lo)
+            ):
+                continue
+            if cell_n[0] + cell_n[1] + cell_n[2] == 1:  # one face (most): batched, see _one_faces
+                ax = 0 if cell_n[0] else (1 if cell_n[1] else 2)
+                if ax == rax:  # computed for the whole row: a run of pairs of MRI voxels
+                    fz, fy, fx = geo[q], geo[_TX + q], geo[2 * _TX + q]
+                    if fz != pair_z or fy != pair_y or fx != pair_x:
+                        if pair_w + pair_wu > 0.0:
+                            _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w,
+                                        pair_vu, pair_wu)  # fmt: skip
+                        pair_z, pair_y, pair_x = fz, fy, fx
+                        pair_v, pair_w, pair_vu, pair_wu = 0.0, 0.0, 0.0, 0.0
+                    below = geo[(_ROW_H + 8) * _TX + q]
+                    above = geo[4 * _TX + q] - below
+                    v = float(values[k, jv, x0 + i])
+                    pair_v += v * below
+                    pair_w += below
+                    pair_vu += v * above
+                    pair_wu += above
+                    continue
+                plane = float(cell_lo[ax] + 1)
+                for b in range(8):
+                    geo[(_GEO_ROWS + b) * _TX + n1] = (
+                        slab[_slab_at(ax, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))] - plane
+                    )
+                for t in range(6):
+                    geo[(_GEO_ROWS + 8 + t) * _TX + n1] = geo[(5 + t) * _TX + q]
+                which[n1] = q
+                axis[n1] = ax
+                n1 += 1
+                continue
+            for b in range(8):
+                for m in range(3):
+                    c8[b, m] = slab[_slab_at(m, pz ^ (b >> 2), j + ((b >> 1) & 1), i + (b & 1))]
+            for t in range(6):
+                tv[t] = geo[(5 + t) * _TX + q]
+            v, vol = float(values[k, jv, x0 + i]), geo[4 * _TX + q]
+            if cell_n[0] + cell_n[1] + cell_n[2] == 2 and max(cell_n[0], cell_n[1], cell_n[2]) == 1:
+                # two faces (near an MRI voxel edge): not through the straddler call, which passes a
+                # dozen arrays (their reference counts cost more than the closed forms)
+                a = 0 if cell_n[0] else 1
+                b = 2 if cell_n[2] else 1
+                va, vb, vab = _two_faces(c8, tv, a, float(cell_lo[a] + 1), b, float(cell_lo[b] + 1))
+                _four_cells(out, cell_lo, lo, a, b, v, vol, va, vb, vab)
+                continue
+            stack = _straddler(
+                out, c8, v, vol, cell_lo, cell_n, lo, shape, kuhn, tv, scratch, stack
+            )
+        _one_faces(geo, n1)
+        for b in range(n1):
+            q = which[b]
+            ax = axis[b]
+            z, y, x = int(geo[q]) - lo[0], int(geo[_TX + q]) - lo[1], int(geo[2 * _TX + q]) - lo[2]
+            v = float(values[k, jv, x0 + i0 + q])
+            below = geo[(_GEO_ROWS + 14) * _TX + b]
+            _add(out, z, y, x, v, below)
+            _add(out, z + (ax == 0), y + (ax == 1), x + (ax == 2), v, geo[4 * _TX + q] - below)
+        if pair_w + pair_wu > 0.0:
+            _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w, pair_vu, pair_wu)
     if run_w > 0.0:
         _flush(out, int(run_z) - lo[0], int(run_y) - lo[1], int(run_x) - lo[2], run_v, run_w)
-    if pair_w + pair_wu > 0.0:
-        _flush_pair(out, pair_z, pair_y, pair_x, lo, rax, pair_v, pair_w, pair_vu, pair_wu)
     return stack
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _marked(mask: Any, fz: float, fy: float, fx: float, lo: Any) -> bool:
+    """Whether MRI voxel ``(fz, fy, fx)`` (absolute) is marked in box-relative ``mask``.
+
+    Outside the box: marked (the voxel is then processed, and its sums dropped as ever).
+    """
+    z, y, x = int(fz) - lo[0], int(fy) - lo[1], int(fx) - lo[2]
+    if 0 <= z < mask.shape[0] and 0 <= y < mask.shape[1] and 0 <= x < mask.shape[2]:
+        return mask[z, y, x] != 0
+    return True
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _touches(mask: Any, cell_lo: Any, cell_n: Any, lo: Any) -> bool:
+    """Whether any MRI voxel ``cell_lo .. cell_lo + cell_n`` (absolute) is marked in ``mask``."""
+    for dz in range(cell_n[0] + 1):
+        for dy in range(cell_n[1] + 1):
+            for dx in range(cell_n[2] + 1):
+                if _marked(mask, cell_lo[0] + dz, cell_lo[1] + dy, cell_lo[2] + dx, lo):
+                    return True
+    return False
+
+
+#: voxels along x that the sparse node kernel keeps or leaves out together
+_GROUP = 8
+
+
+@nb.njit(nogil=True, cache=True, boundscheck=False)
+def _active_spans(values: Any, k: int, jv: int, x0: int, nx: int, quiet: Any, spans: Any) -> int:
+    """Spans (``spans[0, s] .. spans[1, s]``) of the row's groups that need their geometry.
+
+    A group needs it where a voxel is nonzero or not ``quiet``. Returns the number of spans.
+    """
+    n = 0
+    for g0 in range(0, nx, _GROUP):
+        g1 = min(g0 + _GROUP, nx)
+        need = False
+        for i in range(g0, g1):
+            need = need | (values[k, jv, x0 + i] != 0) | (quiet[x0 + i] == 0)
+        if need:
+            if n > 0 and spans[1, n - 1] == g0:
+                spans[1, n - 1] = g1
+            else:
+                spans[0, n] = g0
+                spans[1, n] = g1
+                n += 1
+    return n
 
 
 @nb.njit(inline="always", nogil=True, cache=True)
@@ -1025,6 +1104,9 @@ def general_kernel_nodes(
     kuhn: Any,
     parity: Any,
     scratch: Any,
+    sparse: bool,
+    exact: Any,
+    quiet: Any,
 ) -> Any:
     """:func:`general_kernel` with the corners interpolated from ``nodes``, tile by tile.
 
@@ -1034,7 +1116,9 @@ def general_kernel_nodes(
     The node rows are interpolated along x once; the block then runs in tiles of
     ``_TY x _TX`` voxels, plane by plane: each plane of a tile's corners (z, then y) goes into
     one half of a two-plane slab, the other half holding the plane below. No corner array of
-    the block is ever made.
+    the block is ever made. ``sparse``, ``exact``: see :func:`_clean_row`;
+    ``quiet`` (node cells along z, along y, voxels along x): whether the voxel's node cell
+    reaches no ``exact`` MRI voxel.
     """
     out = np.zeros((2, shape[0], shape[1], shape[2]))
     stack = np.empty((_STACK, 4, 3))
@@ -1052,6 +1136,7 @@ def general_kernel_nodes(
         np.empty(_TX, np.int64),
         np.empty(_TX, np.int64),
     )
+    spans = np.empty((2, _TX // _GROUP + 1), np.int64)
     for y0 in range(0, ny, _TY):
         ty = min(_TY, ny - y0)
         for x0 in range(0, nx, _TX):
@@ -1062,9 +1147,11 @@ def general_kernel_nodes(
                 _corner_plane(ex, zi[0, k + 1], zi[1, k + 1], zt[k + 1], yi, yt, y0, ty, x0, tx,
                               ez, slab, 1 - pz)  # fmt: skip
                 for j in range(ty):
+                    qrow = quiet[min(zi[0, k], quiet.shape[0] - 1),
+                                 min(yi[0, y0 + j], quiet.shape[1] - 1)]  # fmt: skip
                     stack = _clean_row(
                         values, k, y0 + j, x0, tx, slab, j, pz, geo, out, lo, shape, max_span,
-                        kuhn, parity, scratch, vox, stack,
+                        kuhn, parity, scratch, vox, stack, sparse, exact, qrow, spans,
                     )  # fmt: skip
     return out
 
@@ -1106,6 +1193,7 @@ def general_block_nodes(
     hi: tuple[int, ...],
     bbox_lo: np.ndarray,
     bbox_shape: tuple[int, ...],
+    exact: np.ndarray | tuple[np.ndarray, np.ndarray] | None = None,
 ) -> np.ndarray:
     """:func:`general_block` of block ``lo:hi`` straight from the mapped nodes.
 
@@ -1113,6 +1201,11 @@ def general_block_nodes(
     (3, nz+1, ny+1, nx+1) float64 array (24 bytes a voxel written and read back). Where a
     node near the block is unmapped (NaN), the corner array is made after all (NaN marks the
     voxels it touches) and :func:`general_block` runs.
+
+    ``exact`` (bool, ``bbox_shape``; or :func:`sparse_masks` of it and ``node_val``): sparse.
+    The value-weighted sums stay exact everywhere (a zero voxel adds nothing to them), the
+    volumes only in the MRI voxels marked: a zero-valued voxel reaching no marked MRI voxel is
+    left out, most of them without their geometry (see :func:`_clean_row`).
     """
     from bridge_xr.extract.footprint import _interp, block_corners
 
@@ -1130,6 +1223,17 @@ def general_block_nodes(
     if values.dtype == np.bool_:
         values = values.view(np.uint8)
     (zk, zk1, zt), (yk, yk1, yt), (xk, xk1, xt) = axes
+    if exact is None:
+        sparse, mark, quiet = False, _NONE, _NONE
+    else:
+        sparse = True
+        if not isinstance(exact, tuple):
+            exact = sparse_masks(exact, node_val, np.asarray(bbox_lo, int))[:2]
+        mark, cells = exact
+        # the node cells the block's voxels lie in (the last node of an axis ends the last cell)
+        cz, cy = (slice(u.start, max(u.stop - 1, u.start + 1)) for u in used[:2])
+        x_cell = np.minimum(xk[:-1] + used[2].start, cells.shape[2] - 1)
+        quiet = np.ascontiguousarray(cells[cz, cy][:, :, x_cell])
     return general_kernel_nodes(
         values,
         np.ascontiguousarray(sub, dtype=np.float64),
@@ -1145,4 +1249,124 @@ def general_block_nodes(
         _KUHN_CORNER.astype(np.int64),
         _PARITY.astype(np.float64),
         _scratch(),
+        sparse,
+        mark,
+        quiet,
     )
+
+
+_NONE = np.zeros((1, 1, 1), np.uint8)
+
+
+def sparse_masks(
+    exact: np.ndarray, nodes: np.ndarray, box_lo: np.ndarray, orient: float = 0.0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The sparse node kernel's masks for a block: ``exact``, quiet cells, unsure.
+
+    ``exact`` and the box: the block's MRI voxels (``box_lo``, shape). A node cell of
+    ``nodes`` is quiet where no MRI voxel from the floor of its nodes' lowest index to the
+    floor of their highest is marked: no voxel inside it (its corners interpolate the cell's
+    nodes) reaches one. Unsure (bool, the box): the MRI voxels that node cells not certified
+    free of folds can reach (:func:`_cells`; ``orient`` the map's orientation, 0: none
+    certified).
+    """
+    mark = np.ascontiguousarray(exact, dtype=np.uint8)
+    shape = np.asarray(mark.shape)
+    table = np.zeros(tuple(shape + 1), np.int64)  # summed-area table: marked voxels in a box
+    table[1:, 1:, 1:] = mark.astype(np.int64).cumsum(0).cumsum(1).cumsum(2)
+    cells = tuple(max(n - 1, 1) for n in nodes.shape[1:])
+    quiet, unsure = np.zeros(cells, np.uint8), np.zeros(mark.shape, np.uint8)
+    if min(nodes.shape[1:]) < 2:  # no cells: nothing quiet, nothing certified
+        unsure[...] = 1
+    else:
+        _cells(np.ascontiguousarray(nodes, dtype=np.float64), float(orient), MAX_SPAN, table,
+               np.asarray(box_lo, np.int64), quiet, unsure)  # fmt: skip
+    return mark, quiet, unsure.view(np.bool_)
+
+
+@nb.njit(nogil=True, cache=True)
+def _cells(
+    nodes: Any, orient: float, max_span: float, table: Any, box_lo: Any, quiet: Any, unsure: Any
+) -> None:
+    """Per node cell: quiet (see :func:`sparse_masks`), and whether certified free of folds.
+
+    A voxel's edge along an axis is a convex combination of its node cell's four edges along
+    it (over the number of voxels), and a Kuhn tetrahedron's orientation is the determinant
+    of one edge per axis: multilinear, so over the cell it stays within the bound from each
+    edge set's mean and largest deviation from it (Hadamard). Certified: finite nodes, every
+    such determinant of sign ``orient``, and the cell no wider than ``max_span`` MRI voxels
+    (no voxel of it left out). An uncertified cell marks the MRI voxels its nodes' box spans
+    in ``unsure`` (the box's).
+    """
+    nz, ny, nx = table.shape[0] - 1, table.shape[1] - 1, table.shape[2] - 1
+    mean = np.empty((3, 3))
+    dev = np.empty(3)
+    lo = np.empty(3, np.int64)
+    hi = np.empty(3, np.int64)
+    for a in range(nodes.shape[1] - 1):
+        for b in range(nodes.shape[2] - 1):
+            for c in range(nodes.shape[3] - 1):
+                finite, wide = True, False
+                for m in range(3):
+                    mn, mx = np.inf, -np.inf
+                    for d in range(8):
+                        v = nodes[m, a + (d >> 2), b + ((d >> 1) & 1), c + (d & 1)]
+                        finite = finite and np.isfinite(v)
+                        mn, mx = min(mn, v), max(mx, v)
+                    wide = wide or mx - mn > max_span
+                    lo[m] = int(np.floor(mn - 1e-9)) - box_lo[m]
+                    hi[m] = int(np.floor(mx + 1e-9)) - box_lo[m]
+                if not finite:
+                    lo[0], lo[1], lo[2], hi[0], hi[1], hi[2] = 0, 0, 0, nz - 1, ny - 1, nx - 1
+                # quiet: no marked MRI voxel from lo to hi (summed-area table)
+                z0, y0, x0 = max(lo[0], 0), max(lo[1], 0), max(lo[2], 0)
+                z1, y1, x1 = min(hi[0] + 1, nz), min(hi[1] + 1, ny), min(hi[2] + 1, nx)
+                marked = 0
+                if z1 > z0 and y1 > y0 and x1 > x0:
+                    marked = (table[z1, y1, x1] - table[z0, y1, x1] - table[z1, y0, x1]
+                              - table[z1, y1, x0] + table[z0, y0, x1] + table[z0, y1, x0]
+                              + table[z1, y0, x0] - table[z0, y0, x0])  # fmt: skip
+                quiet[a, b, c] = marked == 0 and finite
+                ok = finite and not wide and orient != 0.0
+                if ok:
+                    for axis in range(3):  # each axis's four edges: mean, largest deviation
+                        for m in range(3):
+                            mean[axis, m] = 0.0
+                        for e in range(4):
+                            p, q = e >> 1, e & 1
+                            for m in range(3):
+                                mean[axis, m] += 0.25 * _edge(nodes, m, axis, a, b, c, p, q)
+                        dev[axis] = 0.0
+                        for e in range(4):
+                            p, q = e >> 1, e & 1
+                            r = 0.0
+                            for m in range(3):
+                                t = _edge(nodes, m, axis, a, b, c, p, q) - mean[axis, m]
+                                r += t * t
+                            dev[axis] = max(dev[axis], math.sqrt(r))
+                    n0 = math.sqrt(mean[0, 0] ** 2 + mean[0, 1] ** 2 + mean[0, 2] ** 2)
+                    n1 = math.sqrt(mean[1, 0] ** 2 + mean[1, 1] ** 2 + mean[1, 2] ** 2)
+                    n2 = math.sqrt(mean[2, 0] ** 2 + mean[2, 1] ** 2 + mean[2, 2] ** 2)
+                    det = (
+                        mean[0, 0] * (mean[1, 1] * mean[2, 2] - mean[1, 2] * mean[2, 1])
+                        - mean[0, 1] * (mean[1, 0] * mean[2, 2] - mean[1, 2] * mean[2, 0])
+                        + mean[0, 2] * (mean[1, 0] * mean[2, 1] - mean[1, 1] * mean[2, 0])
+                    )
+                    bound = (dev[0] * (n1 + dev[1]) * (n2 + dev[2]) + n0 * dev[1] * (n2 + dev[2])
+                             + n0 * n1 * dev[2])  # fmt: skip
+                    ok = orient * det > bound * (1.0 + 1e-9) + 1e-300
+                if not ok:
+                    for z in range(max(lo[0], 0), min(hi[0] + 1, nz)):
+                        for y in range(max(lo[1], 0), min(hi[1] + 1, ny)):
+                            for x in range(max(lo[2], 0), min(hi[2] + 1, nx)):
+                                unsure[z, y, x] = 1
+
+
+@nb.njit(inline="always", nogil=True, cache=True)
+def _edge(nodes: Any, m: int, axis: int, a: int, b: int, c: int, p: int, q: int) -> float:
+    """Coordinate ``m`` of edge ``(p, q)`` along ``axis`` of node cell ``(a, b, c)``."""
+    if axis == 0:
+        return nodes[m, a + 1, b + p, c + q] - nodes[m, a, b + p, c + q]
+    if axis == 1:
+        return nodes[m, a + p, b + 1, c + q] - nodes[m, a + p, b, c + q]
+    return nodes[m, a + p, b + q, c + 1] - nodes[m, a + p, b + q, c]

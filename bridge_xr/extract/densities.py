@@ -22,7 +22,7 @@ from bridge_xr._dask import rechunk_method
 from bridge_xr.errors import InvalidInputError
 from bridge_xr.extract._affine import general_block_affine
 from bridge_xr.extract._bilinear import _bilinear
-from bridge_xr.extract._kuhn import general_block_nodes
+from bridge_xr.extract._kuhn import general_block_nodes, sparse_masks
 from bridge_xr.extract._separable import separable_block, separable_pair
 from bridge_xr.extract.footprint import (
     Footprint,
@@ -126,14 +126,14 @@ def _direct_affine(
 
 def _nodes_kernel(
     vals: np.ndarray,
-    nodes: tuple[list[np.ndarray], np.ndarray],
+    nodes: tuple[list[np.ndarray], np.ndarray, tuple[np.ndarray, np.ndarray] | None],
     c_lo: tuple[int, ...],
     b_lo: np.ndarray,
     b_shape: tuple[int, ...],
 ) -> np.ndarray:
-    """:func:`general_block_nodes` of one chunk (``nodes``: corner indices, mapped values)."""
+    """:func:`general_block_nodes` of one chunk (``nodes``: corner indices, mapped, exact)."""
     c_hi = tuple(c + n for c, n in zip(c_lo, vals.shape, strict=True))
-    return general_block_nodes(vals, nodes[0], nodes[1], c_lo, c_hi, b_lo, b_shape)
+    return general_block_nodes(vals, nodes[0], nodes[1], c_lo, c_hi, b_lo, b_shape, nodes[2])
 
 
 def _direct(
@@ -246,7 +246,7 @@ def _merge(
         return None
     lo = np.min([p[0] for p in parts], axis=0)
     hi = np.max([p[0] + np.asarray(p[1].shape[1:]) for p in parts], axis=0)
-    out = np.zeros((2, *(hi - lo)))
+    out = np.zeros((parts[0][1].shape[0], *(hi - lo)))
     for b_lo, arr in parts:
         o = b_lo - lo
         out[
@@ -258,8 +258,9 @@ def _merge(
 def _place(
     part: tuple[np.ndarray, np.ndarray] | None, slab_lo: np.ndarray, slab_shape: tuple[int, ...]
 ) -> np.ndarray:
-    """A boxed partial placed into the whole (2, *slab_shape) slab."""
-    placed = _merge(part, (np.asarray(slab_lo, int), np.zeros((2, *slab_shape))))
+    """A boxed partial placed into the whole (channels, *slab_shape) slab."""
+    channels = 2 if part is None else part[1].shape[0]
+    placed = _merge(part, (np.asarray(slab_lo, int), np.zeros((channels, *slab_shape))))
     assert placed is not None
     return placed[1]
 
@@ -329,7 +330,7 @@ def footprint_sums(
         bbox_lo, bbox_shape = _bbox(fp, node_val)
     else:  # nodes mapped in the blocks' own tasks: the faces' nodes bound the footprint
         node_idx = node_indices(fp, shape)  # type: ignore[arg-type]
-        faces, step = face_nodes(fp, node_idx)
+        faces, step, grids = face_nodes(fp, node_idx)
         bbox_lo, bbox_shape = _bbox(fp, faces, margin=step)
     direct = None
     if level0 is not None and direct_reads:  # every kernel: blocks decode their own chunks
@@ -350,7 +351,9 @@ def footprint_sums(
             bz //= 2
         data = data.rechunk((bz, by, bx), method=rechunk_method())
     if fp.diagonal is None and not affine:
-        total = _node_total(data, fp, node_idx, bbox_lo, bbox_shape, direct)
+        # sparse (direct reads): zero voxels summed only where their volume is needed
+        plan = None if direct is None else _sparse_plan(grids, bbox_lo, bbox_shape)
+        total = _node_total(data, fp, node_idx, bbox_lo, bbox_shape, direct, plan)
     else:
         total = _slab_total(data, None, fp, bbox_lo, bbox_shape, direct=direct)
     n_blocks = int(np.prod([len(c) for c in data.chunks]))
@@ -366,6 +369,8 @@ def footprint_sums(
         "blocks": n_blocks,
         "reads": "chunks" if direct is not None else "zarr",
     }
+    if info["kernel"] == "nodes":
+        info["sparse"] = plan is not None
     return total, bbox_lo, info
 
 
@@ -455,6 +460,7 @@ def _node_total(
     bbox_lo: np.ndarray,
     bbox_shape: tuple[int, ...],
     direct: _DirectRead | None,
+    plan: _SparsePlan | None = None,
 ) -> da.Array:
     """Sum the node kernel's blocks into the bounding box (lazily), mapping the nodes lazily too.
 
@@ -464,12 +470,13 @@ def _node_total(
     needed by z-slab ``i`` of blocks are mapped only once slab ``i - 1`` is summed (schedulers
     run such cheap root tasks first, and would hold every node of the volume): memory is
     bounded by the slabs in flight, not by the volume. A block's MRI box comes from its own
-    nodes, at run time.
+    nodes, at run time. With ``plan`` (direct reads only) the blocks run sparse, and the sum's
+    volumes are completed by :func:`_complete_volumes`.
     """
-    name = "footprint-nodes-" + tokenize(fp, node_idx, data.name, bbox_lo, bbox_shape, direct)
+    name = "footprint-nodes-" + tokenize(fp, node_idx, data.name, bbox_lo, bbox_shape, direct, plan)
     # a graph by hand: as delayed objects, every task waiting on a slab would copy that slab's
     # whole graph (time quadratic in the blocks)
-    dsk: dict[Any, Any] = {(name, "fp"): fp}
+    dsk: dict[Any, Any] = {(name, "fp"): fp, (name, "plan"): plan}
     if direct is None:
         dsk.update(data.__dask_graph__())
     else:
@@ -481,6 +488,7 @@ def _node_total(
         bounds[-1] = len(node_idx[a])
         own.append(bounds)
     slabs: list[Any] = []
+    blocks: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
     for iz in range(len(data.chunks[0])):
         gate = None  # nodes first needed here wait until the slab before is summed
         if iz >= 1:
@@ -509,11 +517,17 @@ def _node_total(
             window = [node_idx[a][k0[a] : k1[a] + 1] for a in range(3)]
             parts.append((name, "block", *idx))
             dsk[parts[-1]] = (_node_block, source, window, k0, owned, lo, hi, bbox_lo,
-                              bbox_shape, fp.mri_shape)  # fmt: skip
+                              bbox_shape, fp.mri_shape, (name, "plan"))  # fmt: skip
+            blocks.append((lo, hi))
         parts = _tree(dsk, (name, "slab", iz), parts)
         slabs.append(parts)
     total = _tree(dsk, (name, "total"), slabs)
     dsk[(name, "placed")] = (_place, total, bbox_lo, bbox_shape)
+    if plan is not None:
+        assert direct is not None
+        redo = _Redo(fp, node_idx, direct, tuple(blocks))
+        dsk[(name, "sums")] = dsk.pop((name, "placed"))
+        dsk[(name, "placed")] = (_complete_volumes, (name, "sums"), plan, redo, bbox_lo)
     placed = Delayed((name, "placed"), dsk)
     return da.from_delayed(placed, shape=(2, *bbox_shape), dtype=np.float64)
 
@@ -549,6 +563,7 @@ def _node_block(
     bbox_lo: np.ndarray,
     bbox_shape: tuple[int, ...],
     mri_shape: tuple[int, ...],
+    plan: _SparsePlan | None = None,
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Block ``lo:hi``'s boxed partial, from the nodes ``window`` (corner indices) it needs.
 
@@ -579,9 +594,160 @@ def _node_block(
         )
     if box is None:
         return None
+    if plan is not None:  # sparse; a third channel marks the MRI voxels no volume is sure in
+        assert isinstance(source, _DirectRead)
+        b_lo, b_shape = box
+        o = b_lo - np.asarray(bbox_lo)
+        exact = plan.exact[o[0] : o[0] + b_shape[0], o[1] : o[1] + b_shape[1],
+                           o[2] : o[2] + b_shape[2]]  # fmt: skip
+        *masks, unsure = sparse_masks(exact, nodes, b_lo, plan.orient)  # once for the chunks
+        sums = _direct(source, _nodes_kernel, (window, nodes, tuple(masks)), lo, hi, *box)
+        return b_lo, np.concatenate([sums, unsure[None].astype(np.float64)])
     if isinstance(source, _DirectRead):
-        return box[0], _direct(source, _nodes_kernel, (window, nodes), lo, hi, *box)
+        return box[0], _direct(source, _nodes_kernel, (window, nodes, None), lo, hi, *box)
     return box[0], general_block_nodes(source, window, nodes, lo, hi, *box)
+
+
+#: the sparse plan's witnesses: one MRI voxel in this many along each axis (see _sparse_plan)
+_WITNESS_STEP = 8
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _SparsePlan:
+    """Where a sparse node kernel must sum every voxel's volume (see :func:`_sparse_plan`).
+
+    Masks over the MRI bounding box: ``boundary`` (MRI voxels the image of the volume's faces
+    can touch), ``witness`` (voxels elsewhere whose volume is summed to learn how often the
+    map covers their part of the MRI), ``exact`` (either). ``orient``: the sign of the map's
+    orientation (of the determinant of its three edge vectors).
+    """
+
+    boundary: np.ndarray
+    witness: np.ndarray
+    exact: np.ndarray
+    orient: float
+
+
+def _sparse_plan(
+    grids: list[np.ndarray], bbox_lo: np.ndarray, bbox_shape: tuple[int, ...]
+) -> _SparsePlan | None:
+    """The sparse node kernel's plan from the faces' mapped nodes, or None (not applicable).
+
+    Why zero voxels can be skipped: away from the image of the volume's faces (and from node
+    cells that may fold, found per block at run time: :func:`sparse_masks`) the footprint's
+    tetrahedra all have one orientation, so the number of them covering a point is constant
+    on every connected region of MRI voxels the faces' image does not touch. A voxel's volume
+    is then that count (its whole volume, or none), learnt from the summed volume of the
+    region's witness voxels. The image of a face's node cell lies in the box of its four
+    nodes (its voxel corners interpolate them), so those boxes bound the faces' image.
+    """
+    from scipy import ndimage
+
+    shape = tuple(int(n) for n in bbox_shape)
+    if any(not np.isfinite(g).all() for g in grids) or any(
+        sorted(g.shape[1:])[1] < 2 for g in grids
+    ):
+        return None
+    boundary = np.zeros(shape, bool)
+    top = np.asarray(shape) - 1
+    for gi, grid in enumerate(grids):
+        sq = np.squeeze(grid, axis=1 + gi // 2)  # (3, p, q): the face's nodes
+        cells = [sq[:, i : i + sq.shape[1] - 1, j : j + sq.shape[2] - 1] for i, j in
+                 itertools.product((0, 1), repeat=2)]  # fmt: skip
+        lo = np.floor(np.min(cells, axis=0) - 1e-9).astype(int) - bbox_lo[:, None, None]
+        hi = np.floor(np.max(cells, axis=0) + 1e-9).astype(int) - bbox_lo[:, None, None]
+        lo, hi = np.maximum(lo, 0), np.minimum(hi, top[:, None, None])
+        ok = (lo <= hi).all(axis=0)
+        lo, hi = lo[:, ok], hi[:, ok]
+        ext = (hi - lo).max(axis=1) if lo.size else np.zeros(3, int)
+        for d in itertools.product(*(range(int(e) + 1) for e in ext)):
+            sel = (lo + np.asarray(d)[:, None] <= hi).all(axis=0)
+            boundary[tuple(lo[m, sel] + d[m] for m in range(3))] = True
+    free = ~boundary
+    lattice = np.zeros(shape, bool)
+    lattice[tuple(slice(_WITNESS_STEP // 2, None, _WITNESS_STEP) for _ in range(3))] = True
+    witness = free & lattice
+    labels, n = ndimage.label(free)
+    if n:  # a region without a lattice witness gets its first voxel as one
+        has = np.zeros(n + 1, bool)
+        has[labels[witness]] = True
+        flat = labels.ravel()
+        ids, first = np.unique(flat, return_index=True)
+        witness.ravel()[first[(ids > 0) & ~has[ids]]] = True
+    c000 = grids[0][:, 0, 0, 0]
+    edges = np.stack([grids[1][:, 0, 0, 0], grids[3][:, 0, 0, 0], grids[5][:, 0, 0, 0]]) - c000
+    orient = float(np.sign(np.linalg.det(edges)))
+    if orient == 0.0:
+        return None
+    return _SparsePlan(boundary, witness, boundary | witness, orient)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Redo:
+    """What redoing the blocks' volumes needs (see :func:`_complete_volumes`)."""
+
+    fp: Footprint
+    node_idx: list[np.ndarray]
+    direct: _DirectRead
+    blocks: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+
+
+def _complete_volumes(
+    sums: np.ndarray, plan: _SparsePlan, redo: _Redo, bbox_lo: np.ndarray
+) -> np.ndarray:
+    """(2, *bbox) sums of a sparse run, its volumes completed.
+
+    ``sums``: value-weighted volume (complete: a zero voxel adds nothing), volume (exact in
+    ``plan.exact`` and where marked unsure), unsure. In each connected region of MRI voxels
+    neither on the faces' image nor unsure, every voxel's volume is the count its witnesses
+    show (an integer, the same for all of them). Unsure voxels, and regions whose witnesses
+    disagree or that have none, get their volumes summed again, every voxel of every block
+    reaching them (serially, here: folds are rare).
+    """
+    from scipy import ndimage
+
+    num, den, unsure = sums[0], sums[1].copy(), sums[2] > 0
+    free = ~(plan.boundary | unsure)
+    labels, n = ndimage.label(free)
+    redo_mask = unsure
+    if n:
+        w = plan.witness & free
+        lab, got = labels[w], den[w]
+        count = np.rint(got)
+        lowest, highest = np.full(n + 1, np.inf), np.full(n + 1, -np.inf)
+        np.minimum.at(lowest, lab, count)
+        np.maximum.at(highest, lab, count)
+        off = np.zeros(n + 1, bool)
+        off[lab[np.abs(got - count) > 1e-6]] = True
+        good = np.isfinite(lowest) & (lowest == highest) & ~off
+        good[0] = False
+        den = np.where(free & good[labels], np.where(good, lowest, 0.0)[labels], den)
+        redo_mask = redo_mask | (free & ~good[labels])
+    if redo_mask.any():
+        den[redo_mask] = _volumes_again(redo, redo_mask, bbox_lo)[redo_mask]
+    return np.stack([num, den])
+
+
+def _volumes_again(redo: _Redo, need: np.ndarray, bbox_lo: np.ndarray) -> np.ndarray:
+    """Every voxel's volume summed into the MRI voxels ``need`` marks (every block reaching them)."""
+    acc = np.zeros(need.shape)
+    for lo, hi in redo.blocks:
+        window = []
+        for a in range(3):
+            k0, k1 = _bracket(redo.node_idx[a], lo[a], hi[a])
+            window.append(redo.node_idx[a][k0 : k1 + 1])
+        nodes = map_nodes(redo.fp, window)
+        reach = _nodes_reach(nodes)
+        box = None if reach is None else _box_within(*reach, bbox_lo, need.shape)
+        if box is None:
+            continue
+        b_lo, b_shape = box
+        o = b_lo - bbox_lo
+        sl = tuple(slice(int(o[m]), int(o[m]) + b_shape[m]) for m in range(3))
+        if need[sl].any():
+            part = _direct(redo.direct, _nodes_kernel, (window, nodes, None), lo, hi, *box)
+            acc[sl] += part[1]
+    return acc
 
 
 def resliced_sums(
@@ -611,7 +777,7 @@ def resliced_sums(
     mr = read_image(st, mri)
     shape = tuple(int(mic.sizes[d]) for d in "zyx")
     # the footprint's bounding box only: the faces' nodes (the reslicing maps every voxel)
-    faces, step = face_nodes(fp, node_indices(fp, shape))  # type: ignore[arg-type]
+    faces, step, _ = face_nodes(fp, node_indices(fp, shape))  # type: ignore[arg-type]
     bbox_lo, bbox_shape = _bbox(fp, faces, margin=step)
     to_unit = conversion_factor("micrometer", mr.attrs["unit"])
     fine_um = fp.mic_spacing_um

@@ -139,14 +139,16 @@ def corner_nodes(
     return idx, map_nodes(fp, idx)
 
 
-def face_nodes(fp: Footprint, idx: list[np.ndarray]) -> tuple[np.ndarray, float]:
-    """(3, N) MRI index zyx of the nodes on the volume's six faces, and their largest spacing.
+def face_nodes(fp: Footprint, idx: list[np.ndarray]) -> tuple[np.ndarray, float, list[np.ndarray]]:
+    """(3, N) MRI index zyx of the nodes on the volume's six faces, their largest spacing, grids.
 
     A map without folds takes the volume's inside to the inside of its boundary's image, so
     these bound the whole footprint to within that spacing (the longest edge between two
     neighbouring face nodes, in MRI voxels): the bounding box without mapping every node.
+    The grids: each face's nodes as mapped, (3, *lengths) with length 1 along its own axis
+    (z first, then z last, y first, ...).
     """
-    faces, step = [], 0.0
+    faces, step, grids = [], 0.0, []
     for a in range(3):
         for end in (idx[a][:1], idx[a][-1:]):
             face = map_nodes(fp, [end if b == a else idx[b] for b in range(3)])
@@ -155,7 +157,8 @@ def face_nodes(fp: Footprint, idx: list[np.ndarray]) -> tuple[np.ndarray, float]
                     edge = np.linalg.norm(np.diff(face, axis=1 + b), axis=0)
                     step = max(step, float(np.nanmax(edge, initial=0.0)))
             faces.append(face.reshape(3, -1))
-    return np.concatenate(faces, axis=1), step
+            grids.append(face)
+    return np.concatenate(faces, axis=1), step, grids
 
 
 def _interp(nodes: np.ndarray, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
