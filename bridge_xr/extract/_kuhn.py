@@ -793,10 +793,10 @@ def _clean_row(
     ``exact`` MRI voxel; per voxel of the block's row) get no geometry at all.
     """
     if sparse:
-        n_spans = _active_spans(values, k, jv, x0, nx, quiet, spans)
+        n_spans = _active_spans(values, k, jv, x0, nx, quiet, vox[6], spans)
     else:
         spans[0, 0], spans[1, 0], n_spans = 0, nx, 1
-    c8, tv, cell_lo, cell_n, which, axis = vox
+    c8, tv, cell_lo, cell_n, which, axis, _ = vox
     run_z, run_y, run_x = -1e300, 0.0, 0.0  # the MRI voxel the current run lies in
     run_v, run_w = 0.0, 0.0
     for s in range(n_spans):  # span by span: geo's column q is the span's voxel i0 + q
@@ -938,18 +938,27 @@ _GROUP = 8
 
 
 @nb.njit(nogil=True, cache=True, boundscheck=False)
-def _active_spans(values: Any, k: int, jv: int, x0: int, nx: int, quiet: Any, spans: Any) -> int:
+def _active_spans(
+    values: Any, k: int, jv: int, x0: int, nx: int, quiet: Any, flags: Any, spans: Any
+) -> int:
     """Spans (``spans[0, s] .. spans[1, s]``) of the row's groups that need their geometry.
 
     A group needs it where a voxel is nonzero or not ``quiet``. Returns the number of spans.
+    One flag byte a voxel (vectorised), then a group of 8 read as one word (``flags``: uint8
+    scratch, a multiple of 8 long).
     """
+    row = values[k, jv]
+    u0 = np.uint64(x0)
+    for i in range(np.uint64(nx)):  # unsigned indices: no wrap-around test, vectorised
+        flags[i] = (row[u0 + i] != 0) | (quiet[u0 + i] == 0)
+    n_groups = (nx + _GROUP - 1) // _GROUP
+    for i in range(nx, n_groups * _GROUP):
+        flags[i] = 0
+    words = flags.view(np.uint64)
     n = 0
-    for g0 in range(0, nx, _GROUP):
-        g1 = min(g0 + _GROUP, nx)
-        need = False
-        for i in range(g0, g1):
-            need = need | (values[k, jv, x0 + i] != 0) | (quiet[x0 + i] == 0)
-        if need:
+    for g in range(n_groups):
+        if words[g] != 0:
+            g0, g1 = g * _GROUP, min(g * _GROUP + _GROUP, nx)
             if n > 0 and spans[1, n - 1] == g0:
                 spans[1, n - 1] = g1
             else:
@@ -1135,6 +1144,7 @@ def general_kernel_nodes(
         np.empty(3, np.int64),
         np.empty(_TX, np.int64),
         np.empty(_TX, np.int64),
+        np.empty(_TX, np.uint8),  # flags of _active_spans (_TX: a multiple of _GROUP = 8)
     )
     spans = np.empty((2, _TX // _GROUP + 1), np.int64)
     for y0 in range(0, ny, _TY):
