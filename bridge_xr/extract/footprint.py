@@ -22,6 +22,17 @@ Two exact paths, chosen automatically:
   faces are clipped exactly against those planes. For a linear chain the result is exact to
   rounding; for a TPS it is the exact integral of its piecewise-linear interpolant.
 
+Through a TPS, blocks read chunk by chunk run **sparse**: a microscopy voxel of value 0 adds
+nothing to the value-weighted sums, and its volume is needed only where the MRI voxel is not
+simply covered a whole number of times. Away from the image of the volume's six faces, and
+from node cells that might fold (each cell is certified from its nodes alone: every Kuhn
+tetrahedron's orientation is a multilinear function of the cell's edges, bounded by their mean
+and spread), the tetrahedra covering a point all have one orientation and their number is
+constant on each connected region of such MRI voxels. Zero voxels are summed only where they
+reach the faces' image or a lattice of witness voxels; each region then takes the integer count
+its witnesses show, and regions that are unsure (a fold, witnesses that disagree or none) are
+summed again in full. The result equals the dense sums to rounding.
+
 ``method="bilinear"`` reproduces the paper (2P downsampled to the MRI grid by bilinear
 interpolation): the microscopy is sampled by trilinear interpolation at each MRI voxel centre.
 
