@@ -1313,6 +1313,8 @@ def _cells(
     dev = np.empty(3)
     lo = np.empty(3, np.int64)
     hi = np.empty(3, np.int64)
+    p = np.empty((8, 3))  # the cell's nodes, bit order (z, y, x)
+    edge = np.empty((3, 4, 3))  # its four edges along each axis
     for a in range(nodes.shape[1] - 1):
         for b in range(nodes.shape[2] - 1):
             for c in range(nodes.shape[3] - 1):
@@ -1321,6 +1323,7 @@ def _cells(
                     mn, mx = np.inf, -np.inf
                     for d in range(8):
                         v = nodes[m, a + (d >> 2), b + ((d >> 1) & 1), c + (d & 1)]
+                        p[d, m] = v
                         finite = finite and np.isfinite(v)
                         mn, mx = min(mn, v), max(mx, v)
                     wide = wide or mx - mn > max_span
@@ -1339,21 +1342,28 @@ def _cells(
                 quiet[a, b, c] = marked == 0 and finite
                 ok = finite and not wide and orient != 0.0
                 if ok:
+                    for e in range(4):  # node d and d + bit: z (bit 4), y (2), x (1)
+                        dz = e
+                        dy = (e >> 1) * 4 + (e & 1)
+                        dx = e * 2
+                        for m in range(3):
+                            edge[0, e, m] = p[dz + 4, m] - p[dz, m]
+                            edge[1, e, m] = p[dy + 2, m] - p[dy, m]
+                            edge[2, e, m] = p[dx + 1, m] - p[dx, m]
                     for axis in range(3):  # each axis's four edges: mean, largest deviation
                         for m in range(3):
-                            mean[axis, m] = 0.0
-                        for e in range(4):
-                            p, q = e >> 1, e & 1
-                            for m in range(3):
-                                mean[axis, m] += 0.25 * _edge(nodes, m, axis, a, b, c, p, q)
+                            mean[axis, m] = 0.25 * (
+                                edge[axis, 0, m] + edge[axis, 1, m] + edge[axis, 2, m]
+                                + edge[axis, 3, m]
+                            )  # fmt: skip
                         dev[axis] = 0.0
                         for e in range(4):
-                            p, q = e >> 1, e & 1
                             r = 0.0
                             for m in range(3):
-                                t = _edge(nodes, m, axis, a, b, c, p, q) - mean[axis, m]
+                                t = edge[axis, e, m] - mean[axis, m]
                                 r += t * t
-                            dev[axis] = max(dev[axis], math.sqrt(r))
+                            dev[axis] = max(dev[axis], r)
+                        dev[axis] = math.sqrt(dev[axis])
                     n0 = math.sqrt(mean[0, 0] ** 2 + mean[0, 1] ** 2 + mean[0, 2] ** 2)
                     n1 = math.sqrt(mean[1, 0] ** 2 + mean[1, 1] ** 2 + mean[1, 2] ** 2)
                     n2 = math.sqrt(mean[2, 0] ** 2 + mean[2, 1] ** 2 + mean[2, 2] ** 2)
@@ -1370,13 +1380,3 @@ def _cells(
                         for y in range(max(lo[1], 0), min(hi[1] + 1, ny)):
                             for x in range(max(lo[2], 0), min(hi[2] + 1, nx)):
                                 unsure[z, y, x] = 1
-
-
-@nb.njit(inline="always", nogil=True, cache=True)
-def _edge(nodes: Any, m: int, axis: int, a: int, b: int, c: int, p: int, q: int) -> float:
-    """Coordinate ``m`` of edge ``(p, q)`` along ``axis`` of node cell ``(a, b, c)``."""
-    if axis == 0:
-        return nodes[m, a + 1, b + p, c + q] - nodes[m, a, b + p, c + q]
-    if axis == 1:
-        return nodes[m, a + p, b + 1, c + q] - nodes[m, a + p, b, c + q]
-    return nodes[m, a + p, b + q, c + 1] - nodes[m, a + p, b + q, c]
