@@ -706,7 +706,8 @@ def _complete_volumes(
     """
     from scipy import ndimage
 
-    num, den, unsure = sums[0], sums[1].copy(), sums[2] > 0
+    num, den = sums[0], sums[1].copy()
+    unsure = sums[2] > 0 if len(sums) > 2 else np.zeros(den.shape, bool)  # (2: no block's part)
     free = ~(plan.boundary | unsure)
     labels, n = ndimage.label(free)
     redo_mask = unsure
