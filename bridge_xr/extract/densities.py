@@ -488,7 +488,7 @@ def _node_total(
         bounds[-1] = len(node_idx[a])
         own.append(bounds)
     slabs: list[Any] = []
-    blocks: list[tuple[tuple[int, ...], tuple[int, ...]]] = []
+    blocks: list[tuple[tuple[int, ...], tuple[int, ...], list[np.ndarray]]] = []
     for iz in range(len(data.chunks[0])):
         gate = None  # nodes first needed here wait until the slab before is summed
         if iz >= 1:
@@ -518,14 +518,14 @@ def _node_total(
             parts.append((name, "block", *idx))
             dsk[parts[-1]] = (_node_block, source, window, k0, owned, lo, hi, bbox_lo,
                               bbox_shape, fp.mri_shape, (name, "plan"))  # fmt: skip
-            blocks.append((lo, hi))
+            blocks.append((lo, hi, window))
         parts = _tree(dsk, (name, "slab", iz), parts)
         slabs.append(parts)
     total = _tree(dsk, (name, "total"), slabs)
     dsk[(name, "placed")] = (_place, total, bbox_lo, bbox_shape)
     if plan is not None:
         assert direct is not None
-        redo = _Redo(fp, node_idx, direct, tuple(blocks))
+        redo = _Redo(fp, direct, tuple(blocks))
         dsk[(name, "sums")] = dsk.pop((name, "placed"))
         dsk[(name, "placed")] = (_complete_volumes, (name, "sums"), plan, redo, bbox_lo)
     placed = Delayed((name, "placed"), dsk)
@@ -687,9 +687,8 @@ class _Redo:
     """What redoing the blocks' volumes needs (see :func:`_complete_volumes`)."""
 
     fp: Footprint
-    node_idx: list[np.ndarray]
     direct: _DirectRead
-    blocks: tuple[tuple[tuple[int, ...], tuple[int, ...]], ...]
+    blocks: tuple[tuple[tuple[int, ...], tuple[int, ...], list[np.ndarray]], ...]  # lo, hi, nodes
 
 
 def _complete_volumes(
@@ -732,11 +731,7 @@ def _complete_volumes(
 def _volumes_again(redo: _Redo, need: np.ndarray, bbox_lo: np.ndarray) -> np.ndarray:
     """Every voxel's volume summed into the MRI voxels ``need`` marks (every block reaching them)."""
     acc = np.zeros(need.shape)
-    for lo, hi in redo.blocks:
-        window = []
-        for a in range(3):
-            k0, k1 = _bracket(redo.node_idx[a], lo[a], hi[a])
-            window.append(redo.node_idx[a][k0 : k1 + 1])
+    for lo, hi, window in redo.blocks:
         nodes = map_nodes(redo.fp, window)
         reach = _nodes_reach(nodes)
         box = None if reach is None else _box_within(*reach, bbox_lo, need.shape)
